@@ -1,0 +1,174 @@
+# ztna - one non-recursive Makefile.
+#
+#   make            build ./ztna (installs Debian packages and builds the
+#                   dependencies from Debian's source packages on first use)
+#   make check      unit tests, transport test, short fuzz runs, e2e suite
+#   make fuzz       long fuzz runs (FUZZ_SECONDS per target, default 300)
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# Dependencies are built once into a cache outside the clone
+# (${XDG_CACHE_HOME:-~/.cache}/ztna; override with ZTNA_CACHE) and
+# third_party/prefix points at it.
+
+CC ?= cc
+CLANG ?= clang
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD := build
+DEPS := third_party/prefix
+STAMP := $(DEPS)/.ztna-built
+LWIP_SRC := $(DEPS)/lwip
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wpointer-arith -Wcast-qual
+ifneq ($(CI),)
+WERROR ?= -Werror
+endif
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(WERROR) \
+              -Isrc -Isrc/lwip -I$(DEPS)/include -I$(LWIP_SRC)/include
+LIBUV_A := $(shell ls /usr/lib/*/libuv_a.a 2>/dev/null | head -1)
+DEP_LIBS := $(DEPS)/lib/libngtcp2_crypto_wolfssl.a $(DEPS)/lib/libngtcp2.a \
+            $(DEPS)/lib/libwolfssl.a
+SYS_LIBS := -lm -lpthread -ldl
+ifneq ($(STATIC),)
+LDFLAGS += -static
+endif
+
+COMMON := err log wire config tls quic metrics
+COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
+APPLETS := intermediate connector agent keygen diag
+APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)
+
+LWIP_FILES := core/init.c core/def.c core/inet_chksum.c core/ip.c core/mem.c \
+  core/memp.c core/netif.c core/pbuf.c core/tcp.c core/tcp_in.c \
+  core/tcp_out.c core/timeouts.c core/ipv4/ip4.c core/ipv4/ip4_addr.c \
+  core/ipv6/ip6.c core/ipv6/ip6_addr.c core/ipv6/icmp6.c core/ipv6/nd6.c \
+  core/ipv6/inet6.c
+LWIP_OBJ := $(LWIP_FILES:%.c=$(BUILD)/lwip/%.o)
+LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
+               -I$(LWIP_SRC)/include
+
+.PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
+        distclean format
+all: ztna
+
+deps: $(STAMP)
+$(STAMP): third_party/deps.sh
+	@third_party/deps.sh $(DEPS)
+	@test -f $(STAMP)
+
+$(BUILD)/common/%.o: src/common/%.c src/common/*.h $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/applets/%.o: src/applets/%.c src/common/*.h src/applets.h $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -c $< -o $@
+
+$(BUILD)/main.o: src/main.c src/applets.h src/version.h $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/lwip/%.o: $(LWIP_SRC)/%.c src/lwip/lwipopts.h $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(LWIP_CFLAGS) -c $< -o $@
+
+$(BUILD)/liblwip.a: $(LWIP_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+ztna: $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
+	$(CC) $(LDFLAGS) -o $@ $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) \
+	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
+
+# --- tests -----------------------------------------------------------------
+
+UNIT := wire config metrics quic
+UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
+
+$(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) $(DEP_LIBS) \
+	  $(LIBUV_A) -lcmocka $(SYS_LIBS)
+
+# Certificates for the transport test, made by our own keygen.
+$(BUILD)/test/certs/.done: ztna
+	rm -rf $(@D) && mkdir -p $(@D)
+	./ztna keygen ca --out $(@D) >/dev/null
+	./ztna keygen issue --ca $(@D) --role intermediate --name server \
+	  --ip 127.0.0.1 --out $(@D) >/dev/null
+	./ztna keygen issue --ca $(@D) --role agent --name client \
+	  --service echo --out $(@D) >/dev/null
+	./ztna keygen issue --ca $(@D) --role agent --name expired \
+	  --service echo --not-before 2020-01-01 --days 30 --out $(@D) >/dev/null
+	./ztna keygen issue --ca $(@D) --role intermediate --name expired-server \
+	  --not-before 2020-01-01 --days 30 --out $(@D) >/dev/null
+	mkdir -p $(@D)/other
+	./ztna keygen ca --out $(@D)/other >/dev/null
+	./ztna keygen issue --ca $(@D)/other --role agent --name rogue \
+	  --service echo --out $(@D)/other >/dev/null
+	touch $@
+
+unit: $(UNIT_BIN) $(BUILD)/test/certs/.done
+	@set -e; for t in $(UNIT_BIN); do \
+	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
+
+FUZZ := wire config http
+FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -Isrc/common -I$(DEPS)/include
+
+$(BUILD)/fuzz/fuzz_wire: test/fuzz/fuzz_wire.c src/common/wire.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_config: test/fuzz/fuzz_config.c src/common/config.c \
+  src/common/wire.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(LIBUV_A) -lpthread -ldl
+
+define run_fuzz
+	@set -e; for f in $(FUZZ); do \
+	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
+	  echo "== fuzz $$f ($(1) s)"; \
+	  $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(1) -print_final_stats=0 \
+	    $(BUILD)/fuzz/corpus-$$f test/fuzz/corpus/$$f 2>&1 | tail -3; \
+	done
+endef
+
+fuzz-short: $(FUZZ_BIN)
+	$(call run_fuzz,10)
+
+fuzz: $(FUZZ_BIN)
+	$(call run_fuzz,$(FUZZ_SECONDS))
+
+PYTEST := /usr/bin/python3 -m pytest
+e2e: ztna
+	$(PYTEST) -v test/e2e
+
+check: ztna
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-short
+	@$(MAKE) --no-print-directory e2e
+
+# --- install ---------------------------------------------------------------
+
+install: ztna
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 ztna $(DESTDIR)$(PREFIX)/bin/ztna
+	for a in $(APPLETS); do ln -sf ztna $(DESTDIR)$(PREFIX)/bin/$$a; done
+
+format:
+	clang-format -i src/*.c src/*.h src/common/*.c src/common/*.h \
+	  src/applets/*.c test/unit/*.c test/fuzz/*.c
+
+clean:
+	rm -rf $(BUILD) ztna
+
+distclean: clean
+	rm -f $(DEPS)

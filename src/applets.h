@@ -1,0 +1,19 @@
+/* applets.h - the applet list, in one place (an X-macro, as toybox does).
+ * APPLET(name, one-line description) */
+#ifndef ZTNA_APPLETS_H
+#define ZTNA_APPLETS_H
+
+#define ZTNA_APPLETS                                                          \
+  APPLET(intermediate, "public QUIC relay: address discovery, registration, " \
+                       "policy, P2P signaling, metrics")                      \
+  APPLET(connector, "serve private applications to the tunnel (UDP, TCP, "    \
+                    "ICMP to backends)")                                      \
+  APPLET(agent, "user endpoint: TUN device, split tunnel to the services")    \
+  APPLET(keygen, "create the CA and issue certificates for every role")       \
+  APPLET(diag, "troubleshooting: NAT type, hole punch trial, status")
+
+#define APPLET(name, desc) int name##_main(int argc, char **argv);
+ZTNA_APPLETS
+#undef APPLET
+
+#endif

@@ -1,0 +1,1511 @@
+/* quic.c - one UDP socket, many ngtcp2 connections, both roles.
+ *
+ * The shape follows ngtcp2's examples: decode the version and CIDs of every
+ * datagram, find the connection by DCID or accept a new one, read, then run
+ * the write loop and re-arm the connection's timer to ngtcp2's expiry.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_wolfssl.h>
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
+#include "err.h"
+#include "log.h"
+#include "quic.h"
+#include "tls.h"
+
+#define CIDMAP_BUCKETS 4096
+#define CONN_MAX_CIDS 16
+#define SEND_PENDING_MAX 1024
+
+struct cident {
+  struct cident *next;
+  uint8_t len;
+  uint8_t cid[NGTCP2_MAX_CIDLEN];
+  struct quic_conn *conn;
+};
+
+struct dgram {
+  struct dgram *next;
+  size_t len;
+  uint8_t data[];
+};
+
+struct chunk {
+  struct chunk *next;
+  uint64_t off; /* stream offset of data[0] */
+  size_t len;
+  uint8_t data[];
+};
+
+struct qstream {
+  struct qstream *next;
+  int64_t id;
+  struct chunk *head, *tail, *cur; /* cur: first chunk with unsent bytes */
+  size_t cur_off;                  /* unsent bytes start here in cur */
+  uint64_t end;                    /* stream offset after the last byte */
+  size_t buffered;                 /* unacknowledged bytes held */
+  int fin, fin_sent, skip;
+};
+
+struct quic_conn {
+  struct quic_endpoint *ep;
+  struct quic_conn *next, *prev;
+  ngtcp2_conn *conn;
+  WOLFSSL *ssl;
+  struct tls_ctx *tls;
+  ngtcp2_crypto_conn_ref ref;
+  uv_timer_t timer;
+  struct sockaddr_storage remote;
+  struct sockaddr_storage observed;
+  int server, handshake_done, dying, in_ngtcp2;
+  int want_close;
+  uint64_t close_code;
+  char close_reason[128];
+  struct dgram *dq_head, *dq_tail;
+  size_t dq_len;
+  struct qstream *streams;
+  ngtcp2_cid cids[CONN_MAX_CIDS];
+  size_t ncids;
+  const struct quic_conn_cbs *cbs;
+  void *ud;
+  struct quic_close_info info;
+};
+
+struct quic_endpoint {
+  uv_loop_t *loop;
+  uv_udp_t udp;
+  struct sockaddr_storage local;
+  struct quic_endpoint_config cfg;
+  struct tls_ctx *server_tls;
+  uint8_t secret[32];
+  uint32_t hash_seed;
+  struct cident *map[CIDMAP_BUCKETS];
+  struct quic_conn *conns;
+  size_t nconns;
+  size_t send_pending;
+  struct quic_stats stats;
+  uint8_t rbuf[65536];
+};
+
+struct send_req {
+  uv_udp_send_t req;
+  struct quic_endpoint *ep;
+  uint8_t data[];
+};
+
+static void conn_destroy(struct quic_conn *c);
+static int conn_write(struct quic_conn *c);
+
+static uint64_t now_ns(void)
+{
+  return uv_hrtime();
+}
+
+/* Retry tokens carry wall-clock time, as ngtcp2's examples do. */
+static uint64_t wall_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
+}
+
+static void fill_random(void *p, size_t n)
+{
+  uint8_t *b = p;
+  while (n > 0) {
+    ssize_t r = getrandom(b, n, 0);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      /* getrandom cannot fail on Linux >= 3.17 with a valid buffer; fall
+       * back to wolfSSL's RNG rather than leave bytes unset. */
+      wolfSSL_RAND_bytes(b, (int)n);
+      return;
+    }
+    b += r;
+    n -= (size_t)r;
+  }
+}
+
+static socklen_t sa_len(const struct sockaddr *sa)
+{
+  return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                   : sizeof(struct sockaddr_in);
+}
+
+static int sa_equal(const struct sockaddr *a, const struct sockaddr *b)
+{
+  if (a->sa_family != b->sa_family)
+    return 0;
+  if (a->sa_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port &&
+           x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  if (a->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+  }
+  return 0;
+}
+
+/* Copies an address into a zeroed storage of exact family size, which is
+ * what Retry tokens compare. */
+static void sa_copy(struct sockaddr_storage *dst, const struct sockaddr *src)
+{
+  memset(dst, 0, sizeof(*dst));
+  if (src->sa_family == AF_INET) {
+    struct sockaddr_in *d = (void *)dst;
+    const struct sockaddr_in *s = (const void *)src;
+    d->sin_family = AF_INET;
+    d->sin_port = s->sin_port;
+    d->sin_addr = s->sin_addr;
+  } else if (src->sa_family == AF_INET6) {
+    struct sockaddr_in6 *d = (void *)dst;
+    const struct sockaddr_in6 *s = (const void *)src;
+    d->sin6_family = AF_INET6;
+    d->sin6_port = s->sin6_port;
+    d->sin6_addr = s->sin6_addr;
+    d->sin6_scope_id = s->sin6_scope_id;
+  }
+}
+
+/* --- CID map ----------------------------------------------------------- */
+
+static uint32_t cid_hash(struct quic_endpoint *ep, const uint8_t *cid,
+                         size_t len)
+{
+  uint32_t h = 2166136261u ^ ep->hash_seed;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ cid[i]) * 16777619u;
+  h ^= h >> 15;
+  return h & (CIDMAP_BUCKETS - 1);
+}
+
+static struct quic_conn *cidmap_find(struct quic_endpoint *ep,
+                                     const uint8_t *cid, size_t len)
+{
+  for (struct cident *e = ep->map[cid_hash(ep, cid, len)]; e; e = e->next)
+    if (e->len == len && memcmp(e->cid, cid, len) == 0)
+      return e->conn;
+  return NULL;
+}
+
+static int cidmap_add(struct quic_conn *c, const ngtcp2_cid *cid)
+{
+  struct quic_endpoint *ep = c->ep;
+  struct cident *e;
+  uint32_t h;
+
+  if (c->ncids >= CONN_MAX_CIDS || cidmap_find(ep, cid->data, cid->datalen))
+    return ZTNA_ERR_LIMIT;
+  e = calloc(1, sizeof(*e));
+  if (!e)
+    return -ENOMEM;
+  e->len = (uint8_t)cid->datalen;
+  memcpy(e->cid, cid->data, cid->datalen);
+  e->conn = c;
+  h = cid_hash(ep, cid->data, cid->datalen);
+  e->next = ep->map[h];
+  ep->map[h] = e;
+  c->cids[c->ncids++] = *cid;
+  return 0;
+}
+
+static void cidmap_remove(struct quic_conn *c, const ngtcp2_cid *cid)
+{
+  struct quic_endpoint *ep = c->ep;
+  struct cident **pp = &ep->map[cid_hash(ep, cid->data, cid->datalen)];
+
+  for (; *pp; pp = &(*pp)->next) {
+    struct cident *e = *pp;
+    if (e->conn == c && e->len == cid->datalen &&
+        memcmp(e->cid, cid->data, cid->datalen) == 0) {
+      *pp = e->next;
+      free(e);
+      break;
+    }
+  }
+  for (size_t i = 0; i < c->ncids; i++) {
+    if (ngtcp2_cid_eq(&c->cids[i], cid)) {
+      c->cids[i] = c->cids[--c->ncids];
+      break;
+    }
+  }
+}
+
+/* --- UDP send ------------------------------------------------------------ */
+
+static void send_done_cb(uv_udp_send_t *req, int status)
+{
+  struct send_req *sr = (struct send_req *)req;
+  if (status < 0)
+    sr->ep->stats.udp_send_errors++;
+  sr->ep->send_pending--;
+  free(sr);
+}
+
+static int ep_send(struct quic_endpoint *ep, const struct sockaddr *to,
+                   const uint8_t *d, size_t n)
+{
+  uv_buf_t b = uv_buf_init((char *)(uintptr_t)d, (unsigned)n);
+  struct send_req *sr;
+  int rv;
+
+  rv = uv_udp_try_send(&ep->udp, &b, 1, to);
+  if (rv >= 0) {
+    ep->stats.tx_packets++;
+    ep->stats.tx_bytes += n;
+    return 0;
+  }
+  if (rv != UV_EAGAIN && rv != UV_ENOSYS) {
+    ep->stats.udp_send_errors++;
+    return rv;
+  }
+  /* The socket is full (or try_send has work queued): hand a copy to
+   * libuv, bounded so that a stuck socket cannot eat memory. */
+  if (ep->send_pending >= SEND_PENDING_MAX) {
+    ep->stats.udp_send_errors++;
+    return ZTNA_ERR_QUEUE_FULL;
+  }
+  sr = malloc(sizeof(*sr) + n);
+  if (!sr) {
+    ep->stats.udp_send_errors++;
+    return -ENOMEM;
+  }
+  sr->ep = ep;
+  memcpy(sr->data, d, n);
+  b = uv_buf_init((char *)sr->data, (unsigned)n);
+  rv = uv_udp_send(&sr->req, &ep->udp, &b, 1, to, send_done_cb);
+  if (rv < 0) {
+    free(sr);
+    ep->stats.udp_send_errors++;
+    return rv;
+  }
+  ep->send_pending++;
+  ep->stats.tx_packets++;
+  ep->stats.tx_bytes += n;
+  return 0;
+}
+
+int quic_endpoint_send_raw(struct quic_endpoint *ep, const struct sockaddr *to,
+                           const uint8_t *d, size_t n)
+{
+  return ep_send(ep, to, d, n);
+}
+
+/* --- ngtcp2 callbacks ---------------------------------------------------- */
+
+static ngtcp2_conn *get_conn_cb(ngtcp2_crypto_conn_ref *ref)
+{
+  struct quic_conn *c = ref->user_data;
+  return c->conn;
+}
+
+static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
+{
+  (void)ctx;
+  fill_random(dest, len);
+}
+
+static int get_new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token,
+                          size_t cidlen, void *ud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+
+  do {
+    fill_random(cid->data, cidlen);
+    cid->datalen = cidlen;
+  } while (cidmap_find(c->ep, cid->data, cidlen));
+  if (ngtcp2_crypto_generate_stateless_reset_token(
+          token, c->ep->secret, sizeof(c->ep->secret), cid) != 0)
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  if (cidmap_add(c, cid) < 0)
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  return 0;
+}
+
+static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
+{
+  (void)conn;
+  cidmap_remove(ud, cid);
+  return 0;
+}
+
+static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+
+  if (!tls_session_alpn_ok(c->tls, c->ssl)) {
+    c->info.err = ZTNA_ERR_ALPN;
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
+  c->handshake_done = 1;
+  sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
+  if (c->cbs && c->cbs->handshake_cb)
+    c->cbs->handshake_cb(c, c->ud);
+  return 0;
+}
+
+static int recv_datagram_cb(ngtcp2_conn *conn, uint32_t flags,
+                            const uint8_t *data, size_t len, void *ud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+  (void)flags;
+
+  if (c->cbs && c->cbs->datagram_cb && !c->want_close)
+    c->cbs->datagram_cb(c, data, len, c->ud);
+  return 0;
+}
+
+static struct qstream *stream_find(struct quic_conn *c, int64_t sid)
+{
+  for (struct qstream *s = c->streams; s; s = s->next)
+    if (s->id == sid)
+      return s;
+  return NULL;
+}
+
+static void stream_free(struct qstream *s)
+{
+  struct chunk *k = s->head;
+  while (k) {
+    struct chunk *n = k->next;
+    free(k);
+    k = n;
+  }
+  free(s);
+}
+
+static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid,
+                               uint64_t offset, const uint8_t *data,
+                               size_t len, void *ud, void *sud)
+{
+  struct quic_conn *c = ud;
+  (void)offset;
+  (void)sud;
+
+  if (c->cbs && c->cbs->stream_cb && !c->want_close)
+    c->cbs->stream_cb(c, sid, data, len,
+                      (flags & NGTCP2_STREAM_DATA_FLAG_FIN) != 0, c->ud);
+  /* The application took the bytes: open the windows again. */
+  ngtcp2_conn_extend_max_stream_offset(conn, sid, len);
+  ngtcp2_conn_extend_max_offset(conn, len);
+  return 0;
+}
+
+static int acked_stream_data_cb(ngtcp2_conn *conn, int64_t sid,
+                                uint64_t offset, uint64_t len, void *ud,
+                                void *sud)
+{
+  struct qstream *s = stream_find(ud, sid);
+  uint64_t acked = offset + len;
+  (void)conn;
+  (void)sud;
+
+  if (!s)
+    return 0;
+  /* ngtcp2 reports acknowledged data in order; a chunk goes when all of it
+   * is acknowledged, never before (ngtcp2 keeps pointers into it). */
+  while (s->head && s->head->off + s->head->len <= acked &&
+         s->head != s->cur) {
+    struct chunk *k = s->head;
+    s->head = k->next;
+    if (!s->head)
+      s->tail = NULL;
+    s->buffered -= k->len;
+    free(k);
+  }
+  return 0;
+}
+
+static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid,
+                           uint64_t code, void *ud, void *sud)
+{
+  struct quic_conn *c = ud;
+  struct qstream **pp;
+  (void)flags;
+  (void)code;
+  (void)sud;
+
+  for (pp = &c->streams; *pp; pp = &(*pp)->next) {
+    if ((*pp)->id == sid) {
+      struct qstream *s = *pp;
+      *pp = s->next;
+      stream_free(s);
+      break;
+    }
+  }
+  if (!ngtcp2_conn_is_local_stream(conn, sid))
+    ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+  return 0;
+}
+
+static int lost_datagram_cb(ngtcp2_conn *conn, uint64_t id, void *ud)
+{
+  (void)conn;
+  (void)id;
+  (void)ud;
+  return 0;
+}
+
+static void log_printf_cb(void *ud, const char *fmt, ...)
+{
+  va_list ap;
+  (void)ud;
+  va_start(ap, fmt);
+  log_vmsg(LOG_LVL_TRACE, fmt, ap);
+  va_end(ap);
+}
+
+static const ngtcp2_callbacks callbacks_template = {
+  .client_initial = ngtcp2_crypto_client_initial_cb,
+  .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
+  .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+  .handshake_completed = handshake_completed_cb,
+  .encrypt = ngtcp2_crypto_encrypt_cb,
+  .decrypt = ngtcp2_crypto_decrypt_cb,
+  .hp_mask = ngtcp2_crypto_hp_mask_cb,
+  .recv_stream_data = recv_stream_data_cb,
+  .acked_stream_data_offset = acked_stream_data_cb,
+  .stream_close = stream_close_cb,
+  .recv_retry = ngtcp2_crypto_recv_retry_cb,
+  .rand = rand_cb,
+  .get_new_connection_id = get_new_cid_cb,
+  .remove_connection_id = remove_cid_cb,
+  .update_key = ngtcp2_crypto_update_key_cb,
+  .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
+  .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
+  .recv_datagram = recv_datagram_cb,
+  .lost_datagram = lost_datagram_cb,
+  .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
+  .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
+};
+
+/* --- connection lifecycle ---------------------------------------------- */
+
+static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s)
+{
+  ngtcp2_settings_default(s);
+  s->initial_ts = now_ns();
+  s->max_tx_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
+  s->no_tx_udp_payload_size_shaping = 1;
+  s->handshake_timeout = ep->cfg.handshake_timeout_ms * NGTCP2_MILLISECONDS;
+  if (log_verbosity() >= LOG_LVL_TRACE)
+    s->log_printf = log_printf_cb;
+}
+
+static void params_init(struct quic_endpoint *ep, ngtcp2_transport_params *p)
+{
+  ngtcp2_transport_params_default(p);
+  p->initial_max_data = 10 * 1024 * 1024;
+  p->initial_max_stream_data_bidi_local = 1024 * 1024;
+  p->initial_max_stream_data_bidi_remote = 1024 * 1024;
+  p->initial_max_stream_data_uni = 1024 * 1024;
+  p->initial_max_streams_bidi = 100;
+  p->initial_max_streams_uni = 100;
+  p->max_idle_timeout = ep->cfg.idle_timeout_ms * NGTCP2_MILLISECONDS;
+  p->max_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
+  p->max_datagram_frame_size = 65536;
+  p->active_connection_id_limit = 7;
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+  struct quic_conn *c = t->data;
+  int rv;
+
+  if (c->dying)
+    return;
+  c->in_ngtcp2 = 1;
+  rv = ngtcp2_conn_handle_expiry(c->conn, now_ns());
+  c->in_ngtcp2 = 0;
+  if (rv != 0) {
+    c->info.local = 1;
+    if (rv == NGTCP2_ERR_IDLE_CLOSE) {
+      c->info.idle = 1;
+      c->info.err = ZTNA_ERR_CLOSED;
+      snprintf(c->info.reason, sizeof(c->info.reason), "idle timeout");
+    } else {
+      c->info.err = rv == NGTCP2_ERR_HANDSHAKE_TIMEOUT ? ZTNA_ERR_HANDSHAKE
+                                                        : ZTNA_ERR_QUIC;
+      snprintf(c->info.reason, sizeof(c->info.reason), "%s",
+               ngtcp2_strerror(rv));
+    }
+    conn_destroy(c);
+    return;
+  }
+  conn_write(c);
+}
+
+static void arm_timer(struct quic_conn *c)
+{
+  uint64_t expiry = ngtcp2_conn_get_expiry(c->conn), now = now_ns();
+  uint64_t ms;
+
+  if (expiry == UINT64_MAX) {
+    uv_timer_stop(&c->timer);
+    return;
+  }
+  ms = expiry <= now ? 0 : (expiry - now + NGTCP2_MILLISECONDS - 1) /
+                               NGTCP2_MILLISECONDS;
+  uv_timer_start(&c->timer, timer_cb, ms, 0);
+}
+
+static void conn_free_cb(uv_handle_t *h)
+{
+  struct quic_conn *c = h->data;
+  struct dgram *d = c->dq_head;
+
+  while (d) {
+    struct dgram *n = d->next;
+    free(d);
+    d = n;
+  }
+  while (c->streams) {
+    struct qstream *s = c->streams;
+    c->streams = s->next;
+    stream_free(s);
+  }
+  if (c->conn)
+    ngtcp2_conn_del(c->conn);
+  if (c->ssl)
+    wolfSSL_free(c->ssl);
+  tls_ctx_unref(c->tls);
+  free(c);
+}
+
+/* Takes the connection out of the endpoint, tells the application, and
+ * frees it once the timer handle is closed. */
+static void conn_destroy(struct quic_conn *c)
+{
+  struct quic_endpoint *ep = c->ep;
+
+  if (c->dying)
+    return;
+  c->dying = 1;
+  while (c->ncids > 0)
+    cidmap_remove(c, &c->cids[c->ncids - 1]);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    ep->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  ep->nconns--;
+  if (c->cbs && c->cbs->close_cb)
+    c->cbs->close_cb(c, &c->info, c->ud);
+  uv_close((uv_handle_t *)&c->timer, conn_free_cb);
+}
+
+static struct quic_conn *conn_alloc(struct quic_endpoint *ep,
+                                    const struct sockaddr *remote)
+{
+  struct quic_conn *c = calloc(1, sizeof(*c));
+
+  if (!c)
+    return NULL;
+  c->ep = ep;
+  sa_copy(&c->remote, remote);
+  c->ref.get_conn = get_conn_cb;
+  c->ref.user_data = c;
+  uv_timer_init(ep->loop, &c->timer);
+  c->timer.data = c;
+  c->next = ep->conns;
+  if (ep->conns)
+    ep->conns->prev = c;
+  ep->conns = c;
+  ep->nconns++;
+  return c;
+}
+
+/* Undoes conn_alloc for a connection that never reached the application. */
+static void conn_abandon(struct quic_conn *c)
+{
+  const struct quic_conn_cbs *cbs = c->cbs;
+  c->cbs = NULL;
+  conn_destroy(c);
+  c->cbs = cbs;
+}
+
+static int conn_attach_tls(struct quic_conn *c, struct tls_ctx *tls,
+                           const char *sni)
+{
+  c->tls = tls_ctx_ref(tls);
+  c->ssl = tls_session_new(tls, sni);
+  if (!c->ssl)
+    return ZTNA_ERR_TLS;
+  wolfSSL_set_app_data(c->ssl, &c->ref);
+  ngtcp2_conn_set_tls_native_handle(c->conn, c->ssl);
+  return 0;
+}
+
+static void fill_close_info(struct quic_conn *c, int rv)
+{
+  const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(c->conn);
+  size_t rl;
+
+  if (rv == NGTCP2_ERR_DRAINING) {
+    /* The peer closed: report its code and reason. */
+    c->info.local = 0;
+    c->info.app = cc->type == NGTCP2_CCERR_TYPE_APPLICATION;
+    c->info.code = cc->error_code;
+    if (!c->info.app && cc->error_code >= NGTCP2_CRYPTO_ERROR &&
+        cc->error_code < NGTCP2_CRYPTO_ERROR + 256)
+      c->info.tls_alert = (uint8_t)(cc->error_code - NGTCP2_CRYPTO_ERROR);
+    rl = cc->reasonlen < sizeof(c->info.reason) - 1
+             ? cc->reasonlen
+             : sizeof(c->info.reason) - 1;
+    for (size_t i = 0; i < rl; i++) {
+      uint8_t ch = cc->reason[i];
+      c->info.reason[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    c->info.reason[rl] = '\0';
+    if (c->info.tls_alert)
+      c->info.err = c->info.tls_alert == 120 ? ZTNA_ERR_ALPN
+                                             : ZTNA_ERR_CERT;
+    else if (c->info.app ? cc->error_code != 0
+                         : cc->error_code != NGTCP2_NO_ERROR)
+      c->info.err = ZTNA_ERR_CLOSED;
+    return;
+  }
+  c->info.local = 1;
+  if (rv == NGTCP2_ERR_CRYPTO) {
+    c->info.tls_alert = ngtcp2_conn_get_tls_alert(c->conn);
+    c->info.code = NGTCP2_CRYPTO_ERROR + c->info.tls_alert;
+    c->info.err = c->info.tls_alert == 120 ? ZTNA_ERR_ALPN : ZTNA_ERR_CERT;
+    snprintf(c->info.reason, sizeof(c->info.reason), "TLS alert %u",
+             c->info.tls_alert);
+    return;
+  }
+  if (!c->info.err)
+    c->info.err = ZTNA_ERR_QUIC;
+  snprintf(c->info.reason, sizeof(c->info.reason), "%s", ngtcp2_strerror(rv));
+}
+
+/* Sends CONNECTION_CLOSE for a local error (ccerr set) and destroys. */
+static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc)
+{
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  ngtcp2_path_storage ps;
+  ngtcp2_pkt_info pi;
+  ngtcp2_ssize n;
+
+  if (!ngtcp2_conn_in_closing_period(c->conn) &&
+      !ngtcp2_conn_in_draining_period(c->conn)) {
+    ngtcp2_path_storage_zero(&ps);
+    n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, buf,
+                                           sizeof(buf), cc, now_ns());
+    if (n > 0)
+      ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
+  }
+  conn_destroy(c);
+}
+
+static void conn_read_error(struct quic_conn *c, int rv)
+{
+  ngtcp2_ccerr cc;
+
+  fill_close_info(c, rv);
+  switch (rv) {
+  case NGTCP2_ERR_DRAINING:
+  case NGTCP2_ERR_DROP_CONN:
+  case NGTCP2_ERR_RETRY:
+    conn_destroy(c);
+    return;
+  case NGTCP2_ERR_CRYPTO:
+    ngtcp2_ccerr_set_tls_alert(&cc, c->info.tls_alert, NULL, 0);
+    break;
+  case NGTCP2_ERR_CALLBACK_FAILURE:
+    if (c->info.err == ZTNA_ERR_ALPN) {
+      ngtcp2_ccerr_set_tls_alert(&cc, 120, NULL, 0);
+      c->info.tls_alert = 120;
+      c->info.code = NGTCP2_CRYPTO_ERROR + 120;
+      snprintf(c->info.reason, sizeof(c->info.reason),
+               "no application protocol");
+      break;
+    }
+    /* fall through */
+  default:
+    ngtcp2_ccerr_set_liberr(&cc, rv, NULL, 0);
+  }
+  conn_fail(c, &cc);
+}
+
+static void do_app_close(struct quic_conn *c)
+{
+  ngtcp2_ccerr cc;
+
+  ngtcp2_ccerr_default(&cc);
+  ngtcp2_ccerr_set_application_error(&cc, c->close_code,
+                                     (const uint8_t *)c->close_reason,
+                                     strlen(c->close_reason));
+  c->info.local = 1;
+  c->info.app = 1;
+  c->info.code = c->close_code;
+  snprintf(c->info.reason, sizeof(c->info.reason), "%s", c->close_reason);
+  conn_fail(c, &cc);
+}
+
+static void check_path(struct quic_conn *c)
+{
+  const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+
+  if (!c->handshake_done || !p->remote.addr)
+    return;
+  if (!sa_equal(p->remote.addr, (const struct sockaddr *)&c->observed)) {
+    sa_copy(&c->observed, p->remote.addr);
+    sa_copy(&c->remote, p->remote.addr);
+    if (c->cbs && c->cbs->path_cb)
+      c->cbs->path_cb(c, (const struct sockaddr *)&c->observed, c->ud);
+  }
+}
+
+static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
+                      const struct sockaddr *from)
+{
+  struct sockaddr_storage remote;
+  ngtcp2_path path;
+  ngtcp2_pkt_info pi = { 0 };
+  int rv;
+
+  sa_copy(&remote, from);
+  path.local.addr = (ngtcp2_sockaddr *)&c->ep->local;
+  path.local.addrlen = sa_len((struct sockaddr *)&c->ep->local);
+  path.remote.addr = (ngtcp2_sockaddr *)&remote;
+  path.remote.addrlen = sa_len(from);
+  path.user_data = NULL;
+  c->in_ngtcp2 = 1;
+  rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
+  c->in_ngtcp2 = 0;
+  if (c->dying)
+    return;
+  if (rv != 0) {
+    conn_read_error(c, rv);
+    return;
+  }
+  check_path(c);
+  if (c->dying)
+    return;
+  if (c->want_close) {
+    do_app_close(c);
+    return;
+  }
+  conn_write(c);
+}
+
+/* --- write loop --------------------------------------------------------- */
+
+static struct qstream *next_stream(struct quic_conn *c)
+{
+  for (struct qstream *s = c->streams; s; s = s->next)
+    if (!s->skip && (s->cur || (s->fin && !s->fin_sent)))
+      return s;
+  return NULL;
+}
+
+static void dq_pop(struct quic_conn *c)
+{
+  struct dgram *d = c->dq_head;
+  c->dq_head = d->next;
+  if (!c->dq_head)
+    c->dq_tail = NULL;
+  c->dq_len--;
+  free(d);
+}
+
+static void stream_advance(struct qstream *s, size_t n)
+{
+  while (n > 0 && s->cur) {
+    size_t left = s->cur->len - s->cur_off;
+    size_t k = n < left ? n : left;
+    s->cur_off += k;
+    n -= k;
+    if (s->cur_off == s->cur->len) {
+      s->cur = s->cur->next;
+      s->cur_off = 0;
+    }
+  }
+}
+
+static int conn_write(struct quic_conn *c)
+{
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  ngtcp2_path_storage ps;
+  ngtcp2_pkt_info pi;
+  uint64_t ts = now_ns();
+  ngtcp2_ssize n;
+  int dgram_ok = c->handshake_done;
+
+  if (c->dying)
+    return ZTNA_ERR_CLOSED;
+  if (c->in_ngtcp2)
+    return 0; /* runs when ngtcp2 returns */
+  ngtcp2_path_storage_zero(&ps);
+  for (struct qstream *s = c->streams; s; s = s->next)
+    s->skip = 0;
+
+  for (;;) {
+    struct dgram *d = dgram_ok ? c->dq_head : NULL;
+    struct qstream *s = d ? NULL : next_stream(c);
+    ngtcp2_ssize ndatalen = -1;
+
+    if (d) {
+      ngtcp2_vec v = { d->data, d->len };
+      int accepted = 0;
+
+      n = ngtcp2_conn_writev_datagram(c->conn, &ps.path, &pi, buf,
+                                      sizeof(buf), &accepted,
+                                      NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
+                                      1, ts);
+      if (n == NGTCP2_ERR_WRITE_MORE) {
+        dq_pop(c);
+        continue;
+      }
+      if (n == NGTCP2_ERR_INVALID_ARGUMENT || n == NGTCP2_ERR_INVALID_STATE) {
+        c->ep->stats.dgram_rejected++;
+        dq_pop(c);
+        continue;
+      }
+      if (n < 0)
+        goto fail;
+      if (accepted)
+        dq_pop(c);
+      if (n == 0)
+        break; /* congestion or pacing: the rest waits for the timer */
+    } else if (s) {
+      ngtcp2_vec v = { NULL, 0 };
+      uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
+
+      if (s->cur) {
+        v.base = s->cur->data + s->cur_off;
+        v.len = s->cur->len - s->cur_off;
+      }
+      if (s->fin && (!s->cur || !s->cur->next))
+        flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+      n = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf, sizeof(buf),
+                                    &ndatalen, flags, s->id, &v,
+                                    v.len ? 1 : 0, ts);
+      if (n == NGTCP2_ERR_WRITE_MORE) {
+        stream_advance(s, (size_t)ndatalen);
+        if (!s->cur && (flags & NGTCP2_WRITE_STREAM_FLAG_FIN))
+          s->fin_sent = 1;
+        continue;
+      }
+      if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED ||
+          n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) {
+        s->skip = 1;
+        continue;
+      }
+      if (n < 0)
+        goto fail;
+      if (ndatalen >= 0) {
+        stream_advance(s, (size_t)ndatalen);
+        if (!s->cur && (flags & NGTCP2_WRITE_STREAM_FLAG_FIN))
+          s->fin_sent = 1;
+      }
+      if (n == 0)
+        break;
+    } else {
+      n = ngtcp2_conn_write_pkt(c->conn, &ps.path, &pi, buf, sizeof(buf), ts);
+      if (n < 0)
+        goto fail;
+      if (n == 0)
+        break;
+    }
+    ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
+  }
+  arm_timer(c);
+  return 0;
+
+fail: {
+  ngtcp2_ccerr cc;
+  c->info.local = 1;
+  c->info.err = ZTNA_ERR_QUIC;
+  snprintf(c->info.reason, sizeof(c->info.reason), "%s",
+           ngtcp2_strerror((int)n));
+  ngtcp2_ccerr_set_liberr(&cc, (int)n, NULL, 0);
+  conn_fail(c, &cc);
+  return ZTNA_ERR_QUIC;
+}
+}
+
+/* --- server accept path --------------------------------------------------- */
+
+static void send_retry(struct quic_endpoint *ep, const ngtcp2_pkt_hd *hd,
+                       const struct sockaddr *from)
+{
+  uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN2];
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  struct sockaddr_storage ss;
+  ngtcp2_cid scid;
+  ngtcp2_ssize tl, n;
+
+  sa_copy(&ss, from);
+  scid.datalen = QUIC_SCID_LEN;
+  fill_random(scid.data, scid.datalen);
+  tl = ngtcp2_crypto_generate_retry_token2(
+      token, ep->secret, sizeof(ep->secret), hd->version,
+      (const ngtcp2_sockaddr *)&ss, sa_len(from), &scid, &hd->dcid,
+      wall_ns());
+  if (tl < 0)
+    return;
+  n = ngtcp2_crypto_write_retry(buf, sizeof(buf), hd->version, &hd->scid,
+                                &scid, &hd->dcid, token, (size_t)tl);
+  if (n < 0)
+    return;
+  ep->stats.retry_sent++;
+  ep_send(ep, from, buf, (size_t)n);
+}
+
+static void send_close_stateless(struct quic_endpoint *ep,
+                                 const ngtcp2_pkt_hd *hd,
+                                 const struct sockaddr *from, uint64_t code)
+{
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  ngtcp2_ssize n = ngtcp2_crypto_write_connection_close(
+      buf, sizeof(buf), hd->version, &hd->scid, &hd->dcid, code, NULL, 0);
+  if (n > 0)
+    ep_send(ep, from, buf, (size_t)n);
+}
+
+static void send_version_negotiation(struct quic_endpoint *ep,
+                                     const ngtcp2_version_cid *vc,
+                                     const struct sockaddr *from)
+{
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD], r;
+  uint32_t sv[2];
+  ngtcp2_ssize n;
+
+  fill_random(&r, 1);
+  sv[0] = 0x1a2a3a4au; /* a grease version (RFC 9000 15) */
+  sv[1] = NGTCP2_PROTO_VER_V1;
+  n = ngtcp2_pkt_write_version_negotiation(buf, sizeof(buf), r, vc->scid,
+                                           vc->scidlen, vc->dcid, vc->dcidlen,
+                                           sv, 2);
+  if (n > 0) {
+    ep->stats.vn_sent++;
+    ep_send(ep, from, buf, (size_t)n);
+  }
+}
+
+static void accept_conn(struct quic_endpoint *ep, const uint8_t *d, size_t n,
+                        const struct sockaddr *from)
+{
+  ngtcp2_pkt_hd hd;
+  ngtcp2_cid odcid, scid;
+  const ngtcp2_cid *podcid = NULL;
+  ngtcp2_token_type token_type = NGTCP2_TOKEN_TYPE_UNKNOWN;
+  ngtcp2_settings settings;
+  ngtcp2_transport_params params;
+  ngtcp2_callbacks cbs = callbacks_template;
+  ngtcp2_path path;
+  struct sockaddr_storage ss;
+  struct quic_conn *c;
+  int rv;
+
+  if (ngtcp2_accept(&hd, d, n) != 0)
+    return;
+  sa_copy(&ss, from);
+  if (ep->nconns >= ep->cfg.max_conns) {
+    ep->stats.refused_limit++;
+    send_close_stateless(ep, &hd, from, NGTCP2_CONNECTION_REFUSED);
+    return;
+  }
+  if (hd.tokenlen > 0 && hd.token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY2) {
+    rv = ngtcp2_crypto_verify_retry_token2(
+        &odcid, hd.token, hd.tokenlen, ep->secret, sizeof(ep->secret),
+        hd.version, (const ngtcp2_sockaddr *)&ss, sa_len(from), &hd.dcid,
+        60 * NGTCP2_SECONDS, wall_ns());
+    if (rv == 0) {
+      ep->stats.retry_ok++;
+      podcid = &odcid;
+      token_type = NGTCP2_TOKEN_TYPE_RETRY;
+    } else {
+      ep->stats.retry_fail++;
+      if (rv == NGTCP2_CRYPTO_ERR_VERIFY_TOKEN) {
+        send_close_stateless(ep, &hd, from, NGTCP2_INVALID_TOKEN);
+        return;
+      }
+      /* Unreadable: as if there were no token. */
+      hd.token = NULL;
+      hd.tokenlen = 0;
+    }
+  } else if (hd.tokenlen > 0) {
+    hd.token = NULL; /* not ours or not a Retry token: ignore it */
+    hd.tokenlen = 0;
+  }
+  if (!podcid && ep->cfg.retry && hd.type == NGTCP2_PKT_INITIAL) {
+    send_retry(ep, &hd, from);
+    return;
+  }
+
+  c = conn_alloc(ep, from);
+  if (!c)
+    return;
+  c->server = 1;
+  settings_init(ep, &settings);
+  settings.token = hd.token;
+  settings.tokenlen = hd.tokenlen;
+  settings.token_type = token_type;
+  params_init(ep, &params);
+  params.original_dcid = podcid ? *podcid : hd.dcid;
+  params.original_dcid_present = 1;
+  if (podcid) {
+    params.retry_scid = hd.dcid;
+    params.retry_scid_present = 1;
+  }
+  scid.datalen = QUIC_SCID_LEN;
+  do
+    fill_random(scid.data, scid.datalen);
+  while (cidmap_find(ep, scid.data, scid.datalen));
+  if (ngtcp2_crypto_generate_stateless_reset_token(
+          params.stateless_reset_token, ep->secret, sizeof(ep->secret),
+          &scid) != 0)
+    goto fail;
+  params.stateless_reset_token_present = 1;
+  path.local.addr = (ngtcp2_sockaddr *)&ep->local;
+  path.local.addrlen = sa_len((struct sockaddr *)&ep->local);
+  path.remote.addr = (ngtcp2_sockaddr *)&c->remote;
+  path.remote.addrlen = sa_len(from);
+  path.user_data = NULL;
+  rv = ngtcp2_conn_server_new(&c->conn, &hd.scid, &scid, &path, hd.version,
+                              &cbs, &settings, &params, NULL, c);
+  if (rv != 0)
+    goto fail;
+  if (conn_attach_tls(c, ep->server_tls, NULL) < 0)
+    goto fail;
+  if (cidmap_add(c, &scid) < 0 || cidmap_add(c, &hd.dcid) < 0)
+    goto fail;
+  if (ep->cfg.cbs && ep->cfg.cbs->accept_cb &&
+      ep->cfg.cbs->accept_cb(ep, c, ep->cfg.ud) != 0)
+    goto fail;
+  conn_read(c, d, n, from);
+  return;
+fail:
+  conn_abandon(c);
+}
+
+static void handle_datagram(struct quic_endpoint *ep, const uint8_t *d,
+                            size_t n, const struct sockaddr *from)
+{
+  ngtcp2_version_cid vc;
+  struct quic_conn *c;
+  int rv;
+
+  ep->stats.rx_packets++;
+  ep->stats.rx_bytes += n;
+  rv = ngtcp2_pkt_decode_version_cid(&vc, d, n, QUIC_SCID_LEN);
+  if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
+    if (ep->server_tls)
+      send_version_negotiation(ep, &vc, from);
+    return;
+  }
+  if (rv != 0)
+    goto not_quic;
+  c = cidmap_find(ep, vc.dcid, vc.dcidlen);
+  if (c) {
+    conn_read(c, d, n, from);
+    return;
+  }
+  if (!(d[0] & 0x80))
+    goto not_quic; /* short header of no connection here */
+  if (ep->server_tls && vc.version == NGTCP2_PROTO_VER_V1)
+    accept_conn(ep, d, n, from);
+  return;
+not_quic:
+  if (ep->cfg.cbs && ep->cfg.cbs->packet_cb)
+    ep->cfg.cbs->packet_cb(ep, d, n, from, ep->cfg.ud);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+  struct quic_endpoint *ep = h->data;
+  (void)hint;
+  *buf = uv_buf_init((char *)ep->rbuf, sizeof(ep->rbuf));
+}
+
+static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                    const struct sockaddr *from, unsigned flags)
+{
+  struct quic_endpoint *ep = h->data;
+
+  if (nread <= 0 || !from || (flags & UV_UDP_PARTIAL))
+    return;
+  handle_datagram(ep, (const uint8_t *)buf->base, (size_t)nread, from);
+}
+
+/* --- public API ---------------------------------------------------------- */
+
+static void ep_free_cb(uv_handle_t *h)
+{
+  free(h->data);
+}
+
+int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
+                      const struct sockaddr *bind,
+                      const struct quic_endpoint_config *cfg)
+{
+  struct quic_endpoint *ep;
+  int namelen = sizeof(struct sockaddr_storage), rv, sz = 4 * 1024 * 1024;
+
+  *out = NULL;
+  ep = calloc(1, sizeof(*ep));
+  if (!ep)
+    return -ENOMEM;
+  ep->loop = loop;
+  ep->cfg = *cfg;
+  if (!ep->cfg.max_conns)
+    ep->cfg.max_conns = 4096;
+  if (!ep->cfg.idle_timeout_ms)
+    ep->cfg.idle_timeout_ms = 30000;
+  if (!ep->cfg.handshake_timeout_ms)
+    ep->cfg.handshake_timeout_ms = 10000;
+  if (cfg->server_tls)
+    ep->server_tls = tls_ctx_ref(cfg->server_tls);
+  fill_random(ep->secret, sizeof(ep->secret));
+  fill_random(&ep->hash_seed, sizeof(ep->hash_seed));
+  uv_udp_init(loop, &ep->udp);
+  ep->udp.data = ep;
+  rv = uv_udp_bind(&ep->udp, bind, 0);
+  if (rv < 0)
+    goto fail;
+  rv = uv_udp_getsockname(&ep->udp, (struct sockaddr *)&ep->local, &namelen);
+  if (rv < 0)
+    goto fail;
+  /* Bigger socket buffers ride out bursts; the kernel caps them. */
+  uv_recv_buffer_size((uv_handle_t *)&ep->udp, &sz);
+  sz = 4 * 1024 * 1024;
+  uv_send_buffer_size((uv_handle_t *)&ep->udp, &sz);
+  rv = uv_udp_recv_start(&ep->udp, alloc_cb, recv_cb);
+  if (rv < 0)
+    goto fail;
+  *out = ep;
+  return 0;
+fail:
+  tls_ctx_unref(ep->server_tls);
+  ep->server_tls = NULL;
+  ep->cfg.cbs = NULL;
+  uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
+  return rv;
+}
+
+void quic_endpoint_del(struct quic_endpoint *ep)
+{
+  if (!ep)
+    return;
+  while (ep->conns) {
+    struct quic_conn *c = ep->conns;
+    c->info.local = 1;
+    c->info.err = ZTNA_ERR_CLOSED;
+    snprintf(c->info.reason, sizeof(c->info.reason), "endpoint closed");
+    conn_destroy(c);
+  }
+  for (size_t i = 0; i < CIDMAP_BUCKETS; i++)
+    while (ep->map[i]) {
+      struct cident *e = ep->map[i];
+      ep->map[i] = e->next;
+      free(e);
+    }
+  tls_ctx_unref(ep->server_tls);
+  ep->server_tls = NULL;
+  uv_udp_recv_stop(&ep->udp);
+  uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
+}
+
+int quic_endpoint_local_addr(struct quic_endpoint *ep,
+                             struct sockaddr_storage *out)
+{
+  *out = ep->local;
+  return 0;
+}
+
+void quic_endpoint_set_server_tls(struct quic_endpoint *ep,
+                                  struct tls_ctx *tls)
+{
+  tls_ctx_ref(tls);
+  tls_ctx_unref(ep->server_tls);
+  ep->server_tls = tls;
+}
+
+const struct quic_stats *quic_endpoint_stats(struct quic_endpoint *ep)
+{
+  return &ep->stats;
+}
+
+size_t quic_endpoint_conn_count(struct quic_endpoint *ep)
+{
+  return ep->nconns;
+}
+
+size_t quic_endpoint_close_all(struct quic_endpoint *ep, uint64_t code,
+                               const char *reason)
+{
+  size_t n = 0;
+
+  while (ep->conns) {
+    quic_conn_close(ep->conns, code, reason);
+    n++;
+  }
+  return n;
+}
+
+int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
+                 struct tls_ctx *tls, const struct sockaddr *remote,
+                 const char *sni, const struct quic_conn_cbs *cbs, void *ud)
+{
+  ngtcp2_settings settings;
+  ngtcp2_transport_params params;
+  ngtcp2_callbacks ncb = callbacks_template;
+  ngtcp2_cid dcid, scid;
+  ngtcp2_path path;
+  struct quic_conn *c;
+  int rv;
+
+  *out = NULL;
+  if (ep->nconns >= ep->cfg.max_conns)
+    return ZTNA_ERR_LIMIT;
+  c = conn_alloc(ep, remote);
+  if (!c)
+    return -ENOMEM;
+  settings_init(ep, &settings);
+  params_init(ep, &params);
+  dcid.datalen = 18;
+  fill_random(dcid.data, dcid.datalen);
+  scid.datalen = QUIC_SCID_LEN;
+  do
+    fill_random(scid.data, scid.datalen);
+  while (cidmap_find(ep, scid.data, scid.datalen));
+  path.local.addr = (ngtcp2_sockaddr *)&ep->local;
+  path.local.addrlen = sa_len((struct sockaddr *)&ep->local);
+  path.remote.addr = (ngtcp2_sockaddr *)&c->remote;
+  path.remote.addrlen = sa_len(remote);
+  path.user_data = NULL;
+  rv = ngtcp2_conn_client_new(&c->conn, &dcid, &scid, &path,
+                              NGTCP2_PROTO_VER_V1, &ncb, &settings, &params,
+                              NULL, c);
+  if (rv != 0) {
+    rv = ZTNA_ERR_QUIC;
+    goto fail;
+  }
+  rv = conn_attach_tls(c, tls, sni);
+  if (rv < 0)
+    goto fail;
+  rv = cidmap_add(c, &scid);
+  if (rv < 0)
+    goto fail;
+  if (ep->cfg.keepalive_ms)
+    ngtcp2_conn_set_keep_alive_timeout(
+        c->conn, ep->cfg.keepalive_ms * NGTCP2_MILLISECONDS);
+  c->cbs = cbs;
+  c->ud = ud;
+  *out = c;
+  conn_write(c);
+  return 0;
+fail:
+  conn_abandon(c);
+  return rv;
+}
+
+void quic_conn_set_cbs(struct quic_conn *c, const struct quic_conn_cbs *cbs,
+                       void *ud)
+{
+  c->cbs = cbs;
+  c->ud = ud;
+}
+
+void *quic_conn_ud(struct quic_conn *c)
+{
+  return c->ud;
+}
+
+int quic_conn_is_server(struct quic_conn *c)
+{
+  return c->server;
+}
+
+int quic_conn_handshake_done(struct quic_conn *c)
+{
+  return c->handshake_done;
+}
+
+const struct sockaddr *quic_conn_peer(struct quic_conn *c)
+{
+  return (const struct sockaddr *)&c->remote;
+}
+
+struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c)
+{
+  return c->ep;
+}
+
+int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id)
+{
+  return tls_peer_identity(c->ssl, id);
+}
+
+uint64_t quic_conn_rtt_us(struct quic_conn *c)
+{
+  ngtcp2_conn_info ci;
+  ngtcp2_conn_get_conn_info(c->conn, &ci);
+  return ci.smoothed_rtt / 1000;
+}
+
+size_t quic_conn_max_datagram(struct quic_conn *c)
+{
+  const ngtcp2_transport_params *rp;
+  size_t frame_max, pkt_max, pmtu, dcidlen;
+
+  if (!c->handshake_done || c->dying)
+    return 0;
+  rp = ngtcp2_conn_get_remote_transport_params(c->conn);
+  if (!rp || rp->max_datagram_frame_size < 4)
+    return 0;
+  /* Frame: type (1) + length varint (up to 2 for these sizes) + data. */
+  frame_max = rp->max_datagram_frame_size > 65536
+                  ? 65536 - 3
+                  : (size_t)rp->max_datagram_frame_size - 3;
+  /* Short header: flags (1) + DCID + packet number (up to 4) + AEAD tag
+   * (16), then the frame header (3). */
+  pmtu = ngtcp2_conn_get_path_max_tx_udp_payload_size(c->conn);
+  dcidlen = ngtcp2_conn_get_dcid(c->conn)->datalen;
+  if (pmtu < 1 + dcidlen + 4 + 16 + 3 + 1)
+    return 0;
+  pkt_max = pmtu - 1 - dcidlen - 4 - 16 - 3;
+  return frame_max < pkt_max ? frame_max : pkt_max;
+}
+
+int quic_conn_send_datagramv(struct quic_conn *c, const struct iovec *iov,
+                             int iovcnt)
+{
+  struct dgram *d;
+  size_t len = 0, off = 0;
+
+  if (c->dying || c->want_close)
+    return ZTNA_ERR_CLOSED;
+  if (!c->handshake_done)
+    return ZTNA_ERR_STATE;
+  for (int i = 0; i < iovcnt; i++)
+    len += iov[i].iov_len;
+  if (len == 0 || len > quic_conn_max_datagram(c)) {
+    c->ep->stats.dgram_too_large++;
+    return ZTNA_ERR_TOO_LARGE;
+  }
+  if (c->dq_len >= QUIC_DGRAM_QUEUE_MAX) {
+    c->ep->stats.dgram_queue_full++;
+    return ZTNA_ERR_QUEUE_FULL;
+  }
+  d = malloc(sizeof(*d) + len);
+  if (!d)
+    return -ENOMEM;
+  d->next = NULL;
+  d->len = len;
+  for (int i = 0; i < iovcnt; i++) {
+    memcpy(d->data + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  if (c->dq_tail)
+    c->dq_tail->next = d;
+  else
+    c->dq_head = d;
+  c->dq_tail = d;
+  c->dq_len++;
+  conn_write(c);
+  return 0;
+}
+
+int quic_conn_send_datagram(struct quic_conn *c, const uint8_t *d, size_t n)
+{
+  struct iovec v = { (void *)(uintptr_t)d, n };
+  return quic_conn_send_datagramv(c, &v, 1);
+}
+
+size_t quic_conn_datagram_queued(struct quic_conn *c)
+{
+  return c->dq_len;
+}
+
+int quic_conn_open_stream(struct quic_conn *c, int64_t *sid)
+{
+  int rv;
+
+  if (c->dying || c->want_close)
+    return ZTNA_ERR_CLOSED;
+  rv = ngtcp2_conn_open_bidi_stream(c->conn, sid, NULL);
+  if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED)
+    return ZTNA_ERR_LIMIT;
+  return rv == 0 ? 0 : ZTNA_ERR_QUIC;
+}
+
+int quic_conn_stream_send(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                          size_t n, int fin)
+{
+  struct qstream *s;
+  struct chunk *k;
+
+  if (c->dying || c->want_close)
+    return ZTNA_ERR_CLOSED;
+  s = stream_find(c, sid);
+  if (!s) {
+    s = calloc(1, sizeof(*s));
+    if (!s)
+      return -ENOMEM;
+    s->id = sid;
+    s->next = c->streams;
+    c->streams = s;
+  }
+  if (s->fin)
+    return ZTNA_ERR_STATE;
+  if (s->buffered + n > QUIC_STREAM_BUF_MAX)
+    return ZTNA_ERR_QUEUE_FULL;
+  if (n > 0) {
+    k = malloc(sizeof(*k) + n);
+    if (!k)
+      return -ENOMEM;
+    k->next = NULL;
+    k->off = s->end;
+    k->len = n;
+    memcpy(k->data, d, n);
+    if (s->tail)
+      s->tail->next = k;
+    else
+      s->head = k;
+    s->tail = k;
+    if (!s->cur) {
+      s->cur = k;
+      s->cur_off = 0;
+    }
+    s->end += n;
+    s->buffered += n;
+  }
+  s->fin = fin;
+  conn_write(c);
+  return 0;
+}
+
+void quic_conn_close(struct quic_conn *c, uint64_t code, const char *reason)
+{
+  if (c->dying)
+    return;
+  c->close_code = code;
+  snprintf(c->close_reason, sizeof(c->close_reason), "%s",
+           reason ? reason : "");
+  if (c->in_ngtcp2) {
+    c->want_close = 1;
+    return;
+  }
+  do_app_close(c);
+}

@@ -1,0 +1,155 @@
+/* quic.h - QUIC endpoints on libuv + ngtcp2 + wolfSSL.
+ *
+ * An endpoint owns one UDP socket and any number of connections on it, as
+ * server (when it has a server tls_ctx) and as client (quic_connect) at the
+ * same time. Every connection has one timer driven by ngtcp2's expiry.
+ *
+ * Callbacks run on the loop thread. Inside a connection's callbacks the
+ * application may queue datagrams and stream data and ask to close any
+ * connection; the work is done when ngtcp2 has returned. A connection's
+ * memory stays valid until its close_cb has returned and the loop has turned
+ * once; after close_cb the application must not use it.
+ *
+ * Datagrams not of QUIC (or of unknown connections with a short header) go
+ * to the endpoint's packet_cb: the P2P control packets share the socket.
+ */
+#ifndef ZTNA_QUIC_H
+#define ZTNA_QUIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <uv.h>
+
+struct quic_endpoint;
+struct quic_conn;
+struct tls_ctx;
+struct tls_identity;
+
+#define QUIC_MAX_UDP_PAYLOAD 1350
+#define QUIC_SCID_LEN 20
+#define QUIC_DGRAM_QUEUE_MAX 1024
+#define QUIC_STREAM_BUF_MAX (1024 * 1024)
+
+/* Why a connection ended. */
+struct quic_close_info {
+  int local;         /* 1: we closed it (or failed); 0: the peer did */
+  int idle;          /* idle timeout, nothing was sent */
+  int app;           /* code is an application error code */
+  uint64_t code;     /* transport or application error code */
+  uint8_t tls_alert; /* TLS alert if the handshake failed (0 if none) */
+  int err;           /* ZTNA_ERR_* summary, 0 for a clean close */
+  char reason[128];  /* the reason phrase, printable */
+};
+
+struct quic_conn_cbs {
+  /* Handshake done and peer verified (ALPN checked). */
+  void (*handshake_cb)(struct quic_conn *c, void *ud);
+  void (*datagram_cb)(struct quic_conn *c, const uint8_t *d, size_t n,
+                      void *ud);
+  void (*stream_cb)(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                    size_t n, int fin, void *ud);
+  /* The peer's address as this connection sees it changed (after the
+   * handshake: NAT rebinding or migration). */
+  void (*path_cb)(struct quic_conn *c, const struct sockaddr *peer, void *ud);
+  /* The connection is gone; last callback. */
+  void (*close_cb)(struct quic_conn *c, const struct quic_close_info *info,
+                   void *ud);
+};
+
+struct quic_endpoint_cbs {
+  /* A client's first packet arrived. Set the connection's callbacks with
+   * quic_conn_set_cbs; return nonzero to refuse it. */
+  int (*accept_cb)(struct quic_endpoint *ep, struct quic_conn *c, void *ud);
+  /* A datagram that is not for any QUIC connection here. */
+  void (*packet_cb)(struct quic_endpoint *ep, const uint8_t *d, size_t n,
+                    const struct sockaddr *from, void *ud);
+};
+
+struct quic_endpoint_config {
+  struct tls_ctx *server_tls; /* NULL: client role only (a ref is taken) */
+  int retry;                  /* stateless Retry for new clients */
+  size_t max_conns;           /* 0: 4096 */
+  uint64_t idle_timeout_ms;   /* 0: 30000 */
+  uint64_t keepalive_ms;      /* client PING interval, 0: none */
+  uint64_t handshake_timeout_ms; /* 0: 10000 */
+  const struct quic_endpoint_cbs *cbs;
+  void *ud;
+};
+
+struct quic_stats {
+  uint64_t retry_sent, retry_ok, retry_fail;
+  uint64_t vn_sent;
+  uint64_t refused_limit;       /* connections refused by max_conns */
+  uint64_t dgram_too_large;     /* datagrams refused: do not fit */
+  uint64_t dgram_queue_full;    /* datagrams refused: queue full */
+  uint64_t dgram_rejected;      /* datagrams ngtcp2 refused when sending */
+  uint64_t udp_send_errors;     /* packets the socket would not take */
+  uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
+};
+
+/* Creates an endpoint bound to bind (port 0 picks one). Returns 0 or
+ * -errno/ZTNA_ERR_*. */
+int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
+                      const struct sockaddr *bind,
+                      const struct quic_endpoint_config *cfg);
+/* Drops every connection without a word (close them first to tell peers)
+ * and closes the socket; the memory goes when the loop has run. */
+void quic_endpoint_del(struct quic_endpoint *ep);
+int quic_endpoint_local_addr(struct quic_endpoint *ep,
+                             struct sockaddr_storage *out);
+/* Replaces the server TLS context for new connections (SIGHUP reload). */
+void quic_endpoint_set_server_tls(struct quic_endpoint *ep,
+                                  struct tls_ctx *tls);
+const struct quic_stats *quic_endpoint_stats(struct quic_endpoint *ep);
+size_t quic_endpoint_conn_count(struct quic_endpoint *ep);
+/* Sends one raw UDP datagram from the endpoint's socket (P2P control). */
+int quic_endpoint_send_raw(struct quic_endpoint *ep, const struct sockaddr *to,
+                           const uint8_t *d, size_t n);
+/* Closes every connection with an application close; returns how many. */
+size_t quic_endpoint_close_all(struct quic_endpoint *ep, uint64_t code,
+                               const char *reason);
+
+/* Starts a client connection to remote from the endpoint's socket. */
+int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
+                 struct tls_ctx *tls, const struct sockaddr *remote,
+                 const char *sni, const struct quic_conn_cbs *cbs, void *ud);
+
+void quic_conn_set_cbs(struct quic_conn *c, const struct quic_conn_cbs *cbs,
+                       void *ud);
+void *quic_conn_ud(struct quic_conn *c);
+int quic_conn_is_server(struct quic_conn *c);
+int quic_conn_handshake_done(struct quic_conn *c);
+const struct sockaddr *quic_conn_peer(struct quic_conn *c);
+struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c);
+int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id);
+/* Smoothed RTT in microseconds (0 before any sample). */
+uint64_t quic_conn_rtt_us(struct quic_conn *c);
+
+/* The largest DATAGRAM payload that fits the current path (0 before the
+ * handshake or when the peer does not take DATAGRAMs). */
+size_t quic_conn_max_datagram(struct quic_conn *c);
+/* Queues one DATAGRAM built from iov (copied). Returns 0, or
+ * ZTNA_ERR_TOO_LARGE (does not fit: see quic_conn_max_datagram),
+ * ZTNA_ERR_QUEUE_FULL, ZTNA_ERR_STATE (handshake not done),
+ * ZTNA_ERR_CLOSED. */
+int quic_conn_send_datagramv(struct quic_conn *c, const struct iovec *iov,
+                             int iovcnt);
+int quic_conn_send_datagram(struct quic_conn *c, const uint8_t *d, size_t n);
+/* Number of datagrams waiting to be sent. */
+size_t quic_conn_datagram_queued(struct quic_conn *c);
+
+/* Opens a bidirectional stream (client-initiated on a client). */
+int quic_conn_open_stream(struct quic_conn *c, int64_t *sid);
+/* Queues stream data (copied), with fin after it if fin is set. Returns 0,
+ * ZTNA_ERR_QUEUE_FULL past QUIC_STREAM_BUF_MAX unacknowledged bytes, or
+ * ZTNA_ERR_CLOSED. */
+int quic_conn_stream_send(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                          size_t n, int fin);
+
+/* Closes with an application error code and reason. */
+void quic_conn_close(struct quic_conn *c, uint64_t code, const char *reason);
+
+#endif

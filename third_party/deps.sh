@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Fetch and build ztna's pinned-by-name dependencies from Debian's archive.
+#
+#   third_party/deps.sh PREFIX_LINK
+#
+# Installs missing Debian packages (root) or prints the apt-get line (non-root),
+# fetches the source packages of wolfSSL, ngtcp2 and lwIP from Debian trixie
+# through a private apt configuration (the system's apt sources are never
+# touched), builds wolfSSL and ngtcp2 static into a cache folder outside the
+# clone, unpacks lwIP there for the Makefile to compile with our lwipopts.h,
+# and points PREFIX_LINK at the result.
+set -euo pipefail
+
+link=${1:?usage: deps.sh PREFIX_LINK}
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${ZTNA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ztna}
+suite=${ZTNA_SUITE:-trixie}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+step() { printf 'deps: %s\n' "$*" >&2; }
+die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+# -- Debian packages ---------------------------------------------------------
+# Build: compiler, cmake, dpkg-source, libuv, jsmn, cmocka, pkg-config.
+# Test: clang + compiler-rt (libFuzzer, sanitizers), pytest, openssl (an
+# independent certificate verifier), iproute2 + nftables (namespaces, NAT).
+pkgs="build-essential cmake pkg-config dpkg-dev ca-certificates libuv1-dev
+ libjsmn-dev libcmocka-dev clang libclang-rt-14-dev python3-pytest openssl
+ iproute2 nftables curl"
+missing=""
+for p in $pkgs; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    die "missing Debian packages; run as root:
+  apt-get update && apt-get install -y --no-install-recommends$missing"
+  fi
+  step "installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 || die "apt-get update failed (is the archive reachable?)"
+  apt-get install -y -qq --no-install-recommends $missing >&2 \
+    || die "apt-get install$missing failed"
+fi
+
+# -- Source packages through a private apt configuration ---------------------
+apt_dir=$cache/apt-$suite
+mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$cache/src"
+sys=/etc/apt/sources.list.d/debian.sources
+[ -r "$sys" ] || die "$sys not found: cannot derive the archive URI"
+# Only the main archive's stanza: its URIs and Signed-By.
+uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$sys")
+key=$(awk '/^Signed-By:/ {print $2; exit}' "$sys")
+[ -n "$uri" ] || die "no archive URI in $sys"
+cat > "$apt_dir/parts/ztna-src.sources" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: $suite
+Components: main
+Signed-By: $key
+SRC
+apt_opts=(-o Dir::Etc::SourceList=/dev/null
+          -o Dir::Etc::SourceParts="$apt_dir/parts"
+          -o Dir::State::Lists="$apt_dir/lists"
+          -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+
+src_version() { # pkg -> version in the suite (updates the lists when needed)
+  local v
+  v=$(apt-cache "${apt_opts[@]}" showsrc "$1" 2>/dev/null \
+      | awk '/^Version:/ {print $2}' | sort -V | tail -1)
+  printf '%s' "$v"
+}
+
+ensure_lists() {
+  if [ -z "$(src_version wolfssl)" ] || [ -n "${ZTNA_REFRESH:-}" ]; then
+    step "updating the private source list ($suite)"
+    apt-get "${apt_opts[@]}" update -qq >&2 \
+      || die "cannot reach the Debian archive at $uri for $suite sources"
+  fi
+}
+
+unpack_by_hand() { # download dir, target dir
+  local dl=$1 dir=$2 orig deb p
+  orig=$(ls "$dl"/*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)
+  deb=$(ls "$dl"/*.debian.tar.* 2>/dev/null | head -1)
+  [ -n "$orig" ] && [ -n "$deb" ] || return 1
+  mkdir -p "$dir"
+  tar -xf "$orig" -C "$dir" --strip-components=1 || return 1
+  tar -xf "$deb" -C "$dir" || return 1
+  if [ -f "$dir/debian/patches/series" ]; then
+    while read -r p _; do
+      case "$p" in ''|'#'*) continue ;; esac
+      patch -d "$dir" -p1 -s <"$dir/debian/patches/$p" >&2 || return 1
+    done <"$dir/debian/patches/series"
+  fi
+}
+
+fetch() { # pkg -> prints the unpacked source dir
+  local pkg=$1 ver dir
+  ver=$(src_version "$pkg")
+  [ -n "$ver" ] || die "source package $pkg not found in $suite"
+  dir=$cache/src/$pkg-$ver
+  if [ ! -f "$dir/.ztna-unpacked" ]; then
+    step "fetching source package $pkg $ver"
+    rm -rf "$dir" "$cache/dl-$pkg"; mkdir -p "$cache/dl-$pkg"
+    # apt checks every file it fetches against the signed Sources index.
+    # Some mirrors lack the .dsc while serving the tarballs; then unpack the
+    # orig and debian tarballs and apply Debian's patch series by hand.
+    (cd "$cache/dl-$pkg" && apt-get "${apt_opts[@]}" source --download-only \
+       "$pkg=$ver" >&2) || step "apt-get source $pkg reported errors; checking what arrived"
+    if ls "$cache/dl-$pkg"/*.dsc >/dev/null 2>&1; then
+      (cd "$cache/dl-$pkg" && dpkg-source --no-check -x ./*.dsc "$dir" >&2) \
+        || die "dpkg-source -x $pkg failed"
+    else
+      unpack_by_hand "$cache/dl-$pkg" "$dir" \
+        || die "source package $pkg $ver could not be fetched or unpacked"
+    fi
+    rm -rf "$cache/dl-$pkg"
+    touch "$dir/.ztna-unpacked"
+  fi
+  printf '%s' "$dir"
+}
+
+# A stamp over the versions and this recipe: any change rebuilds.
+ensure_lists
+wolf_ver=$(src_version wolfssl); ng_ver=$(src_version ngtcp2)
+lwip_ver=$(src_version lwip)
+[ -n "$wolf_ver" ] && [ -n "$ng_ver" ] && [ -n "$lwip_ver" ] \
+  || die "could not resolve wolfssl/ngtcp2/lwip versions in $suite"
+sum=$(cat "$0" | sha256sum | cut -c1-12)
+prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$sum
+if [ -f "$prefix/.ztna-built" ]; then
+  ln -sfn "$prefix" "$link"
+  exit 0
+fi
+
+wolf_src=$(fetch wolfssl); ng_src=$(fetch ngtcp2); lwip_src=$(fetch lwip)
+rm -rf "$prefix.tmp"; mkdir -p "$prefix.tmp"
+pfx=$prefix.tmp
+
+step "building wolfSSL $wolf_ver (QUIC, certgen, keygen)"
+cmake -S "$wolf_src" -B "$pfx/b-wolfssl" -DCMAKE_INSTALL_PREFIX="$pfx" \
+  -DCMAKE_INSTALL_LIBDIR=lib \
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+  -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
+  -DWOLFSSL_QUIC=yes -DWOLFSSL_EXAMPLES=no -DWOLFSSL_CRYPT_TESTS=no \
+  -DWOLFSSL_KEYGEN=yes -DWOLFSSL_CERTGEN=yes -DWOLFSSL_CERTEXT=yes \
+  -DWOLFSSL_CERTREQ=yes -DWOLFSSL_ED25519=yes -DWOLFSSL_CURVE25519=yes \
+  -DWOLFSSL_SESSION_TICKET=yes -DWOLFSSL_AESNI=yes \
+  -DCMAKE_C_FLAGS="-Wno-error -DWOLFSSL_ALT_NAMES -DWOLFSSL_PUBLIC_MP" \
+  >"$pfx/wolfssl.log" 2>&1 \
+  && cmake --build "$pfx/b-wolfssl" -j"$jobs" >>"$pfx/wolfssl.log" 2>&1 \
+  && cmake --install "$pfx/b-wolfssl" >>"$pfx/wolfssl.log" 2>&1 \
+  || { tail -30 "$pfx/wolfssl.log" >&2; die "wolfSSL build failed (log: $pfx/wolfssl.log)"; }
+grep -q '#define WOLFSSL_QUIC' "$pfx/include/wolfssl/options.h" \
+  || die "wolfSSL was built without WOLFSSL_QUIC"
+# Defines passed in CFLAGS do not reach options.h, but struct Cert's layout
+# depends on them: record them so every user of the headers agrees.
+cat >>"$pfx/include/wolfssl/options.h" <<'OPT'
+/* added by ztna's third_party/deps.sh: built with these CFLAGS defines */
+#ifndef WOLFSSL_ALT_NAMES
+#define WOLFSSL_ALT_NAMES
+#endif
+OPT
+
+step "building ngtcp2 $ng_ver (wolfSSL crypto backend)"
+PKG_CONFIG_PATH=$pfx/lib/pkgconfig cmake -S "$ng_src" -B "$pfx/b-ngtcp2" \
+  -DCMAKE_INSTALL_PREFIX="$pfx" -DCMAKE_INSTALL_LIBDIR=lib \
+  -DCMAKE_BUILD_TYPE=Release -DENABLE_WOLFSSL=ON -DENABLE_OPENSSL=OFF \
+  -DENABLE_GNUTLS=OFF -DENABLE_BORINGSSL=OFF -DENABLE_PICOTLS=OFF \
+  -DENABLE_SHARED_LIB=OFF -DENABLE_STATIC_LIB=ON -DBUILD_TESTING=OFF \
+  -DENABLE_LIB_ONLY=ON -DCMAKE_PREFIX_PATH="$pfx" \
+  >"$pfx/ngtcp2.log" 2>&1 \
+  && cmake --build "$pfx/b-ngtcp2" -j"$jobs" >>"$pfx/ngtcp2.log" 2>&1 \
+  && cmake --install "$pfx/b-ngtcp2" >>"$pfx/ngtcp2.log" 2>&1 \
+  || { tail -30 "$pfx/ngtcp2.log" >&2; die "ngtcp2 build failed (log: $pfx/ngtcp2.log)"; }
+
+step "unpacking lwIP $lwip_ver for the project's lwipopts.h"
+cp -a "$lwip_src/src" "$pfx/lwip"
+
+rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2"
+cat > "$pfx/VERSIONS" <<V
+wolfssl $wolf_ver
+ngtcp2 $ng_ver
+lwip $lwip_ver
+V
+touch "$pfx/.ztna-built"
+rm -rf "$prefix"; mv "$pfx" "$prefix"
+ln -sfn "$prefix" "$link"
+step "dependencies ready in $prefix"
