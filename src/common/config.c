@@ -42,13 +42,21 @@ static void pos_of(const struct doc *d, int off, int *line, int *col)
   }
 }
 
+/* Where a token begins in the text: a string at its opening quote. */
+static int tok_pos(const struct doc *d, int t)
+{
+  if (t < 0)
+    return 0;
+  return d->tok[t].start - (d->tok[t].type == JSMN_STRING ? 1 : 0);
+}
+
 __attribute__((format(printf, 3, 4))) static int fail(struct doc *d, int t,
                                                       const char *fmt, ...)
 {
   int line, col, n;
   va_list ap;
 
-  pos_of(d, t >= 0 ? d->tok[t].start : 0, &line, &col);
+  pos_of(d, tok_pos(d, t), &line, &col);
   if (d->path[0])
     n = snprintf(d->err, d->errlen, "%s:%d:%d: %s: ", d->name, line, col,
                  d->path);
@@ -258,16 +266,179 @@ static void unknown_key(struct doc *d, int keytok)
 
   if (!d->warn || d->text[d->tok[keytok].start] == '_')
     return;
-  pos_of(d, d->tok[keytok].start, &line, &col);
+  pos_of(d, tok_pos(d, keytok), &line, &col);
   snprintf(msg, sizeof(msg), "%s:%d:%d: unknown key '%s' ignored", d->name,
            line, col, d->path);
   d->warn(msg);
+}
+
+/* A strict RFC 8259 syntax check: jsmn alone accepts things such as
+ * "{"a": 1,,}" and missing commas. Returns 0, or -1 with *pos at the first
+ * byte that is wrong. Nesting is bounded so hostile input cannot exhaust
+ * the stack. */
+struct vj {
+  const char *s;
+  size_t n, i;
+  int depth;
+};
+
+static void vj_ws(struct vj *v)
+{
+  while (v->i < v->n && (v->s[v->i] == ' ' || v->s[v->i] == '\t' ||
+                         v->s[v->i] == '\n' || v->s[v->i] == '\r'))
+    v->i++;
+}
+
+static int vj_value(struct vj *v);
+
+static int vj_string(struct vj *v)
+{
+  if (v->i >= v->n || v->s[v->i] != '"')
+    return -1;
+  for (v->i++; v->i < v->n; v->i++) {
+    unsigned char c = (unsigned char)v->s[v->i];
+    if (c == '"') {
+      v->i++;
+      return 0;
+    }
+    if (c < 0x20)
+      return -1;
+    if (c == '\\')
+      v->i++; /* the escape itself is checked when the string is read */
+  }
+  return -1;
+}
+
+static int vj_digits(struct vj *v)
+{
+  size_t start = v->i;
+  while (v->i < v->n && v->s[v->i] >= '0' && v->s[v->i] <= '9')
+    v->i++;
+  return v->i > start ? 0 : -1;
+}
+
+static int vj_number(struct vj *v)
+{
+  if (v->i < v->n && v->s[v->i] == '-')
+    v->i++;
+  if (v->i < v->n && v->s[v->i] == '0')
+    v->i++;
+  else if (vj_digits(v) < 0)
+    return -1;
+  if (v->i < v->n && v->s[v->i] == '.') {
+    v->i++;
+    if (vj_digits(v) < 0)
+      return -1;
+  }
+  if (v->i < v->n && (v->s[v->i] == 'e' || v->s[v->i] == 'E')) {
+    v->i++;
+    if (v->i < v->n && (v->s[v->i] == '+' || v->s[v->i] == '-'))
+      v->i++;
+    if (vj_digits(v) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+static int vj_word(struct vj *v, const char *w)
+{
+  size_t k = strlen(w);
+  if (v->n - v->i < k || memcmp(v->s + v->i, w, k) != 0)
+    return -1;
+  v->i += k;
+  return 0;
+}
+
+static int vj_container(struct vj *v, char close)
+{
+  if (++v->depth > 32)
+    return -1;
+  v->i++;
+  vj_ws(v);
+  if (v->i < v->n && v->s[v->i] == close) {
+    v->i++;
+    v->depth--;
+    return 0;
+  }
+  for (;;) {
+    vj_ws(v);
+    if (close == '}') {
+      if (vj_string(v) < 0)
+        return -1;
+      vj_ws(v);
+      if (v->i >= v->n || v->s[v->i] != ':')
+        return -1;
+      v->i++;
+      vj_ws(v);
+    }
+    if (vj_value(v) < 0)
+      return -1;
+    vj_ws(v);
+    if (v->i < v->n && v->s[v->i] == ',') {
+      v->i++;
+      continue;
+    }
+    if (v->i < v->n && v->s[v->i] == close) {
+      v->i++;
+      v->depth--;
+      return 0;
+    }
+    return -1;
+  }
+}
+
+static int vj_value(struct vj *v)
+{
+  if (v->i >= v->n)
+    return -1;
+  switch (v->s[v->i]) {
+  case '{':
+    return vj_container(v, '}');
+  case '[':
+    return vj_container(v, ']');
+  case '"':
+    return vj_string(v);
+  case 't':
+    return vj_word(v, "true");
+  case 'f':
+    return vj_word(v, "false");
+  case 'n':
+    return vj_word(v, "null");
+  default:
+    return vj_number(v);
+  }
+}
+
+static int json_syntax_ok(const char *s, size_t n, size_t *pos)
+{
+  struct vj v = { s, n, 0, 0 };
+
+  vj_ws(&v);
+  if (vj_value(&v) == 0) {
+    vj_ws(&v);
+    if (v.i == n)
+      return 0;
+  }
+  *pos = v.i;
+  return -1;
+}
+
+static int jsmn_failure(struct doc *d, int code, unsigned pos)
+{
+  int line, col;
+
+  pos_of(d, (int)pos, &line, &col);
+  snprintf(d->err, d->errlen, "%s:%d:%d: %s", d->name, line, col,
+           code == JSMN_ERROR_PART ? "JSON ends too early (unclosed { [ or \")"
+                                   : "invalid JSON here");
+  return ZTNA_ERR_CONFIG;
 }
 
 static int parse_doc(struct doc *d, const char *name, const char *text,
                      size_t len, char *err, size_t errlen, cfg_warn_fn warn)
 {
   jsmn_parser p;
+  size_t bad;
   int n;
 
   memset(d, 0, sizeof(*d));
@@ -281,16 +452,18 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
     return fail(d, -1, "file larger than %d bytes", CFG_FILE_MAX);
   if (memchr(text, '\0', len))
     return fail(d, -1, "file contains a NUL byte; is it JSON?");
-  jsmn_init(&p);
-  n = jsmn_parse(&p, text, len, NULL, 0);
-  if (n < 0) {
+  if (json_syntax_ok(text, len, &bad) < 0) {
     int line, col;
-    pos_of(d, (int)p.pos, &line, &col);
+    pos_of(d, (int)bad, &line, &col);
     snprintf(err, errlen, "%s:%d:%d: %s", name, line, col,
-             n == JSMN_ERROR_PART ? "JSON ends too early (unclosed { [ or \")"
-                                  : "invalid JSON here");
+             bad >= len ? "JSON ends too early (unclosed { [ or \")"
+                        : "invalid JSON here");
     return ZTNA_ERR_CONFIG;
   }
+  jsmn_init(&p);
+  n = jsmn_parse(&p, text, len, NULL, 0);
+  if (n < 0)
+    return jsmn_failure(d, n, p.pos);
   if (n == 0)
     return fail(d, -1, "empty file: expected a JSON object");
   d->tok = calloc((size_t)n, sizeof(*d->tok));
@@ -299,9 +472,10 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
   jsmn_init(&p);
   d->ntok = jsmn_parse(&p, text, len, d->tok, (unsigned)n);
   if (d->ntok != n) {
+    /* Only this pass sees unclosed objects: the counting pass does not. */
     free(d->tok);
     d->tok = NULL;
-    return fail(d, -1, "invalid JSON");
+    return jsmn_failure(d, d->ntok < 0 ? d->ntok : JSMN_ERROR_INVAL, p.pos);
   }
   if (d->tok[0].type != JSMN_OBJECT)
     return fail(d, 0, "expected a JSON object at the top, got %s",
