@@ -452,6 +452,8 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
     return fail(d, -1, "file larger than %d bytes", CFG_FILE_MAX);
   if (memchr(text, '\0', len))
     return fail(d, -1, "file contains a NUL byte; is it JSON?");
+  if (strspn(text, " \t\r\n") >= len)
+    return fail(d, -1, "empty file: expected a JSON object");
   if (json_syntax_ok(text, len, &bad) < 0) {
     int line, col;
     pos_of(d, (int)bad, &line, &col);
