@@ -418,6 +418,8 @@ static int json_syntax_ok(const char *s, size_t n, size_t *pos)
     vj_ws(&v);
     if (v.i == n)
       return 0;
+    *pos = v.i;
+    return -2; /* a whole value, then more */
   }
   *pos = v.i;
   return -1;
@@ -439,7 +441,7 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
 {
   jsmn_parser p;
   size_t bad;
-  int n;
+  int n, rv;
 
   memset(d, 0, sizeof(*d));
   d->name = name;
@@ -454,12 +456,13 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
     return fail(d, -1, "file contains a NUL byte; is it JSON?");
   if (strspn(text, " \t\r\n") >= len)
     return fail(d, -1, "empty file: expected a JSON object");
-  if (json_syntax_ok(text, len, &bad) < 0) {
+  if ((rv = json_syntax_ok(text, len, &bad)) < 0) {
     int line, col;
     pos_of(d, (int)bad, &line, &col);
     snprintf(err, errlen, "%s:%d:%d: %s", name, line, col,
-             bad >= len ? "JSON ends too early (unclosed { [ or \")"
-                        : "invalid JSON here");
+             rv == -2     ? "unexpected data after the top-level value"
+             : bad >= len ? "JSON ends too early (unclosed { [ or \")"
+                          : "invalid JSON here");
     return ZTNA_ERR_CONFIG;
   }
   jsmn_init(&p);

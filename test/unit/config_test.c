@@ -144,7 +144,7 @@ static void test_config_errors(void **state)
   expect_error("{\"port\": 01}", "x.json:1:11: invalid JSON here");
   expect_error("[1, 2]", "expected a JSON object at the top, got an array");
   expect_error("", "empty file");
-  expect_error("{} {}", "unexpected data after the top-level object");
+  expect_error("{} {}", "x.json:1:4: unexpected data after the top-level value");
   expect_error("{\"cert_path\": \"a\\qb\"}", "unknown escape \\q");
   expect_error("{\"cert_path\": \"\\u0000\"}", "\\u0000 is not allowed");
   expect_error("{\"cert_path\": \"\xc3\x28\"}", "not valid UTF-8");
