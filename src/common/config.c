@@ -16,6 +16,8 @@
 #include "err.h"
 #include "wire.h"
 
+static int hexval(char c);
+
 struct doc {
   const char *name;
   const char *text;
@@ -118,17 +120,6 @@ static int key_is(const struct doc *d, int t, const char *key)
 {
   size_t n = (size_t)(d->tok[t].end - d->tok[t].start);
   return strlen(key) == n && memcmp(d->text + d->tok[t].start, key, n) == 0;
-}
-
-static int hexval(char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
 }
 
 /* Unescapes a JSON string token into out (cap bytes with the NUL). */
@@ -272,6 +263,17 @@ static void unknown_key(struct doc *d, int keytok)
   d->warn(msg);
 }
 
+static int hexval(char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
 /* A strict RFC 8259 syntax check: jsmn alone accepts things such as
  * "{"a": 1,,}" and missing commas. Returns 0, or -1 with *pos at the first
  * byte that is wrong. Nesting is bounded so hostile input cannot exhaust
@@ -280,7 +282,15 @@ struct vj {
   const char *s;
   size_t n, i;
   int depth;
+  const char *why;
 };
+
+static int vj_fail(struct vj *v, const char *why)
+{
+  if (!v->why)
+    v->why = v->i >= v->n ? "JSON ends too early (unclosed { [ or \")" : why;
+  return -1;
+}
 
 static void vj_ws(struct vj *v)
 {
@@ -291,10 +301,10 @@ static void vj_ws(struct vj *v)
 
 static int vj_value(struct vj *v);
 
-static int vj_string(struct vj *v)
+static int vj_string(struct vj *v, const char *what)
 {
   if (v->i >= v->n || v->s[v->i] != '"')
-    return -1;
+    return vj_fail(v, what);
   for (v->i++; v->i < v->n; v->i++) {
     unsigned char c = (unsigned char)v->s[v->i];
     if (c == '"') {
@@ -302,11 +312,22 @@ static int vj_string(struct vj *v)
       return 0;
     }
     if (c < 0x20)
-      return -1;
-    if (c == '\\')
-      v->i++; /* the escape itself is checked when the string is read */
+      return vj_fail(v, "control character in string (escape it)");
+    if (c != '\\')
+      continue;
+    if (++v->i >= v->n)
+      break;
+    if (v->s[v->i] == 'u') {
+      for (int k = 1; k <= 4; k++)
+        if (v->i + (size_t)k >= v->n || hexval(v->s[v->i + (size_t)k]) < 0)
+          return vj_fail(v, "\\u needs four hex digits");
+      v->i += 4;
+    } else if (!strchr("\"\\/bfnrt", v->s[v->i]) || !v->s[v->i]) {
+      v->i--;
+      return vj_fail(v, "unknown escape in string");
+    }
   }
-  return -1;
+  return vj_fail(v, "unterminated string");
 }
 
 static int vj_digits(struct vj *v)
@@ -314,17 +335,24 @@ static int vj_digits(struct vj *v)
   size_t start = v->i;
   while (v->i < v->n && v->s[v->i] >= '0' && v->s[v->i] <= '9')
     v->i++;
-  return v->i > start ? 0 : -1;
+  return v->i > start ? 0 : vj_fail(v, "bad number");
 }
 
 static int vj_number(struct vj *v)
 {
   if (v->i < v->n && v->s[v->i] == '-')
     v->i++;
-  if (v->i < v->n && v->s[v->i] == '0')
+  if (v->i >= v->n ||
+      !(v->s[v->i] >= '0' && v->s[v->i] <= '9'))
+    return vj_fail(v, "expected a value (string, number, object, array, "
+                      "true, false or null)");
+  if (v->s[v->i] == '0') {
     v->i++;
-  else if (vj_digits(v) < 0)
+    if (v->i < v->n && v->s[v->i] >= '0' && v->s[v->i] <= '9')
+      return vj_fail(v, "numbers do not start with 0");
+  } else if (vj_digits(v) < 0) {
     return -1;
+  }
   if (v->i < v->n && v->s[v->i] == '.') {
     v->i++;
     if (vj_digits(v) < 0)
@@ -344,7 +372,8 @@ static int vj_word(struct vj *v, const char *w)
 {
   size_t k = strlen(w);
   if (v->n - v->i < k || memcmp(v->s + v->i, w, k) != 0)
-    return -1;
+    return vj_fail(v, "expected a value (string, number, object, array, "
+                      "true, false or null)");
   v->i += k;
   return 0;
 }
@@ -352,7 +381,7 @@ static int vj_word(struct vj *v, const char *w)
 static int vj_container(struct vj *v, char close)
 {
   if (++v->depth > 32)
-    return -1;
+    return vj_fail(v, "nested deeper than 32 levels");
   v->i++;
   vj_ws(v);
   if (v->i < v->n && v->s[v->i] == close) {
@@ -363,11 +392,11 @@ static int vj_container(struct vj *v, char close)
   for (;;) {
     vj_ws(v);
     if (close == '}') {
-      if (vj_string(v) < 0)
+      if (vj_string(v, "expected a quoted key") < 0)
         return -1;
       vj_ws(v);
       if (v->i >= v->n || v->s[v->i] != ':')
-        return -1;
+        return vj_fail(v, "expected ':' after the key");
       v->i++;
       vj_ws(v);
     }
@@ -383,21 +412,22 @@ static int vj_container(struct vj *v, char close)
       v->depth--;
       return 0;
     }
-    return -1;
+    return vj_fail(v, close == '}' ? "expected ',' or '}'"
+                                   : "expected ',' or ']'");
   }
 }
 
 static int vj_value(struct vj *v)
 {
   if (v->i >= v->n)
-    return -1;
+    return vj_fail(v, "");
   switch (v->s[v->i]) {
   case '{':
     return vj_container(v, '}');
   case '[':
     return vj_container(v, ']');
   case '"':
-    return vj_string(v);
+    return vj_string(v, "");
   case 't':
     return vj_word(v, "true");
   case 'f':
@@ -409,20 +439,20 @@ static int vj_value(struct vj *v)
   }
 }
 
-static int json_syntax_ok(const char *s, size_t n, size_t *pos)
+/* Returns NULL when s is one JSON value, else why not with *pos set. */
+static const char *json_syntax_error(const char *s, size_t n, size_t *pos)
 {
-  struct vj v = { s, n, 0, 0 };
+  struct vj v = { s, n, 0, 0, NULL };
 
   vj_ws(&v);
   if (vj_value(&v) == 0) {
     vj_ws(&v);
     if (v.i == n)
-      return 0;
-    *pos = v.i;
-    return -2; /* a whole value, then more */
+      return NULL;
+    v.why = "unexpected data after the top-level value";
   }
   *pos = v.i;
-  return -1;
+  return v.why;
 }
 
 static int jsmn_failure(struct doc *d, int code, unsigned pos)
@@ -440,8 +470,9 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
                      size_t len, char *err, size_t errlen, cfg_warn_fn warn)
 {
   jsmn_parser p;
+  const char *why;
   size_t bad;
-  int n, rv;
+  int n;
 
   memset(d, 0, sizeof(*d));
   d->name = name;
@@ -456,13 +487,10 @@ static int parse_doc(struct doc *d, const char *name, const char *text,
     return fail(d, -1, "file contains a NUL byte; is it JSON?");
   if (strspn(text, " \t\r\n") >= len)
     return fail(d, -1, "empty file: expected a JSON object");
-  if ((rv = json_syntax_ok(text, len, &bad)) < 0) {
+  if ((why = json_syntax_error(text, len, &bad)) != NULL) {
     int line, col;
     pos_of(d, (int)bad, &line, &col);
-    snprintf(err, errlen, "%s:%d:%d: %s", name, line, col,
-             rv == -2     ? "unexpected data after the top-level value"
-             : bad >= len ? "JSON ends too early (unclosed { [ or \")"
-                          : "invalid JSON here");
+    snprintf(err, errlen, "%s:%d:%d: %s", name, line, col, why);
     return ZTNA_ERR_CONFIG;
   }
   jsmn_init(&p);

@@ -139,13 +139,14 @@ static void test_config_errors(void **state)
   expect_error("{\"bind_addr\": 1}", "bind_addr: expected a string, got a "
                "number");
   expect_error("{\n\"port\": 4433,\n", "x.json:3:1: JSON ends too early");
-  expect_error("{\"port\": 4433,,}", "x.json:1:15: invalid JSON here");
-  expect_error("{\"port\": 4433 \"x\": 1}", "x.json:1:15: invalid JSON here");
-  expect_error("{\"port\": 01}", "x.json:1:11: invalid JSON here");
+  expect_error("{\"port\": 4433,,}", "x.json:1:15: expected a quoted key");
+  expect_error("{\"port\": 4433 \"x\": 1}", "x.json:1:15: expected ',' or '}'");
+  expect_error("{\"port\": 01}", "x.json:1:11: numbers do not start with 0");
+  expect_error("{\"port\" 1}", "x.json:1:9: expected ':' after the key");
   expect_error("[1, 2]", "expected a JSON object at the top, got an array");
   expect_error("", "empty file");
   expect_error("{} {}", "x.json:1:4: unexpected data after the top-level value");
-  expect_error("{\"cert_path\": \"a\\qb\"}", "unknown escape \\q");
+  expect_error("{\"cert_path\": \"a\\qb\"}", "x.json:1:17: unknown escape in string");
   expect_error("{\"cert_path\": \"\\u0000\"}", "\\u0000 is not allowed");
   expect_error("{\"cert_path\": \"\xc3\x28\"}", "not valid UTF-8");
   expect_error("{\"port\": 1, \"x\": \"\0\"}", "");
