@@ -343,6 +343,19 @@ static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
   return 0;
 }
 
+/* The connection is up for the application: on a server when the
+ * handshake completes, on a client only when the server confirms it. In TLS
+ * 1.3 a client finishes before the server has judged its certificate, so
+ * "completed" alone would report connections the server then refuses. */
+static int conn_up(struct quic_conn *c)
+{
+  c->handshake_done = 1;
+  sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
+  if (c->cbs && c->cbs->handshake_cb)
+    c->cbs->handshake_cb(c, c->ud);
+  return 0;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
 {
   struct quic_conn *c = ud;
@@ -352,11 +365,14 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
     c->info.err = ZTNA_ERR_ALPN;
     return NGTCP2_ERR_CALLBACK_FAILURE;
   }
-  c->handshake_done = 1;
-  sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
-  if (c->cbs && c->cbs->handshake_cb)
-    c->cbs->handshake_cb(c, c->ud);
-  return 0;
+  return c->server ? conn_up(c) : 0;
+}
+
+static int handshake_confirmed_cb(ngtcp2_conn *conn, void *ud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+  return c->server ? 0 : conn_up(c);
 }
 
 static int recv_datagram_cb(ngtcp2_conn *conn, uint32_t flags,
@@ -476,6 +492,7 @@ static const ngtcp2_callbacks callbacks_template = {
   .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
   .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
   .handshake_completed = handshake_completed_cb,
+  .handshake_confirmed = handshake_confirmed_cb,
   .encrypt = ngtcp2_crypto_encrypt_cb,
   .decrypt = ngtcp2_crypto_decrypt_cb,
   .hp_mask = ngtcp2_crypto_hp_mask_cb,

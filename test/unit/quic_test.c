@@ -1,0 +1,623 @@
+/* quic_test.c - the transport over real loopback sockets: mTLS handshakes,
+ * 10,000 DATAGRAMs each way and 1 MiB of stream data each way checked byte
+ * for byte, Retry, version negotiation, close codes, idle timeout, and the
+ * handshakes that must fail (wrong ALPN, untrusted CA, no client
+ * certificate, expired certificates, wrong server name).
+ *
+ * Certificates come from ztna keygen (the Makefile makes them); the
+ * directory is in ZTNA_TEST_CERTS. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "err.h"
+#include "quic.h"
+#include "tls.h"
+
+#define NDGRAMS 10000
+#define STREAM_BYTES (1024 * 1024)
+#define TIMEOUT_MS 30000
+
+static char certdir[512];
+
+static const char *cert(const char *name)
+{
+  static char bufs[8][600];
+  static int k;
+  char *b = bufs[k++ % 8];
+  snprintf(b, sizeof(bufs[0]), "%s/%s", certdir, name);
+  return b;
+}
+
+/* One side of a test connection. */
+struct side {
+  struct quic_conn *c;
+  int handshake, closed;
+  struct quic_close_info info;
+  uint32_t sent, received, bad;
+  uint8_t *seen;          /* NDGRAMS flags */
+  int64_t sid;
+  size_t stream_rx;
+  int stream_fin, stream_bad;
+  size_t stream_tx;       /* bytes queued so far */
+  int echo_stream;        /* server: send the stream back */
+  struct tls_identity peer;
+  struct sockaddr_storage peer_addr;
+};
+
+struct world {
+  uv_loop_t loop;
+  struct quic_endpoint *server_ep, *client_ep;
+  struct tls_ctx *server_tls, *client_tls;
+  struct side srv, cli;
+  int pump; /* keep sending datagrams */
+  uv_idle_t idle;
+};
+
+static struct world *W;
+
+static uint8_t pattern(uint32_t seq, size_t i)
+{
+  return (uint8_t)(seq * 31 + i * 7 + 1);
+}
+
+static size_t dgram_len(uint32_t seq, size_t max)
+{
+  return 8 + (seq * 131) % (max - 8 + 1); /* 8 .. max, varied */
+}
+
+static void fill_dgram(uint8_t *b, uint32_t seq, size_t len)
+{
+  b[0] = (uint8_t)(seq >> 24);
+  b[1] = (uint8_t)(seq >> 16);
+  b[2] = (uint8_t)(seq >> 8);
+  b[3] = (uint8_t)seq;
+  b[4] = (uint8_t)(len >> 8);
+  b[5] = (uint8_t)len;
+  b[6] = b[7] = 0x5c;
+  for (size_t i = 8; i < len; i++)
+    b[i] = pattern(seq, i);
+}
+
+static void check_dgram(struct side *s, const uint8_t *d, size_t n)
+{
+  uint32_t seq;
+
+  if (n < 8) {
+    s->bad++;
+    return;
+  }
+  seq = (uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 |
+        d[3];
+  if (seq >= NDGRAMS || ((size_t)d[4] << 8 | d[5]) != n || d[6] != 0x5c) {
+    s->bad++;
+    return;
+  }
+  for (size_t i = 8; i < n; i++)
+    if (d[i] != pattern(seq, i)) {
+      s->bad++;
+      return;
+    }
+  if (!s->seen[seq]) {
+    s->seen[seq] = 1;
+    s->received++;
+  }
+}
+
+static uint8_t stream_byte(size_t off)
+{
+  return (uint8_t)(off * 13 + (off >> 11));
+}
+
+/* Sends datagrams while the queue has room: the sender respects
+ * backpressure instead of overrunning a bounded queue. */
+static void pump(struct side *s)
+{
+  uint8_t buf[2048];
+  size_t max;
+
+  if (!s->c || !s->handshake || s->closed)
+    return;
+  max = quic_conn_max_datagram(s->c);
+  while (s->sent < NDGRAMS &&
+         quic_conn_datagram_queued(s->c) < QUIC_DGRAM_QUEUE_MAX / 2) {
+    size_t len = dgram_len(s->sent, max);
+    fill_dgram(buf, s->sent, len);
+    if (quic_conn_send_datagram(s->c, buf, len) != 0)
+      break;
+    s->sent++;
+  }
+}
+
+static void pump_stream(struct side *s)
+{
+  uint8_t buf[16384];
+
+  while (s->sid >= 0 && s->stream_tx < STREAM_BYTES && !s->echo_stream) {
+    size_t n = STREAM_BYTES - s->stream_tx;
+    if (n > sizeof(buf))
+      n = sizeof(buf);
+    for (size_t i = 0; i < n; i++)
+      buf[i] = stream_byte(s->stream_tx + i);
+    if (quic_conn_stream_send(s->c, s->sid, buf, n,
+                              s->stream_tx + n == STREAM_BYTES) != 0)
+      break;
+    s->stream_tx += n;
+  }
+}
+
+static void idle_cb(uv_idle_t *h)
+{
+  struct world *w = h->data;
+  if (w->pump) {
+    pump(&w->cli);
+    pump(&w->srv);
+    pump_stream(&w->cli);
+  }
+}
+
+static void handshake_cb(struct quic_conn *c, void *ud)
+{
+  struct side *s = ud;
+  s->handshake = 1;
+  s->c = c;
+  quic_conn_peer_identity(c, &s->peer);
+  memcpy(&s->peer_addr, quic_conn_peer(c), sizeof(struct sockaddr_in));
+}
+
+static void datagram_cb(struct quic_conn *c, const uint8_t *d, size_t n,
+                        void *ud)
+{
+  (void)c;
+  check_dgram(ud, d, n);
+}
+
+static void stream_cb(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                      size_t n, int fin, void *ud)
+{
+  struct side *s = ud;
+
+  for (size_t i = 0; i < n; i++)
+    if (d[i] != stream_byte(s->stream_rx + i))
+      s->stream_bad++;
+  s->stream_rx += n;
+  if (fin)
+    s->stream_fin = 1;
+  if (s->echo_stream && quic_conn_stream_send(c, sid, d, n, fin) != 0)
+    s->stream_bad++;
+}
+
+static void close_cb(struct quic_conn *c, const struct quic_close_info *info,
+                     void *ud)
+{
+  struct side *s = ud;
+  (void)c;
+  s->closed = 1;
+  s->info = *info;
+  s->c = NULL;
+}
+
+static const struct quic_conn_cbs side_cbs = {
+  .handshake_cb = handshake_cb,
+  .datagram_cb = datagram_cb,
+  .stream_cb = stream_cb,
+  .close_cb = close_cb,
+};
+
+static int accept_cb(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
+{
+  struct world *w = ud;
+  (void)ep;
+  w->srv.c = c;
+  quic_conn_set_cbs(c, &side_cbs, &w->srv);
+  return 0;
+}
+
+static const struct quic_endpoint_cbs server_cbs = { .accept_cb = accept_cb };
+
+static int tls_make(struct tls_ctx **out, int server, const char *crt,
+                    const char *key, const char *ca, const char *alpn)
+{
+  struct tls_config cfg;
+  char err[256];
+  int rv;
+
+  tls_config_init(&cfg);
+  cfg.cert_file = crt;
+  cfg.key_file = key;
+  cfg.ca_file = ca;
+  cfg.alpn = alpn;
+  rv = tls_ctx_new(out, server, &cfg, err, sizeof(err));
+  if (rv < 0)
+    fail_msg("tls_ctx_new: %s", err);
+  return rv;
+}
+
+static void world_init(struct world *w, int retry, uint64_t idle_ms)
+{
+  struct quic_endpoint_config cfg = { 0 };
+  struct sockaddr_in any;
+
+  memset(w, 0, sizeof(*w));
+  W = w;
+  assert_int_equal(uv_loop_init(&w->loop), 0);
+  w->srv.seen = calloc(NDGRAMS, 1);
+  w->cli.seen = calloc(NDGRAMS, 1);
+  w->srv.sid = w->cli.sid = -1;
+  tls_make(&w->server_tls, 1, cert("server.crt"), cert("server.key"),
+           cert("ca.crt"), NULL);
+  uv_ip4_addr("127.0.0.1", 0, &any);
+  cfg.server_tls = w->server_tls;
+  cfg.retry = retry;
+  cfg.idle_timeout_ms = idle_ms;
+  cfg.cbs = &server_cbs;
+  cfg.ud = w;
+  assert_int_equal(quic_endpoint_new(&w->server_ep, &w->loop,
+                                     (struct sockaddr *)&any, &cfg), 0);
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.idle_timeout_ms = idle_ms;
+  assert_int_equal(quic_endpoint_new(&w->client_ep, &w->loop,
+                                     (struct sockaddr *)&any, &cfg), 0);
+  uv_idle_init(&w->loop, &w->idle);
+  w->idle.data = w;
+}
+
+static void world_free(struct world *w)
+{
+  quic_endpoint_del(w->server_ep);
+  quic_endpoint_del(w->client_ep);
+  uv_close((uv_handle_t *)&w->idle, NULL);
+  tls_ctx_unref(w->server_tls);
+  tls_ctx_unref(w->client_tls);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&w->loop), 0);
+  free(w->srv.seen);
+  free(w->cli.seen);
+}
+
+static void timeout_cb(uv_timer_t *t)
+{
+  *(int *)t->data = 1;
+}
+
+/* Runs the loop until cond() holds or TIMEOUT_MS pass; returns cond(). */
+static int run_until(struct world *w, int (*cond)(struct world *))
+{
+  uv_timer_t t;
+  int expired = 0;
+
+  uv_timer_init(&w->loop, &t);
+  t.data = &expired;
+  uv_timer_start(&t, timeout_cb, TIMEOUT_MS, 0);
+  while (!cond(w) && !expired)
+    uv_run(&w->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&w->loop, UV_RUN_NOWAIT);
+  return cond(w);
+}
+
+static int both_up(struct world *w)
+{
+  return (w->srv.handshake && w->cli.handshake) || w->cli.closed ||
+         w->srv.closed;
+}
+
+static int client_closed(struct world *w)
+{
+  return w->cli.closed;
+}
+
+static int both_closed(struct world *w)
+{
+  return w->cli.closed && w->srv.closed;
+}
+
+static int transfer_done(struct world *w)
+{
+  return (w->srv.received == NDGRAMS && w->cli.received == NDGRAMS &&
+          w->cli.stream_fin && w->srv.stream_fin) ||
+         w->cli.closed || w->srv.closed;
+}
+
+static void connect_client(struct world *w, const char *crt, const char *key,
+                           const char *ca, const char *alpn, const char *sni)
+{
+  struct sockaddr_storage srv;
+
+  tls_make(&w->client_tls, 0, crt, key, ca, alpn);
+  quic_endpoint_local_addr(w->server_ep, &srv);
+  assert_int_equal(quic_connect(&w->cli.c, w->client_ep, w->client_tls,
+                                (struct sockaddr *)&srv, sni, &side_cbs,
+                                &w->cli), 0);
+}
+
+static void test_quic_transfer(void **state)
+{
+  struct world w;
+  struct sockaddr_storage cli_addr;
+  (void)state;
+
+  world_init(&w, 0, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+
+  /* The server saw the client's identity and real source address. */
+  assert_string_equal(w.srv.peer.cn, "client");
+  assert_string_equal(w.srv.peer.ou, "agent");
+  assert_int_equal(w.srv.peer.ndns, 1);
+  assert_string_equal(w.srv.peer.dns[0], "agent.echo.ztna");
+  quic_endpoint_local_addr(w.client_ep, &cli_addr);
+  assert_int_equal(((struct sockaddr_in *)&w.srv.peer_addr)->sin_port,
+                   ((struct sockaddr_in *)&cli_addr)->sin_port);
+  assert_string_equal(w.cli.peer.dns[0], "ztna-server");
+
+  /* 1350-byte packets and 20-byte CIDs leave 1306 bytes (protocol.md 1). */
+  assert_int_equal(quic_conn_max_datagram(w.cli.c), 1306);
+  assert_int_equal(quic_conn_max_datagram(w.srv.c), 1306);
+  {
+    uint8_t big[1307] = { 0 };
+    assert_int_equal(quic_conn_send_datagram(w.cli.c, big, sizeof(big)),
+                     ZTNA_ERR_TOO_LARGE);
+    assert_int_equal(quic_conn_send_datagram(w.cli.c, big, 0),
+                     ZTNA_ERR_TOO_LARGE);
+  }
+
+  /* 10,000 datagrams each way and 1 MiB echoed on a stream. */
+  assert_int_equal(quic_conn_open_stream(w.cli.c, &w.cli.sid), 0);
+  w.srv.echo_stream = 1;
+  w.pump = 1;
+  uv_idle_start(&w.idle, idle_cb);
+  assert_true(run_until(&w, transfer_done));
+  uv_idle_stop(&w.idle);
+  assert_false(w.cli.closed);
+  assert_int_equal(w.srv.bad, 0);
+  assert_int_equal(w.cli.bad, 0);
+  assert_int_equal(w.srv.received, NDGRAMS);
+  assert_int_equal(w.cli.received, NDGRAMS);
+  assert_int_equal(w.srv.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.cli.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.srv.stream_bad + w.cli.stream_bad, 0);
+  assert_int_equal(quic_endpoint_stats(w.client_ep)->dgram_rejected, 0);
+
+  /* An application close reaches the peer with its code and reason. */
+  quic_conn_close(w.cli.c, 7, "bye");
+  assert_true(run_until(&w, both_closed));
+  assert_int_equal(w.cli.info.local, 1);
+  assert_int_equal(w.srv.info.local, 0);
+  assert_int_equal(w.srv.info.app, 1);
+  assert_int_equal(w.srv.info.code, 7);
+  assert_string_equal(w.srv.info.reason, "bye");
+  world_free(&w);
+}
+
+static void test_quic_retry(void **state)
+{
+  struct world w;
+  const struct quic_stats *st;
+  (void)state;
+
+  world_init(&w, 1, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+  st = quic_endpoint_stats(w.server_ep);
+  assert_int_equal(st->retry_sent, 1);
+  assert_int_equal(st->retry_ok, 1);
+  assert_int_equal(st->retry_fail, 0);
+  world_free(&w);
+}
+
+static void test_quic_idle_timeout(void **state)
+{
+  struct world w;
+  (void)state;
+
+  world_init(&w, 0, 300);
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(run_until(&w, both_closed));
+  assert_int_equal(w.cli.info.idle, 1);
+  assert_int_equal(w.srv.info.idle, 1);
+  world_free(&w);
+}
+
+static void vn_recv_cb(uv_udp_t *h, ssize_t n, const uv_buf_t *buf,
+                       const struct sockaddr *from, unsigned flags)
+{
+  int *got = h->data;
+  (void)from;
+  (void)flags;
+  /* Long header, version 0: a Version Negotiation packet. */
+  if (n >= 7 && (buf->base[0] & 0x80) && !buf->base[1] && !buf->base[2] &&
+      !buf->base[3] && !buf->base[4])
+    *got = 1;
+}
+
+static void vn_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+  static char b[2048];
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(b, sizeof(b));
+}
+
+static int vn_seen;
+static int got_vn(struct world *w)
+{
+  (void)w;
+  return vn_seen;
+}
+
+static void test_quic_version_negotiation(void **state)
+{
+  struct world w;
+  struct sockaddr_storage srv;
+  struct sockaddr_in any;
+  uv_udp_t u;
+  uint8_t pkt[1200] = { 0 };
+  uv_buf_t b = uv_buf_init((char *)pkt, sizeof(pkt));
+  (void)state;
+
+  world_init(&w, 0, 0);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  uv_udp_init(&w.loop, &u);
+  uv_ip4_addr("127.0.0.1", 0, &any);
+  uv_udp_bind(&u, (struct sockaddr *)&any, 0);
+  vn_seen = 0;
+  u.data = &vn_seen;
+  uv_udp_recv_start(&u, vn_alloc_cb, vn_recv_cb);
+  /* An Initial-shaped packet of an unknown version 0x0a0a0a0a. */
+  pkt[0] = 0xc0;
+  pkt[1] = pkt[2] = pkt[3] = pkt[4] = 0x0a;
+  pkt[5] = 8;
+  memset(pkt + 6, 0x11, 8);
+  pkt[14] = 8;
+  memset(pkt + 15, 0x22, 8);
+  assert_true(uv_udp_try_send(&u, &b, 1, (struct sockaddr *)&srv) > 0);
+  assert_true(run_until(&w, got_vn));
+  assert_int_equal(quic_endpoint_stats(w.server_ep)->vn_sent, 1);
+  assert_int_equal(quic_endpoint_conn_count(w.server_ep), 0);
+  uv_close((uv_handle_t *)&u, NULL);
+  world_free(&w);
+}
+
+/* Runs a handshake that must fail and returns what the client saw. */
+static void failing(struct world *w, const char *crt, const char *key,
+                    const char *ca, const char *alpn, const char *sni)
+{
+  world_init(w, 0, 0);
+  connect_client(w, crt, key, ca, alpn, sni);
+  assert_true(run_until(w, client_closed));
+  assert_false(w->srv.handshake);
+  assert_false(w->cli.handshake);
+}
+
+static void test_quic_wrong_alpn(void **state)
+{
+  struct world w;
+  (void)state;
+  failing(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+          "h3", "ztna-server");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_ALPN);
+  assert_int_equal(w.cli.info.tls_alert, 120); /* no_application_protocol */
+  world_free(&w);
+}
+
+static void test_quic_untrusted_client(void **state)
+{
+  struct world w;
+  (void)state;
+  /* A client certificate from another CA: the server refuses it. */
+  failing(&w, cert("other/rogue.crt"), cert("other/rogue.key"),
+          cert("ca.crt"), NULL, "ztna-server");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  assert_int_equal(w.cli.info.local, 0);
+  assert_true(w.cli.info.tls_alert != 0);
+  world_free(&w);
+}
+
+static void test_quic_untrusted_server(void **state)
+{
+  struct world w;
+  (void)state;
+  /* The client trusts another CA only: it refuses the server. */
+  failing(&w, cert("client.crt"), cert("client.key"), cert("other/ca.crt"),
+          NULL, "ztna-server");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  assert_int_equal(w.cli.info.local, 1);
+  world_free(&w);
+}
+
+static void test_quic_no_client_cert(void **state)
+{
+  struct world w;
+  (void)state;
+  failing(&w, NULL, NULL, cert("ca.crt"), NULL, "ztna-server");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  assert_int_equal(w.cli.info.tls_alert, 116); /* certificate_required */
+  world_free(&w);
+}
+
+static void test_quic_expired_client(void **state)
+{
+  struct world w;
+  (void)state;
+  failing(&w, cert("expired.crt"), cert("expired.key"), cert("ca.crt"), NULL,
+          "ztna-server");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  assert_int_equal(w.cli.info.local, 0);
+  world_free(&w);
+}
+
+static void test_quic_expired_server(void **state)
+{
+  struct world w;
+  struct quic_endpoint_config cfg = { 0 };
+  struct sockaddr_in any;
+  (void)state;
+
+  /* Swap the server's certificate for an expired one (as a reload would). */
+  world_init(&w, 0, 0);
+  tls_ctx_unref(w.server_tls);
+  tls_make(&w.server_tls, 1, cert("expired-server.crt"),
+           cert("expired-server.key"), cert("ca.crt"), NULL);
+  quic_endpoint_set_server_tls(w.server_ep, w.server_tls);
+  (void)cfg;
+  (void)any;
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, client_closed));
+  assert_false(w.cli.handshake);
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  assert_int_equal(w.cli.info.local, 1);
+  world_free(&w);
+}
+
+static void test_quic_wrong_server_name(void **state)
+{
+  struct world w;
+  (void)state;
+  /* The server's certificate is not valid for the name asked for. */
+  failing(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"), NULL,
+          "ztna-connector");
+  assert_int_equal(w.cli.info.err, ZTNA_ERR_CERT);
+  world_free(&w);
+}
+
+int main(void)
+{
+  const char *d = getenv("ZTNA_TEST_CERTS");
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_quic_transfer),
+    cmocka_unit_test(test_quic_retry),
+    cmocka_unit_test(test_quic_idle_timeout),
+    cmocka_unit_test(test_quic_version_negotiation),
+    cmocka_unit_test(test_quic_wrong_alpn),
+    cmocka_unit_test(test_quic_untrusted_client),
+    cmocka_unit_test(test_quic_untrusted_server),
+    cmocka_unit_test(test_quic_no_client_cert),
+    cmocka_unit_test(test_quic_expired_client),
+    cmocka_unit_test(test_quic_expired_server),
+    cmocka_unit_test(test_quic_wrong_server_name),
+  };
+
+  if (!d) {
+    fprintf(stderr, "quic_test: set ZTNA_TEST_CERTS to the directory made "
+            "by 'make build/test/certs/.done'\n");
+    return 1;
+  }
+  snprintf(certdir, sizeof(certdir), "%s", d);
+  return cmocka_run_group_tests_name("quic", tests, NULL, NULL);
+}
