@@ -150,7 +150,7 @@ int metrics_http_parse(const char *buf, size_t len, char *method,
     return -1;
   if (!end)
     return len >= METRICS_REQ_MAX ? -1 : 0;
-  eol = memchr(buf, '\n', (size_t)(end - buf) + 1);
+  eol = memchr(buf, '\n', len); /* there is one: end was found */
   if (!eol)
     return -1;
   if (eol > buf && eol[-1] == '\r')
@@ -356,6 +356,11 @@ static void connection_cb(uv_stream_t *server, int status)
   uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
+static void listener_closed(uv_handle_t *hd)
+{
+  free(hd->data);
+}
+
 int metrics_http_start(struct metrics_http **out, uv_loop_t *loop,
                        const struct sockaddr *bind, struct metrics *m)
 {
@@ -375,7 +380,7 @@ int metrics_http_start(struct metrics_http **out, uv_loop_t *loop,
   if (rv == 0)
     rv = uv_tcp_getsockname(&h->listener, (struct sockaddr *)&ss, &len);
   if (rv < 0) {
-    uv_close((uv_handle_t *)&h->listener, (uv_close_cb)(void (*)(void))free);
+    uv_close((uv_handle_t *)&h->listener, listener_closed);
     return rv;
   }
   h->port = ntohs(ss.ss_family == AF_INET6
@@ -383,11 +388,6 @@ int metrics_http_start(struct metrics_http **out, uv_loop_t *loop,
                       : ((struct sockaddr_in *)&ss)->sin_port);
   *out = h;
   return 0;
-}
-
-static void listener_closed(uv_handle_t *hd)
-{
-  free(hd->data);
 }
 
 void metrics_http_stop(struct metrics_http *h)
