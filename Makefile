@@ -133,11 +133,15 @@ $(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(LIBUV_A) -lpthread -ldl
 
 define run_fuzz
-	@set -e; for f in $(FUZZ); do \
+	@for f in $(FUZZ); do \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$f; \
-	  echo "== fuzz $$f ($(1) s)"; \
-	  $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(1) -print_final_stats=0 \
-	    $(BUILD)/fuzz/corpus-$$f test/fuzz/corpus/$$f 2>&1 | tail -3; \
+	  log=$(BUILD)/fuzz/$$f.log; \
+	  if $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(1) \
+	      $(BUILD)/fuzz/corpus-$$f test/fuzz/corpus/$$f >$$log 2>&1; then \
+	    echo "fuzz $$f: $$(grep -h '^Done' $$log), no crash"; \
+	  else \
+	    tail -40 $$log; echo "fuzz $$f: FAILED (log: $$log)"; exit 1; \
+	  fi; \
 	done
 endef
 
