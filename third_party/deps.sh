@@ -130,6 +130,9 @@ lwip_ver=$(src_version lwip)
 sum=$(cat "$0" | sha256sum | cut -c1-12)
 prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
+  # A fresh clone's recipe is newer than the cached build: mark the build
+  # current so make does not run this again on every call.
+  [ "$prefix/.ztna-built" -nt "$0" ] || touch "$prefix/.ztna-built"
   ln -sfn "$prefix" "$link"
   exit 0
 fi
