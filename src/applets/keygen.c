@@ -34,6 +34,7 @@
 #include <wolfssl/wolfcrypt/random.h>
 
 #include "../applets.h"
+#include "pki.h"
 
 #define MAX_NAMES 32
 #define DER_MAX 16384
@@ -72,12 +73,6 @@ struct keygen {
   const char *services[MAX_NAMES], *dns[MAX_NAMES], *ips[MAX_NAMES];
   int nservices, ndns, nips, days, force;
   time_t not_before;
-};
-
-struct key {
-  int type; /* ECC_TYPE or ED25519_TYPE */
-  ecc_key ecc;
-  ed25519_key ed;
 };
 
 static int bad(const char *fmt, const char *arg)
@@ -283,7 +278,7 @@ static int read_pem(const char *path, byte *buf, size_t cap, size_t *len)
 
 /* --- keys --------------------------------------------------------------- */
 
-static int key_make(struct key *k, const char *type, WC_RNG *rng)
+static int key_make(struct pki_key *k, const char *type, WC_RNG *rng)
 {
   if (!type || !strcmp(type, "ec")) {
     k->type = ECC_TYPE;
@@ -299,21 +294,12 @@ static int key_make(struct key *k, const char *type, WC_RNG *rng)
   return 0;
 }
 
-static void key_free(struct key *k)
-{
-  if (k->type == ECC_TYPE)
-    wc_ecc_free(&k->ecc);
-  else if (k->type == ED25519_TYPE)
-    wc_ed25519_free(&k->ed);
-  k->type = 0;
-}
-
-static void *key_ptr(struct key *k)
+static void *key_ptr(struct pki_key *k)
 {
   return k->type == ECC_TYPE ? (void *)&k->ecc : (void *)&k->ed;
 }
 
-static int key_save(struct key *k, const char *path, int force)
+static int key_save(struct pki_key *k, const char *path, int force)
 {
   byte der[DER_MAX];
   int n, rv;
@@ -331,56 +317,10 @@ static int key_save(struct key *k, const char *path, int force)
   return rv;
 }
 
-static int key_load(struct key *k, const char *path)
-{
-  byte pem[DER_MAX], der[DER_MAX];
-  size_t plen;
-  word32 idx = 0;
-  int n, rv = -1;
-
-  if (read_pem(path, pem, sizeof(pem), &plen) < 0)
-    return -1;
-  n = wc_KeyPemToDer(pem, (int)plen, der, sizeof(der), NULL);
-  if (n <= 0) {
-    fprintf(stderr, "ztna keygen: %s is not a PEM private key\n", path);
-    goto out;
-  }
-  k->type = ECC_TYPE;
-  wc_ecc_init(&k->ecc);
-  if (wc_EccPrivateKeyDecode(der, &idx, &k->ecc, (word32)n) == 0) {
-    rv = 0;
-    goto out;
-  }
-  wc_ecc_free(&k->ecc);
-  idx = 0;
-  k->type = ED25519_TYPE;
-  wc_ed25519_init(&k->ed);
-  if (wc_Ed25519PrivateKeyDecode(der, &idx, &k->ed, (word32)n) == 0) {
-    /* A PKCS#8 key holds only the private half; signing needs both. */
-    byte priv[ED25519_KEY_SIZE], pub[ED25519_PUB_KEY_SIZE];
-    word32 privlen = sizeof(priv);
-    if (wc_ed25519_export_private_only(&k->ed, priv, &privlen) == 0 &&
-        wc_ed25519_make_public(&k->ed, pub, sizeof(pub)) == 0 &&
-        wc_ed25519_import_private_key(priv, privlen, pub, sizeof(pub),
-                                      &k->ed) == 0)
-      rv = 0;
-    explicit_bzero(priv, sizeof(priv));
-    if (rv == 0)
-      goto out;
-  }
-  wc_ed25519_free(&k->ed);
-  k->type = 0;
-  fprintf(stderr, "ztna keygen: %s: not an EC P-256 or Ed25519 key\n", path);
-out:
-  explicit_bzero(pem, sizeof(pem));
-  explicit_bzero(der, sizeof(der));
-  return rv;
-}
-
 /* --- certificates --------------------------------------------------------- */
 
 static int cert_init(Cert *c, const struct keygen *kg, WC_RNG *rng,
-                     const struct key *signer, const char *cn,
+                     const struct pki_key *signer, const char *cn,
                      const char *ou, int days)
 {
   time_t nb = kg->not_before ? kg->not_before : time(NULL) - 3600;
@@ -402,7 +342,7 @@ static int cert_init(Cert *c, const struct keygen *kg, WC_RNG *rng,
   return 0;
 }
 
-static int sign(Cert *c, struct key *subject, struct key *signer, WC_RNG *rng,
+static int sign(Cert *c, struct pki_key *subject, struct pki_key *signer, WC_RNG *rng,
                 byte *der, int *dersz)
 {
   int n = wc_MakeCert_ex(c, der, DER_MAX, subject->type, key_ptr(subject),
@@ -450,7 +390,7 @@ static int ensure_dir(const char *dir)
 static int do_ca(struct keygen *kg, WC_RNG *rng)
 {
   char crt[4096], keyp[4096];
-  struct key key = { 0 };
+  struct pki_key key = { 0 };
   Cert c;
   byte der[DER_MAX];
   int dersz, rv = 1;
@@ -481,15 +421,15 @@ static int do_ca(struct keygen *kg, WC_RNG *rng)
   printf("wrote %s and %s\n", crt, keyp);
   rv = 0;
 out:
-  key_free(&key);
+  pki_key_free(&key);
   return rv;
 }
 
 static int do_issue(struct keygen *kg, WC_RNG *rng)
 {
   char crt[4096], keyp[4096], cacrt[4096], cakey[4096];
-  char names[MAX_NAMES * 2 + 2][256];
-  struct key key = { 0 }, ca = { 0 };
+  char names[MAX_NAMES * 2 + 2][256], err[512];
+  struct pki_key key = { 0 }, ca = { 0 };
   byte capem[DER_MAX], cader[DER_MAX], der[DER_MAX];
   size_t capemlen;
   int caderlen, dersz, nnames = 0, rv = 1;
@@ -549,8 +489,10 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
                              CERT_TYPE);
   if (caderlen <= 0)
     return bad("%s is not a PEM certificate", cacrt);
-  if (key_load(&ca, cakey) < 0)
+  if (pki_key_load(&ca, cakey, err, sizeof(err)) < 0) {
+    fprintf(stderr, "ztna keygen: CA key %s\n", err);
     return 1;
+  }
   if (key_make(&key, kg->type, rng) < 0) {
     fprintf(stderr, "ztna keygen: key generation failed\n");
     goto out;
@@ -582,8 +524,8 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
   printf(")\n");
   rv = 0;
 out:
-  key_free(&key);
-  key_free(&ca);
+  pki_key_free(&key);
+  pki_key_free(&ca);
   return rv;
 }
 

@@ -13,6 +13,7 @@
 #include <ngtcp2/ngtcp2_crypto_wolfssl.h>
 
 #include "err.h"
+#include "pki.h"
 #include "tls.h"
 
 struct tls_ctx {
@@ -118,12 +119,9 @@ int tls_ctx_new(struct tls_ctx **out, int server, const struct tls_config *cfg,
       rv = ZTNA_ERR_CERT;
       goto fail;
     }
-    if (wolfSSL_CTX_check_private_key(t->ctx) != WOLFSSL_SUCCESS) {
-      snprintf(err, errlen, "private key %s does not match certificate %s",
-               cfg->key_file, cfg->cert_file);
-      rv = ZTNA_ERR_CERT;
+    rv = pki_key_matches_cert(cfg->key_file, cfg->cert_file, err, errlen);
+    if (rv < 0)
       goto fail;
-    }
   }
   if (cfg->ca_file &&
       wolfSSL_CTX_load_verify_locations(t->ctx, cfg->ca_file, NULL) !=

@@ -51,6 +51,8 @@ struct side {
   int echo_stream;        /* server: send the stream back */
   struct tls_identity peer;
   struct sockaddr_storage peer_addr;
+  int path_changes;
+  struct sockaddr_storage new_peer;
 };
 
 struct world {
@@ -205,8 +207,18 @@ static void close_cb(struct quic_conn *c, const struct quic_close_info *info,
   s->c = NULL;
 }
 
+static void path_cb(struct quic_conn *c, const struct sockaddr *peer,
+                    void *ud)
+{
+  struct side *s = ud;
+  (void)c;
+  s->path_changes++;
+  memcpy(&s->new_peer, peer, sizeof(struct sockaddr_in));
+}
+
 static const struct quic_conn_cbs side_cbs = {
   .handshake_cb = handshake_cb,
+  .path_cb = path_cb,
   .datagram_cb = datagram_cb,
   .stream_cb = stream_cb,
   .close_cb = close_cb,
@@ -318,6 +330,12 @@ static int client_closed(struct world *w)
 static int both_closed(struct world *w)
 {
   return w->cli.closed && w->srv.closed;
+}
+
+static int got_one_each(struct world *w)
+{
+  return (w->srv.received >= 1 && w->cli.received >= 1) || w->cli.closed ||
+         w->srv.closed;
 }
 
 static int transfer_done(struct world *w)
@@ -596,12 +614,140 @@ static void test_quic_wrong_server_name(void **state)
   world_free(&w);
 }
 
+
+/* --- a NAT that rebinds: a UDP forwarder whose outside socket changes -- */
+
+struct nat {
+  uv_udp_t inside, out1, out2;
+  uv_udp_t *out;               /* the current outside socket */
+  struct sockaddr_storage client, server;
+  int have_client;
+};
+
+static void nat_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+  static char b[65536];
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(b, sizeof(b));
+}
+
+static void nat_inside_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf,
+                            const struct sockaddr *from, unsigned flags)
+{
+  struct nat *nat = h->data;
+  uv_buf_t b = uv_buf_init(buf->base, (unsigned)n);
+  (void)flags;
+  if (n <= 0 || !from)
+    return;
+  memcpy(&nat->client, from, sizeof(struct sockaddr_in));
+  nat->have_client = 1;
+  uv_udp_try_send(nat->out, &b, 1, (struct sockaddr *)&nat->server);
+}
+
+static void nat_outside_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf,
+                             const struct sockaddr *from, unsigned flags)
+{
+  struct nat *nat = h->data;
+  uv_buf_t b = uv_buf_init(buf->base, (unsigned)n);
+  (void)flags;
+  (void)from;
+  if (n <= 0 || !nat->have_client)
+    return;
+  uv_udp_try_send(&nat->inside, &b, 1, (struct sockaddr *)&nat->client);
+}
+
+static void nat_init(struct nat *nat, uv_loop_t *loop,
+                     const struct sockaddr_storage *server)
+{
+  struct sockaddr_in any;
+  uv_udp_t *socks[3] = { &nat->inside, &nat->out1, &nat->out2 };
+
+  memset(nat, 0, sizeof(*nat));
+  memcpy(&nat->server, server, sizeof(struct sockaddr_in));
+  uv_ip4_addr("127.0.0.1", 0, &any);
+  for (int i = 0; i < 3; i++) {
+    uv_udp_init(loop, socks[i]);
+    socks[i]->data = nat;
+    assert_int_equal(uv_udp_bind(socks[i], (struct sockaddr *)&any, 0), 0);
+    uv_udp_recv_start(socks[i], nat_alloc,
+                      i == 0 ? nat_inside_recv : nat_outside_recv);
+  }
+  nat->out = &nat->out1;
+}
+
+static uint16_t sock_port(uv_udp_t *u)
+{
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  uv_udp_getsockname(u, (struct sockaddr *)&ss, &len);
+  return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static int server_saw_rebind(struct world *w)
+{
+  return w->srv.path_changes > 0 || w->cli.closed;
+}
+
+static void test_quic_rebinding_observed(void **state)
+{
+  struct world w;
+  struct nat nat;
+  struct sockaddr_storage srv, front;
+  int len = sizeof(front);
+  uint8_t ping[16] = { 0 };
+  (void)state;
+
+  world_init(&w, 0, 0);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  nat_init(&nat, &w.loop, &srv);
+  uv_udp_getsockname(&nat.inside, (struct sockaddr *)&front, &len);
+  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
+           cert("ca.crt"), NULL);
+  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
+                                (struct sockaddr *)&front, "ztna-server",
+                                &side_cbs, &w.cli), 0);
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake);
+  /* The server observes the NAT's outside address, not the client's. */
+  assert_int_equal(ntohs(((struct sockaddr_in *)&w.srv.peer_addr)->sin_port),
+                   sock_port(&nat.out1));
+  assert_int_equal(w.srv.path_changes, 0);
+
+  /* The NAT rebinds: the same client now comes from another port. */
+  nat.out = &nat.out2;
+  fill_dgram(ping, 1, sizeof(ping));
+  assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
+  assert_true(run_until(&w, server_saw_rebind));
+  assert_false(w.cli.closed);
+  assert_int_equal(w.srv.path_changes, 1);
+  assert_int_equal(ntohs(((struct sockaddr_in *)&w.srv.new_peer)->sin_port),
+                   sock_port(&nat.out2));
+  assert_int_equal(ntohs(((const struct sockaddr_in *)quic_conn_peer(w.srv.c))
+                             ->sin_port),
+                   sock_port(&nat.out2));
+  /* The connection still carries data both ways on the new path. */
+  w.srv.received = w.cli.received = 0;
+  memset(w.srv.seen, 0, NDGRAMS);
+  memset(w.cli.seen, 0, NDGRAMS);
+  fill_dgram(ping, 2, sizeof(ping));
+  assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
+  assert_int_equal(quic_conn_send_datagram(w.srv.c, ping, sizeof(ping)), 0);
+  assert_true(run_until(&w, got_one_each));
+
+  uv_close((uv_handle_t *)&nat.inside, NULL);
+  uv_close((uv_handle_t *)&nat.out1, NULL);
+  uv_close((uv_handle_t *)&nat.out2, NULL);
+  world_free(&w);
+}
+
 int main(void)
 {
   const char *d = getenv("ZTNA_TEST_CERTS");
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_retry),
+    cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_idle_timeout),
     cmocka_unit_test(test_quic_version_negotiation),
     cmocka_unit_test(test_quic_wrong_alpn),
