@@ -70,9 +70,11 @@ $(BUILD)/main.o: src/main.c src/applets.h src/version.h $(STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/lwip/%.o: $(LWIP_SRC)/%.c src/lwip/lwipopts.h $(STAMP)
+# lwIP's sources appear only once the dependencies are unpacked, so the
+# rule names them in the recipe rather than as prerequisites.
+$(LWIP_OBJ): $(BUILD)/lwip/%.o: src/lwip/lwipopts.h src/lwip/arch/cc.h $(STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(LWIP_CFLAGS) -c $< -o $@
+	$(CC) $(LWIP_CFLAGS) -c $(LWIP_SRC)/$*.c -o $@
 
 $(BUILD)/liblwip.a: $(LWIP_OBJ)
 	rm -f $@
