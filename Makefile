@@ -35,7 +35,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics
+COMMON := err log wire config pki tls quic metrics ippkt policy relay
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)
@@ -54,7 +54,7 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
 all: ztna
 
 deps: $(STAMP)
-$(STAMP): third_party/deps.sh
+$(STAMP): third_party/deps.sh third_party/debian-packages
 	@third_party/deps.sh $(DEPS)
 	@test -f $(STAMP)
 
@@ -153,8 +153,14 @@ fuzz-short: $(FUZZ_BIN)
 fuzz: $(FUZZ_BIN)
 	$(call run_fuzz,$(FUZZ_SECONDS))
 
+# The e2e tests' client, built on the project's own modules.
+$(BUILD)/zclient: test/tools/zclient.c $(COMMON_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) $(DEP_LIBS) \
+	  $(LIBUV_A) $(SYS_LIBS)
+
 PYTEST := /usr/bin/python3 -m pytest
-e2e: ztna
+e2e: ztna $(BUILD)/zclient
 	$(PYTEST) -v test/e2e
 
 check: ztna

@@ -21,12 +21,7 @@ step() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 # -- Debian packages ---------------------------------------------------------
-# Build: compiler, cmake, dpkg-source, libuv, jsmn, cmocka, pkg-config.
-# Test: clang + compiler-rt (libFuzzer, sanitizers), pytest, openssl (an
-# independent certificate verifier), iproute2 + nftables (namespaces, NAT).
-pkgs="build-essential cmake pkg-config dpkg-dev ca-certificates libuv1-dev
- libjsmn-dev libcmocka-dev clang libclang-rt-14-dev python3-pytest openssl
- iproute2 nftables curl"
+pkgs=$(sed -e 's/#.*//' "$here/debian-packages")
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -130,9 +125,10 @@ lwip_ver=$(src_version lwip)
 sum=$(cat "$0" | sha256sum | cut -c1-12)
 prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
-  # A fresh clone's recipe is newer than the cached build: mark the build
-  # current so make does not run this again on every call.
-  [ "$prefix/.ztna-built" -nt "$0" ] || touch "$prefix/.ztna-built"
+  # make runs this when the recipe or the package list is newer than the
+  # build (a fresh clone, an edit): mark the build current so it does not
+  # run again on every call.
+  touch "$prefix/.ztna-built"
   ln -sfn "$prefix" "$link"
   exit 0
 fi

@@ -1,22 +1,707 @@
 /* intermediate.c - the public QUIC relay.
  *
- * This applet is not in this version of ztna yet; it comes with the
- * project's issue 3. Until then it says so and exits 2 (1 is kept for
- * usage errors, as in every applet).
+ * usage: ztna intermediate [-c FILE] [-n] [-v]... [options]
+ *
+ * Tells every client its observed address (QAD), registers agents and
+ * connectors per service under the deny-by-default policy, relays DATAGRAMs
+ * between them with per-agent address translation, brokers P2P signaling,
+ * and serves Prometheus metrics. SIGHUP reloads certificates and policy;
+ * SIGTERM/SIGINT close every connection ("server shutting down") and exit.
+ * The protocol core is src/common/relay.c; this file is the I/O around it.
  */
+#include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <uv.h>
+
 #include "../applets.h"
+#include "config.h"
+#include "err.h"
+#include "log.h"
+#include "metrics.h"
+#include "quic.h"
+#include "relay.h"
+#include "tls.h"
+#include "wire.h"
+
+static const char usage_text[] =
+    "Usage: ztna intermediate [-c FILE] [-n] [-v]... [OPTIONS]\n"
+    "\n"
+    "The public QUIC relay of a ztna deployment.\n"
+    "\n"
+    "  -c, --config FILE    configuration (default: /etc/ztna/intermediate.json,\n"
+    "                       else ./intermediate.json, else none)\n"
+    "  -n, --check          check configuration and certificates, print\n"
+    "                       \"configuration OK\" and exit\n"
+    "  -v, --verbose        more logging (repeat for debug, trace)\n"
+    "  -p, --port N         UDP port (4433)\n"
+    "  -b, --bind ADDR      address to listen on (0.0.0.0; :: for IPv4 and\n"
+    "                       IPv6)\n"
+    "      --cert FILE      server certificate (valid for ztna-server)\n"
+    "      --key FILE       its private key\n"
+    "      --ca FILE        CA that client certificates must chain to\n"
+    "      --policy FILE    policy restricting agents per service\n"
+    "      --metrics-port N Prometheus /metrics and /healthz on TCP N\n"
+    "                       (9090; 0 disables)\n"
+    "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
+    "      --disable-retry  no stateless Retry for new clients\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "Command-line options override the configuration file. Signals: HUP\n"
+    "reloads certificates and policy, TERM and INT shut down.\n";
+
+struct ictx {
+  uv_loop_t *loop;
+  struct cfg_intermediate cfg;
+  char config_path[CFG_PATH_MAX];
+  char metrics_bind[64];
+  struct tls_ctx *tls;
+  struct quic_endpoint *ep;
+  struct relay *relay;
+  struct metrics *m;
+  struct metrics_http *http;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t tick, drain;
+  uint64_t started_ms;
+  uint64_t qad_sent, qad_failed;
+  int draining;
+  struct metric *mx_active, *mx_uptime, *mx_bytes, *mx_regs, *mx_rejects,
+      *mx_relayed, *mx_sessions, *mx_retry_ok, *mx_retry_fail, *mx_qad,
+      *mx_sessions_active, *mx_sig_errors, *mx_limit, *mx_refused,
+      *mx_invalid_regs, *mx_drops[RELAY_DROP_COUNT], *mx_reloads,
+      *mx_reload_failures;
+};
+
+struct iconn {
+  struct ictx *x;
+  struct quic_conn *c;
+  struct relay_client *rc;
+  int64_t sig_sid;
+  int qad_pending;
+  char name[320];
+};
+
+static const char *addr_str(const struct sockaddr *sa, char *buf, size_t len)
+{
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+
+  if (sa->sa_family == AF_INET) {
+    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    snprintf(buf, len, "%s:%d", ip, port);
+  } else {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    snprintf(buf, len, "[%s]:%d", ip, port);
+  }
+  return buf;
+}
+
+/* --- relay I/O ------------------------------------------------------------ */
+
+static int relay_send_dgram(void *conn, const struct iovec *iov, int n,
+                            void *ud)
+{
+  struct iconn *ic = conn;
+  (void)ud;
+  return quic_conn_send_datagramv(ic->c, iov, n);
+}
+
+static int relay_send_signal(void *conn, const uint8_t *d, size_t n, void *ud)
+{
+  struct iconn *ic = conn;
+  int rv;
+  (void)ud;
+
+  if (ic->sig_sid < 0) {
+    /* A connector that never opened stream 0: open one toward it. */
+    rv = quic_conn_open_stream(ic->c, &ic->sig_sid);
+    if (rv < 0)
+      return rv;
+  }
+  return quic_conn_stream_send(ic->c, ic->sig_sid, d, n, 0);
+}
+
+static void relay_drop_cb(void *conn, enum relay_drop why, void *ud)
+{
+  struct iconn *ic = conn;
+  (void)ud;
+  log_debug("%s: datagram dropped: %s", ic ? ic->name : "?",
+            relay_drop_name(why));
+}
+
+/* --- connections --------------------------------------------------------- */
+
+static void send_qad(struct iconn *ic)
+{
+  uint8_t buf[WIRE_QAD_V6_LEN];
+  int n = wire_qad_encode(buf, sizeof(buf), quic_conn_peer(ic->c));
+
+  if (n > 0 && quic_conn_send_datagram(ic->c, buf, (size_t)n) == 0) {
+    ic->x->qad_sent++;
+    ic->qad_pending = 0;
+  } else {
+    /* Retried on the next packet from this client. */
+    ic->x->qad_failed++;
+    ic->qad_pending = 1;
+  }
+}
+
+static void on_handshake(struct quic_conn *c, void *ud)
+{
+  struct iconn *ic = ud;
+  struct tls_identity id;
+  char a[64];
+
+  if (quic_conn_peer_identity(c, &id) < 0)
+    memset(&id, 0, sizeof(id)); /* no client certificate: grants nothing */
+  snprintf(ic->name, sizeof(ic->name), "%s (%s)",
+           addr_str(quic_conn_peer(c), a, sizeof(a)),
+           id.cn[0] ? id.cn : "no certificate");
+  ic->rc = relay_client_new(ic->x->relay, ic, &id);
+  if (!ic->rc) {
+    log_warnx("%s: out of memory", ic->name);
+    quic_conn_close(c, 1, "out of memory");
+    return;
+  }
+  log_info("%s: connected, %zu identities", ic->name, id.ndns);
+  send_qad(ic);
+}
+
+static void on_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
+                        void *ud)
+{
+  struct iconn *ic = ud;
+  (void)c;
+
+  if (!ic->rc)
+    return;
+  if (ic->qad_pending)
+    send_qad(ic);
+  relay_datagram(ic->x->relay, ic->rc, d, n);
+}
+
+static void on_stream(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                      size_t n, int fin, void *ud)
+{
+  struct iconn *ic = ud;
+  (void)c;
+  (void)fin;
+
+  if (!ic->rc)
+    return;
+  /* The first client-initiated bidirectional stream carries signaling. */
+  if (ic->sig_sid < 0 && (sid & 0x3) == 0)
+    ic->sig_sid = sid;
+  if (sid != ic->sig_sid)
+    return;
+  relay_signal(ic->x->relay, ic->rc, d, n, uv_now(ic->x->loop));
+}
+
+static void on_path(struct quic_conn *c, const struct sockaddr *peer, void *ud)
+{
+  struct iconn *ic = ud;
+  char a[64];
+  (void)c;
+
+  log_info("%s: now at %s", ic->name, addr_str(peer, a, sizeof(a)));
+  send_qad(ic);
+}
+
+static void on_close(struct quic_conn *c, const struct quic_close_info *info,
+                     void *ud)
+{
+  struct iconn *ic = ud;
+  (void)c;
+
+  if (ic->rc) {
+    log_info("%s: disconnected (%s%s%s)", ic->name,
+             info->local ? "" : "by peer: ",
+             info->reason[0] ? info->reason : "no reason",
+             info->idle ? "" : "");
+    relay_client_del(ic->x->relay, ic->rc);
+  } else if (info->err) {
+    log_debug("handshake failed: %s", info->reason);
+  }
+  free(ic);
+}
+
+static const struct quic_conn_cbs conn_cbs = {
+  .handshake_cb = on_handshake,
+  .datagram_cb = on_datagram,
+  .stream_cb = on_stream,
+  .path_cb = on_path,
+  .close_cb = on_close,
+};
+
+static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
+{
+  struct ictx *x = ud;
+  struct iconn *ic;
+  (void)ep;
+
+  if (x->draining)
+    return 1;
+  ic = calloc(1, sizeof(*ic));
+  if (!ic)
+    return 1;
+  ic->x = x;
+  ic->c = c;
+  ic->sig_sid = -1;
+  snprintf(ic->name, sizeof(ic->name), "connection");
+  quic_conn_set_cbs(c, &conn_cbs, ic);
+  return 0;
+}
+
+static const struct quic_endpoint_cbs ep_cbs = { .accept_cb = on_accept };
+
+/* --- metrics --------------------------------------------------------------- */
+
+static void service_gauge(const char *id, size_t len, int has_connector,
+                          size_t agents, void *ud)
+{
+  struct ictx *x = ud;
+  char esc[WIRE_SERVICE_ID_MAX * 2 + 1], labels[WIRE_SERVICE_ID_MAX * 2 + 16];
+
+  snprintf(labels, sizeof(labels), "service=\"%s\"",
+           metrics_label_escape(esc, sizeof(esc), id, len));
+  metric_set(metrics_gauge(x->m, "ztna_service_connector_present", labels,
+                           "1 when a connector provides the service"),
+             has_connector);
+  metric_set(metrics_gauge(x->m, "ztna_service_agents", labels,
+                           "Agents registered for the service"),
+             (int64_t)agents);
+}
+
+static void collect(void *ud)
+{
+  struct ictx *x = ud;
+  const struct relay_stats *rs = relay_stats(x->relay);
+  const struct quic_stats *qs = quic_endpoint_stats(x->ep);
+
+  metric_set(x->mx_active, (int64_t)quic_endpoint_conn_count(x->ep));
+  metric_set(x->mx_uptime,
+             (int64_t)((uv_now(x->loop) - x->started_ms) / 1000));
+  metric_set(x->mx_bytes, (int64_t)rs->relayed_bytes);
+  metric_set(x->mx_regs, (int64_t)rs->registrations);
+  metric_set(x->mx_rejects, (int64_t)rs->rejections);
+  metric_set(x->mx_invalid_regs, (int64_t)rs->invalid_regs);
+  metric_set(x->mx_relayed, (int64_t)rs->relayed_dgrams);
+  metric_set(x->mx_sessions, (int64_t)rs->sessions);
+  metric_set(x->mx_sessions_active, (int64_t)relay_session_count(x->relay));
+  metric_set(x->mx_sig_errors, (int64_t)rs->sig_errors);
+  metric_set(x->mx_limit, (int64_t)rs->limit_hits);
+  metric_set(x->mx_retry_ok, (int64_t)qs->retry_ok);
+  metric_set(x->mx_retry_fail, (int64_t)qs->retry_fail);
+  metric_set(x->mx_refused, (int64_t)qs->refused_limit);
+  metric_set(x->mx_qad, (int64_t)x->qad_sent);
+  for (int i = 0; i < RELAY_DROP_COUNT; i++)
+    metric_set(x->mx_drops[i], (int64_t)rs->drops[i]);
+  metrics_zero(x->m, "ztna_service_connector_present");
+  metrics_zero(x->m, "ztna_service_agents");
+  relay_foreach_service(x->relay, service_gauge, x);
+}
+
+static void metrics_init(struct ictx *x)
+{
+  struct metrics *m = x->m;
+  char labels[64];
+
+  x->mx_active = metrics_gauge(m, "ztna_active_connections", NULL,
+                               "QUIC connections open");
+  x->mx_uptime = metrics_gauge(m, "ztna_uptime_seconds", NULL,
+                               "Seconds since start");
+  x->mx_bytes = metrics_counter(m, "ztna_relay_bytes_total", NULL,
+                                "Bytes of IP packets relayed");
+  x->mx_regs = metrics_counter(m, "ztna_registrations_total", NULL,
+                               "Registrations accepted (ACK sent)");
+  x->mx_rejects = metrics_counter(m, "ztna_registration_rejections_total",
+                                  NULL, "Registrations denied (NACK 02)");
+  x->mx_invalid_regs = metrics_counter(
+      m, "ztna_registration_invalid_total", NULL,
+      "Registrations refused as invalid (NACK 01)");
+  x->mx_relayed = metrics_counter(m, "ztna_datagrams_relayed_total", NULL,
+                                  "DATAGRAMs relayed");
+  x->mx_sessions = metrics_counter(m, "ztna_signaling_sessions_total", NULL,
+                                   "P2P signaling sessions created");
+  x->mx_sessions_active = metrics_gauge(m, "ztna_signaling_sessions_active",
+                                        NULL, "P2P signaling sessions open");
+  x->mx_sig_errors = metrics_counter(m, "ztna_signaling_errors_total", NULL,
+                                     "Signaling messages refused");
+  x->mx_limit = metrics_counter(m, "ztna_limit_hits_total", NULL,
+                                "Times a resource bound was reached");
+  x->mx_retry_ok = metrics_counter(m, "ztna_retry_tokens_validated", NULL,
+                                   "Retry tokens accepted");
+  x->mx_retry_fail = metrics_counter(m, "ztna_retry_token_failures", NULL,
+                                     "Retry tokens refused");
+  x->mx_refused = metrics_counter(m, "ztna_connections_refused_total", NULL,
+                                  "Connections refused at the limit");
+  x->mx_qad = metrics_counter(m, "ztna_qad_sent_total", NULL,
+                              "Observed-address messages sent");
+  x->mx_reloads = metrics_counter(m, "ztna_reloads_total", NULL,
+                                  "Successful SIGHUP reloads");
+  x->mx_reload_failures = metrics_counter(m, "ztna_reload_failures_total",
+                                          NULL, "Failed SIGHUP reloads");
+  for (int i = 0; i < RELAY_DROP_COUNT; i++) {
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", relay_drop_name(i));
+    x->mx_drops[i] = metrics_counter(m, "ztna_drops_total", labels,
+                                     "Datagrams dropped, by reason");
+  }
+  metrics_set_collect(m, collect, x);
+}
+
+/* --- configuration --------------------------------------------------------- */
+
+static void warn_cb(const char *msg)
+{
+  log_warnx("%s", msg);
+}
+
+static int load_policy(struct ictx *x, struct cfg_policy **out)
+{
+  char err[512], *text;
+  size_t len;
+  struct cfg_policy *p;
+  int rv;
+
+  *out = NULL;
+  if (!x->cfg.policy_path[0])
+    return 0;
+  rv = cfg_read_file(x->cfg.policy_path, &text, &len, err, sizeof(err));
+  if (rv < 0) {
+    log_warnx("policy: %s", err);
+    return rv;
+  }
+  p = calloc(1, sizeof(*p));
+  if (!p) {
+    free(text);
+    return -ENOMEM;
+  }
+  rv = cfg_policy_parse(p, x->cfg.policy_path, text, len, err, sizeof(err),
+                        warn_cb);
+  free(text);
+  if (rv < 0) {
+    log_warnx("%s", err);
+    free(p);
+    return rv;
+  }
+  *out = p;
+  return 0;
+}
+
+static int load_tls(struct ictx *x, struct tls_ctx **out)
+{
+  struct tls_config tc;
+  char err[512];
+  int rv;
+
+  tls_config_init(&tc);
+  tc.cert_file = x->cfg.cert_path[0] ? x->cfg.cert_path : NULL;
+  tc.key_file = x->cfg.key_path[0] ? x->cfg.key_path : NULL;
+  tc.ca_file = x->cfg.ca_cert_path[0] ? x->cfg.ca_cert_path : NULL;
+  tc.verify_peer = x->cfg.verify_peer;
+  tc.require_client_cert = x->cfg.require_client_cert;
+  if (!tc.ca_file && (tc.verify_peer || tc.require_client_cert)) {
+    log_warnx("no CA file (ca_cert_path or --ca): client certificates "
+              "cannot be verified; set one, or set verify_peer and "
+              "require_client_cert to false to run without (every "
+              "registration is then denied)");
+    return ZTNA_ERR_CONFIG;
+  }
+  rv = tls_ctx_new(out, 1, &tc, err, sizeof(err));
+  if (rv < 0)
+    log_warnx("%s", err);
+  return rv;
+}
+
+static int parse_bind(const char *host, uint16_t port,
+                      struct sockaddr_storage *ss)
+{
+  memset(ss, 0, sizeof(*ss));
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0)
+    return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0)
+    return 0;
+  return ZTNA_ERR_CONFIG;
+}
+
+/* --- signals and timers ------------------------------------------------------ */
+
+static void close_handle(uv_handle_t *h)
+{
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void drain_done(uv_timer_t *t)
+{
+  struct ictx *x = t->data;
+
+  quic_endpoint_del(x->ep);
+  x->ep = NULL;
+  metrics_http_stop(x->http);
+  x->http = NULL;
+  close_handle((uv_handle_t *)&x->sigterm);
+  close_handle((uv_handle_t *)&x->sigint);
+  close_handle((uv_handle_t *)&x->sighup);
+  close_handle((uv_handle_t *)&x->tick);
+  close_handle((uv_handle_t *)&x->drain);
+}
+
+static void on_terminate(uv_signal_t *s, int signum)
+{
+  struct ictx *x = s->data;
+  size_t n;
+
+  if (x->draining)
+    return;
+  x->draining = 1;
+  n = quic_endpoint_close_all(x->ep, 0, "server shutting down");
+  log_info("signal %d: closed %zu connections, shutting down", signum, n);
+  /* The close packets are on their way; give the socket a moment. At most
+   * 3 s pass before exit (protocol.md 8). */
+  uv_timer_start(&x->drain, drain_done, 200, 0);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+  struct ictx *x = s->data;
+  struct tls_ctx *tls;
+  struct cfg_policy *p;
+  (void)signum;
+
+  if (load_tls(x, &tls) < 0 || load_policy(x, &p) < 0) {
+    metric_inc(x->mx_reload_failures);
+    log_warnx("reload failed: keeping the certificates and policy in use");
+    return;
+  }
+  quic_endpoint_set_server_tls(x->ep, tls);
+  tls_ctx_unref(x->tls);
+  x->tls = tls;
+  relay_set_policy(x->relay, p);
+  metric_inc(x->mx_reloads);
+  log_info("reloaded certificates%s", p ? " and policy" : "");
+}
+
+static void on_tick(uv_timer_t *t)
+{
+  struct ictx *x = t->data;
+  relay_expire(x->relay, uv_now(x->loop));
+}
+
+/* --- main -------------------------------------------------------------------- */
+
+enum {
+  OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
+  OPT_METRICS_BIND, OPT_DISABLE_RETRY
+};
+
+static int usage_error(const char *fmt, const char *arg)
+{
+  fprintf(stderr, "ztna intermediate: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nRun 'ztna intermediate --help' for usage.\n");
+  return 1;
+}
+
+static int parse_port(const char *s, uint16_t *out, int allow_zero)
+{
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (*s == '\0' || *end || v < (allow_zero ? 0 : 1) || v > 65535)
+    return -1;
+  *out = (uint16_t)v;
+  return 0;
+}
 
 int intermediate_main(int argc, char **argv)
 {
-  if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-    printf("Usage: ztna intermediate ...\n\n"
-           "ztna intermediate (the public QUIC relay) is not available in this version of ztna yet.\n");
+  static const struct option opts[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "check", no_argument, NULL, 'n' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "port", required_argument, NULL, 'p' },
+    { "bind", required_argument, NULL, 'b' },
+    { "cert", required_argument, NULL, OPT_CERT },
+    { "key", required_argument, NULL, OPT_KEY },
+    { "ca", required_argument, NULL, OPT_CA },
+    { "policy", required_argument, NULL, OPT_POLICY },
+    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
+    { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct cfg_intermediate over;
+  const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
+             *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
+             *mbind = NULL;
+  int ch, check = 0, verbose = LOG_LVL_INFO, disable_retry = 0, rv;
+  struct ictx x;
+  struct sockaddr_storage ss;
+  struct quic_endpoint_config qc = { 0 };
+  struct relay_io rio = { relay_send_dgram, relay_send_signal, relay_drop_cb,
+                          NULL };
+  struct cfg_policy *pol = NULL;
+  char err[512], *text;
+  size_t len;
+  (void)over;
+
+  while ((ch = getopt_long(argc, argv, "c:nvp:b:h", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': config = optarg; break;
+    case 'n': check = 1; break;
+    case 'v': verbose++; break;
+    case 'p': port = optarg; break;
+    case 'b': bind = optarg; break;
+    case OPT_CERT: cert = optarg; break;
+    case OPT_KEY: key = optarg; break;
+    case OPT_CA: ca = optarg; break;
+    case OPT_POLICY: policy = optarg; break;
+    case OPT_METRICS_PORT: mport = optarg; break;
+    case OPT_METRICS_BIND: mbind = optarg; break;
+    case OPT_DISABLE_RETRY: disable_retry = 1; break;
+    case 'h':
+      fputs(usage_text, stdout);
+      return 0;
+    default:
+      fputs(usage_text, stderr);
+      return 1;
+    }
+  }
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+  log_init("intermediate", verbose);
+
+  memset(&x, 0, sizeof(x));
+  cfg_intermediate_defaults(&x.cfg);
+  snprintf(x.metrics_bind, sizeof(x.metrics_bind), "127.0.0.1");
+  if (cfg_find(config, "intermediate", x.config_path,
+               sizeof(x.config_path)) == 0) {
+    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
+    if (rv == 0) {
+      rv = cfg_intermediate_parse(&x.cfg, x.config_path, text, len, err,
+                                  sizeof(err), warn_cb);
+      free(text);
+    }
+    if (rv < 0) {
+      fprintf(stderr, "ztna intermediate: %s\n", err);
+      return 1;
+    }
+  }
+  if (port && parse_port(port, &x.cfg.port, 0) < 0)
+    return usage_error("--port '%s' is not a port (1-65535)", port);
+  if (mport && parse_port(mport, &x.cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
+  if (bind)
+    snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
+  if (mbind)
+    snprintf(x.metrics_bind, sizeof(x.metrics_bind), "%s", mbind);
+  if (cert)
+    snprintf(x.cfg.cert_path, sizeof(x.cfg.cert_path), "%s", cert);
+  if (key)
+    snprintf(x.cfg.key_path, sizeof(x.cfg.key_path), "%s", key);
+  if (ca)
+    snprintf(x.cfg.ca_cert_path, sizeof(x.cfg.ca_cert_path), "%s", ca);
+  if (policy)
+    snprintf(x.cfg.policy_path, sizeof(x.cfg.policy_path), "%s", policy);
+  if (disable_retry)
+    x.cfg.disable_retry = 1;
+  if (!x.cfg.cert_path[0] || !x.cfg.key_path[0]) {
+    fprintf(stderr, "ztna intermediate: no certificate: give --cert and "
+            "--key (or cert_path and key_path in %s)\n",
+            x.config_path[0] ? x.config_path : "a configuration file");
+    return 1;
+  }
+  if (parse_bind(x.cfg.bind_addr, x.cfg.port, &ss) < 0) {
+    fprintf(stderr, "ztna intermediate: bind address '%s' is not an IPv4 "
+            "or IPv6 address\n", x.cfg.bind_addr);
+    return 1;
+  }
+  if (!x.cfg.require_client_cert)
+    log_warnx("require_client_cert is off: clients without a certificate "
+              "may connect (they can register nothing)");
+  if (load_tls(&x, &x.tls) < 0 || load_policy(&x, &pol) < 0)
+    return 1;
+  if (check) {
+    printf("configuration OK\n");
+    tls_ctx_unref(x.tls);
+    cfg_policy_free(pol);
+    free(pol);
     return 0;
   }
-  fprintf(stderr, "ztna intermediate: the public QUIC relay is not available in this version of "
-          "ztna yet\n");
-  return 2;
+
+  x.loop = uv_default_loop();
+  x.started_ms = uv_now(x.loop);
+  rio.ud = &x;
+  if (relay_new(&x.relay, &rio, NULL) < 0)
+    fatalx("out of memory");
+  relay_set_policy(x.relay, pol);
+  x.m = metrics_new();
+  if (!x.m)
+    fatalx("out of memory");
+  metrics_init(&x);
+
+  qc.server_tls = x.tls;
+  qc.retry = !x.cfg.disable_retry;
+  qc.cbs = &ep_cbs;
+  qc.ud = &x;
+  rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&ss, &qc);
+  if (rv < 0) {
+    char a[64];
+    fprintf(stderr, "ztna intermediate: cannot listen on UDP %s: %s\n",
+            addr_str((struct sockaddr *)&ss, a, sizeof(a)),
+            rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
+    return 1;
+  }
+  if (x.cfg.metrics_port) {
+    struct sockaddr_storage ms;
+    if (parse_bind(x.metrics_bind, x.cfg.metrics_port, &ms) < 0) {
+      fprintf(stderr, "ztna intermediate: metrics address '%s' is not an "
+              "IPv4 or IPv6 address\n", x.metrics_bind);
+      return 1;
+    }
+    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
+    if (rv < 0) {
+      fprintf(stderr, "ztna intermediate: cannot listen on TCP %s:%u for "
+              "metrics: %s\n", x.metrics_bind, x.cfg.metrics_port,
+              uv_strerror(rv));
+      return 1;
+    }
+  }
+  uv_signal_init(x.loop, &x.sigterm);
+  uv_signal_init(x.loop, &x.sigint);
+  uv_signal_init(x.loop, &x.sighup);
+  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
+  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
+  uv_signal_start(&x.sigint, on_terminate, SIGINT);
+  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  uv_timer_init(x.loop, &x.tick);
+  uv_timer_init(x.loop, &x.drain);
+  x.tick.data = x.drain.data = &x;
+  uv_timer_start(&x.tick, on_tick, 1000, 1000);
+
+  {
+    char a[64];
+    log_info("listening on UDP %s (retry %s, client certificates %s%s%s)",
+             addr_str((struct sockaddr *)&ss, a, sizeof(a)),
+             qc.retry ? "on" : "off",
+             x.cfg.require_client_cert ? "required" : "optional",
+             x.cfg.policy_path[0] ? ", policy " : "",
+             x.cfg.policy_path);
+    if (x.http)
+      log_info("metrics on http://%s:%d/metrics", x.metrics_bind,
+               metrics_http_port(x.http));
+  }
+  uv_run(x.loop, UV_RUN_DEFAULT);
+  relay_del(x.relay);
+  metrics_del(x.m);
+  tls_ctx_unref(x.tls);
+  uv_loop_close(x.loop);
+  log_info("stopped");
+  return 0;
 }

@@ -840,6 +840,98 @@ int cfg_agent_parse(struct cfg_agent *out, const char *name, const char *text,
   return rv;
 }
 
+/* --- policy ------------------------------------------------------------ */
+
+static int allow_member(struct doc *d, int key, int val, void *out)
+{
+  struct cfg_policy_service *ps = out;
+  int i = val + 1, rv;
+
+  if (!key_is(d, key, "allow"))
+    return 1;
+  if (d->tok[val].type != JSMN_ARRAY)
+    return fail(d, val, "expected an array of names, got %s",
+                type_name(d, val));
+  if (d->tok[val].size > CFG_POLICY_MAX_ALLOW)
+    return fail(d, val, "more than %d names", CFG_POLICY_MAX_ALLOW);
+  ps->nallow = 0;
+  for (int k = 0; k < d->tok[val].size; k++, i++) {
+    char *name = ps->allow[ps->nallow];
+    rv = get_str(d, i, name, CFG_NAME_MAX + 1);
+    if (rv < 0)
+      return rv;
+    if (!name[0] || !strcmp(name, "group:"))
+      return fail(d, i, "an empty name allows nobody; use \"*\" for every "
+                  "agent the certificate allows");
+    ps->nallow++;
+  }
+  return 0;
+}
+
+static int policy_service(struct doc *d, int key, int val, void *out)
+{
+  struct cfg_policy *p = out;
+  struct cfg_policy_service *ps;
+  char prefix[CFG_STR_MAX + 16];
+  int rv;
+
+  if (p->nservices >= CFG_POLICY_MAX_SERVICES)
+    return fail(d, key, "more than %d services", CFG_POLICY_MAX_SERVICES);
+  ps = &p->services[p->nservices];
+  memset(ps, 0, sizeof(*ps));
+  rv = get_str(d, key, ps->id, sizeof(ps->id));
+  if (rv < 0)
+    return rv;
+  if (!ps->id[0])
+    return fail(d, key, "empty service id");
+  for (size_t i = 0; i < p->nservices; i++)
+    if (!strcmp(p->services[i].id, ps->id))
+      return fail(d, key, "service \"%s\" is listed twice", ps->id);
+  snprintf(prefix, sizeof(prefix), "services.%s", ps->id);
+  rv = each_member(d, val, prefix, allow_member, ps);
+  if (rv < 0)
+    return rv;
+  p->nservices++;
+  return 0;
+}
+
+static int policy_member(struct doc *d, int key, int val, void *out)
+{
+  if (key_is(d, key, "services"))
+    return each_member(d, val, "services", policy_service, out);
+  return 1;
+}
+
+int cfg_policy_parse(struct cfg_policy *out, const char *name, const char *text,
+                     size_t len, char *err, size_t errlen, cfg_warn_fn warn)
+{
+  struct doc d;
+  int rv;
+
+  memset(out, 0, sizeof(*out));
+  out->services = calloc(CFG_POLICY_MAX_SERVICES, sizeof(*out->services));
+  if (!out->services) {
+    snprintf(err, errlen, "%s: out of memory", name);
+    return -ENOMEM;
+  }
+  rv = parse_doc(&d, name, text, len, err, errlen, warn);
+  if (rv == 0)
+    rv = each_member(&d, 0, "", policy_member, out);
+  free(d.tok);
+  if (rv < 0)
+    cfg_policy_free(out);
+  return rv;
+}
+
+void cfg_policy_free(struct cfg_policy *p)
+{
+  if (!p)
+    return;
+  free(p->services);
+  p->services = NULL;
+  p->nservices = 0;
+}
+
 /* --- files ---------------------------------------------------------------- */
 
 int cfg_read_file(const char *path, char **text, size_t *len, char *err,

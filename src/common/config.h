@@ -72,6 +72,31 @@ struct cfg_agent {
   uint16_t metrics_port;        /* 0: off */
 };
 
+/* Policy file: which agent identities may reach which service.
+ *   {"services": {"echo": {"allow": ["alice", "group:engineering", "*"]}}}
+ * "name" matches the certificate's CN, "group:NAME" its OU, "*" any agent
+ * whose certificate grants the service. A service not listed is denied to
+ * every agent. */
+#define CFG_POLICY_MAX_SERVICES 256
+#define CFG_POLICY_MAX_ALLOW 64
+#define CFG_NAME_MAX 64
+
+struct cfg_policy_service {
+  char id[CFG_STR_MAX];
+  size_t nallow;
+  char allow[CFG_POLICY_MAX_ALLOW][CFG_NAME_MAX + 1];
+};
+
+struct cfg_policy {
+  size_t nservices;
+  struct cfg_policy_service *services; /* malloc'd */
+};
+
+int cfg_policy_parse(struct cfg_policy *out, const char *name, const char *text,
+                     size_t len, char *err, size_t errlen, cfg_warn_fn warn);
+/* Frees what cfg_policy_parse allocated. Accepts NULL. */
+void cfg_policy_free(struct cfg_policy *p);
+
 /* Fill the defaults above. */
 void cfg_intermediate_defaults(struct cfg_intermediate *c);
 void cfg_connector_defaults(struct cfg_connector *c);

@@ -78,6 +78,33 @@ struct metric *metrics_gauge(struct metrics *m, const char *name,
   return get(m, name, labels, help, METRIC_GAUGE);
 }
 
+void metrics_zero(struct metrics *m, const char *name)
+{
+  for (size_t i = 0; i < m->n; i++)
+    if (!strcmp(m->v[i].name, name))
+      m->v[i].value = 0;
+}
+
+char *metrics_label_escape(char *out, size_t cap, const char *v, size_t len)
+{
+  size_t o = 0;
+
+  for (size_t i = 0; i < len && o + 3 < cap; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    if (ch == '\\' || ch == '"') {
+      out[o++] = '\\';
+      out[o++] = (char)ch;
+    } else if (ch == '\n') {
+      out[o++] = '\\';
+      out[o++] = 'n';
+    } else {
+      out[o++] = ch < 0x20 ? '?' : (char)ch;
+    }
+  }
+  out[o] = '\0';
+  return out;
+}
+
 void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud)
 {
   m->collect = fn;

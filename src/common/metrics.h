@@ -27,7 +27,7 @@ enum metric_type { METRIC_COUNTER, METRIC_GAUGE };
 
 struct metric {
   char name[96];
-  char labels[160];
+  char labels[560];
   const char *help; /* static string */
   enum metric_type type;
   int64_t value;
@@ -44,6 +44,14 @@ struct metric *metrics_gauge(struct metrics *m, const char *name,
 static inline void metric_add(struct metric *x, int64_t n) { x->value += n; }
 static inline void metric_inc(struct metric *x) { x->value++; }
 static inline void metric_set(struct metric *x, int64_t v) { x->value = v; }
+
+/* Sets every metric of this name to 0 (before gauges are refilled). */
+void metrics_zero(struct metrics *m, const char *name);
+
+/* Writes v as a Prometheus label value (quotes not included), escaping
+ * backslash, double quote and newline and replacing other control bytes.
+ * Returns out. */
+char *metrics_label_escape(char *out, size_t cap, const char *v, size_t len);
 
 /* Called before each rendering so gauges can be brought up to date. */
 void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud);

@@ -1,0 +1,66 @@
+/* policy.c - certificate grants and the policy file. */
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "policy.h"
+#include "tls.h"
+
+int policy_cert_grants(const struct tls_identity *id, enum policy_role role,
+                       const uint8_t *svc, size_t len)
+{
+  const char *prefix = role == POLICY_AGENT ? "agent." : "connector.";
+  size_t pl = strlen(prefix);
+
+  if (len == 0)
+    return 0;
+  for (size_t i = 0; i < id->ndns; i++) {
+    const char *san = id->dns[i];
+    size_t sl = strlen(san);
+
+    if (sl < pl + 5 || strncmp(san, prefix, pl) != 0 ||
+        strcmp(san + sl - 5, ".ztna") != 0)
+      continue;
+    /* The middle is the service id; it may itself contain dots. */
+    if (sl - pl - 5 == 1 && san[pl] == '*')
+      return 1;
+    if (sl - pl - 5 == len && strncasecmp(san + pl, (const char *)svc, len) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+int policy_file_allows(const struct cfg_policy *p,
+                       const struct tls_identity *id, const uint8_t *svc,
+                       size_t len)
+{
+  if (!p)
+    return 1;
+  for (size_t i = 0; i < p->nservices; i++) {
+    const struct cfg_policy_service *ps = &p->services[i];
+
+    if (strlen(ps->id) != len || memcmp(ps->id, svc, len) != 0)
+      continue;
+    for (size_t k = 0; k < ps->nallow; k++) {
+      const char *a = ps->allow[k];
+      if (!strcmp(a, "*"))
+        return 1;
+      if (!strncmp(a, "group:", 6)) {
+        if (id->ou[0] && !strcmp(a + 6, id->ou))
+          return 1;
+      } else if (id->cn[0] && !strcmp(a, id->cn)) {
+        return 1;
+      }
+    }
+    return 0;
+  }
+  return 0; /* not listed: denied */
+}
+
+int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,
+                  enum policy_role role, const uint8_t *svc, size_t len)
+{
+  if (!policy_cert_grants(id, role, svc, len))
+    return 0;
+  return role == POLICY_CONNECTOR || policy_file_allows(p, id, svc, len);
+}

@@ -1,0 +1,34 @@
+/* policy.h - who may provide or reach a service (protocol.md 3).
+ *
+ * Deny by default: a certificate grants a role for a service only through
+ * a SAN DNS name agent.<service>.ztna or connector.<service>.ztna (or the
+ * wildcards agent.*.ztna / connector.*.ztna); the optional policy file
+ * further restricts which agents may reach a service. Sans-IO.
+ */
+#ifndef ZTNA_POLICY_H
+#define ZTNA_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct tls_identity;
+struct cfg_policy;
+
+enum policy_role { POLICY_AGENT = 0, POLICY_CONNECTOR = 1 };
+
+/* 1 when the certificate's SANs grant role for the service, else 0. The
+ * service id is compared case-insensitively (SANs are DNS names). */
+int policy_cert_grants(const struct tls_identity *id, enum policy_role role,
+                       const uint8_t *svc, size_t len);
+
+/* 1 when the policy file (NULL: none in use) lets this agent reach the
+ * service, else 0. */
+int policy_file_allows(const struct cfg_policy *p,
+                       const struct tls_identity *id, const uint8_t *svc,
+                       size_t len);
+
+/* Both of the above (the file restricts agents only). */
+int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,
+                  enum policy_role role, const uint8_t *svc, size_t len);
+
+#endif

@@ -1,0 +1,863 @@
+/* relay.c - registration, routing, translation and signaling, sans-IO. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "err.h"
+#include "ippkt.h"
+#include "policy.h"
+#include "relay.h"
+#include "tls.h"
+#include "wire.h"
+
+#define SVC_BUCKETS 1024
+#define MAX_SOURCES 4   /* source addresses translated per agent */
+#define MAX_VIPS 64     /* virtual IPs learned per agent */
+#define XLAT_OFFSET 256 /* translated addresses start at 100.64.1.0 */
+
+static const uint8_t xlat_v6_prefix[12] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e,
+                                            0x61, 0, 0, 0, 0, 0, 0 };
+
+struct service {
+  struct service *next;
+  struct relay_client *connector; /* newest wins */
+  size_t agents;
+  size_t len;
+  char id[WIRE_SERVICE_ID_MAX + 1];
+};
+
+struct reg {
+  struct service *svc;
+  int role; /* POLICY_AGENT or POLICY_CONNECTOR */
+};
+
+struct vip {
+  int family;
+  uint8_t addr[16];
+  struct service *svc;
+};
+
+struct relay_client {
+  struct relay_client *next, *prev;
+  void *conn;
+  struct tls_identity id;
+  struct reg *regs;
+  size_t nregs;
+  uint32_t xlat[MAX_SOURCES]; /* indexes into relay.xlat */
+  size_t nxlat;
+  struct vip vips[MAX_VIPS];
+  size_t nvips;
+  struct wire_sigbuf sig;
+  size_t nsessions;
+};
+
+struct xlat {
+  struct relay_client *c; /* NULL: free */
+  int family;
+  uint8_t orig[16];
+};
+
+struct session {
+  struct session *next;
+  uint64_t id;
+  uint64_t created;
+  struct relay_client *agent, *connector;
+  struct service *svc;
+  int started;
+  struct wire_sig offer;
+};
+
+struct relay {
+  struct relay_io io;
+  struct relay_limits lim;
+  struct cfg_policy *policy;
+  struct service *svc[SVC_BUCKETS];
+  struct relay_client *clients;
+  size_t nclients;
+  struct xlat *xlat;
+  size_t xlat_next;
+  struct session *sessions;
+  size_t nsessions;
+  struct relay_stats stats;
+  uint8_t scratch[65536];
+  uint8_t sigbuf[4 + WIRE_SIG_PAYLOAD_MAX];
+  struct wire_sig msg;
+  /* Context of the signaling callback (wire_sigbuf_feed takes one ud). */
+  struct relay_client *sig_from;
+  uint64_t sig_now;
+  struct relay_client *cur; /* the sender of the datagram being handled */
+};
+
+const char *relay_drop_name(enum relay_drop d)
+{
+  static const char *const names[RELAY_DROP_COUNT] = {
+    "malformed",  "not_registered", "denied", "no_connector", "no_route",
+    "too_large",  "queue_full",     "limit",  "unexpected",
+  };
+  return d < RELAY_DROP_COUNT ? names[d] : "unknown";
+}
+
+static void drop(struct relay *r, enum relay_drop why)
+{
+  r->stats.drops[why]++;
+  if (r->io.drop_cb)
+    r->io.drop_cb(r->cur ? r->cur->conn : NULL, why, r->io.ud);
+}
+
+/* --- services ------------------------------------------------------------ */
+
+static uint32_t svc_hash(const uint8_t *id, size_t len)
+{
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ id[i]) * 16777619u;
+  return h & (SVC_BUCKETS - 1);
+}
+
+static struct service *svc_find(struct relay *r, const uint8_t *id, size_t len)
+{
+  for (struct service *s = r->svc[svc_hash(id, len)]; s; s = s->next)
+    if (s->len == len && memcmp(s->id, id, len) == 0)
+      return s;
+  return NULL;
+}
+
+static struct service *svc_get(struct relay *r, const uint8_t *id, size_t len)
+{
+  struct service *s = svc_find(r, id, len);
+  uint32_t h;
+
+  if (s)
+    return s;
+  s = calloc(1, sizeof(*s));
+  if (!s)
+    return NULL;
+  memcpy(s->id, id, len);
+  s->len = len;
+  h = svc_hash(id, len);
+  s->next = r->svc[h];
+  r->svc[h] = s;
+  return s;
+}
+
+static void svc_release(struct relay *r, struct service *s)
+{
+  struct service **pp;
+
+  if (s->connector || s->agents)
+    return;
+  for (pp = &r->svc[svc_hash((uint8_t *)s->id, s->len)]; *pp;
+       pp = &(*pp)->next) {
+    if (*pp == s) {
+      *pp = s->next;
+      free(s);
+      return;
+    }
+  }
+}
+
+/* --- lifecycle ---------------------------------------------------------- */
+
+int relay_new(struct relay **out, const struct relay_io *io,
+              const struct relay_limits *lim)
+{
+  struct relay *r = calloc(1, sizeof(*r));
+
+  *out = NULL;
+  if (!r)
+    return -ENOMEM;
+  r->io = *io;
+  r->lim.services_per_client = 64;
+  r->lim.sessions_per_client = 16;
+  r->lim.sessions_total = 4096;
+  r->lim.translations = 65536;
+  if (lim) {
+    if (lim->services_per_client)
+      r->lim.services_per_client = lim->services_per_client;
+    if (lim->sessions_per_client)
+      r->lim.sessions_per_client = lim->sessions_per_client;
+    if (lim->sessions_total)
+      r->lim.sessions_total = lim->sessions_total;
+    if (lim->translations)
+      r->lim.translations = lim->translations;
+  }
+  r->xlat = calloc(r->lim.translations, sizeof(*r->xlat));
+  if (!r->xlat) {
+    free(r);
+    return -ENOMEM;
+  }
+  *out = r;
+  return 0;
+}
+
+void relay_del(struct relay *r)
+{
+  if (!r)
+    return;
+  while (r->clients)
+    relay_client_del(r, r->clients);
+  cfg_policy_free(r->policy);
+  free(r->policy);
+  free(r->xlat);
+  free(r);
+}
+
+struct relay_client *relay_client_new(struct relay *r, void *conn,
+                                      const struct tls_identity *id)
+{
+  struct relay_client *c = calloc(1, sizeof(*c));
+
+  if (!c)
+    return NULL;
+  c->regs = calloc(r->lim.services_per_client, sizeof(*c->regs));
+  if (!c->regs || wire_sigbuf_init(&c->sig) < 0) {
+    free(c->regs);
+    free(c);
+    return NULL;
+  }
+  c->conn = conn;
+  c->id = *id;
+  c->next = r->clients;
+  if (r->clients)
+    r->clients->prev = c;
+  r->clients = c;
+  r->nclients++;
+  return c;
+}
+
+static void session_free(struct relay *r, struct session *s)
+{
+  struct session **pp;
+
+  for (pp = &r->sessions; *pp; pp = &(*pp)->next)
+    if (*pp == s) {
+      *pp = s->next;
+      break;
+    }
+  s->agent->nsessions--;
+  if (s->connector)
+    s->connector->nsessions--;
+  r->nsessions--;
+  free(s);
+}
+
+static void unregister(struct relay *r, struct relay_client *c, size_t i)
+{
+  struct service *s = c->regs[i].svc;
+
+  if (c->regs[i].role == POLICY_CONNECTOR) {
+    if (s->connector == c)
+      s->connector = NULL;
+  } else {
+    s->agents--;
+  }
+  /* Learned virtual IPs of this service go with the registration. */
+  for (size_t k = 0; k < c->nvips;)
+    if (c->vips[k].svc == s && c->regs[i].role == POLICY_AGENT)
+      c->vips[k] = c->vips[--c->nvips];
+    else
+      k++;
+  c->regs[i] = c->regs[--c->nregs];
+  svc_release(r, s);
+}
+
+void relay_client_del(struct relay *r, struct relay_client *c)
+{
+  struct session *s = r->sessions, *next;
+
+  for (; s; s = next) {
+    next = s->next;
+    if (s->agent == c || s->connector == c)
+      session_free(r, s);
+  }
+  while (c->nregs > 0)
+    unregister(r, c, c->nregs - 1);
+  for (size_t i = 0; i < c->nxlat; i++)
+    r->xlat[c->xlat[i]].c = NULL;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    r->clients = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  r->nclients--;
+  wire_sigbuf_free(&c->sig);
+  free(c->regs);
+  free(c);
+}
+
+void relay_set_policy(struct relay *r, struct cfg_policy *p)
+{
+  if (r->policy) {
+    cfg_policy_free(r->policy);
+    free(r->policy);
+  }
+  r->policy = p;
+  for (struct relay_client *c = r->clients; c; c = c->next)
+    for (size_t i = 0; i < c->nregs;) {
+      struct service *s = c->regs[i].svc;
+      if (!policy_allows(p, &c->id, c->regs[i].role, (uint8_t *)s->id,
+                         s->len))
+        unregister(r, c, i);
+      else
+        i++;
+    }
+}
+
+/* --- registration -------------------------------------------------------- */
+
+static void send_status(struct relay *r, struct relay_client *c, uint8_t type,
+                        uint8_t status, const uint8_t *id, size_t len)
+{
+  uint8_t buf[3 + WIRE_SERVICE_ID_MAX];
+  struct iovec v;
+  int n = wire_status_encode(buf, sizeof(buf), type, status, id, len);
+
+  if (n < 0)
+    return;
+  v.iov_base = buf;
+  v.iov_len = (size_t)n;
+  if (r->io.send_dgram(c->conn, &v, 1, r->io.ud) < 0)
+    drop(r, RELAY_DROP_QUEUE_FULL);
+}
+
+static struct reg *find_reg(struct relay_client *c, const struct service *s,
+                            int role)
+{
+  for (size_t i = 0; i < c->nregs; i++)
+    if (c->regs[i].svc == s && c->regs[i].role == role)
+      return &c->regs[i];
+  return NULL;
+}
+
+static void on_register(struct relay *r, struct relay_client *c,
+                        const uint8_t *d, size_t n)
+{
+  const uint8_t *id = NULL;
+  size_t len = 0;
+  uint8_t type;
+  int role, rv = wire_register_decode(d, n, &type, &id, &len);
+  struct service *s;
+
+  if (rv == ZTNA_ERR_SHORT) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  if (rv < 0) {
+    r->stats.invalid_regs++;
+    send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+    return;
+  }
+  role = type == WIRE_REG_AGENT ? POLICY_AGENT : POLICY_CONNECTOR;
+  if (!policy_allows(r->policy, &c->id, role, id, len)) {
+    r->stats.rejections++;
+    send_status(r, c, WIRE_REG_NACK, WIRE_NACK_DENIED, id, len);
+    return;
+  }
+  s = svc_find(r, id, len);
+  if (!s || !find_reg(c, s, role)) {
+    if (c->nregs >= r->lim.services_per_client) {
+      r->stats.limit_hits++;
+      r->stats.invalid_regs++;
+      send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+      return;
+    }
+    s = svc_get(r, id, len);
+    if (!s) {
+      r->stats.invalid_regs++;
+      send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+      return;
+    }
+    c->regs[c->nregs].svc = s;
+    c->regs[c->nregs].role = role;
+    c->nregs++;
+    if (role == POLICY_AGENT)
+      s->agents++;
+  }
+  if (role == POLICY_CONNECTOR)
+    s->connector = c; /* the newest connector wins the service */
+  r->stats.registrations++;
+  send_status(r, c, WIRE_REG_ACK, 0, id, len);
+}
+
+/* --- translation ---------------------------------------------------------- */
+
+static void xlat_addr(uint32_t idx, int family, uint8_t *out)
+{
+  uint32_t v = XLAT_OFFSET + idx;
+
+  if (family == 4) {
+    uint32_t a = (100u << 24 | 64u << 16) + v; /* 100.64.0.0/10 */
+    out[0] = (uint8_t)(a >> 24);
+    out[1] = (uint8_t)(a >> 16);
+    out[2] = (uint8_t)(a >> 8);
+    out[3] = (uint8_t)a;
+  } else {
+    memcpy(out, xlat_v6_prefix, 12);
+    out[12] = (uint8_t)(v >> 24);
+    out[13] = (uint8_t)(v >> 16);
+    out[14] = (uint8_t)(v >> 8);
+    out[15] = (uint8_t)v;
+  }
+}
+
+/* The translation entry of a translated address, or NULL. */
+static struct xlat *xlat_lookup(struct relay *r, int family,
+                                const uint8_t *a)
+{
+  uint32_t v, idx;
+
+  if (family == 4) {
+    uint32_t x = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 |
+                 (uint32_t)a[2] << 8 | a[3];
+    if ((x & 0xffc00000u) != (100u << 24 | 64u << 16))
+      return NULL;
+    v = x - (100u << 24 | 64u << 16);
+  } else {
+    if (memcmp(a, xlat_v6_prefix, 12) != 0)
+      return NULL;
+    v = (uint32_t)a[12] << 24 | (uint32_t)a[13] << 16 |
+        (uint32_t)a[14] << 8 | a[15];
+  }
+  if (v < XLAT_OFFSET)
+    return NULL;
+  idx = v - XLAT_OFFSET;
+  if (idx >= r->lim.translations || !r->xlat[idx].c ||
+      r->xlat[idx].family != family)
+    return NULL;
+  return &r->xlat[idx];
+}
+
+/* The translated address for this agent's source address, made on first
+ * use. Returns 0 with out filled, or ZTNA_ERR_LIMIT. */
+static int xlat_for(struct relay *r, struct relay_client *c, int family,
+                    const uint8_t *src, uint8_t *out)
+{
+  size_t alen = family == 4 ? 4 : 16;
+
+  for (size_t i = 0; i < c->nxlat; i++) {
+    struct xlat *x = &r->xlat[c->xlat[i]];
+    if (x->family == family && memcmp(x->orig, src, alen) == 0) {
+      xlat_addr(c->xlat[i], family, out);
+      return 0;
+    }
+  }
+  if (c->nxlat >= MAX_SOURCES)
+    return ZTNA_ERR_LIMIT;
+  for (size_t k = 0; k < r->lim.translations; k++) {
+    size_t idx = (r->xlat_next + k) % r->lim.translations;
+    struct xlat *x = &r->xlat[idx];
+    if (x->c)
+      continue;
+    x->c = c;
+    x->family = family;
+    memcpy(x->orig, src, alen);
+    c->xlat[c->nxlat++] = (uint32_t)idx;
+    r->xlat_next = idx + 1;
+    xlat_addr((uint32_t)idx, family, out);
+    return 0;
+  }
+  return ZTNA_ERR_LIMIT;
+}
+
+/* --- routing ------------------------------------------------------------- */
+
+static void forward(struct relay *r, struct relay_client *to,
+                    const uint8_t *pkt, size_t n)
+{
+  struct iovec v = { (void *)(uintptr_t)pkt, n };
+  int rv = r->io.send_dgram(to->conn, &v, 1, r->io.ud);
+
+  if (rv == 0) {
+    r->stats.relayed_dgrams++;
+    r->stats.relayed_bytes += n;
+  } else if (rv == ZTNA_ERR_TOO_LARGE) {
+    drop(r, RELAY_DROP_TOO_LARGE);
+  } else {
+    drop(r, RELAY_DROP_QUEUE_FULL);
+  }
+}
+
+static void learn_vip(struct relay *r, struct relay_client *c,
+                      const struct ippkt *ip, struct service *s)
+{
+  for (size_t i = 0; i < c->nvips; i++)
+    if (c->vips[i].family == ip->version &&
+        memcmp(c->vips[i].addr, ip->dst, ip->addrlen) == 0) {
+      c->vips[i].svc = s;
+      return;
+    }
+  if (c->nvips >= MAX_VIPS) {
+    r->stats.limit_hits++;
+    return;
+  }
+  c->vips[c->nvips].family = ip->version;
+  memcpy(c->vips[c->nvips].addr, ip->dst, ip->addrlen);
+  c->vips[c->nvips].svc = s;
+  c->nvips++;
+}
+
+/* Agent to connector: translate the source and send the raw packet. */
+static void to_connector(struct relay *r, struct relay_client *c,
+                         struct service *s, const uint8_t *pkt, size_t n)
+{
+  struct ippkt ip;
+  uint8_t addr[16];
+
+  if (!s->connector) {
+    drop(r, RELAY_DROP_NO_CONNECTOR);
+    return;
+  }
+  if (ippkt_parse(pkt, n, &ip) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  if (xlat_for(r, c, ip.version, ip.src, addr) < 0) {
+    r->stats.limit_hits++;
+    drop(r, RELAY_DROP_LIMIT);
+    return;
+  }
+  memcpy(r->scratch, pkt, n);
+  ippkt_rewrite_addr(r->scratch, n, 0, addr);
+  forward(r, s->connector, r->scratch, n);
+}
+
+static void on_routed(struct relay *r, struct relay_client *c,
+                      const uint8_t *d, size_t n)
+{
+  const uint8_t *id, *pkt;
+  size_t idlen, pktlen;
+  struct service *s;
+  struct ippkt ip;
+
+  if (wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen) < 0 ||
+      ippkt_parse(pkt, pktlen, &ip) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  s = svc_find(r, id, idlen);
+  if (!s || !find_reg(c, s, POLICY_AGENT)) {
+    drop(r, policy_allows(r->policy, &c->id, POLICY_AGENT, id, idlen)
+                ? RELAY_DROP_NOT_REGISTERED
+                : RELAY_DROP_DENIED);
+    return;
+  }
+  learn_vip(r, c, &ip, s);
+  to_connector(r, c, s, pkt, pktlen);
+}
+
+static int agent_of_connector(struct relay_client *agent,
+                              struct relay_client *conn)
+{
+  for (size_t i = 0; i < agent->nregs; i++)
+    if (agent->regs[i].role == POLICY_AGENT &&
+        agent->regs[i].svc->connector == conn)
+      return 1;
+  return 0;
+}
+
+static int is_connector(struct relay_client *c)
+{
+  for (size_t i = 0; i < c->nregs; i++)
+    if (c->regs[i].role == POLICY_CONNECTOR && c->regs[i].svc->connector == c)
+      return 1;
+  return 0;
+}
+
+static void on_raw(struct relay *r, struct relay_client *c, const uint8_t *d,
+                   size_t n)
+{
+  struct ippkt ip;
+  struct xlat *x;
+  struct service *s = NULL;
+  size_t agent_regs = 0;
+
+  if (ippkt_parse(d, n, &ip) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  /* Connector to agent: the destination is a translated address. */
+  x = xlat_lookup(r, ip.version, ip.dst);
+  if (x && is_connector(c)) {
+    if (!agent_of_connector(x->c, c)) {
+      drop(r, RELAY_DROP_DENIED);
+      return;
+    }
+    memcpy(r->scratch, d, n);
+    ippkt_rewrite_addr(r->scratch, n, 1, x->orig);
+    forward(r, x->c, r->scratch, n);
+    return;
+  }
+  /* Agent to connector: its only service, or the one whose virtual IP the
+   * destination is. */
+  for (size_t i = 0; i < c->nregs; i++)
+    if (c->regs[i].role == POLICY_AGENT) {
+      agent_regs++;
+      s = c->regs[i].svc;
+    }
+  if (agent_regs == 0) {
+    drop(r, is_connector(c) ? RELAY_DROP_NO_ROUTE
+                            : RELAY_DROP_NOT_REGISTERED);
+    return;
+  }
+  if (agent_regs > 1) {
+    s = NULL;
+    for (size_t i = 0; i < c->nvips; i++)
+      if (c->vips[i].family == ip.version &&
+          memcmp(c->vips[i].addr, ip.dst, ip.addrlen) == 0)
+        s = c->vips[i].svc;
+    if (!s) {
+      drop(r, RELAY_DROP_NO_ROUTE);
+      return;
+    }
+  }
+  to_connector(r, c, s, d, n);
+}
+
+void relay_datagram(struct relay *r, struct relay_client *c,
+                    const uint8_t *d, size_t n)
+{
+  r->cur = c;
+  switch (wire_classify(d, n)) {
+  case WIRE_KIND_REGISTER:
+    on_register(r, c, d, n);
+    break;
+  case WIRE_KIND_ROUTED:
+    on_routed(r, c, d, n);
+    break;
+  case WIRE_KIND_IPV4:
+  case WIRE_KIND_IPV6:
+    on_raw(r, c, d, n);
+    break;
+  default:
+    drop(r, RELAY_DROP_UNEXPECTED);
+  }
+  r->cur = NULL;
+}
+
+/* --- signaling ---------------------------------------------------------- */
+
+static void send_sig(struct relay *r, struct relay_client *to,
+                     const struct wire_sig *m)
+{
+  int n = wire_sig_frame(r->sigbuf, sizeof(r->sigbuf), m);
+
+  if (n < 0 || r->io.send_signal(to->conn, r->sigbuf, (size_t)n,
+                                 r->io.ud) < 0)
+    r->stats.sig_errors++;
+}
+
+static void send_sig_error(struct relay *r, struct relay_client *to,
+                           uint64_t sid, int has_sid, uint32_t code,
+                           const char *text)
+{
+  struct wire_sig *m = &r->msg;
+
+  memset(m, 0, sizeof(*m));
+  m->tag = WIRE_SIG_ERROR;
+  m->has_session_id = has_sid;
+  m->session_id = sid;
+  m->code = code;
+  m->message_len = strlen(text);
+  memcpy(m->message, text, m->message_len + 1);
+  send_sig(r, to, m);
+}
+
+static struct session *session_find(struct relay *r, uint64_t id,
+                                    struct relay_client *agent,
+                                    struct relay_client *connector)
+{
+  for (struct session *s = r->sessions; s; s = s->next)
+    if (s->id == id && (!agent || s->agent == agent) &&
+        (!connector || s->connector == connector))
+      return s;
+  return NULL;
+}
+
+static void on_offer(struct relay *r, struct relay_client *c,
+                     const struct wire_sig *m)
+{
+  struct service *svc = svc_find(r, (const uint8_t *)m->service_id,
+                                 m->service_id_len);
+  struct session *s;
+
+  if (!svc || !find_reg(c, svc, POLICY_AGENT)) {
+    r->stats.sig_errors++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_PEER_REJECTED,
+                   "not registered as an agent of this service");
+    return;
+  }
+  if (!svc->connector) {
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_NO_CONNECTOR,
+                   "no connector for this service");
+    return;
+  }
+  if (session_find(r, m->session_id, c, NULL)) {
+    r->stats.sig_errors++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_INVALID_MESSAGE,
+                   "session id already in use");
+    return;
+  }
+  if (c->nsessions >= r->lim.sessions_per_client ||
+      r->nsessions >= r->lim.sessions_total) {
+    r->stats.limit_hits++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_UNKNOWN,
+                   "too many signaling sessions");
+    return;
+  }
+  s = calloc(1, sizeof(*s));
+  if (!s) {
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_UNKNOWN,
+                   "out of memory");
+    return;
+  }
+  s->id = m->session_id;
+  s->created = r->sig_now;
+  s->agent = c;
+  s->connector = svc->connector;
+  s->svc = svc;
+  s->offer = *m;
+  s->next = r->sessions;
+  r->sessions = s;
+  r->nsessions++;
+  c->nsessions++;
+  s->connector->nsessions++;
+  r->stats.sessions++;
+  send_sig(r, s->connector, m);
+}
+
+static void on_answer(struct relay *r, struct relay_client *c,
+                      const struct wire_sig *m)
+{
+  /* Only from the connector the offer went to (the original took it from
+   * anyone: a session hijack). */
+  struct session *s = session_find(r, m->session_id, NULL, c);
+  struct wire_sig *start = &r->msg;
+
+  if (!s || s->started) {
+    r->stats.sig_errors++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_SESSION_NOT_FOUND,
+                   "no such session for this connection");
+    return;
+  }
+  s->started = 1;
+  memset(start, 0, sizeof(*start));
+  start->tag = WIRE_SIG_START;
+  start->session_id = s->id;
+  start->start_delay_ms = RELAY_START_DELAY_MS;
+  start->ncand = m->ncand;
+  memcpy(start->cand, m->cand, m->ncand * sizeof(m->cand[0]));
+  send_sig(r, s->agent, start);
+  start->ncand = s->offer.ncand;
+  memcpy(start->cand, s->offer.cand, s->offer.ncand * sizeof(m->cand[0]));
+  send_sig(r, s->connector, start);
+}
+
+static void on_result(struct relay *r, struct relay_client *c,
+                      const struct wire_sig *m)
+{
+  struct session *s = session_find(r, m->session_id, c, NULL);
+
+  if (!s) {
+    r->stats.sig_errors++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_SESSION_NOT_FOUND,
+                   "no such session for this connection");
+    return;
+  }
+  send_sig(r, s->connector, m);
+  session_free(r, s);
+}
+
+static void on_peer_error(struct relay *r, struct relay_client *c,
+                          const struct wire_sig *m)
+{
+  struct session *s = m->has_session_id
+                          ? session_find(r, m->session_id, NULL, c)
+                          : NULL;
+
+  /* A connector refusing a session: the agent hears of it. */
+  if (s) {
+    send_sig(r, s->agent, m);
+    session_free(r, s);
+  }
+}
+
+static void on_sig(const struct wire_sig *m, void *ud)
+{
+  struct relay *r = ud;
+  struct relay_client *c = r->sig_from;
+
+  switch (m->tag) {
+  case WIRE_SIG_OFFER:
+    on_offer(r, c, m);
+    break;
+  case WIRE_SIG_ANSWER:
+    on_answer(r, c, m);
+    break;
+  case WIRE_SIG_RESULT:
+    on_result(r, c, m);
+    break;
+  case WIRE_SIG_ERROR:
+    on_peer_error(r, c, m);
+    break;
+  default:
+    r->stats.sig_errors++;
+    send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_INVALID_MESSAGE,
+                   "clients do not send StartPunching");
+  }
+}
+
+void relay_signal(struct relay *r, struct relay_client *c, const uint8_t *d,
+                  size_t n, uint64_t now_ms)
+{
+  int was_failed = c->sig.failed;
+
+  r->sig_from = c;
+  r->sig_now = now_ms;
+  if (wire_sigbuf_feed(&c->sig, d, n, on_sig, r) < 0 && !was_failed)
+    r->stats.sig_errors++;
+}
+
+void relay_expire(struct relay *r, uint64_t now_ms)
+{
+  struct session *s = r->sessions, *next;
+
+  for (; s; s = next) {
+    next = s->next;
+    if (now_ms - s->created <
+        (s->started ? RELAY_PUNCH_TTL_MS : RELAY_SESSION_TTL_MS))
+      continue;
+    r->stats.sessions_expired++;
+    if (!s->started)
+      send_sig_error(r, s->agent, s->id, 1, WIRE_SIGERR_SESSION_TIMEOUT,
+                     "no answer from the connector in time");
+    session_free(r, s);
+  }
+}
+
+const struct relay_stats *relay_stats(const struct relay *r)
+{
+  return &r->stats;
+}
+
+size_t relay_session_count(const struct relay *r)
+{
+  return r->nsessions;
+}
+
+size_t relay_client_count(const struct relay *r)
+{
+  return r->nclients;
+}
+
+void relay_foreach_service(struct relay *r,
+                           void (*fn)(const char *id, size_t len,
+                                      int has_connector, size_t agents,
+                                      void *ud),
+                           void *ud)
+{
+  for (size_t b = 0; b < SVC_BUCKETS; b++)
+    for (struct service *s = r->svc[b]; s; s = s->next)
+      fn(s->id, s->len, s->connector != NULL, s->agents, ud);
+}

@@ -1,0 +1,111 @@
+/* relay.h - the intermediate's core, sans-IO: registration, authorization,
+ * routing, per-agent address translation and the P2P signaling broker
+ * (protocol.md 2 to 4).
+ *
+ * The relay knows connections only as opaque pointers and talks back
+ * through relay_io; it never touches sockets or clocks (time comes in as
+ * milliseconds). Every datagram it cannot deliver is counted by reason.
+ *
+ * Address translation: each agent connection's source address gets a
+ * distinct address from 100.64.0.0/10 (IPv6: fd7a:7a74:6e61::/96) on its
+ * way to a connector, and replies are routed back by that address, so
+ * agents that share a tunnel address never see each other's traffic.
+ */
+#ifndef ZTNA_RELAY_H
+#define ZTNA_RELAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct relay;
+struct relay_client;
+struct tls_identity;
+struct cfg_policy;
+
+#define RELAY_SESSION_TTL_MS 5000
+/* After StartPunching a session waits this long for PunchingResult (the
+ * punch itself may take 10 s). */
+#define RELAY_PUNCH_TTL_MS 15000
+#define RELAY_START_DELAY_MS 100
+
+enum relay_drop {
+  RELAY_DROP_MALFORMED,      /* not a valid message or IP packet */
+  RELAY_DROP_NOT_REGISTERED, /* sender registered nothing that fits */
+  RELAY_DROP_DENIED,         /* sender may not use that service */
+  RELAY_DROP_NO_CONNECTOR,   /* the service has no connector */
+  RELAY_DROP_NO_ROUTE,       /* no agent or service for the address */
+  RELAY_DROP_TOO_LARGE,      /* does not fit the next hop's path */
+  RELAY_DROP_QUEUE_FULL,     /* the next hop's queue is full */
+  RELAY_DROP_LIMIT,          /* a table is full */
+  RELAY_DROP_UNEXPECTED,     /* a type the intermediate does not take */
+  RELAY_DROP_COUNT
+};
+
+const char *relay_drop_name(enum relay_drop d);
+
+struct relay_stats {
+  uint64_t registrations;   /* ACKs sent */
+  uint64_t rejections;      /* NACK 02 sent */
+  uint64_t invalid_regs;    /* NACK 01 sent */
+  uint64_t relayed_dgrams, relayed_bytes;
+  uint64_t sessions;        /* signaling sessions created */
+  uint64_t sessions_expired;
+  uint64_t sig_errors;      /* signaling messages refused or streams closed */
+  uint64_t limit_hits;      /* a bound was reached */
+  uint64_t drops[RELAY_DROP_COUNT];
+};
+
+struct relay_io {
+  /* Sends one DATAGRAM; returns 0 or a ZTNA_ERR_* (TOO_LARGE, QUEUE_FULL,
+   * ...) that the relay counts as a drop. */
+  int (*send_dgram)(void *conn, const struct iovec *iov, int iovcnt,
+                    void *ud);
+  /* Appends bytes to the connection's signaling stream. */
+  int (*send_signal)(void *conn, const uint8_t *d, size_t n, void *ud);
+  /* Optional: a datagram from conn was dropped (for debug logs). */
+  void (*drop_cb)(void *conn, enum relay_drop why, void *ud);
+  void *ud;
+};
+
+struct relay_limits {
+  size_t services_per_client; /* 64 */
+  size_t sessions_per_client; /* 16 */
+  size_t sessions_total;      /* 4096 */
+  size_t translations;        /* 65536 agent source addresses */
+};
+
+/* lim may be NULL for the defaults. Returns 0 or -ENOMEM. */
+int relay_new(struct relay **out, const struct relay_io *io,
+              const struct relay_limits *lim);
+void relay_del(struct relay *r);
+
+/* Installs a policy (NULL: certificates alone decide); the relay owns it
+ * from now on. Registrations the new policy denies are dropped. */
+void relay_set_policy(struct relay *r, struct cfg_policy *p);
+
+/* A connection whose handshake completed, with its certificate identity
+ * (copied). Returns NULL when out of memory. */
+struct relay_client *relay_client_new(struct relay *r, void *conn,
+                                      const struct tls_identity *id);
+/* Forgets the connection: registrations, translations, sessions. */
+void relay_client_del(struct relay *r, struct relay_client *c);
+
+void relay_datagram(struct relay *r, struct relay_client *c,
+                    const uint8_t *d, size_t n);
+void relay_signal(struct relay *r, struct relay_client *c, const uint8_t *d,
+                  size_t n, uint64_t now_ms);
+/* Expires signaling sessions; call about once a second. */
+void relay_expire(struct relay *r, uint64_t now_ms);
+
+const struct relay_stats *relay_stats(const struct relay *r);
+size_t relay_session_count(const struct relay *r);
+size_t relay_client_count(const struct relay *r);
+/* Calls fn for every known service. */
+void relay_foreach_service(struct relay *r,
+                           void (*fn)(const char *id, size_t len,
+                                      int has_connector, size_t agents,
+                                      void *ud),
+                           void *ud);
+
+#endif
