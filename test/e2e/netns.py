@@ -60,18 +60,23 @@ class Net:
     def router(self, ns):
         self.exec(ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
 
-    def nat(self, ns, out_if, hard=False):
+    def nat(self, ns, out_if, hard=False, action=None):
         """Source NAT on out_if: masquerade ("easy", endpoint-independent
-        mapping, port kept when free) or masquerade fully-random ("hard",
-        endpoint-dependent mapping)."""
+        mapping, port kept when free), masquerade fully-random ("hard",
+        endpoint-dependent mapping), or another nft action. Replaces the
+        namespace's rules and forgets existing mappings."""
         self.router(ns)
-        rules = ("table ip nat {\n"
+        if action is None:
+            action = "masquerade" + (" fully-random" if hard else "")
+        rules = ("flush ruleset\n"
+                 "table ip nat {\n"
                  " chain post {\n"
                  "  type nat hook postrouting priority 100;\n"
-                 "  oifname \"%s\" masquerade%s\n"
+                 "  oifname \"%s\" %s\n"
                  " }\n"
-                 "}\n") % (out_if, " fully-random" if hard else "")
+                 "}\n") % (out_if, action)
         self.exec(ns, ["nft", "-f", "-"], input=rules)
+        self.exec(ns, ["conntrack", "-F"], check=False)
 
     def cleanup(self):
         for p in self.procs:

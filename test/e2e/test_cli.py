@@ -54,10 +54,18 @@ def test_applet_help(ztna):
 
 
 def test_unbuilt_applets_say_so(ztna):
-    for a in ("intermediate", "connector", "agent", "diag"):
+    for a in ("connector", "agent", "diag"):
         p = run([ztna, a])
         assert p.returncode == 2
         assert "not available in this version" in p.stderr
+
+
+def test_intermediate_without_certificate_explains(ztna, tmp_path):
+    p = run([ztna, "intermediate"], cwd=str(tmp_path))
+    assert p.returncode == 1
+    assert "no certificate: give --cert and --key" in p.stderr
+    p = run([ztna, "intermediate", "--port", "99999"])
+    assert p.returncode == 1 and "--port '99999' is not a port" in p.stderr
 
 
 def test_symlink_dispatch_and_install(ztna, tmp_path):
