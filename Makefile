@@ -86,7 +86,7 @@ ztna: $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 
 # --- tests -----------------------------------------------------------------
 
-UNIT := wire config metrics tls quic
+UNIT := wire config metrics tls ippkt relay quic
 UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
@@ -116,7 +116,7 @@ unit: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http
+FUZZ := wire config http relay
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -127,6 +127,11 @@ $(BUILD)/fuzz/fuzz_wire: test/fuzz/fuzz_wire.c src/common/wire.c src/common/err.
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_config: test/fuzz/fuzz_config.c src/common/config.c \
+  src/common/wire.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_relay: test/fuzz/fuzz_relay.c src/common/relay.c \
+  src/common/policy.c src/common/config.c src/common/ippkt.c \
   src/common/wire.c src/common/err.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^

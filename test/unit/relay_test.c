@@ -1,0 +1,523 @@
+/* relay_test.c - the intermediate's core without sockets: registration,
+ * policy, routing, translation, signaling sessions on a fake clock, and
+ * hostile sequences. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "err.h"
+#include "ippkt.h"
+#include "relay.h"
+#include "testutil.h"
+#include "tls.h"
+#include "wire.h"
+
+/* A fake connection: records what the relay sends it. */
+struct fconn {
+  int id;
+  int ndgrams, nsig;
+  uint8_t last[2048];
+  size_t lastlen;
+  uint8_t sig[8192];
+  size_t siglen;
+  int fail_with; /* make send_dgram fail with this code */
+};
+
+static int f_send_dgram(void *conn, const struct iovec *iov, int n, void *ud)
+{
+  struct fconn *f = conn;
+  (void)ud;
+  if (f->fail_with)
+    return f->fail_with;
+  f->lastlen = 0;
+  for (int i = 0; i < n; i++) {
+    memcpy(f->last + f->lastlen, iov[i].iov_base, iov[i].iov_len);
+    f->lastlen += iov[i].iov_len;
+  }
+  f->ndgrams++;
+  return 0;
+}
+
+static int f_send_signal(void *conn, const uint8_t *d, size_t n, void *ud)
+{
+  struct fconn *f = conn;
+  (void)ud;
+  if (f->siglen + n <= sizeof(f->sig)) {
+    memcpy(f->sig + f->siglen, d, n);
+    f->siglen += n;
+  }
+  f->nsig++;
+  return 0;
+}
+
+static const struct relay_io fio = { f_send_dgram, f_send_signal, NULL,
+                                     NULL };
+
+static struct tls_identity ident(const char *cn, const char *san1,
+                                 const char *san2)
+{
+  struct tls_identity id;
+  memset(&id, 0, sizeof(id));
+  snprintf(id.cn, sizeof(id.cn), "%s", cn);
+  if (san1)
+    snprintf(id.dns[id.ndns++], sizeof(id.dns[0]), "%s", san1);
+  if (san2)
+    snprintf(id.dns[id.ndns++], sizeof(id.dns[0]), "%s", san2);
+  return id;
+}
+
+static void reg(struct relay *r, struct relay_client *c, uint8_t type,
+                const char *svc)
+{
+  uint8_t b[300];
+  int n = wire_register_encode(b, sizeof(b), type, svc, strlen(svc));
+  relay_datagram(r, c, b, (size_t)n);
+}
+
+/* The status byte of the last ACK/NACK f got: 0 ACK, 1/2 NACK, -1 none. */
+static int last_status(struct fconn *f)
+{
+  if (f->lastlen < 3 || (f->last[0] != WIRE_REG_ACK &&
+                         f->last[0] != WIRE_REG_NACK))
+    return -1;
+  return f->last[0] == WIRE_REG_ACK ? 0 : f->last[1];
+}
+
+static size_t udp4(uint8_t *p, const char *src, const char *dst,
+                   const char *payload)
+{
+  size_t plen = strlen(payload), n = 28 + plen;
+  uint32_t sum;
+  uint16_t c;
+
+  memset(p, 0, n);
+  p[0] = 0x45;
+  p[2] = (uint8_t)(n >> 8);
+  p[3] = (uint8_t)n;
+  p[6] = 0x40;
+  p[8] = 64;
+  p[9] = 17;
+  inet_pton(AF_INET, src, p + 12);
+  inet_pton(AF_INET, dst, p + 16);
+  c = (uint16_t)~ippkt_fold(ippkt_sum(p, 20, 0));
+  p[10] = (uint8_t)(c >> 8);
+  p[11] = (uint8_t)c;
+  p[20] = 0x13, p[21] = 0x88; /* 5000 */
+  p[22] = 0, p[23] = 7;
+  p[24] = (uint8_t)((8 + plen) >> 8);
+  p[25] = (uint8_t)(8 + plen);
+  memcpy(p + 28, payload, plen);
+  sum = ippkt_sum(p + 12, 8, 17 + (uint32_t)(8 + plen));
+  c = (uint16_t)~ippkt_fold(ippkt_sum(p + 20, 8 + plen, sum));
+  p[26] = (uint8_t)(c >> 8);
+  p[27] = (uint8_t)(c ? c : 0xffff);
+  p[27] = (uint8_t)c;
+  if (!c)
+    p[26] = p[27] = 0xff;
+  return n;
+}
+
+static void assert_checksums(const uint8_t *p, size_t n)
+{
+  uint32_t sum;
+  assert_int_equal(ippkt_fold(ippkt_sum(p, 20, 0)), 0xffff);
+  sum = ippkt_sum(p + 12, 8, 17 + (uint32_t)(n - 20));
+  assert_int_equal(ippkt_fold(ippkt_sum(p + 20, n - 20, sum)), 0xffff);
+}
+
+static size_t routed(uint8_t *b, const char *svc, const uint8_t *pkt,
+                     size_t n)
+{
+  int h = wire_routed_encode_header(b, 2048, svc, strlen(svc));
+  memcpy(b + h, pkt, n);
+  return (size_t)h + n;
+}
+
+struct world {
+  struct relay *r;
+  struct fconn fa, fb, fc;
+  struct relay_client *a, *b, *c;
+};
+
+static void world(struct world *w, const struct relay_limits *lim)
+{
+  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
+  struct tls_identity ib = ident("bob", "agent.*.ztna", NULL);
+  struct tls_identity ic = ident("conn", "ztna-connector",
+                                 "connector.echo.ztna");
+
+  memset(w, 0, sizeof(*w));
+  w->fa.id = 1, w->fb.id = 2, w->fc.id = 3;
+  assert_int_equal(relay_new(&w->r, &fio, lim), 0);
+  w->a = relay_client_new(w->r, &w->fa, &ia);
+  w->b = relay_client_new(w->r, &w->fb, &ib);
+  w->c = relay_client_new(w->r, &w->fc, &ic);
+}
+
+static void test_relay_registration_and_policy(void **state)
+{
+  struct world w;
+  struct cfg_policy *p = calloc(1, sizeof(*p));
+  const char *pol = "{\"services\": {\"echo\": {\"allow\": [\"bob\"]}}}";
+  char err[256];
+  (void)state;
+
+  world(&w, NULL);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  assert_int_equal(last_status(&w.fa), 0);
+  reg(w.r, w.a, WIRE_REG_AGENT, "ECHO"); /* SANs are case-insensitive */
+  assert_int_equal(last_status(&w.fa), 0);
+  reg(w.r, w.a, WIRE_REG_CONNECTOR, "echo"); /* not a connector */
+  assert_int_equal(last_status(&w.fa), 2);
+  reg(w.r, w.a, WIRE_REG_AGENT, "web");
+  assert_int_equal(last_status(&w.fa), 2);
+  reg(w.r, w.b, WIRE_REG_AGENT, "anything"); /* wildcard */
+  assert_int_equal(last_status(&w.fb), 0);
+  assert_int_equal(relay_stats(w.r)->registrations, 3);
+  assert_int_equal(relay_stats(w.r)->rejections, 2);
+
+  /* A policy file that allows only bob to reach echo: alice's
+   * registration goes, and she cannot register again. */
+  assert_int_equal(cfg_policy_parse(p, "p.json", pol, strlen(pol), err,
+                                    sizeof(err), NULL), 0);
+  relay_set_policy(w.r, p);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  assert_int_equal(last_status(&w.fa), 2);
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  assert_int_equal(last_status(&w.fb), 0);
+  reg(w.r, w.b, WIRE_REG_AGENT, "other"); /* not in the policy: denied */
+  assert_int_equal(last_status(&w.fb), 2);
+  /* The policy does not restrict connectors. */
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  assert_int_equal(last_status(&w.fc), 0);
+  relay_set_policy(w.r, NULL);
+  relay_del(w.r);
+}
+
+static void test_relay_translation(void **state)
+{
+  struct world w;
+  uint8_t pkt[256], b[2048], xa[4], xb[4];
+  size_t n;
+  (void)state;
+
+  world(&w, NULL);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  /* Same tunnel address from both agents. */
+  n = udp4(pkt, "100.64.0.1", "10.100.0.1", "a");
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_int_equal(w.fc.ndgrams, 2); /* its ACK, then the packet */
+  assert_int_equal(w.fc.lastlen, n);
+  assert_checksums(w.fc.last, n);
+  memcpy(xa, w.fc.last + 12, 4);
+  n = udp4(pkt, "100.64.0.1", "10.100.0.1", "b");
+  relay_datagram(w.r, w.b, b, routed(b, "echo", pkt, n));
+  assert_checksums(w.fc.last, n);
+  memcpy(xb, w.fc.last + 12, 4);
+  assert_memory_not_equal(xa, xb, 4);
+  assert_int_equal(xa[0], 100);
+  assert_int_equal(xa[1] & 0xc0, 64); /* inside 100.64.0.0/10 */
+  /* The same source keeps its translation. */
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_memory_equal(w.fc.last + 12, xa, 4);
+
+  /* Replies: to the agent that owns the translated address only. */
+  {
+    char dst[16];
+    inet_ntop(AF_INET, xb, dst, sizeof(dst));
+    n = udp4(pkt, "10.100.0.1", dst, "reply");
+  }
+  relay_datagram(w.r, w.c, pkt, n);
+  assert_int_equal(w.fb.ndgrams, 2); /* the ACK, then the reply */
+  assert_int_equal(w.fa.ndgrams, 1);
+  assert_checksums(w.fb.last, n);
+  {
+    uint8_t want[4];
+    inet_pton(AF_INET, "100.64.0.1", want);
+    assert_memory_equal(w.fb.last + 16, want, 4);
+  }
+  /* An agent cannot inject "replies" into another agent. */
+  relay_datagram(w.r, w.a, pkt, n);
+  assert_int_equal(w.fb.ndgrams, 2);
+
+  /* Disconnect frees the translation: the address routes nowhere. */
+  relay_client_del(w.r, w.b);
+  relay_datagram(w.r, w.c, pkt, n);
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1);
+  relay_del(w.r);
+}
+
+static void test_relay_drops(void **state)
+{
+  struct world w;
+  uint8_t pkt[256], b[2048];
+  size_t n;
+  const struct relay_stats *st;
+  (void)state;
+
+  world(&w, NULL);
+  st = relay_stats(w.r);
+  n = udp4(pkt, "100.64.0.1", "10.100.0.1", "x");
+  relay_datagram(w.r, w.a, pkt, n); /* registered nothing */
+  assert_int_equal(st->drops[RELAY_DROP_NOT_REGISTERED], 1);
+  relay_datagram(w.r, w.a, b, routed(b, "web", pkt, n)); /* not allowed */
+  assert_int_equal(st->drops[RELAY_DROP_DENIED], 1);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n)); /* no connector */
+  assert_int_equal(st->drops[RELAY_DROP_NO_CONNECTOR], 1);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  w.fc.fail_with = ZTNA_ERR_TOO_LARGE;
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_int_equal(st->drops[RELAY_DROP_TOO_LARGE], 1);
+  w.fc.fail_with = ZTNA_ERR_QUEUE_FULL;
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_int_equal(st->drops[RELAY_DROP_QUEUE_FULL], 1);
+  w.fc.fail_with = 0;
+  /* Truncated packets, lying lengths, other types. */
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, 10));
+  pkt[3] = 0xff; /* total length past the end */
+  relay_datagram(w.r, w.a, pkt, n);
+  relay_datagram(w.r, w.a, (const uint8_t *)"\x2f", 1);
+  assert_int_equal(st->drops[RELAY_DROP_MALFORMED], 3);
+  relay_datagram(w.r, w.a, (const uint8_t *)"\x01\x02", 2);
+  relay_datagram(w.r, w.a, (const uint8_t *)"", 0);
+  assert_int_equal(st->drops[RELAY_DROP_UNEXPECTED], 2);
+  relay_del(w.r);
+}
+
+static void test_relay_raw_routing_by_virtual_ip(void **state)
+{
+  struct world w;
+  struct tls_identity ic2 = ident("conn2", "connector.web.ztna", NULL);
+  struct fconn f2 = { .id = 4 };
+  struct relay_client *c2;
+  uint8_t pkt[256], b[2048];
+  size_t n;
+  (void)state;
+
+  world(&w, NULL);
+  c2 = relay_client_new(w.r, &f2, &ic2);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  reg(w.r, c2, WIRE_REG_CONNECTOR, "web");
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.b, WIRE_REG_AGENT, "web");
+  /* Two services: a raw packet needs a learned virtual IP. */
+  n = udp4(pkt, "100.64.0.1", "10.100.0.2", "x");
+  relay_datagram(w.r, w.b, pkt, n);
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1);
+  relay_datagram(w.r, w.b, b, routed(b, "web", pkt, n));
+  assert_int_equal(f2.ndgrams, 2); /* the ACK, then the packet */
+  relay_datagram(w.r, w.b, pkt, n);
+  assert_int_equal(f2.ndgrams, 3);
+  assert_int_equal(w.fc.ndgrams, 1); /* only its ACK */
+  relay_del(w.r);
+}
+
+static void test_relay_limits(void **state)
+{
+  struct relay_limits lim = { .services_per_client = 2 };
+  struct world w;
+  (void)state;
+
+  world(&w, &lim);
+  reg(w.r, w.b, WIRE_REG_AGENT, "s1");
+  reg(w.r, w.b, WIRE_REG_AGENT, "s2");
+  assert_int_equal(last_status(&w.fb), 0);
+  reg(w.r, w.b, WIRE_REG_AGENT, "s3");
+  assert_int_equal(last_status(&w.fb), 1);
+  reg(w.r, w.b, WIRE_REG_AGENT, "s1"); /* known ones still ACK */
+  assert_int_equal(last_status(&w.fb), 0);
+  assert_int_equal(relay_stats(w.r)->limit_hits, 1);
+  relay_del(w.r);
+}
+
+/* --- signaling ------------------------------------------------------------ */
+
+static void sig(struct relay *r, struct relay_client *c, uint32_t tag,
+                uint64_t sid, const char *svc, uint64_t now)
+{
+  struct wire_sig *m = calloc(1, sizeof(*m));
+  uint8_t buf[4096];
+  int n;
+
+  m->tag = tag;
+  m->session_id = sid;
+  if (svc) {
+    m->service_id_len = strlen(svc);
+    memcpy(m->service_id, svc, m->service_id_len);
+  }
+  n = wire_sig_frame(buf, sizeof(buf), m);
+  free(m);
+  relay_signal(r, c, buf, (size_t)n, now);
+}
+
+/* Decodes every frame f got since last time; returns the last message's
+ * tag and fills *code for an Error. */
+static int last_sig(struct fconn *f, uint32_t *code, uint64_t *sid)
+{
+  struct wire_sig *m = malloc(sizeof(*m));
+  size_t off = 0;
+  int tag = -1;
+
+  while (off + 4 <= f->siglen) {
+    uint32_t len = (uint32_t)f->sig[off] << 24 | f->sig[off + 1] << 16 |
+                   f->sig[off + 2] << 8 | f->sig[off + 3];
+    assert_int_equal(wire_sig_decode(f->sig + off + 4, len, m), 0);
+    tag = (int)m->tag;
+    if (code)
+      *code = m->code;
+    if (sid)
+      *sid = m->session_id;
+    off += 4 + len;
+  }
+  f->siglen = 0;
+  free(m);
+  return tag;
+}
+
+static void test_relay_signaling(void **state)
+{
+  struct world w;
+  uint32_t code = 0;
+  uint64_t sid = 0;
+  (void)state;
+
+  world(&w, NULL);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  sig(w.r, w.a, WIRE_SIG_OFFER, 1, "echo", 0);
+  assert_int_equal(last_sig(&w.fa, &code, &sid), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_NO_CONNECTOR);
+  assert_int_equal(sid, 1);
+
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  sig(w.r, w.a, WIRE_SIG_OFFER, 2, "echo", 0);
+  assert_int_equal(last_sig(&w.fc, NULL, &sid), WIRE_SIG_OFFER);
+  assert_int_equal(sid, 2);
+  /* Same id again from the same agent: refused. */
+  sig(w.r, w.a, WIRE_SIG_OFFER, 2, "echo", 0);
+  assert_int_equal(last_sig(&w.fa, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_INVALID_MESSAGE);
+  /* Hijack: an answer from another connection. */
+  sig(w.r, w.b, WIRE_SIG_ANSWER, 2, NULL, 10);
+  assert_int_equal(last_sig(&w.fb, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_SESSION_NOT_FOUND);
+  assert_int_equal(last_sig(&w.fa, NULL, NULL), -1);
+  /* The right connector: StartPunching to both. */
+  sig(w.r, w.c, WIRE_SIG_ANSWER, 2, NULL, 20);
+  assert_int_equal(last_sig(&w.fa, NULL, &sid), WIRE_SIG_START);
+  assert_int_equal(last_sig(&w.fc, NULL, NULL), WIRE_SIG_START);
+  /* A second answer is refused. */
+  sig(w.r, w.c, WIRE_SIG_ANSWER, 2, NULL, 30);
+  assert_int_equal(last_sig(&w.fc, &code, NULL), WIRE_SIG_ERROR);
+  /* The agent's result goes to the connector and ends the session. */
+  sig(w.r, w.a, WIRE_SIG_RESULT, 2, NULL, 40);
+  assert_int_equal(last_sig(&w.fc, NULL, NULL), WIRE_SIG_RESULT);
+  assert_int_equal(relay_session_count(w.r), 0);
+  /* Clients never send StartPunching. */
+  sig(w.r, w.a, WIRE_SIG_START, 3, NULL, 50);
+  assert_int_equal(last_sig(&w.fa, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_INVALID_MESSAGE);
+  /* Not registered for the service. */
+  sig(w.r, w.b, WIRE_SIG_OFFER, 4, "echo", 50);
+  assert_int_equal(last_sig(&w.fb, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_PEER_REJECTED);
+  relay_del(w.r);
+}
+
+static void test_relay_sessions_expire_and_bounded(void **state)
+{
+  struct relay_limits lim = { .sessions_per_client = 3 };
+  struct world w;
+  uint32_t code = 0;
+  (void)state;
+
+  world(&w, &lim);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  for (uint64_t i = 1; i <= 4; i++)
+    sig(w.r, w.a, WIRE_SIG_OFFER, i, "echo", 1000);
+  assert_int_equal(relay_session_count(w.r), 3);
+  assert_int_equal(last_sig(&w.fa, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_UNKNOWN); /* too many */
+  assert_int_equal(relay_stats(w.r)->limit_hits, 1);
+  /* One answered (punching), two not. At 5 s the unanswered expire with
+   * SessionTimeout; the punching one waits for its result. */
+  sig(w.r, w.c, WIRE_SIG_ANSWER, 1, NULL, 2000);
+  last_sig(&w.fa, NULL, NULL);
+  relay_expire(w.r, 5999);
+  assert_int_equal(relay_session_count(w.r), 3);
+  relay_expire(w.r, 6000);
+  assert_int_equal(relay_session_count(w.r), 1);
+  assert_int_equal(last_sig(&w.fa, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_SESSION_TIMEOUT);
+  relay_expire(w.r, 1000 + RELAY_PUNCH_TTL_MS);
+  assert_int_equal(relay_session_count(w.r), 0);
+  relay_del(w.r);
+}
+
+static void test_relay_disconnect_mid_session(void **state)
+{
+  struct world w;
+  uint8_t pkt[256], b[2048];
+  (void)state;
+
+  world(&w, NULL);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  sig(w.r, w.a, WIRE_SIG_OFFER, 5, "echo", 0);
+  relay_datagram(w.r, w.a, b,
+                 routed(b, "echo", pkt, udp4(pkt, "100.64.0.1", "10.0.0.1",
+                                             "x")));
+  relay_client_del(w.r, w.c);
+  assert_int_equal(relay_session_count(w.r), 0);
+  /* The answer of a connector that reconnected finds nothing. */
+  w.c = relay_client_new(w.r, &w.fc, &(struct tls_identity){ 0 });
+  sig(w.r, w.c, WIRE_SIG_ANSWER, 5, NULL, 10);
+  assert_int_equal(last_sig(&w.fc, NULL, NULL), WIRE_SIG_ERROR);
+  relay_client_del(w.r, w.a);
+  assert_int_equal(relay_client_count(w.r), 2);
+  relay_del(w.r);
+}
+
+static void test_relay_signal_stream_garbage(void **state)
+{
+  struct world w;
+  uint8_t big[8] = { 0x00, 0x01, 0x00, 0x01 }; /* 65537-byte frame */
+  (void)state;
+
+  world(&w, NULL);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  relay_signal(w.r, w.a, big, sizeof(big), 0);
+  assert_int_equal(relay_stats(w.r)->sig_errors, 1);
+  /* The buffer is closed: later valid frames are ignored. */
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  sig(w.r, w.a, WIRE_SIG_OFFER, 1, "echo", 0);
+  assert_int_equal(w.fc.nsig, 0);
+  assert_int_equal(relay_stats(w.r)->sig_errors, 1);
+  relay_del(w.r);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_relay_registration_and_policy),
+    cmocka_unit_test(test_relay_translation),
+    cmocka_unit_test(test_relay_drops),
+    cmocka_unit_test(test_relay_raw_routing_by_virtual_ip),
+    cmocka_unit_test(test_relay_limits),
+    cmocka_unit_test(test_relay_signaling),
+    cmocka_unit_test(test_relay_sessions_expire_and_bounded),
+    cmocka_unit_test(test_relay_disconnect_mid_session),
+    cmocka_unit_test(test_relay_signal_stream_garbage),
+  };
+  return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
+}
