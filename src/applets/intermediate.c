@@ -48,6 +48,7 @@ static const char usage_text[] =
     "                       (9090; 0 disables)\n"
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --disable-retry  no stateless Retry for new clients\n"
+    "      --max-connections N  refuse connections beyond N (4096)\n"
     "  -h, --help           this text\n"
     "\n"
     "Command-line options override the configuration file. Signals: HUP\n"
@@ -497,7 +498,7 @@ static void on_tick(uv_timer_t *t)
 
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
-  OPT_METRICS_BIND, OPT_DISABLE_RETRY
+  OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -533,13 +534,14 @@ int intermediate_main(int argc, char **argv)
     { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
     { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
     { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
+    { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   struct cfg_intermediate over;
   const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
              *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
-             *mbind = NULL;
+             *mbind = NULL, *maxconns = NULL;
   int ch, check = 0, verbose = LOG_LVL_INFO, disable_retry = 0, rv;
   struct ictx x;
   struct sockaddr_storage ss;
@@ -565,6 +567,7 @@ int intermediate_main(int argc, char **argv)
     case OPT_METRICS_PORT: mport = optarg; break;
     case OPT_METRICS_BIND: mbind = optarg; break;
     case OPT_DISABLE_RETRY: disable_retry = 1; break;
+    case OPT_MAX_CONNS: maxconns = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
       return 0;
@@ -597,6 +600,14 @@ int intermediate_main(int argc, char **argv)
     return usage_error("--port '%s' is not a port (1-65535)", port);
   if (mport && parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
+  if (maxconns) {
+    char *end;
+    long v = strtol(maxconns, &end, 10);
+    if (*end || end == maxconns || v < 1 || v > 1000000)
+      return usage_error("--max-connections '%s' is not a number from 1 to "
+                         "1000000", maxconns);
+    x.cfg.max_connections = (uint32_t)v;
+  }
   if (bind)
     snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
   if (mbind)
@@ -648,6 +659,7 @@ int intermediate_main(int argc, char **argv)
 
   qc.server_tls = x.tls;
   qc.retry = !x.cfg.disable_retry;
+  qc.max_conns = x.cfg.max_connections;
   qc.cbs = &ep_cbs;
   qc.ud = &x;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&ss, &qc);

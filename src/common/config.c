@@ -642,6 +642,7 @@ void cfg_intermediate_defaults(struct cfg_intermediate *c)
   c->verify_peer = 1;
   c->require_client_cert = 1;
   c->metrics_port = 9090;
+  c->max_connections = 4096;
 }
 
 static int intermediate_member(struct doc *d, int key, int val, void *out)
@@ -672,6 +673,13 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
     return get_port(d, val, &c->metrics_port, 1);
   if (key_is(d, key, "diag_port"))
     return get_port(d, val, &c->diag_port, 1);
+  if (key_is(d, key, "max_connections")) {
+    long v;
+    int rv = get_uint(d, val, 1, 1000000, &v);
+    if (rv == 0)
+      c->max_connections = (uint32_t)v;
+    return rv;
+  }
   return 1;
 }
 

@@ -34,6 +34,7 @@ struct cfg_intermediate {
   int disable_retry;              /* 0 */
   uint16_t metrics_port;          /* 9090; 0 disables */
   uint16_t diag_port;             /* ztna: second port for diag; 0 none */
+  uint32_t max_connections;       /* ztna: 4096 */
 };
 
 struct cfg_service {

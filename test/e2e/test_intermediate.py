@@ -357,3 +357,78 @@ def test_qad_behind_nat_and_rebinding(net, pki, clients):
         assert inter.metric("ztna_qad_sent_total") == 2
     finally:
         inter.stop()
+
+
+@pytest.mark.parametrize("inter", [("--max-connections", "1")],
+                         indirect=True)
+def test_connection_limit(lone, pki, inter, clients):
+    client(clients, pki, lone, pki.agent)
+    c = Client(SERVER, pki, cert=pki.agent2, ns=lone)
+    clients.append(c)
+    # CONNECTION_REFUSED (0x2), counted.
+    assert c.expect("closed ").startswith("closed 0 0 2 ")
+    assert inter.metric("ztna_connections_refused_total") == 1
+
+
+def test_ipv6_and_ipv4_on_one_socket(lone, pki, clients):
+    inter = Intermediate(pki, ns=lone, bind="::")
+    try:
+        v6 = client(clients, pki, lone, pki.agent, server="[::1]:4433",
+                    bind="[::1]:40006")
+        # The ztna extension 0x02: an IPv6 observed address.
+        assert v6.expect("qad ") == "qad ::1 40006"
+        v4 = client(clients, pki, lone, pki.agent2,
+                    bind="127.0.0.1:40004")
+        assert v4.expect("qad ") == "qad 127.0.0.1 40004"
+        conn = client(clients, pki, lone, pki.connector)
+        conn.send("reg connector echo")
+        conn.expect("ack")
+        v6.send("reg agent echo")
+        v6.expect("ack")
+        v6.send("routed echo " + udp4("100.64.0.1", "10.100.0.1", 1, 2,
+                                      b"6").hex())
+        assert parse_udp4(bytes.fromhex(conn.expect("dgram ").split()[1]))[4] \
+            == b"6"
+    finally:
+        inter.stop()
+
+
+def test_policy_file_and_reload(lone, pki, tmp_path, clients):
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"services": {"echo": {"allow": ["alice"]}}}')
+    inter = Intermediate(pki, ns=lone, extra=("--policy", str(policy)))
+    try:
+        a = client(clients, pki, lone, pki.agent)
+        b = client(clients, pki, lone, pki.agent2)
+        a.send("reg agent echo")
+        assert a.expect("ack") == "ack echo"
+        b.send("reg agent echo")
+        assert b.expect("nack") == "nack 2 " + b"echo".hex()
+        # Now bob (by group: his OU is "agent") and not alice.
+        policy.write_text('{"services": {"echo": {"allow": ["group:agent"]}}}')
+        inter.signal(signal.SIGHUP)
+        wait_for(lambda: inter.metric("ztna_reloads_total") == 1,
+                 what="reload")
+        b.send("reg agent echo")
+        assert b.expect("ack") == "ack echo"
+        # A broken policy is refused and the one in use stays.
+        policy.write_text('{"services": {"echo": {"allow": "alice"}}}')
+        inter.signal(signal.SIGHUP)
+        wait_for(lambda: inter.metric("ztna_reload_failures_total") == 1,
+                 what="failed reload")
+        assert "services.echo.allow: expected an array of names" in \
+            inter.logtext()
+        b.send("reg agent echo")
+        assert b.expect("ack") == "ack echo"
+    finally:
+        inter.stop()
+
+
+def test_bad_addresses_are_explained(pki):
+    from ztna import ZTNA
+    cert, key = pki.issue("intermediate", "x")
+    p = subprocess.run([ZTNA, "intermediate", "--cert", cert, "--key", key,
+                        "--ca", pki.ca, "-b", "1.2.3"], capture_output=True,
+                       text=True)
+    assert p.returncode == 1
+    assert "bind address '1.2.3' is not an IPv4 or IPv6 address" in p.stderr
