@@ -1,22 +1,641 @@
-/* agent.c - the user endpoint with its TUN device.
+/* agent.c - the user's endpoint: a TUN device that carries only the
+ * services' virtual IPs (split tunnel), each packet wrapped for its service
+ * and sent to the intermediate.
  *
- * This applet is not in this version of ztna yet; it comes with the
- * project's issue 4. Until then it says so and exits 2 (1 is kept for
- * usage errors, as in every applet).
+ * usage: ztna agent [-c FILE] [-n] [-v]... [OPTIONS]
+ *        ztna agent --server HOST:PORT --service ID=VIP... --cert FILE
+ *                   --key FILE --ca FILE [OPTIONS]
+ *
+ * The TUN device and its routes stay while the connection to the
+ * intermediate comes and goes; traffic resumes by itself when it is back.
+ * Routes are removed on exit, also after an error (the device goes with
+ * the process).
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
 
 #include "../applets.h"
+#include "config.h"
+#include "err.h"
+#include "ippkt.h"
+#include "log.h"
+#include "metrics.h"
+#include "quic.h"
+#include "tls.h"
+#include "tun.h"
+#include "uplink.h"
+#include "wire.h"
+
+static const char usage_text[] =
+    "Usage: ztna agent [-c FILE] [-n] [-v]... [OPTIONS]\n"
+    "       ztna agent --server HOST:PORT --service ID=VIRTUAL_IP...\n"
+    "                  --cert FILE --key FILE --ca FILE [OPTIONS]\n"
+    "\n"
+    "Reach private services through ztna: a TUN device routes only the\n"
+    "services' virtual IPs into the tunnel; nothing else is touched.\n"
+    "\n"
+    "  -c, --config FILE    configuration (default: /etc/ztna/agent.json,\n"
+    "                       else ./agent.json)\n"
+    "  -n, --check          check configuration and certificates, exit\n"
+    "  -v, --verbose        more logging (repeat for debug, trace)\n"
+    "      --server H:P     the intermediate\n"
+    "      --service ID=IP  a service and its virtual IP (repeatable)\n"
+    "      --cert FILE      client certificate (agent.<service>.ztna)\n"
+    "      --key FILE       its private key\n"
+    "      --ca FILE        CA the intermediate's certificate chains to\n"
+    "      --tun NAME       TUN device name (ztna0)\n"
+    "      --tunnel-addr A  this agent's address on the TUN (100.64.0.1)\n"
+    "      --metrics-port N Prometheus /metrics and /healthz (0: off)\n"
+    "  -h, --help           this text\n";
+
+enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
+             A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_COUNT };
+static const char *const adrop_names[A_COUNT] = {
+  "no_service", "not_registered", "too_large", "queue_full",
+  "not_connected", "malformed", "tun_full",
+};
+
+struct vip {
+  int family;
+  uint8_t addr[16];
+  int prefix;
+  size_t svc;
+};
+
+struct actx {
+  uv_loop_t *loop;
+  struct cfg_agent cfg;
+  char config_path[CFG_PATH_MAX];
+  char tun_name[64];
+  int tun_fd;
+  uv_poll_t poll;
+  struct tls_ctx *tls;
+  struct quic_endpoint *ep;
+  struct uplink *up;
+  struct vip vips[CFG_MAX_SERVICES];
+  size_t nvips;
+  size_t max_idlen;
+  int mtu;
+  uint64_t drops[A_COUNT], tx_packets, rx_packets, tx_bytes, rx_bytes;
+  struct metrics *m;
+  struct metrics_http *http;
+  struct metric *mx_drops[A_COUNT], *mx_tx, *mx_rx, *mx_txb, *mx_rxb,
+      *mx_up, *mx_reconn;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t stop;
+  int stopping;
+  uint8_t buf[65536];
+};
+
+static void drop(struct actx *x, enum adrop d)
+{
+  x->drops[d]++;
+  log_debug("packet dropped: %s", adrop_names[d]);
+}
+
+static int prefix_match(const uint8_t *a, const uint8_t *b, int prefix)
+{
+  int full = prefix / 8, rest = prefix % 8;
+  if (memcmp(a, b, (size_t)full))
+    return 0;
+  return !rest || ((a[full] ^ b[full]) & (0xff << (8 - rest))) == 0;
+}
+
+static const struct vip *lookup(struct actx *x, const struct ippkt *ip)
+{
+  const struct vip *best = NULL;
+  for (size_t i = 0; i < x->nvips; i++) {
+    const struct vip *v = &x->vips[i];
+    if (v->family == ip->version && prefix_match(v->addr, ip->dst, v->prefix)
+        && (!best || v->prefix > best->prefix))
+      best = v;
+  }
+  return best;
+}
+
+/* The largest IP packet that fits one DATAGRAM with the largest wrapper. */
+static int tunnel_mtu(struct actx *x)
+{
+  size_t max = uplink_max_datagram(x->up);
+  if (!max)
+    max = 1306; /* protocol.md 1: 1350-byte packets, 20-byte CIDs */
+  return (int)(max - 2 - x->max_idlen);
+}
+
+static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
+{
+  ssize_t w = write(x->tun_fd, pkt, n);
+  if (w < 0)
+    drop(x, A_TUN_FULL);
+}
+
+/* A packet the user's machine sent into the TUN. */
+static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
+{
+  struct ippkt ip;
+  const struct vip *v;
+  const char *id;
+  uint8_t hdr[2 + WIRE_SERVICE_ID_MAX];
+  struct iovec iov[2];
+  int h, rv;
+
+  if (ippkt_parse(pkt, n, &ip) < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  v = lookup(x, &ip);
+  if (!v) {
+    drop(x, A_NO_SERVICE);
+    return;
+  }
+  if (uplink_is_up(x->up) &&
+      uplink_reg_state(x->up, v->svc) != UPLINK_REG_OK &&
+      uplink_reg_state(x->up, v->svc) != UPLINK_REG_PENDING) {
+    drop(x, A_NOT_REGISTERED);
+    return;
+  }
+  id = x->cfg.services[v->svc].id;
+  h = wire_routed_encode_header(hdr, sizeof(hdr), id, strlen(id));
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = (size_t)h;
+  iov[1].iov_base = pkt;
+  iov[1].iov_len = ip.totlen;
+  rv = uplink_send(x->up, iov, 2);
+  if (rv == 0) {
+    x->tx_packets++;
+    x->tx_bytes += ip.totlen;
+    return;
+  }
+  if (rv == ZTNA_ERR_TOO_LARGE) {
+    /* Never a silent black hole: tell the sender the size that fits. */
+    uint8_t icmp[1400];
+    int mtu = (int)uplink_max_datagram(x->up) - h;
+    int k = ippkt_build_too_big(icmp, sizeof(icmp), pkt, ip.totlen,
+                                (uint16_t)(mtu > 0 ? mtu : 576), ip.dst);
+    drop(x, A_TOO_LARGE);
+    if (k > 0)
+      write_tun(x, icmp, (size_t)k);
+    return;
+  }
+  drop(x, rv == ZTNA_ERR_QUEUE_FULL ? A_QUEUE_FULL : A_NOT_CONNECTED);
+}
+
+static void tun_readable(uv_poll_t *p, int status, int events)
+{
+  struct actx *x = p->data;
+  (void)events;
+
+  if (status < 0)
+    return;
+  /* Bounded, so that the loop also serves the network side. */
+  for (int i = 0; i < 256; i++) {
+    ssize_t n = read(x->tun_fd, x->buf, sizeof(x->buf));
+    if (n <= 0)
+      break;
+    from_tun(x, x->buf, (size_t)n);
+  }
+}
+
+/* A DATAGRAM from the intermediate: a raw IP packet for the TUN. */
+static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
+                        void *ud)
+{
+  struct actx *x = ud;
+  struct ippkt ip;
+  (void)u;
+
+  if ((wire_classify(d, n) != WIRE_KIND_IPV4 &&
+       wire_classify(d, n) != WIRE_KIND_IPV6) ||
+      ippkt_parse(d, n, &ip) < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  x->rx_packets++;
+  x->rx_bytes += ip.totlen;
+  write_tun(x, d, ip.totlen);
+}
+
+static void on_up(struct uplink *u, void *ud)
+{
+  struct actx *x = ud;
+  int mtu = tunnel_mtu(x);
+  (void)u;
+
+  if (mtu != x->mtu && mtu >= 576) {
+    /* The path decides: a full-size packet plus the wrapper must fit. */
+    if (tun_set_mtu(x->tun_name, mtu) == 0) {
+      log_info("%s: MTU %d", x->tun_name, mtu);
+      x->mtu = mtu;
+    }
+  }
+}
+
+static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
+{
+  char ip[INET6_ADDRSTRLEN] = "?";
+  (void)u;
+  (void)ud;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
+              sizeof(ip));
+  else
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
+              sizeof(ip));
+  log_info("the intermediate sees us at %s port %d", ip,
+           ntohs(sa->sa_family == AF_INET
+                     ? ((const struct sockaddr_in *)sa)->sin_port
+                     : ((const struct sockaddr_in6 *)sa)->sin6_port));
+}
+
+static const struct uplink_cbs uplink_cbs = {
+  .up = on_up,
+  .datagram = on_datagram,
+  .qad = on_qad,
+};
+
+/* --- setup and teardown ---------------------------------------------------- */
+
+static void routes(struct actx *x, int add)
+{
+  for (size_t i = 0; i < x->nvips; i++) {
+    int rv = tun_route(x->tun_name, add, x->vips[i].family, x->vips[i].addr,
+                       x->vips[i].prefix);
+    if (rv < 0 && add)
+      log_warnx("route for service '%s' through %s: %s",
+                x->cfg.services[x->vips[i].svc].id, x->tun_name,
+                strerror(-rv));
+  }
+}
+
+static void collect(void *ud)
+{
+  struct actx *x = ud;
+  for (int i = 0; i < A_COUNT; i++)
+    metric_set(x->mx_drops[i], (int64_t)x->drops[i]);
+  metric_set(x->mx_tx, (int64_t)x->tx_packets);
+  metric_set(x->mx_rx, (int64_t)x->rx_packets);
+  metric_set(x->mx_txb, (int64_t)x->tx_bytes);
+  metric_set(x->mx_rxb, (int64_t)x->rx_bytes);
+  metric_set(x->mx_up, uplink_is_up(x->up));
+  metric_set(x->mx_reconn, (int64_t)uplink_reconnects(x->up));
+}
+
+static void metrics_init(struct actx *x)
+{
+  char labels[64];
+  for (int i = 0; i < A_COUNT; i++) {
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", adrop_names[i]);
+    x->mx_drops[i] = metrics_counter(x->m, "ztna_agent_drops_total", labels,
+                                     "Packets dropped, by reason");
+  }
+  x->mx_tx = metrics_counter(x->m, "ztna_agent_tunnel_packets_sent_total",
+                             NULL, "Packets sent into the tunnel");
+  x->mx_rx = metrics_counter(x->m,
+                             "ztna_agent_tunnel_packets_received_total",
+                             NULL, "Packets received from the tunnel");
+  x->mx_txb = metrics_counter(x->m, "ztna_agent_tunnel_bytes_sent_total",
+                              NULL, "Bytes sent into the tunnel");
+  x->mx_rxb = metrics_counter(x->m, "ztna_agent_tunnel_bytes_received_total",
+                              NULL, "Bytes received from the tunnel");
+  x->mx_up = metrics_gauge(x->m, "ztna_agent_connected", NULL,
+                           "1 while connected to the intermediate");
+  x->mx_reconn = metrics_counter(x->m, "ztna_agent_reconnections_total",
+                                 NULL, "Reconnections to the intermediate");
+  metrics_set_collect(x->m, collect, x);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void stop_done(uv_timer_t *t)
+{
+  struct actx *x = t->data;
+
+  routes(x, 0);
+  uv_poll_stop(&x->poll);
+  close_handle((uv_handle_t *)&x->poll);
+  quic_endpoint_del(x->ep);
+  metrics_http_stop(x->http);
+  close_handle((uv_handle_t *)&x->sigterm);
+  close_handle((uv_handle_t *)&x->sigint);
+  close_handle((uv_handle_t *)&x->sighup);
+  close_handle((uv_handle_t *)&x->stop);
+}
+
+static void on_terminate(uv_signal_t *s, int signum)
+{
+  struct actx *x = s->data;
+
+  if (x->stopping)
+    return;
+  x->stopping = 1;
+  log_info("signal %d: shutting down", signum);
+  uplink_del(x->up, "agent shutting down");
+  uv_timer_start(&x->stop, stop_done, 200, 0);
+}
+
+static int make_tls(struct actx *x, struct tls_ctx **out)
+{
+  struct tls_config tc;
+  char err[512];
+  int rv;
+
+  tls_config_init(&tc);
+  tc.cert_file = x->cfg.cert[0] ? x->cfg.cert : NULL;
+  tc.key_file = x->cfg.key[0] ? x->cfg.key : NULL;
+  tc.ca_file = x->cfg.ca_cert[0] ? x->cfg.ca_cert : NULL;
+  tc.verify_peer = x->cfg.verify_peer;
+  rv = tls_ctx_new(out, 0, &tc, err, sizeof(err));
+  if (rv < 0)
+    log_warnx("%s", err);
+  return rv;
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+  struct actx *x = s->data;
+  struct tls_ctx *tls;
+  (void)signum;
+
+  if (make_tls(x, &tls) < 0) {
+    log_warnx("reload failed: keeping the certificates in use");
+    return;
+  }
+  uplink_set_tls(x->up, tls);
+  tls_ctx_unref(x->tls);
+  x->tls = tls;
+  log_info("reloaded certificates");
+}
+
+static int parse_vip(const char *s, struct vip *v)
+{
+  char addr[128], *slash;
+  snprintf(addr, sizeof(addr), "%s", s);
+  slash = strchr(addr, '/');
+  if (slash)
+    *slash++ = '\0';
+  if (inet_pton(AF_INET, addr, v->addr) == 1) {
+    v->family = 4;
+    v->prefix = 32;
+  } else if (inet_pton(AF_INET6, addr, v->addr) == 1) {
+    v->family = 6;
+    v->prefix = 128;
+  } else {
+    return -1;
+  }
+  if (slash) {
+    char *end;
+    long p = strtol(slash, &end, 10);
+    if (*end || p < 1 || p > v->prefix)
+      return -1;
+    v->prefix = (int)p;
+  }
+  return 0;
+}
+
+static void warn_cb(const char *msg)
+{
+  log_warnx("%s", msg);
+}
+
+enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
+       OPT_TUNNEL_ADDR, OPT_METRICS_PORT };
+
+static int usage_error(const char *fmt, const char *arg)
+{
+  fprintf(stderr, "ztna agent: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nRun 'ztna agent --help' for usage.\n");
+  return 1;
+}
 
 int agent_main(int argc, char **argv)
 {
-  if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-    printf("Usage: ztna agent ...\n\n"
-           "ztna agent (the user endpoint with its TUN device) is not available in this version of ztna yet.\n");
+  static const struct option opts[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "check", no_argument, NULL, 'n' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "server", required_argument, NULL, OPT_SERVER },
+    { "service", required_argument, NULL, OPT_SERVICE },
+    { "cert", required_argument, NULL, OPT_CERT },
+    { "key", required_argument, NULL, OPT_KEY },
+    { "ca", required_argument, NULL, OPT_CA },
+    { "tun", required_argument, NULL, OPT_TUN },
+    { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
+    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  static struct actx x;
+  const char *config = NULL, *server = NULL, *cert = NULL, *key = NULL,
+             *ca = NULL, *tun = NULL, *taddr = NULL, *mport = NULL;
+  const char *svcargs[CFG_MAX_SERVICES];
+  size_t nsvcargs = 0;
+  int ch, check = 0, verbose = LOG_LVL_INFO, rv;
+  char err[512], *text;
+  size_t len;
+  struct sockaddr_storage server_addr, bind_addr;
+  struct quic_endpoint_config qc = { 0 };
+  struct uplink_config uc = { 0 };
+
+  while ((ch = getopt_long(argc, argv, "c:nvh", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': config = optarg; break;
+    case 'n': check = 1; break;
+    case 'v': verbose++; break;
+    case OPT_SERVER: server = optarg; break;
+    case OPT_SERVICE:
+      if (nsvcargs >= CFG_MAX_SERVICES)
+        return usage_error("%s", "too many --service options");
+      svcargs[nsvcargs++] = optarg;
+      break;
+    case OPT_CERT: cert = optarg; break;
+    case OPT_KEY: key = optarg; break;
+    case OPT_CA: ca = optarg; break;
+    case OPT_TUN: tun = optarg; break;
+    case OPT_TUNNEL_ADDR: taddr = optarg; break;
+    case OPT_METRICS_PORT: mport = optarg; break;
+    case 'h':
+      fputs(usage_text, stdout);
+      return 0;
+    default:
+      fputs(usage_text, stderr);
+      return 1;
+    }
+  }
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+  log_init("agent", verbose);
+  cfg_agent_defaults(&x.cfg);
+  if ((config || !nsvcargs) &&
+      cfg_find(config, "agent", x.config_path, sizeof(x.config_path)) == 0) {
+    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
+    if (rv == 0) {
+      rv = cfg_agent_parse(&x.cfg, x.config_path, text, len, err,
+                           sizeof(err), warn_cb);
+      free(text);
+    }
+    if (rv < 0) {
+      fprintf(stderr, "ztna agent: %s\n", err);
+      return 1;
+    }
+  }
+  if (server && cfg_split_hostport(server, x.cfg.server_host,
+                                   sizeof(x.cfg.server_host),
+                                   &x.cfg.server_port) < 0)
+    return usage_error("--server '%s' is not HOST:PORT", server);
+  if (nsvcargs)
+    x.cfg.nservices = 0;
+  for (size_t i = 0; i < nsvcargs; i++) {
+    struct cfg_service *s = &x.cfg.services[x.cfg.nservices++];
+    const char *eq = strchr(svcargs[i], '=');
+    memset(s, 0, sizeof(*s));
+    if (!eq || eq == svcargs[i] || !eq[1] ||
+        (size_t)(eq - svcargs[i]) >= sizeof(s->id))
+      return usage_error("--service '%s' is not ID=VIRTUAL_IP", svcargs[i]);
+    memcpy(s->id, svcargs[i], (size_t)(eq - svcargs[i]));
+    snprintf(s->virtual_ip, sizeof(s->virtual_ip), "%s", eq + 1);
+  }
+  if (cert)
+    snprintf(x.cfg.cert, sizeof(x.cfg.cert), "%s", cert);
+  if (key)
+    snprintf(x.cfg.key, sizeof(x.cfg.key), "%s", key);
+  if (ca)
+    snprintf(x.cfg.ca_cert, sizeof(x.cfg.ca_cert), "%s", ca);
+  if (tun)
+    snprintf(x.cfg.tun_name, sizeof(x.cfg.tun_name), "%s", tun);
+  if (taddr)
+    snprintf(x.cfg.tunnel_addr, sizeof(x.cfg.tunnel_addr), "%s", taddr);
+  if (mport) {
+    char *end;
+    long p = strtol(mport, &end, 10);
+    if (*end || p < 0 || p > 65535)
+      return usage_error("--metrics-port '%s' is not a port", mport);
+    x.cfg.metrics_port = (uint16_t)p;
+  }
+  if (!x.cfg.server_host[0])
+    return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
+                       "serverHost in the configuration)");
+  if (!x.cfg.nservices)
+    return usage_error("%s", "no service: give --service ID=VIRTUAL_IP");
+  for (size_t i = 0; i < x.cfg.nservices; i++) {
+    struct cfg_service *s = &x.cfg.services[i];
+    if (!s->virtual_ip[0] || parse_vip(s->virtual_ip, &x.vips[x.nvips]) < 0)
+      return usage_error("service '%s' needs a virtual IP address "
+                         "(virtualIp, or --service ID=IP)", s->id);
+    x.vips[x.nvips++].svc = i;
+    if (strlen(s->id) > x.max_idlen)
+      x.max_idlen = strlen(s->id);
+  }
+  {
+    struct in_addr a;
+    if (inet_pton(AF_INET, x.cfg.tunnel_addr, &a) != 1)
+      return usage_error("tunnel address '%s' is not an IPv4 address",
+                         x.cfg.tunnel_addr);
+  }
+  if (make_tls(&x, &x.tls) < 0)
+    return 1;
+  {
+    struct addrinfo hints = { 0 }, *res = NULL;
+    hints.ai_socktype = SOCK_DGRAM;
+    rv = getaddrinfo(x.cfg.server_host, NULL, &hints, &res);
+    if (rv != 0 || !res) {
+      fprintf(stderr, "ztna agent: cannot resolve the intermediate '%s': "
+              "%s\n", x.cfg.server_host, gai_strerror(rv));
+      return 1;
+    }
+    memset(&server_addr, 0, sizeof(server_addr));
+    memcpy(&server_addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (server_addr.ss_family == AF_INET)
+      ((struct sockaddr_in *)&server_addr)->sin_port =
+          htons(x.cfg.server_port);
+    else
+      ((struct sockaddr_in6 *)&server_addr)->sin6_port =
+          htons(x.cfg.server_port);
+  }
+  if (check) {
+    printf("configuration OK\n");
     return 0;
   }
-  fprintf(stderr, "ztna agent: the user endpoint with its TUN device is not available in this version of "
-          "ztna yet\n");
-  return 2;
+
+  x.tun_fd = tun_open(x.cfg.tun_name, x.tun_name, sizeof(x.tun_name));
+  if (x.tun_fd < 0) {
+    fprintf(stderr, "ztna agent: cannot create TUN device '%s': %s%s\n",
+            x.cfg.tun_name, strerror(-x.tun_fd),
+            x.tun_fd == -EPERM ? " (run as root or with CAP_NET_ADMIN)" : "");
+    return 1;
+  }
+  x.mtu = (int)(1306 - 2 - x.max_idlen);
+  rv = tun_configure(x.tun_name, x.cfg.tunnel_addr, x.mtu);
+  if (rv < 0) {
+    fprintf(stderr, "ztna agent: cannot configure %s: %s\n", x.tun_name,
+            strerror(-rv));
+    return 1;
+  }
+  x.loop = uv_default_loop();
+  memset(&bind_addr, 0, sizeof(bind_addr));
+  if (server_addr.ss_family == AF_INET6)
+    uv_ip6_addr("::", 0, (struct sockaddr_in6 *)&bind_addr);
+  else
+    uv_ip4_addr("0.0.0.0", 0, (struct sockaddr_in *)&bind_addr);
+  qc.keepalive_ms = 10000;
+  rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
+  if (rv < 0)
+    fatalx("cannot open a UDP socket: %s", ztna_strerror(rv));
+  uc.ep = x.ep;
+  uc.tls = x.tls;
+  uc.server = server_addr;
+  uc.sni = "ztna-server";
+  uc.role = WIRE_REG_AGENT;
+  for (size_t i = 0; i < x.cfg.nservices; i++)
+    uc.services[i] = x.cfg.services[i].id;
+  uc.nservices = x.cfg.nservices;
+  uc.name = "intermediate";
+  if (uplink_new(&x.up, x.loop, &uc, &uplink_cbs, &x) < 0)
+    fatalx("out of memory");
+  routes(&x, 1);
+  log_info("%s up (%s, MTU %d), %zu services routed", x.tun_name,
+           x.cfg.tunnel_addr, x.mtu, x.nvips);
+  uv_poll_init(x.loop, &x.poll, x.tun_fd);
+  x.poll.data = &x;
+  uv_poll_start(&x.poll, UV_READABLE, tun_readable);
+  x.m = metrics_new();
+  if (!x.m)
+    fatalx("out of memory");
+  metrics_init(&x);
+  if (x.cfg.metrics_port) {
+    struct sockaddr_in ms;
+    uv_ip4_addr("127.0.0.1", x.cfg.metrics_port, &ms);
+    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
+    if (rv < 0)
+      log_warnx("cannot listen on TCP 127.0.0.1:%u for metrics: %s",
+                x.cfg.metrics_port, uv_strerror(rv));
+  }
+  uv_signal_init(x.loop, &x.sigterm);
+  uv_signal_init(x.loop, &x.sigint);
+  uv_signal_init(x.loop, &x.sighup);
+  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
+  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
+  uv_signal_start(&x.sigint, on_terminate, SIGINT);
+  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  uv_timer_init(x.loop, &x.stop);
+  x.stop.data = &x;
+  uv_run(x.loop, UV_RUN_DEFAULT);
+  close(x.tun_fd);
+  metrics_del(x.m);
+  tls_ctx_unref(x.tls);
+  log_info("stopped");
+  return 0;
 }

@@ -1,22 +1,857 @@
-/* connector.c - the connector to private applications.
+/* connector.c - serves private applications to the tunnel.
  *
- * This applet is not in this version of ztna yet; it comes with the
- * project's issue 4. Until then it says so and exits 2 (1 is kept for
- * usage errors, as in every applet).
+ * usage: ztna connector [-c FILE] [-n] [-v]... [OPTIONS]
+ *        ztna connector --server HOST:PORT --service ID --forward HOST:PORT
+ *                       --cert FILE --key FILE --ca FILE [OPTIONS]
+ *
+ * One relay connection per service (all from one UDP socket), each
+ * registering its service. Tunneled packets become real traffic to the
+ * service's backend: ICMP echo is answered here, UDP goes through one
+ * connected socket per flow, TCP is terminated by lwIP (netstack.c) and
+ * spliced to a TCP connection to the backend. Packets with bad checksums
+ * are dropped and counted; the backend comes from the configuration, never
+ * from the packet.
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <ifaddrs.h>
+#include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <uv.h>
+
 #include "../applets.h"
+#include "config.h"
+#include "err.h"
+#include "ippkt.h"
+#include "log.h"
+#include "metrics.h"
+#include "netstack.h"
+#include "quic.h"
+#include "tls.h"
+#include "uplink.h"
+#include "wire.h"
+
+#define UDP_IDLE_MS 60000
+#define MAX_UDP_FLOWS 4096
+
+static const char usage_text[] =
+    "Usage: ztna connector [-c FILE] [-n] [-v]... [OPTIONS]\n"
+    "       ztna connector --server HOST:PORT --service ID --forward HOST:PORT\n"
+    "                      --cert FILE --key FILE --ca FILE [OPTIONS]\n"
+    "\n"
+    "Serve private applications to ztna agents through the intermediate.\n"
+    "\n"
+    "  -c, --config FILE    configuration (default: /etc/ztna/connector.json,\n"
+    "                       else ./connector.json)\n"
+    "  -n, --check          check configuration and certificates, print\n"
+    "                       \"configuration OK\" and exit\n"
+    "  -v, --verbose        more logging (repeat for debug, trace)\n"
+    "      --server H:P     the intermediate\n"
+    "      --service ID     the service to provide (short form)\n"
+    "      --forward H:P    its backend (short form)\n"
+    "      --protocol P     udp, tcp or both (short form; both)\n"
+    "      --cert FILE      client certificate (connector.<service>.ztna)\n"
+    "      --key FILE       its private key\n"
+    "      --ca FILE        CA the intermediate's certificate chains to\n"
+    "  -p, --port N         local UDP port (4434)\n"
+    "      --metrics-port N Prometheus /metrics and /healthz (9091; 0 off)\n"
+    "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "Backends on loopback are served only when configured as a loopback\n"
+    "address; link-local and metadata addresses and the connector's own\n"
+    "addresses never are. Signals: HUP reloads certificates, TERM and INT\n"
+    "shut down.\n";
+
+enum cdrop {
+  D_BAD_CHECKSUM, D_PROTOCOL, D_NOT_OFFERED, D_TOO_LARGE, D_QUEUE_FULL,
+  D_NOT_CONNECTED, D_FLOW_LIMIT, D_MALFORMED, D_COUNT
+};
+static const char *const cdrop_names[D_COUNT] = {
+  "bad_checksum", "unsupported_protocol", "protocol_not_offered",
+  "too_large",    "queue_full",           "not_connected",
+  "flow_limit",   "malformed",
+};
+
+struct cctx;
+
+struct csvc {
+  struct cctx *x;
+  struct cfg_service *cfg;
+  struct sockaddr_storage backend;
+  struct uplink *up;
+};
+
+struct uflow {
+  struct uflow *next, *prev;
+  struct csvc *svc;
+  int family;
+  uint8_t agent[16], vip[16];
+  uint16_t aport, vport;
+  uv_udp_t sock;
+  uint64_t last;
+};
+
+struct cctx {
+  uv_loop_t *loop;
+  struct cfg_connector cfg;
+  char config_path[CFG_PATH_MAX];
+  char metrics_bind[64];
+  const char *cert, *key;
+  struct tls_ctx *tls;
+  struct quic_endpoint *ep;
+  struct netstack *ns;
+  struct csvc svcs[CFG_MAX_SERVICES];
+  size_t nsvcs;
+  struct uflow *flows;
+  size_t nflows;
+  struct metrics *m;
+  struct metrics_http *http;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t sweep, stop;
+  uint64_t started_ms;
+  uint64_t fwd_packets, fwd_bytes, drops[D_COUNT], icmp_echo;
+  struct metric *mx_pkts, *mx_bytes, *mx_tcp, *mx_tcp_err, *mx_reconn,
+      *mx_uptime, *mx_drops[D_COUNT], *mx_flows, *mx_tcp_active, *mx_icmp;
+  int stopping;
+  uint8_t buf[65536];
+};
+
+static void drop(struct cctx *x, enum cdrop d)
+{
+  x->drops[d]++;
+  log_debug("packet dropped: %s", cdrop_names[d]);
+}
+
+/* --- sending back to the agent --------------------------------------------- */
+
+static void send_to_agent(struct csvc *s, const uint8_t *pkt, size_t n)
+{
+  struct iovec v = { (void *)(uintptr_t)pkt, n };
+  int rv = uplink_send(s->up, &v, 1);
+
+  if (rv == 0)
+    return;
+  drop(s->x, rv == ZTNA_ERR_TOO_LARGE  ? D_TOO_LARGE
+             : rv == ZTNA_ERR_QUEUE_FULL ? D_QUEUE_FULL
+                                         : D_NOT_CONNECTED);
+}
+
+static void netstack_send(void *conn, const uint8_t *pkt, size_t n, void *ud)
+{
+  (void)ud;
+  send_to_agent(conn, pkt, n);
+}
+
+/* --- UDP flows ---------------------------------------------------------------- */
+
+static void flow_closed(uv_handle_t *h)
+{
+  free(h->data);
+}
+
+static void flow_free(struct cctx *x, struct uflow *f)
+{
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    x->flows = f->next;
+  if (f->next)
+    f->next->prev = f->prev;
+  x->nflows--;
+  uv_close((uv_handle_t *)&f->sock, flow_closed);
+}
+
+static void flow_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+  struct uflow *f = h->data;
+  (void)hint;
+  /* Room for the IPv6 and UDP headers in front of the payload. */
+  *b = uv_buf_init((char *)f->svc->x->buf + 48,
+                   sizeof(f->svc->x->buf) - 48);
+}
+
+static void flow_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b,
+                      const struct sockaddr *from, unsigned flags)
+{
+  struct uflow *f = h->data;
+  struct cctx *x = f->svc->x;
+  static uint8_t pkt[65536];
+  int k;
+  (void)from;
+
+  if (n < 0 || (n == 0 && !from) || (flags & UV_UDP_PARTIAL))
+    return;
+  f->last = uv_now(x->loop);
+  /* The reply comes from the virtual address the agent sent to. */
+  k = ippkt_build_udp(pkt, sizeof(pkt), f->family, f->vip, f->vport,
+                      f->agent, f->aport, (const uint8_t *)b->base,
+                      (size_t)n);
+  if (k < 0) {
+    drop(x, D_TOO_LARGE);
+    return;
+  }
+  send_to_agent(f->svc, pkt, (size_t)k);
+}
+
+static void on_udp(struct csvc *s, const struct ippkt *ip, const uint8_t *l4,
+                   size_t l4len)
+{
+  struct cctx *x = s->x;
+  uint16_t aport = (uint16_t)(l4[0] << 8 | l4[1]);
+  uint16_t vport = (uint16_t)(l4[2] << 8 | l4[3]);
+  struct uflow *f;
+  uv_buf_t b;
+
+  for (f = x->flows; f; f = f->next)
+    if (f->svc == s && f->family == ip->version && f->aport == aport &&
+        f->vport == vport && !memcmp(f->agent, ip->src, ip->addrlen) &&
+        !memcmp(f->vip, ip->dst, ip->addrlen))
+      break;
+  if (!f) {
+    if (x->nflows >= MAX_UDP_FLOWS) {
+      drop(x, D_FLOW_LIMIT);
+      return;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f)
+      return;
+    f->svc = s;
+    f->family = ip->version;
+    memcpy(f->agent, ip->src, ip->addrlen);
+    memcpy(f->vip, ip->dst, ip->addrlen);
+    f->aport = aport;
+    f->vport = vport;
+    uv_udp_init(x->loop, &f->sock);
+    f->sock.data = f;
+    if (uv_udp_connect(&f->sock, (struct sockaddr *)&s->backend) < 0 ||
+        uv_udp_recv_start(&f->sock, flow_alloc, flow_recv) < 0) {
+      uv_close((uv_handle_t *)&f->sock, flow_closed);
+      drop(x, D_FLOW_LIMIT);
+      return;
+    }
+    f->next = x->flows;
+    if (x->flows)
+      x->flows->prev = f;
+    x->flows = f;
+    x->nflows++;
+  }
+  f->last = uv_now(x->loop);
+  b = uv_buf_init((char *)(uintptr_t)(l4 + 8), (unsigned)(l4len - 8));
+  if (uv_udp_try_send(&f->sock, &b, 1, NULL) < 0)
+    drop(x, D_QUEUE_FULL);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+  struct cctx *x = t->data;
+  uint64_t now = uv_now(x->loop);
+  struct uflow *f = x->flows, *next;
+
+  for (; f; f = next) {
+    next = f->next;
+    if (now - f->last >= UDP_IDLE_MS)
+      flow_free(x, f);
+  }
+}
+
+/* --- packets from the tunnel ---------------------------------------------------- */
+
+static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
+{
+  struct cctx *x = s->x;
+  struct ippkt ip;
+  const uint8_t *l4;
+  size_t l4len;
+
+  if (ippkt_parse(pkt, n, &ip) < 0) {
+    drop(x, D_MALFORMED);
+    return;
+  }
+  if (ippkt_verify(pkt, n) < 0) {
+    drop(x, D_BAD_CHECKSUM);
+    return;
+  }
+  ippkt_l4(pkt, &ip, &l4, &l4len);
+  x->fwd_packets++;
+  x->fwd_bytes += n;
+  if ((ip.version == 4 && ip.proto == 1) ||
+      (ip.version == 6 && ip.proto == 58)) {
+    memcpy(x->buf, pkt, ip.totlen);
+    if (ippkt_echo_reply(x->buf, ip.totlen) == 0) {
+      x->icmp_echo++;
+      send_to_agent(s, x->buf, ip.totlen);
+    } else {
+      drop(x, D_PROTOCOL);
+    }
+    return;
+  }
+  if (ip.proto == 17 && l4len >= 8) {
+    if (!(s->cfg->protocol & CFG_PROTO_UDP)) {
+      drop(x, D_NOT_OFFERED);
+      return;
+    }
+    on_udp(s, &ip, l4, l4len);
+    return;
+  }
+  if (ip.proto == 6 && l4len >= 20) {
+    if (!(s->cfg->protocol & CFG_PROTO_TCP)) {
+      drop(x, D_NOT_OFFERED);
+      return;
+    }
+    netstack_input(x->ns, s, (struct sockaddr *)&s->backend, pkt, ip.totlen);
+    return;
+  }
+  drop(x, D_PROTOCOL);
+}
+
+static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
+                        void *ud)
+{
+  struct csvc *s = ud;
+  const uint8_t *id, *pkt;
+  size_t idlen, pktlen;
+  (void)u;
+
+  switch (wire_classify(d, n)) {
+  case WIRE_KIND_ROUTED:
+    /* ztna: a wrapped packet is taken wherever it arrives, for this
+     * connection's service only. */
+    if (wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen) < 0 ||
+        idlen != strlen(s->cfg->id) || memcmp(id, s->cfg->id, idlen)) {
+      drop(s->x, D_MALFORMED);
+      return;
+    }
+    on_packet(s, pkt, pktlen);
+    return;
+  case WIRE_KIND_IPV4:
+  case WIRE_KIND_IPV6:
+    on_packet(s, d, n);
+    return;
+  default:
+    drop(s->x, D_MALFORMED);
+  }
+}
+
+static void on_down(struct uplink *u, const struct quic_close_info *i,
+                    void *ud)
+{
+  struct csvc *s = ud;
+  (void)u;
+  (void)i;
+  /* Its TCP sessions cannot go on without the connection. */
+  netstack_conn_gone(s->x->ns, s);
+}
+
+static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
+{
+  struct csvc *s = ud;
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  (void)u;
+
+  if (sa->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
+              sizeof(ip));
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+  } else {
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
+              sizeof(ip));
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+  }
+  log_info("%s: the intermediate sees us at %s port %d", s->cfg->id, ip,
+           port);
+}
+
+static const struct uplink_cbs uplink_cbs = {
+  .down = on_down,
+  .datagram = on_datagram,
+  .qad = on_qad,
+};
+
+/* --- backends and the egress guard ------------------------------------------------ */
+
+static int is_own_address(const struct sockaddr *sa)
+{
+  struct ifaddrs *ifa, *i;
+  int own = 0;
+
+  if (getifaddrs(&ifa) < 0)
+    return 0;
+  for (i = ifa; i && !own; i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != sa->sa_family)
+      continue;
+    if (sa->sa_family == AF_INET)
+      own = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+            ((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+    else
+      own = !memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
+                    &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+  }
+  freeifaddrs(ifa);
+  return own;
+}
+
+/* Returns NULL when the backend may be served, else why not. */
+static const char *egress_refused(const struct sockaddr *sa, int literal)
+{
+  if (sa->sa_family == AF_INET) {
+    uint32_t a = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+    if ((a >> 24) == 127)
+      return literal ? NULL : "it resolves to loopback; write the loopback "
+                              "address itself to serve it";
+    if ((a >> 16) == 0xa9fe)
+      return "link-local and metadata addresses are never served";
+    if (a == 0 || (a >> 28) == 0xe || a == 0xffffffffu)
+      return "not a unicast address";
+  } else {
+    const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const uint8_t lo[16] = { [15] = 1 };
+    if (!memcmp(b, lo, 16))
+      return literal ? NULL : "it resolves to loopback; write the loopback "
+                              "address itself to serve it";
+    if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
+      return "link-local addresses are never served";
+    if (b[0] == 0xff)
+      return "not a unicast address";
+  }
+  if (is_own_address(sa))
+    return "it is one of this connector's own addresses";
+  return NULL;
+}
+
+static int resolve_backend(struct csvc *s)
+{
+  char host[CFG_STR_MAX];
+  uint16_t port;
+  struct addrinfo hints = { 0 }, *res = NULL;
+  int literal, rv;
+  const char *why;
+
+  if (cfg_split_hostport(s->cfg->backend, host, sizeof(host), &port) < 0) {
+    fprintf(stderr, "ztna connector: service '%s': backend '%s' is not "
+            "HOST:PORT\n", s->cfg->id, s->cfg->backend);
+    return -1;
+  }
+  literal = uv_ip4_addr(host, port, (struct sockaddr_in *)&s->backend) == 0 ||
+            uv_ip6_addr(host, port, (struct sockaddr_in6 *)&s->backend) == 0;
+  if (!literal) {
+    hints.ai_socktype = SOCK_STREAM;
+    rv = getaddrinfo(host, NULL, &hints, &res);
+    if (rv != 0 || !res) {
+      fprintf(stderr, "ztna connector: service '%s': cannot resolve '%s': "
+              "%s\n", s->cfg->id, host, gai_strerror(rv));
+      return -1;
+    }
+    memcpy(&s->backend, res->ai_addr, res->ai_addrlen);
+    if (s->backend.ss_family == AF_INET)
+      ((struct sockaddr_in *)&s->backend)->sin_port = htons(port);
+    else
+      ((struct sockaddr_in6 *)&s->backend)->sin6_port = htons(port);
+    freeaddrinfo(res);
+  }
+  why = egress_refused((struct sockaddr *)&s->backend, literal);
+  if (why) {
+    fprintf(stderr, "ztna connector: service '%s': backend %s refused: %s\n",
+            s->cfg->id, s->cfg->backend, why);
+    return -1;
+  }
+  return 0;
+}
+
+/* --- metrics, signals ------------------------------------------------------------- */
+
+static void collect(void *ud)
+{
+  struct cctx *x = ud;
+  const struct netstack_stats *ts = netstack_stats(x->ns);
+  uint64_t reconn = 0;
+
+  for (size_t i = 0; i < x->nsvcs; i++)
+    reconn += uplink_reconnects(x->svcs[i].up);
+  metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
+  metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
+  metric_set(x->mx_tcp, (int64_t)ts->sessions_total);
+  metric_set(x->mx_tcp_err, (int64_t)(ts->refused + ts->timeouts +
+                                      ts->resets));
+  metric_set(x->mx_tcp_active, (int64_t)ts->sessions_active);
+  metric_set(x->mx_reconn, (int64_t)reconn);
+  metric_set(x->mx_uptime, (int64_t)(uv_now(x->loop) - x->started_ms) / 1000);
+  metric_set(x->mx_flows, (int64_t)x->nflows);
+  metric_set(x->mx_icmp, (int64_t)x->icmp_echo);
+  for (int i = 0; i < D_COUNT; i++)
+    metric_set(x->mx_drops[i], (int64_t)x->drops[i]);
+  metrics_zero(x->m, "ztna_connector_service_up");
+  for (size_t i = 0; i < x->nsvcs; i++) {
+    char esc[600], labels[640];
+    snprintf(labels, sizeof(labels), "service=\"%s\"",
+             metrics_label_escape(esc, sizeof(esc), x->svcs[i].cfg->id,
+                                  strlen(x->svcs[i].cfg->id)));
+    metric_set(metrics_gauge(x->m, "ztna_connector_service_up", labels,
+                             "1 when the service is registered"),
+               uplink_reg_state(x->svcs[i].up, 0) == UPLINK_REG_OK &&
+                   uplink_is_up(x->svcs[i].up));
+  }
+}
+
+static void metrics_init(struct cctx *x)
+{
+  struct metrics *m = x->m;
+  char labels[64];
+
+  x->mx_pkts = metrics_counter(m, "ztna_connector_forwarded_packets_total",
+                               NULL, "Packets taken from the tunnel");
+  x->mx_bytes = metrics_counter(m, "ztna_connector_forwarded_bytes_total",
+                                NULL, "Bytes taken from the tunnel");
+  x->mx_tcp = metrics_counter(m, "ztna_connector_tcp_sessions_total", NULL,
+                              "TCP connections spliced to a backend");
+  x->mx_tcp_err = metrics_counter(m, "ztna_connector_tcp_errors_total", NULL,
+                                  "TCP connections refused, timed out or "
+                                  "reset");
+  x->mx_tcp_active = metrics_gauge(m, "ztna_connector_tcp_sessions_active",
+                                   NULL, "TCP connections open");
+  x->mx_reconn = metrics_counter(m, "ztna_connector_reconnections_total",
+                                 NULL, "Reconnections to the intermediate");
+  x->mx_uptime = metrics_gauge(m, "ztna_connector_uptime_seconds", NULL,
+                               "Seconds since start");
+  x->mx_flows = metrics_gauge(m, "ztna_connector_udp_flows", NULL,
+                              "UDP flows open");
+  x->mx_icmp = metrics_counter(m, "ztna_connector_icmp_echo_total", NULL,
+                               "ICMP echo requests answered");
+  for (int i = 0; i < D_COUNT; i++) {
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", cdrop_names[i]);
+    x->mx_drops[i] = metrics_counter(m, "ztna_connector_drops_total", labels,
+                                     "Packets dropped, by reason");
+  }
+  metrics_set_collect(m, collect, x);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void stop_done(uv_timer_t *t)
+{
+  struct cctx *x = t->data;
+
+  while (x->flows)
+    flow_free(x, x->flows);
+  netstack_del(x->ns);
+  quic_endpoint_del(x->ep);
+  metrics_http_stop(x->http);
+  close_handle((uv_handle_t *)&x->sigterm);
+  close_handle((uv_handle_t *)&x->sigint);
+  close_handle((uv_handle_t *)&x->sighup);
+  close_handle((uv_handle_t *)&x->sweep);
+  close_handle((uv_handle_t *)&x->stop);
+}
+
+static void on_terminate(uv_signal_t *sig, int signum)
+{
+  struct cctx *x = sig->data;
+
+  if (x->stopping)
+    return;
+  x->stopping = 1;
+  log_info("signal %d: shutting down", signum);
+  for (size_t i = 0; i < x->nsvcs; i++)
+    uplink_del(x->svcs[i].up, "connector shutting down");
+  uv_timer_start(&x->stop, stop_done, 200, 0);
+}
+
+static int make_tls(struct cctx *x, struct tls_ctx **out)
+{
+  struct tls_config tc;
+  char err[512];
+  int rv;
+
+  tls_config_init(&tc);
+  tc.cert_file = x->cert;
+  tc.key_file = x->key;
+  tc.ca_file = x->cfg.ca_cert[0] ? x->cfg.ca_cert : NULL;
+  tc.verify_peer = x->cfg.verify_peer;
+  tc.verify_name = "ztna-server";
+  rv = tls_ctx_new(out, 0, &tc, err, sizeof(err));
+  if (rv < 0)
+    log_warnx("%s", err);
+  return rv;
+}
+
+static void on_hup(uv_signal_t *sig, int signum)
+{
+  struct cctx *x = sig->data;
+  struct tls_ctx *tls;
+  (void)signum;
+
+  if (make_tls(x, &tls) < 0) {
+    log_warnx("reload failed: keeping the certificates in use");
+    return;
+  }
+  for (size_t i = 0; i < x->nsvcs; i++)
+    uplink_set_tls(x->svcs[i].up, tls);
+  tls_ctx_unref(x->tls);
+  x->tls = tls;
+  log_info("reloaded certificates");
+}
+
+/* --- main ---------------------------------------------------------------------------- */
+
+static void warn_cb(const char *msg)
+{
+  log_warnx("%s", msg);
+}
+
+enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
+       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND };
+
+static int usage_error(const char *fmt, const char *arg)
+{
+  fprintf(stderr, "ztna connector: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nRun 'ztna connector --help' for usage.\n");
+  return 1;
+}
+
+static int to_port(const char *s, uint16_t *out, int allow_zero)
+{
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (!*s || *end || v < (allow_zero ? 0 : 1) || v > 65535)
+    return -1;
+  *out = (uint16_t)v;
+  return 0;
+}
 
 int connector_main(int argc, char **argv)
 {
-  if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-    printf("Usage: ztna connector ...\n\n"
-           "ztna connector (the connector to private applications) is not available in this version of ztna yet.\n");
+  static const struct option opts[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "check", no_argument, NULL, 'n' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "port", required_argument, NULL, 'p' },
+    { "server", required_argument, NULL, OPT_SERVER },
+    { "service", required_argument, NULL, OPT_SERVICE },
+    { "forward", required_argument, NULL, OPT_FORWARD },
+    { "protocol", required_argument, NULL, OPT_PROTOCOL },
+    { "cert", required_argument, NULL, OPT_CERT },
+    { "key", required_argument, NULL, OPT_KEY },
+    { "ca", required_argument, NULL, OPT_CA },
+    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  static struct cctx x;
+  const char *config = NULL, *server = NULL, *service = NULL, *forward = NULL,
+             *proto = NULL, *cert = NULL, *key = NULL, *ca = NULL,
+             *port = NULL, *mport = NULL, *mbind = NULL;
+  int ch, check = 0, verbose = LOG_LVL_INFO, rv;
+  char err[512], *text, host[CFG_STR_MAX];
+  size_t len;
+  struct sockaddr_storage server_addr, bind_addr;
+  struct quic_endpoint_config qc = { 0 };
+  struct netstack_io nio = { netstack_send, NULL };
+
+  while ((ch = getopt_long(argc, argv, "c:nvp:h", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': config = optarg; break;
+    case 'n': check = 1; break;
+    case 'v': verbose++; break;
+    case 'p': port = optarg; break;
+    case OPT_SERVER: server = optarg; break;
+    case OPT_SERVICE: service = optarg; break;
+    case OPT_FORWARD: forward = optarg; break;
+    case OPT_PROTOCOL: proto = optarg; break;
+    case OPT_CERT: cert = optarg; break;
+    case OPT_KEY: key = optarg; break;
+    case OPT_CA: ca = optarg; break;
+    case OPT_METRICS_PORT: mport = optarg; break;
+    case OPT_METRICS_BIND: mbind = optarg; break;
+    case 'h':
+      fputs(usage_text, stdout);
+      return 0;
+    default:
+      fputs(usage_text, stderr);
+      return 1;
+    }
+  }
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+  log_init("connector", verbose);
+  cfg_connector_defaults(&x.cfg);
+  snprintf(x.metrics_bind, sizeof(x.metrics_bind), "127.0.0.1");
+  /* The short form needs no file; otherwise the lookup order applies. */
+  if ((config || !service) &&
+      cfg_find(config, "connector", x.config_path, sizeof(x.config_path)) ==
+          0) {
+    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
+    if (rv == 0) {
+      rv = cfg_connector_parse(&x.cfg, x.config_path, text, len, err,
+                               sizeof(err), warn_cb);
+      free(text);
+    }
+    if (rv < 0) {
+      fprintf(stderr, "ztna connector: %s\n", err);
+      return 1;
+    }
+  }
+  if (server && cfg_split_hostport(server, x.cfg.server_host,
+                                   sizeof(x.cfg.server_host),
+                                   &x.cfg.server_port) < 0)
+    return usage_error("--server '%s' is not HOST:PORT", server);
+  if (service || forward) {
+    struct cfg_service *s = &x.cfg.services[0];
+    if (!service || !forward)
+      return usage_error("%s", "--service and --forward go together");
+    memset(s, 0, sizeof(*s));
+    snprintf(s->id, sizeof(s->id), "%s", service);
+    snprintf(s->backend, sizeof(s->backend), "%s", forward);
+    s->protocol = CFG_PROTO_BOTH;
+    x.cfg.nservices = 1;
+  }
+  if (proto) {
+    int p = !strcmp(proto, "udp") ? CFG_PROTO_UDP
+            : !strcmp(proto, "tcp") ? CFG_PROTO_TCP
+            : !strcmp(proto, "both") ? CFG_PROTO_BOTH : 0;
+    if (!p)
+      return usage_error("--protocol '%s' is not udp, tcp or both", proto);
+    for (size_t i = 0; i < x.cfg.nservices; i++)
+      x.cfg.services[i].protocol = p;
+  }
+  if (ca)
+    snprintf(x.cfg.ca_cert, sizeof(x.cfg.ca_cert), "%s", ca);
+  if (port && to_port(port, &x.cfg.p2p_port, 1) < 0)
+    return usage_error("--port '%s' is not a port", port);
+  if (mport && to_port(mport, &x.cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port", mport);
+  if (mbind)
+    snprintf(x.metrics_bind, sizeof(x.metrics_bind), "%s", mbind);
+  x.cert = cert ? cert : x.cfg.cert[0] ? x.cfg.cert : x.cfg.p2p_cert;
+  x.key = key ? key : x.cfg.key[0] ? x.cfg.key : x.cfg.p2p_key;
+  if (!x.cfg.server_host[0])
+    return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
+                       "intermediate_server in the configuration)");
+  if (x.cfg.nservices == 0)
+    return usage_error("%s", "no service: give --service ID --forward "
+                       "HOST:PORT (or services in the configuration)");
+  if (!x.cert || !x.cert[0] || !x.key || !x.key[0])
+    return usage_error("%s", "no client certificate: give --cert and --key "
+                       "(or cert/key or p2p.cert/p2p.key in the "
+                       "configuration)");
+  x.nsvcs = x.cfg.nservices;
+  for (size_t i = 0; i < x.nsvcs; i++) {
+    x.svcs[i].x = &x;
+    x.svcs[i].cfg = &x.cfg.services[i];
+    if (resolve_backend(&x.svcs[i]) < 0)
+      return 1;
+  }
+  if (make_tls(&x, &x.tls) < 0)
+    return 1;
+  memset(&server_addr, 0, sizeof(server_addr));
+  snprintf(host, sizeof(host), "%s", x.cfg.server_host);
+  {
+    struct addrinfo hints = { 0 }, *res = NULL;
+    hints.ai_socktype = SOCK_DGRAM;
+    rv = getaddrinfo(host, NULL, &hints, &res);
+    if (rv != 0 || !res) {
+      fprintf(stderr, "ztna connector: cannot resolve the intermediate "
+              "'%s': %s\n", host, gai_strerror(rv));
+      return 1;
+    }
+    memcpy(&server_addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (server_addr.ss_family == AF_INET)
+      ((struct sockaddr_in *)&server_addr)->sin_port =
+          htons(x.cfg.server_port);
+    else
+      ((struct sockaddr_in6 *)&server_addr)->sin6_port =
+          htons(x.cfg.server_port);
+  }
+  if (check) {
+    printf("configuration OK\n");
     return 0;
   }
-  fprintf(stderr, "ztna connector: the connector to private applications is not available in this version of "
-          "ztna yet\n");
-  return 2;
+
+  x.loop = uv_default_loop();
+  x.started_ms = uv_now(x.loop);
+  memset(&bind_addr, 0, sizeof(bind_addr));
+  if (server_addr.ss_family == AF_INET6)
+    uv_ip6_addr("::", x.cfg.p2p_port, (struct sockaddr_in6 *)&bind_addr);
+  else
+    uv_ip4_addr("0.0.0.0", x.cfg.p2p_port, (struct sockaddr_in *)&bind_addr);
+  qc.keepalive_ms = 10000;
+  rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
+  if (rv < 0) {
+    fprintf(stderr, "ztna connector: cannot bind UDP port %u: %s\n",
+            x.cfg.p2p_port, rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
+    return 1;
+  }
+  if (netstack_new(&x.ns, x.loop, &nio, 1024, 100) < 0)
+    fatalx("cannot start the TCP stack");
+  x.m = metrics_new();
+  if (!x.m)
+    fatalx("out of memory");
+  metrics_init(&x);
+  for (size_t i = 0; i < x.nsvcs; i++) {
+    struct uplink_config uc = { 0 };
+    char name[300];
+    uc.ep = x.ep;
+    uc.tls = x.tls;
+    uc.server = server_addr;
+    uc.sni = NULL; /* protocol.md 1: none toward the intermediate */
+    uc.role = WIRE_REG_CONNECTOR;
+    uc.services[0] = x.cfg.services[i].id;
+    uc.nservices = 1;
+    snprintf(name, sizeof(name), "%s", x.cfg.services[i].id);
+    uc.name = x.cfg.services[i].id;
+    (void)name;
+    if (uplink_new(&x.svcs[i].up, x.loop, &uc, &uplink_cbs, &x.svcs[i]) < 0)
+      fatalx("out of memory");
+    log_info("service '%s' -> %s (%s)", x.cfg.services[i].id,
+             x.cfg.services[i].backend,
+             x.cfg.services[i].protocol == CFG_PROTO_BOTH  ? "udp, tcp"
+             : x.cfg.services[i].protocol == CFG_PROTO_UDP ? "udp"
+                                                           : "tcp");
+  }
+  if (x.cfg.metrics_port) {
+    struct sockaddr_storage ms;
+    memset(&ms, 0, sizeof(ms));
+    if (uv_ip4_addr(x.metrics_bind, x.cfg.metrics_port,
+                    (struct sockaddr_in *)&ms) < 0 &&
+        uv_ip6_addr(x.metrics_bind, x.cfg.metrics_port,
+                    (struct sockaddr_in6 *)&ms) < 0) {
+      fprintf(stderr, "ztna connector: metrics address '%s' is not an IP "
+              "address\n", x.metrics_bind);
+      return 1;
+    }
+    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
+    if (rv < 0) {
+      fprintf(stderr, "ztna connector: cannot listen on TCP %s:%u for "
+              "metrics: %s\n", x.metrics_bind, x.cfg.metrics_port,
+              uv_strerror(rv));
+      return 1;
+    }
+  }
+  uv_signal_init(x.loop, &x.sigterm);
+  uv_signal_init(x.loop, &x.sigint);
+  uv_signal_init(x.loop, &x.sighup);
+  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
+  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
+  uv_signal_start(&x.sigint, on_terminate, SIGINT);
+  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  uv_timer_init(x.loop, &x.sweep);
+  uv_timer_init(x.loop, &x.stop);
+  x.sweep.data = x.stop.data = &x;
+  uv_timer_start(&x.sweep, sweep_cb, 5000, 5000);
+  uv_run(x.loop, UV_RUN_DEFAULT);
+  metrics_del(x.m);
+  tls_ctx_unref(x.tls);
+  log_info("stopped");
+  return 0;
 }

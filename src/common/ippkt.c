@@ -119,3 +119,235 @@ int ippkt_rewrite_addr(uint8_t *p, size_t n, int which, const uint8_t *addr)
     csum_replace(l4 + 2, old, addr, 16, 0);
   return 0;
 }
+
+#define PROTO_ICMP 1
+
+void ippkt_l4(const uint8_t *p, const struct ippkt *ip, const uint8_t **l4,
+              size_t *l4len)
+{
+  *l4 = p + ip->hdrlen;
+  *l4len = ip->first_fragment ? ip->totlen - ip->hdrlen : 0;
+}
+
+/* Sum of the pseudo-header (RFC 768/793, RFC 8200 8.1). */
+static uint32_t pseudo_sum(const struct ippkt *ip, size_t l4len)
+{
+  uint32_t sum = ippkt_sum(ip->src, ip->addrlen, 0);
+  sum = ippkt_sum(ip->dst, ip->addrlen, sum);
+  return sum + ip->proto + (uint32_t)l4len;
+}
+
+int ippkt_verify(const uint8_t *p, size_t n)
+{
+  struct ippkt ip;
+  const uint8_t *l4;
+  size_t l4len;
+  uint32_t sum;
+
+  if (ippkt_parse(p, n, &ip) < 0)
+    return ZTNA_ERR_MALFORMED;
+  if (ip.version == 4 && ippkt_fold(ippkt_sum(p, ip.hdrlen, 0)) != 0xffff)
+    return ZTNA_ERR_MALFORMED;
+  ippkt_l4(p, &ip, &l4, &l4len);
+  if (!ip.first_fragment)
+    return 0;
+  switch (ip.proto) {
+  case PROTO_TCP:
+    if (l4len < 20)
+      return ZTNA_ERR_MALFORMED;
+    sum = pseudo_sum(&ip, l4len);
+    break;
+  case PROTO_UDP:
+    if (l4len < 8 || ((size_t)l4[4] << 8 | l4[5]) != l4len)
+      return ZTNA_ERR_MALFORMED;
+    if (ip.version == 4 && l4[6] == 0 && l4[7] == 0)
+      return 0;
+    sum = pseudo_sum(&ip, l4len);
+    break;
+  case PROTO_ICMP:
+    if (ip.version != 4 || l4len < 8)
+      return ip.version == 4 ? ZTNA_ERR_MALFORMED : 0;
+    sum = 0;
+    break;
+  case PROTO_ICMPV6:
+    if (ip.version != 6 || l4len < 8)
+      return ip.version == 6 ? ZTNA_ERR_MALFORMED : 0;
+    sum = pseudo_sum(&ip, l4len);
+    break;
+  default:
+    return 0;
+  }
+  return ippkt_fold(ippkt_sum(l4, l4len, sum)) == 0xffff ? 0
+                                                         : ZTNA_ERR_MALFORMED;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+  p[0] = (uint8_t)(v >> 8);
+  p[1] = (uint8_t)v;
+}
+
+/* Writes an IP header for version/proto/addresses and l4len bytes after
+ * it; returns the header length. */
+static size_t ip_header(uint8_t *out, int version, uint8_t proto,
+                        const uint8_t *src, const uint8_t *dst, size_t l4len)
+{
+  if (version == 4) {
+    memset(out, 0, 20);
+    out[0] = 0x45;
+    put16(out + 2, (uint16_t)(20 + l4len));
+    out[6] = 0x40; /* DF */
+    out[8] = 64;
+    out[9] = proto;
+    memcpy(out + 12, src, 4);
+    memcpy(out + 16, dst, 4);
+    put16(out + 10, (uint16_t)~ippkt_fold(ippkt_sum(out, 20, 0)));
+    return 20;
+  }
+  memset(out, 0, 40);
+  out[0] = 0x60;
+  put16(out + 4, (uint16_t)l4len);
+  out[6] = proto;
+  out[7] = 64;
+  memcpy(out + 8, src, 16);
+  memcpy(out + 24, dst, 16);
+  return 40;
+}
+
+/* Fills the checksum at offset off of the transport header of a packet
+ * built by ip_header. */
+static void l4_checksum(uint8_t *p, size_t n, size_t off, int pseudo)
+{
+  struct ippkt ip;
+  uint32_t sum = 0;
+  uint16_t c;
+
+  ippkt_parse(p, n, &ip);
+  p[ip.hdrlen + off] = p[ip.hdrlen + off + 1] = 0;
+  if (pseudo)
+    sum = pseudo_sum(&ip, ip.totlen - ip.hdrlen);
+  c = (uint16_t)~ippkt_fold(ippkt_sum(p + ip.hdrlen, ip.totlen - ip.hdrlen,
+                                      sum));
+  if (c == 0 && ip.proto == PROTO_UDP)
+    c = 0xffff;
+  put16(p + ip.hdrlen + off, c);
+}
+
+int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
+                    uint16_t sport, const uint8_t *dst, uint16_t dport,
+                    const uint8_t *payload, size_t plen)
+{
+  size_t hl = version == 4 ? 20 : 40, n = hl + 8 + plen;
+  uint8_t *u;
+
+  if (n > cap || n > 65535)
+    return ZTNA_ERR_TOO_LARGE;
+  ip_header(out, version, PROTO_UDP, src, dst, 8 + plen);
+  u = out + hl;
+  put16(u, sport);
+  put16(u + 2, dport);
+  put16(u + 4, (uint16_t)(8 + plen));
+  memcpy(u + 8, payload, plen);
+  l4_checksum(out, n, 6, 1);
+  return (int)n;
+}
+
+int ippkt_echo_reply(uint8_t *p, size_t n)
+{
+  struct ippkt ip;
+  uint8_t tmp[16], *l4;
+
+  if (ippkt_parse(p, n, &ip) < 0 || !ip.first_fragment ||
+      ip.totlen - ip.hdrlen < 8)
+    return ZTNA_ERR_MALFORMED;
+  l4 = p + ip.hdrlen;
+  if (ip.version == 4 ? (ip.proto != PROTO_ICMP || l4[0] != 8)
+                      : (ip.proto != PROTO_ICMPV6 || l4[0] != 128))
+    return ZTNA_ERR_MALFORMED;
+  memcpy(tmp, ip.src, ip.addrlen);
+  memcpy((uint8_t *)(uintptr_t)ip.src, ip.dst, ip.addrlen);
+  memcpy((uint8_t *)(uintptr_t)ip.dst, tmp, ip.addrlen);
+  if (ip.version == 4) {
+    p[8] = 64;
+    p[10] = p[11] = 0;
+    put16(p + 10, (uint16_t)~ippkt_fold(ippkt_sum(p, ip.hdrlen, 0)));
+    l4[0] = 0;
+    l4_checksum(p, ip.totlen, 2, 0);
+  } else {
+    p[7] = 64;
+    l4[0] = 129;
+    l4_checksum(p, ip.totlen, 2, 1);
+  }
+  return 0;
+}
+
+int ippkt_build_too_big(uint8_t *out, size_t cap, const uint8_t *orig,
+                        size_t n, uint16_t mtu, const uint8_t *from)
+{
+  struct ippkt ip;
+  size_t hl, quote, len;
+  uint8_t *icmp;
+
+  if (ippkt_parse(orig, n, &ip) < 0)
+    return ZTNA_ERR_MALFORMED;
+  hl = ip.version == 4 ? 20 : 40;
+  /* IPv4: the header and 8 bytes suffice (RFC 792), more helps; IPv6: as
+   * much as fits in the minimum MTU (RFC 4443). */
+  quote = ip.version == 4 ? ip.hdrlen + 8 : 1280 - 48;
+  if (quote > ip.totlen)
+    quote = ip.totlen;
+  len = hl + 8 + quote;
+  if (len > cap)
+    return ZTNA_ERR_TOO_LARGE;
+  ip_header(out, ip.version, ip.version == 4 ? PROTO_ICMP : PROTO_ICMPV6,
+            from, ip.src, 8 + quote);
+  icmp = out + hl;
+  memset(icmp, 0, 8);
+  if (ip.version == 4) {
+    icmp[0] = 3; /* destination unreachable */
+    icmp[1] = 4; /* fragmentation needed and DF set */
+    put16(icmp + 6, mtu);
+  } else {
+    icmp[0] = 2; /* packet too big */
+    icmp[4] = 0;
+    icmp[5] = 0;
+    put16(icmp + 6, mtu);
+  }
+  memcpy(icmp + 8, orig, quote);
+  l4_checksum(out, len, 2, ip.version == 6);
+  return (int)len;
+}
+
+int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *syn, size_t n)
+{
+  struct ippkt ip;
+  const uint8_t *t;
+  size_t hl, len;
+  uint32_t seq;
+  uint8_t *r;
+
+  if (ippkt_parse(syn, n, &ip) < 0 || ip.proto != PROTO_TCP ||
+      !ip.first_fragment || ip.totlen - ip.hdrlen < 20)
+    return ZTNA_ERR_MALFORMED;
+  t = syn + ip.hdrlen;
+  hl = ip.version == 4 ? 20 : 40;
+  len = hl + 20;
+  if (len > cap)
+    return ZTNA_ERR_TOO_LARGE;
+  ip_header(out, ip.version, PROTO_TCP, ip.dst, ip.src, 20);
+  r = out + hl;
+  memset(r, 0, 20);
+  memcpy(r, t + 2, 2); /* ports swapped */
+  memcpy(r + 2, t, 2);
+  seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 | (uint32_t)t[6] << 8 |
+        t[7];
+  seq += 1; /* the SYN counts as one */
+  r[8] = (uint8_t)(seq >> 24);
+  r[9] = (uint8_t)(seq >> 16);
+  r[10] = (uint8_t)(seq >> 8);
+  r[11] = (uint8_t)seq;
+  r[12] = 0x50;
+  r[13] = 0x14; /* RST, ACK */
+  l4_checksum(out, len, 16, 1);
+  return (int)len;
+}

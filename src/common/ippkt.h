@@ -34,4 +34,36 @@ uint16_t ippkt_fold(uint32_t sum);
  * Returns 0 or ZTNA_ERR_MALFORMED. */
 int ippkt_rewrite_addr(uint8_t *p, size_t n, int which, const uint8_t *addr);
 
+/* Verifies the IPv4 header checksum and, on a first fragment, the TCP,
+ * UDP (0 = none over IPv4), ICMP or ICMPv6 checksum. Returns 0 or
+ * ZTNA_ERR_MALFORMED. */
+int ippkt_verify(const uint8_t *p, size_t n);
+
+/* The transport header and payload: *l4 and *l4len (0 for a later
+ * fragment). */
+void ippkt_l4(const uint8_t *p, const struct ippkt *ip, const uint8_t **l4,
+              size_t *l4len);
+
+/* Builds an IP/UDP packet (version 4 or 6; addresses of that family, ports
+ * in host order) with DF and TTL 64 for IPv4, checksums computed. Returns
+ * the length or ZTNA_ERR_TOO_LARGE. */
+int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
+                    uint16_t sport, const uint8_t *dst, uint16_t dport,
+                    const uint8_t *payload, size_t plen);
+
+/* Turns an ICMP echo request (or ICMPv6 echo request) in place into its
+ * reply: addresses swapped, type changed, checksums recomputed. Returns 0,
+ * or ZTNA_ERR_MALFORMED when p is not an echo request. */
+int ippkt_echo_reply(uint8_t *p, size_t n);
+
+/* Builds ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big"
+ * from address from to the source of orig, quoting as much of orig as
+ * fits. Returns the length or a negative error. */
+int ippkt_build_too_big(uint8_t *out, size_t cap, const uint8_t *orig,
+                        size_t n, uint16_t mtu, const uint8_t *from);
+
+/* Builds the RST|ACK a refused connection gets for its TCP SYN. Returns the
+ * length or a negative error. */
+int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *syn, size_t n);
+
 #endif

@@ -20,7 +20,9 @@ struct tls_ctx {
   WOLFSSL_CTX *ctx;
   int refs;
   int server;
+  int verify;
   char alpn[64];
+  char verify_name[256];
 };
 
 void tls_config_init(struct tls_config *cfg)
@@ -92,6 +94,9 @@ int tls_ctx_new(struct tls_ctx **out, int server, const struct tls_config *cfg,
   t->refs = 1;
   t->server = server;
   snprintf(t->alpn, sizeof(t->alpn), "%s", cfg->alpn ? cfg->alpn : TLS_ALPN);
+  snprintf(t->verify_name, sizeof(t->verify_name), "%s",
+           cfg->verify_name ? cfg->verify_name : "");
+  t->verify = cfg->verify_peer;
   t->ctx = wolfSSL_CTX_new(server ? wolfTLSv1_3_server_method()
                                   : wolfTLSv1_3_client_method());
   if (!t->ctx) {
@@ -181,11 +186,14 @@ WOLFSSL *tls_session_new(struct tls_ctx *ctx, const char *sni)
   if (wolfSSL_UseALPN(ssl, ctx->alpn, (unsigned)strlen(ctx->alpn),
                       WOLFSSL_ALPN_FAILED_ON_MISMATCH) != WOLFSSL_SUCCESS)
     goto fail;
-  if (!ctx->server && sni && *sni) {
-    if (wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, sni,
+  if (!ctx->server) {
+    const char *name = sni && *sni ? sni : ctx->verify_name;
+    if (sni && *sni &&
+        wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, sni,
                        (unsigned short)strlen(sni)) != WOLFSSL_SUCCESS)
       goto fail;
-    if (wolfSSL_check_domain_name(ssl, sni) != WOLFSSL_SUCCESS)
+    if (ctx->verify && *name &&
+        wolfSSL_check_domain_name(ssl, name) != WOLFSSL_SUCCESS)
       goto fail;
   }
   wolfSSL_set_quic_transport_version(ssl, 0x39);

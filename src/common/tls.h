@@ -23,6 +23,9 @@ struct tls_config {
   int verify_peer;       /* 1 by default (set by tls_config_init) */
   int require_client_cert; /* server: 1 by default */
   const char *alpn;      /* NULL: TLS_ALPN */
+  /* client: the name the server certificate must be valid for when no SNI
+   * is sent (the connector sends none to the intermediate) */
+  const char *verify_name;
 };
 
 /* The identity a peer proved with its certificate. DNS SANs are lowercased;
@@ -49,8 +52,9 @@ struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx);
 void tls_ctx_unref(struct tls_ctx *ctx);
 int tls_ctx_is_server(const struct tls_ctx *ctx);
 
-/* Creates a session for one QUIC connection. For a client, sni is sent and,
- * when verifying, the server certificate must be valid for it. The caller
+/* Creates a session for one QUIC connection. For a client, sni (if any) is
+ * sent, and when verifying the server certificate must be valid for sni,
+ * or for the context's verify_name when sni is NULL. The caller
  * frees the session with wolfSSL_free. Returns NULL on allocation failure. */
 WOLFSSL *tls_session_new(struct tls_ctx *ctx, const char *sni);
 

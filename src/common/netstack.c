@@ -1,0 +1,817 @@
+/* netstack.c - lwIP glue and TCP splicing for the connector. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lwip/init.h>
+#include <lwip/ip.h>
+#include <lwip/netif.h>
+#include <lwip/pbuf.h>
+#include <lwip/sys.h>
+#include <lwip/tcp.h>
+#include <lwip/timeouts.h>
+
+#include "err.h"
+#include "ippkt.h"
+#include "log.h"
+#include "netstack.h"
+
+#define MAX_LISTENERS 16
+#define LOCAL_ADDR 0x0afffffeu /* 10.255.255.254: lwIP's own address */
+#define SYNTH_BASE 0x0afe0000u /* 10.254.0.0/16: synthetic sources */
+#define SYNTH_MAX 65536
+
+enum { S_PENDING, S_CONNECTED, S_OPEN, S_DEAD };
+
+struct mapping {
+  void *conn; /* NULL: free */
+  uint8_t agent[4], vip[4];
+  unsigned refs;
+  uint64_t tokens_ms; /* SYN token bucket: time of the last refill */
+  double tokens;
+};
+
+struct session {
+  struct session *next, *prev;
+  struct netstack *ns;
+  uint32_t map; /* index into ns->maps */
+  uint16_t sport, vport;
+  int state;
+  struct tcp_pcb *pcb;
+  uv_tcp_t backend;
+  uv_connect_t creq;
+  uv_timer_t timer;
+  uv_shutdown_t sreq;
+  uint8_t *syn;
+  size_t synlen;
+  int handles;
+  int agent_fin, backend_eof, backend_shut, lwip_fin, reading;
+  size_t inflight; /* bytes handed to the backend, not yet written */
+  uint8_t *pending; /* backend bytes lwIP has not taken yet */
+  size_t pendlen;
+};
+
+struct wreq {
+  uv_write_t req;
+  struct session *s;
+  size_t len;
+  uint8_t data[];
+};
+
+struct netstack {
+  uv_loop_t *loop;
+  struct netstack_io io;
+  struct netif netif;
+  uv_timer_t tick;
+  struct mapping *maps;
+  size_t nmaps_max;
+  struct session *sessions;
+  size_t nsessions, max_sessions;
+  unsigned syn_rate;
+  struct tcp_pcb *listeners[MAX_LISTENERS];
+  uint16_t listen_ports[MAX_LISTENERS];
+  struct netstack_stats st;
+  uint8_t out[65536];
+};
+
+static struct netstack *the; /* lwIP is global; so is its one user */
+
+u32_t sys_now(void)
+{
+  return the ? (u32_t)uv_now(the->loop) : 0;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+/* --- mappings ------------------------------------------------------------- */
+
+static struct mapping *map_find(struct netstack *ns, void *conn,
+                                const uint8_t *agent, const uint8_t *vip,
+                                uint32_t *idx, int create)
+{
+  size_t free_slot = SIZE_MAX;
+
+  for (size_t i = 0; i < ns->nmaps_max; i++) {
+    struct mapping *m = &ns->maps[i];
+    if (!m->conn) {
+      if (free_slot == SIZE_MAX)
+        free_slot = i;
+      continue;
+    }
+    if (m->conn == conn && !memcmp(m->agent, agent, 4) &&
+        !memcmp(m->vip, vip, 4)) {
+      *idx = (uint32_t)i;
+      return m;
+    }
+  }
+  if (!create || free_slot == SIZE_MAX)
+    return NULL;
+  memset(&ns->maps[free_slot], 0, sizeof(ns->maps[0]));
+  ns->maps[free_slot].conn = conn;
+  memcpy(ns->maps[free_slot].agent, agent, 4);
+  memcpy(ns->maps[free_slot].vip, vip, 4);
+  ns->maps[free_slot].tokens = ns->syn_rate;
+  ns->maps[free_slot].tokens_ms = uv_now(ns->loop);
+  *idx = (uint32_t)free_slot;
+  return &ns->maps[free_slot];
+}
+
+static void map_unref(struct netstack *ns, uint32_t idx)
+{
+  if (ns->maps[idx].refs > 0 && --ns->maps[idx].refs == 0)
+    ns->maps[idx].conn = NULL;
+}
+
+/* --- lwIP output: back to real addresses -------------------------------- */
+
+static void to_agent(struct netstack *ns, uint8_t *pkt, size_t n)
+{
+  struct ippkt ip;
+  uint32_t synth, idx;
+  struct mapping *m;
+
+  if (ippkt_parse(pkt, n, &ip) < 0 || ip.version != 4)
+    return;
+  synth = get32(ip.dst);
+  if (synth < SYNTH_BASE || synth - SYNTH_BASE >= ns->nmaps_max)
+    return;
+  idx = synth - SYNTH_BASE;
+  m = &ns->maps[idx];
+  if (!m->conn)
+    return;
+  ippkt_rewrite_addr(pkt, n, 0, m->vip);
+  ippkt_rewrite_addr(pkt, n, 1, m->agent);
+  ns->io.send(m->conn, pkt, n, ns->io.ud);
+}
+
+static err_t netif_output_cb(struct netif *netif, struct pbuf *p,
+                             const ip4_addr_t *dst)
+{
+  struct netstack *ns = netif->state;
+  u16_t n = p->tot_len;
+  (void)dst;
+
+  if (pbuf_copy_partial(p, ns->out, n, 0) != n)
+    return ERR_BUF;
+  to_agent(ns, ns->out, n);
+  return ERR_OK;
+}
+
+static err_t netif_init_cb(struct netif *netif)
+{
+  netif->name[0] = 'z';
+  netif->name[1] = 't';
+  netif->mtu = 1500;
+  netif->output = netif_output_cb;
+  return ERR_OK;
+}
+
+/* --- sessions ------------------------------------------------------------ */
+
+static struct session *session_find(struct netstack *ns, uint32_t map,
+                                    uint16_t sport, uint16_t vport)
+{
+  for (struct session *s = ns->sessions; s; s = s->next)
+    if (s->map == map && s->sport == sport && s->vport == vport)
+      return s;
+  return NULL;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+  struct session *s = h->data;
+
+  if (--s->handles > 0)
+    return;
+  free(s->syn);
+  free(s->pending);
+  free(s);
+}
+
+/* Takes the session out and closes its handles; the lwIP side must already
+ * be detached (pcb NULL). */
+static void session_free(struct session *s, int reset_backend)
+{
+  struct netstack *ns = s->ns;
+
+  if (s->state == S_DEAD)
+    return;
+  s->state = S_DEAD;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    ns->sessions = s->next;
+  if (s->next)
+    s->next->prev = s->prev;
+  ns->nsessions--;
+  ns->st.sessions_active = ns->nsessions;
+  map_unref(ns, s->map);
+  uv_close((uv_handle_t *)&s->timer, handle_closed);
+  if (reset_backend && uv_is_active((uv_handle_t *)&s->backend))
+    uv_tcp_close_reset(&s->backend, handle_closed);
+  else
+    uv_close((uv_handle_t *)&s->backend, handle_closed);
+}
+
+static void detach_pcb(struct session *s)
+{
+  if (!s->pcb)
+    return;
+  tcp_arg(s->pcb, NULL);
+  tcp_recv(s->pcb, NULL);
+  tcp_sent(s->pcb, NULL);
+  tcp_err(s->pcb, NULL);
+  tcp_poll(s->pcb, NULL, 0);
+  s->pcb = NULL;
+}
+
+/* Resets the agent side (RST) and the backend, then frees. */
+static void session_abort(struct session *s)
+{
+  struct tcp_pcb *pcb = s->pcb;
+
+  s->ns->st.resets++;
+  detach_pcb(s);
+  if (pcb)
+    tcp_abort(pcb);
+  session_free(s, 1);
+}
+
+static void maybe_finish(struct session *s)
+{
+  if (s->state != S_OPEN || !s->agent_fin || !s->lwip_fin ||
+      s->inflight > 0 || s->pendlen > 0)
+    return;
+  /* Both directions are done: close the agent side gracefully. */
+  if (s->pcb) {
+    struct tcp_pcb *pcb = s->pcb;
+    detach_pcb(s);
+    if (tcp_close(pcb) != ERR_OK)
+      tcp_abort(pcb);
+  }
+  session_free(s, 0);
+}
+
+/* --- backend to agent ------------------------------------------------------ */
+
+static void start_reading(struct session *s);
+
+/* Pushes pending backend bytes into lwIP; returns 0 when all went. */
+static int flush_pending(struct session *s)
+{
+  while (s->pendlen > 0 && s->pcb) {
+    u16_t room = tcp_sndbuf(s->pcb);
+    size_t k = s->pendlen < room ? s->pendlen : room;
+    err_t e;
+
+    if (k == 0)
+      return -1;
+    e = tcp_write(s->pcb, s->pending, (u16_t)k, TCP_WRITE_FLAG_COPY);
+    if (e == ERR_MEM)
+      return -1;
+    if (e != ERR_OK) {
+      session_abort(s);
+      return -2;
+    }
+    memmove(s->pending, s->pending + k, s->pendlen - k);
+    s->pendlen -= k;
+    s->ns->st.to_agent += k;
+  }
+  if (s->pcb)
+    tcp_output(s->pcb);
+  return s->pendlen ? -1 : 0;
+}
+
+static void send_fin_to_agent(struct session *s)
+{
+  if (s->backend_eof && !s->lwip_fin && s->pendlen == 0 && s->pcb) {
+    tcp_shutdown(s->pcb, 0, 1);
+    s->lwip_fin = 1;
+    maybe_finish(s);
+  }
+}
+
+static void backend_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+  struct session *s = h->data;
+  size_t room = s->pcb && s->pendlen == 0 ? tcp_sndbuf(s->pcb) : 0;
+  (void)hint;
+
+  buf->base = room ? malloc(room) : NULL;
+  buf->len = buf->base ? room : 0;
+}
+
+static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+  struct session *s = st->data;
+
+  if (n == UV_ENOBUFS || n == 0) {
+    /* lwIP's send buffer is full: wait for tcp_sent. */
+    if (n == UV_ENOBUFS) {
+      uv_read_stop(st);
+      s->reading = 0;
+    }
+    free(buf->base);
+    return;
+  }
+  if (n < 0) {
+    free(buf->base);
+    if (n == UV_EOF) {
+      uv_read_stop(st);
+      s->reading = 0;
+      s->backend_eof = 1;
+      send_fin_to_agent(s);
+    } else {
+      log_debug("tcp: backend error: %s", uv_strerror((int)n));
+      session_abort(s);
+    }
+    return;
+  }
+  s->pending = malloc((size_t)n);
+  if (!s->pending) {
+    free(buf->base);
+    session_abort(s);
+    return;
+  }
+  memcpy(s->pending, buf->base, (size_t)n);
+  s->pendlen = (size_t)n;
+  free(buf->base);
+  if (flush_pending(s) == -1) {
+    uv_read_stop(st);
+    s->reading = 0;
+  }
+}
+
+static void start_reading(struct session *s)
+{
+  if (s->reading || s->backend_eof || s->state != S_OPEN)
+    return;
+  if (uv_read_start((uv_stream_t *)&s->backend, backend_alloc,
+                    backend_read) == 0)
+    s->reading = 1;
+}
+
+static err_t lwip_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
+{
+  struct session *s = arg;
+  (void)pcb;
+  (void)len;
+
+  if (!s)
+    return ERR_OK;
+  if (s->pendlen > 0) {
+    int rv = flush_pending(s);
+    if (rv == -2)
+      return ERR_ABRT;
+    if (rv < 0)
+      return ERR_OK;
+    free(s->pending);
+    s->pending = NULL;
+  }
+  if (s->backend_eof)
+    send_fin_to_agent(s);
+  else
+    start_reading(s);
+  return ERR_OK;
+}
+
+/* --- agent to backend ------------------------------------------------------ */
+
+static void backend_shutdown_cb(uv_shutdown_t *req, int status)
+{
+  (void)req;
+  (void)status;
+}
+
+static void backend_written(uv_write_t *req, int status)
+{
+  struct wreq *w = (struct wreq *)req;
+  struct session *s = w->s;
+  size_t len = w->len;
+
+  free(w);
+  if (s->state == S_DEAD)
+    return;
+  s->inflight -= len;
+  if (status < 0) {
+    session_abort(s);
+    return;
+  }
+  /* The backend has the bytes: open the agent's window again. */
+  while (len > 0 && s->pcb) {
+    u16_t k = len > 0xffff ? 0xffff : (u16_t)len;
+    tcp_recved(s->pcb, k);
+    len -= k;
+  }
+  if (s->agent_fin && s->inflight == 0 && !s->backend_shut) {
+    s->backend_shut = 1;
+    uv_shutdown(&s->sreq, (uv_stream_t *)&s->backend, backend_shutdown_cb);
+  }
+  maybe_finish(s);
+}
+
+static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
+                       err_t err)
+{
+  struct session *s = arg;
+  struct wreq *w;
+  uv_buf_t b;
+  (void)pcb;
+  (void)err;
+
+  if (!s) {
+    if (p)
+      pbuf_free(p);
+    return ERR_OK;
+  }
+  if (!p) {
+    /* The agent finished sending: pass the FIN on once written. */
+    s->agent_fin = 1;
+    if (s->inflight == 0 && !s->backend_shut) {
+      s->backend_shut = 1;
+      uv_shutdown(&s->sreq, (uv_stream_t *)&s->backend, backend_shutdown_cb);
+    }
+    maybe_finish(s);
+    return ERR_OK;
+  }
+  w = malloc(sizeof(*w) + p->tot_len);
+  if (!w) {
+    pbuf_free(p);
+    session_abort(s);
+    return ERR_ABRT;
+  }
+  w->s = s;
+  w->len = p->tot_len;
+  pbuf_copy_partial(p, w->data, p->tot_len, 0);
+  pbuf_free(p);
+  b = uv_buf_init((char *)w->data, (unsigned)w->len);
+  if (uv_write(&w->req, (uv_stream_t *)&s->backend, &b, 1,
+               backend_written) < 0) {
+    free(w);
+    session_abort(s);
+    return ERR_ABRT;
+  }
+  s->inflight += w->len;
+  s->ns->st.to_backend += w->len;
+  return ERR_OK;
+}
+
+static void lwip_err(void *arg, err_t err)
+{
+  struct session *s = arg;
+  (void)err;
+
+  /* lwIP already freed the pcb (an RST from the agent, or abort). */
+  if (!s)
+    return;
+  s->pcb = NULL;
+  s->ns->st.resets++;
+  session_free(s, 1);
+}
+
+static err_t lwip_accept(void *arg, struct tcp_pcb *pcb, err_t err)
+{
+  struct netstack *ns = arg;
+  uint32_t synth = ntohl(ip_2_ip4(&pcb->remote_ip)->addr);
+  struct session *s;
+  (void)err;
+
+  if (synth < SYNTH_BASE || synth - SYNTH_BASE >= ns->nmaps_max)
+    goto refuse;
+  s = session_find(ns, synth - SYNTH_BASE, pcb->remote_port,
+                   pcb->local_port);
+  if (!s || s->state != S_CONNECTED)
+    goto refuse;
+  s->pcb = pcb;
+  s->state = S_OPEN;
+  uv_timer_stop(&s->timer);
+  tcp_arg(pcb, s);
+  tcp_recv(pcb, lwip_recv);
+  tcp_sent(pcb, lwip_sent);
+  tcp_err(pcb, lwip_err);
+  tcp_nagle_disable(pcb);
+  ns->st.sessions_total++;
+  start_reading(s);
+  return ERR_OK;
+refuse:
+  tcp_abort(pcb);
+  return ERR_ABRT;
+}
+
+/* --- connection setup ------------------------------------------------------ */
+
+static void feed(struct netstack *ns, const uint8_t *pkt, size_t n)
+{
+  struct pbuf *p = pbuf_alloc(PBUF_RAW, (u16_t)n, PBUF_POOL);
+
+  if (!p)
+    return; /* the agent retransmits */
+  pbuf_take(p, pkt, (u16_t)n);
+  if (ns->netif.input(p, &ns->netif) != ERR_OK)
+    pbuf_free(p);
+}
+
+static int ensure_listener(struct netstack *ns, uint16_t port)
+{
+  struct tcp_pcb *pcb;
+
+  for (int i = 0; i < MAX_LISTENERS; i++)
+    if (ns->listeners[i] && ns->listen_ports[i] == port)
+      return 0;
+  for (int i = 0; i < MAX_LISTENERS; i++) {
+    if (ns->listeners[i])
+      continue;
+    pcb = tcp_new();
+    if (!pcb)
+      return -1;
+    if (tcp_bind(pcb, IP4_ADDR_ANY, port) != ERR_OK) {
+      tcp_close(pcb);
+      return -1;
+    }
+    ns->listeners[i] = tcp_listen_with_backlog(pcb, 255);
+    if (!ns->listeners[i])
+      return -1;
+    ns->listen_ports[i] = port;
+    tcp_arg(ns->listeners[i], ns);
+    tcp_accept(ns->listeners[i], lwip_accept);
+    return 0;
+  }
+  return -1;
+}
+
+/* Sends the agent a RST for the held SYN. */
+static void refuse(struct session *s)
+{
+  uint8_t rst[80];
+  int n = ippkt_build_rst(rst, sizeof(rst), s->syn, s->synlen);
+
+  if (n > 0)
+    to_agent(s->ns, rst, (size_t)n);
+}
+
+static void connect_timeout(uv_timer_t *t)
+{
+  struct session *s = t->data;
+
+  if (s->state == S_PENDING) {
+    /* The backend did not answer: the agent hears RST. */
+    s->ns->st.timeouts++;
+    refuse(s);
+    session_free(s, 1);
+  } else if (s->state == S_CONNECTED) {
+    /* The agent never completed its handshake; lwIP drops its half-open
+     * pcb by itself. */
+    session_free(s, 1);
+  }
+}
+
+static void backend_connected(uv_connect_t *req, int status)
+{
+  struct session *s = req->data;
+  struct netstack *ns = s->ns;
+
+  if (s->state != S_PENDING)
+    return; /* timed out or aborted meanwhile */
+  uv_timer_stop(&s->timer);
+  if (status < 0) {
+    log_debug("tcp: backend refused: %s", uv_strerror(status));
+    ns->st.refused++;
+    refuse(s);
+    session_free(s, 0);
+    return;
+  }
+  if (ensure_listener(ns, s->vport) < 0) {
+    ns->st.limit++;
+    refuse(s);
+    session_free(s, 1);
+    return;
+  }
+  /* Now lwIP may answer the SYN; the agent has 5 s to complete. */
+  s->state = S_CONNECTED;
+  uv_timer_start(&s->timer, connect_timeout, NETSTACK_CONNECT_TIMEOUT_MS, 0);
+  feed(ns, s->syn, s->synlen);
+  free(s->syn);
+  s->syn = NULL;
+}
+
+static int syn_allowed(struct netstack *ns, struct mapping *m)
+{
+  uint64_t now = uv_now(ns->loop);
+
+  m->tokens += (double)(now - m->tokens_ms) * ns->syn_rate / 1000.0;
+  if (m->tokens > ns->syn_rate)
+    m->tokens = ns->syn_rate;
+  m->tokens_ms = now;
+  if (m->tokens < 1.0)
+    return 0;
+  m->tokens -= 1.0;
+  return 1;
+}
+
+void netstack_input(struct netstack *ns, void *conn,
+                    const struct sockaddr *backend, const uint8_t *pkt,
+                    size_t n)
+{
+  struct ippkt ip;
+  const uint8_t *t;
+  size_t tlen;
+  uint8_t buf[65536], local[4], synth[4];
+  uint16_t sport, vport;
+  uint32_t idx;
+  struct mapping *m;
+  struct session *s;
+  int syn;
+
+  if (ippkt_parse(pkt, n, &ip) < 0 || n > sizeof(buf))
+    return;
+  if (ip.version != 4) {
+    ns->st.unsupported++;
+    return;
+  }
+  ippkt_l4(pkt, &ip, &t, &tlen);
+  if (tlen < 20)
+    return;
+  sport = (uint16_t)(t[0] << 8 | t[1]);
+  vport = (uint16_t)(t[2] << 8 | t[3]);
+  syn = (t[13] & 0x12) == 0x02; /* SYN without ACK */
+  m = map_find(ns, conn, ip.src, ip.dst, &idx, syn);
+  if (!m)
+    return; /* no connection of ours: nothing to answer for */
+  /* Inside lwIP: the synthetic source, the netif's own address. */
+  memcpy(buf, pkt, n);
+  put32(synth, SYNTH_BASE + idx);
+  put32(local, LOCAL_ADDR);
+  ippkt_rewrite_addr(buf, n, 0, synth);
+  ippkt_rewrite_addr(buf, n, 1, local);
+  s = session_find(ns, idx, sport, vport);
+  if (s) {
+    if (s->state != S_PENDING)
+      feed(ns, buf, n);
+    return; /* a retransmitted SYN while the backend is being dialed */
+  }
+  if (!syn) {
+    feed(ns, buf, n); /* lwIP answers what it does not know with RST */
+    return;
+  }
+  if (!syn_allowed(ns, m)) {
+    ns->st.syn_limited++;
+    if (!m->refs)
+      m->conn = NULL;
+    return;
+  }
+  s = calloc(1, sizeof(*s));
+  if (!s || ns->nsessions >= ns->max_sessions) {
+    if (!s)
+      log_warnx("tcp: out of memory");
+    else
+      ns->st.limit++;
+    free(s);
+    s = NULL;
+  }
+  if (s) {
+    s->syn = malloc(n);
+    if (!s->syn) {
+      free(s);
+      s = NULL;
+    }
+  }
+  if (!s) {
+    uint8_t rst[80];
+    int k = ippkt_build_rst(rst, sizeof(rst), buf, n);
+    if (k > 0)
+      to_agent(ns, rst, (size_t)k);
+    if (!m->refs)
+      m->conn = NULL;
+    return;
+  }
+  memcpy(s->syn, buf, n);
+  s->synlen = n;
+  s->ns = ns;
+  s->map = idx;
+  s->sport = sport;
+  s->vport = vport;
+  s->state = S_PENDING;
+  m->refs++;
+  uv_tcp_init(ns->loop, &s->backend);
+  uv_timer_init(ns->loop, &s->timer);
+  s->backend.data = s->timer.data = s->creq.data = s;
+  s->handles = 2;
+  s->next = ns->sessions;
+  if (ns->sessions)
+    ns->sessions->prev = s;
+  ns->sessions = s;
+  ns->nsessions++;
+  ns->st.sessions_active = ns->nsessions;
+  uv_tcp_nodelay(&s->backend, 1);
+  if (uv_tcp_connect(&s->creq, &s->backend, backend, backend_connected) <
+      0) {
+    ns->st.refused++;
+    refuse(s);
+    session_free(s, 0);
+    return;
+  }
+  uv_timer_start(&s->timer, connect_timeout, NETSTACK_CONNECT_TIMEOUT_MS, 0);
+}
+
+void netstack_conn_gone(struct netstack *ns, void *conn)
+{
+  struct session *s = ns->sessions, *next;
+
+  for (; s; s = next) {
+    next = s->next;
+    if (ns->maps[s->map].conn == conn)
+      session_abort(s);
+  }
+  for (size_t i = 0; i < ns->nmaps_max; i++)
+    if (ns->maps[i].conn == conn)
+      ns->maps[i].conn = NULL;
+}
+
+/* --- lifecycle ---------------------------------------------------------------- */
+
+static void tick_cb(uv_timer_t *t)
+{
+  (void)t;
+  sys_check_timeouts();
+}
+
+int netstack_new(struct netstack **out, uv_loop_t *loop,
+                 const struct netstack_io *io, size_t max_sessions,
+                 unsigned syn_rate)
+{
+  static int lwip_ready;
+  struct netstack *ns;
+  ip4_addr_t addr, mask, gw;
+
+  *out = NULL;
+  if (the)
+    return ZTNA_ERR_STATE;
+  ns = calloc(1, sizeof(*ns));
+  if (!ns)
+    return -ENOMEM;
+  ns->loop = loop;
+  ns->io = *io;
+  ns->max_sessions = max_sessions ? max_sessions : 1024;
+  ns->syn_rate = syn_rate ? syn_rate : 100;
+  ns->nmaps_max = ns->max_sessions < SYNTH_MAX ? ns->max_sessions : SYNTH_MAX;
+  ns->maps = calloc(ns->nmaps_max, sizeof(*ns->maps));
+  if (!ns->maps) {
+    free(ns);
+    return -ENOMEM;
+  }
+  the = ns;
+  if (!lwip_ready) {
+    lwip_init();
+    lwip_ready = 1;
+  }
+  addr.addr = htonl(LOCAL_ADDR);
+  mask.addr = 0;
+  gw.addr = 0;
+  netif_add(&ns->netif, &addr, &mask, &gw, ns, netif_init_cb, ip_input);
+  netif_set_default(&ns->netif);
+  netif_set_link_up(&ns->netif);
+  netif_set_up(&ns->netif);
+  uv_timer_init(loop, &ns->tick);
+  ns->tick.data = ns;
+  uv_timer_start(&ns->tick, tick_cb, 100, 100);
+  *out = ns;
+  return 0;
+}
+
+static void tick_closed(uv_handle_t *h)
+{
+  struct netstack *ns = h->data;
+  free(ns->maps);
+  free(ns);
+}
+
+void netstack_del(struct netstack *ns)
+{
+  if (!ns)
+    return;
+  while (ns->sessions)
+    session_abort(ns->sessions);
+  for (int i = 0; i < MAX_LISTENERS; i++)
+    if (ns->listeners[i])
+      tcp_close(ns->listeners[i]);
+  netif_remove(&ns->netif);
+  the = NULL;
+  uv_close((uv_handle_t *)&ns->tick, tick_closed);
+}
+
+const struct netstack_stats *netstack_stats(struct netstack *ns)
+{
+  return &ns->st;
+}

@@ -1,0 +1,277 @@
+/* uplink.c - connect, register, reconnect. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "quic.h"
+#include "tls.h"
+#include "uplink.h"
+#include "wire.h"
+
+struct uplink {
+  uv_loop_t *loop;
+  struct uplink_config cfg;
+  struct uplink_cbs cbs;
+  void *ud;
+  struct quic_conn *conn;
+  uv_timer_t retry; /* reconnect */
+  uv_timer_t regt;  /* registration resends */
+  uint64_t backoff_ms;
+  uint64_t reconnects;
+  int up, closing, handles;
+  enum uplink_reg reg[UPLINK_MAX_SERVICES];
+  int attempts;
+};
+
+static void connect_now(struct uplink *u);
+static void send_registrations(struct uplink *u);
+
+static void retry_cb(uv_timer_t *t)
+{
+  connect_now(t->data);
+}
+
+static void regt_cb(uv_timer_t *t)
+{
+  send_registrations(t->data);
+}
+
+static void send_registrations(struct uplink *u)
+{
+  uint8_t buf[2 + WIRE_SERVICE_ID_MAX];
+  int pending = 0;
+
+  for (size_t i = 0; i < u->cfg.nservices; i++) {
+    int n;
+    if (u->reg[i] != UPLINK_REG_PENDING)
+      continue;
+    if (u->attempts >= UPLINK_REG_ATTEMPTS) {
+      u->reg[i] = UPLINK_REG_NO_ANSWER;
+      log_warnx("%s: no answer to the registration of '%s' after %d "
+                "attempts; it is retried after the next reconnect",
+                u->cfg.name, u->cfg.services[i], UPLINK_REG_ATTEMPTS);
+      if (u->cbs.registered)
+        u->cbs.registered(u, i, u->reg[i], u->ud);
+      continue;
+    }
+    n = wire_register_encode(buf, sizeof(buf), u->cfg.role,
+                             u->cfg.services[i], strlen(u->cfg.services[i]));
+    if (n > 0)
+      quic_conn_send_datagram(u->conn, buf, (size_t)n);
+    pending = 1;
+  }
+  u->attempts++;
+  if (pending)
+    uv_timer_start(&u->regt, regt_cb,
+                   UPLINK_REG_INTERVAL_MS, 0);
+}
+
+static void on_handshake(struct quic_conn *c, void *ud)
+{
+  struct uplink *u = ud;
+  (void)c;
+
+  u->up = 1;
+  u->backoff_ms = UPLINK_BACKOFF_MIN_MS; /* only a completed handshake */
+  u->attempts = 0;
+  for (size_t i = 0; i < u->cfg.nservices; i++)
+    u->reg[i] = UPLINK_REG_PENDING;
+  log_info("%s: connected", u->cfg.name);
+  if (u->cbs.up)
+    u->cbs.up(u, u->ud);
+  send_registrations(u);
+}
+
+static void on_status(struct uplink *u, const uint8_t *d, size_t n)
+{
+  const uint8_t *id;
+  size_t idlen;
+  uint8_t type, status;
+
+  if (wire_status_decode(d, n, &type, &status, &id, &idlen) < 0)
+    return;
+  for (size_t i = 0; i < u->cfg.nservices; i++) {
+    const char *s = u->cfg.services[i];
+    if (strlen(s) != idlen || memcmp(s, id, idlen) != 0 ||
+        u->reg[i] != UPLINK_REG_PENDING)
+      continue;
+    if (type == WIRE_REG_ACK) {
+      u->reg[i] = UPLINK_REG_OK;
+      log_info("%s: service '%s' registered", u->cfg.name, s);
+    } else {
+      u->reg[i] = status == WIRE_NACK_DENIED ? UPLINK_REG_DENIED
+                                             : UPLINK_REG_INVALID;
+      log_warnx("%s: service '%s' refused: %s", u->cfg.name, s,
+                status == WIRE_NACK_DENIED
+                    ? "not authorized (check the certificate's SANs and "
+                      "the intermediate's policy)"
+                    : "invalid request");
+    }
+    if (u->cbs.registered)
+      u->cbs.registered(u, i, u->reg[i], u->ud);
+  }
+}
+
+static void on_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
+                        void *ud)
+{
+  struct uplink *u = ud;
+  struct sockaddr_storage ss;
+  (void)c;
+
+  switch (wire_classify(d, n)) {
+  case WIRE_KIND_QAD:
+    if (wire_qad_decode(d, n, &ss) == 0 && u->cbs.qad)
+      u->cbs.qad(u, (struct sockaddr *)&ss, u->ud);
+    return;
+  case WIRE_KIND_ACK:
+  case WIRE_KIND_NACK:
+    on_status(u, d, n);
+    return;
+  default:
+    if (u->cbs.datagram)
+      u->cbs.datagram(u, d, n, u->ud);
+  }
+}
+
+static void on_close(struct quic_conn *c, const struct quic_close_info *i,
+                     void *ud)
+{
+  struct uplink *u = ud;
+  (void)c;
+
+  u->conn = NULL;
+  uv_timer_stop(&u->regt);
+  if (u->closing)
+    log_info("%s: connection closed", u->cfg.name);
+  else
+    log_warnx("%s: connection %s: %s", u->cfg.name,
+              u->up ? "lost" : "failed",
+              i->reason[0] ? i->reason : ztna_strerror(i->err));
+  u->up = 0;
+  if (u->cbs.down)
+    u->cbs.down(u, i, u->ud);
+  if (u->closing)
+    return;
+  log_info("%s: reconnecting in %llu ms", u->cfg.name,
+           (unsigned long long)u->backoff_ms);
+  uv_timer_start(&u->retry, retry_cb, u->backoff_ms, 0);
+  u->backoff_ms *= 2;
+  if (u->backoff_ms > UPLINK_BACKOFF_MAX_MS)
+    u->backoff_ms = UPLINK_BACKOFF_MAX_MS;
+}
+
+static const struct quic_conn_cbs conn_cbs = {
+  .handshake_cb = on_handshake,
+  .datagram_cb = on_datagram,
+  .close_cb = on_close,
+};
+
+static void connect_now(struct uplink *u)
+{
+  int rv;
+
+  if (u->closing || u->conn)
+    return;
+  if (u->reconnects++ > 0)
+    log_debug("%s: connecting (attempt %llu)", u->cfg.name,
+              (unsigned long long)u->reconnects);
+  rv = quic_connect(&u->conn, u->cfg.ep, u->cfg.tls,
+                    (struct sockaddr *)&u->cfg.server, u->cfg.sni, &conn_cbs,
+                    u);
+  if (rv < 0) {
+    u->conn = NULL;
+    log_warnx("%s: cannot connect: %s", u->cfg.name, ztna_strerror(rv));
+    uv_timer_start(&u->retry, retry_cb, u->backoff_ms, 0);
+  }
+}
+
+int uplink_new(struct uplink **out, uv_loop_t *loop,
+               const struct uplink_config *cfg, const struct uplink_cbs *cbs,
+               void *ud)
+{
+  struct uplink *u;
+
+  *out = NULL;
+  if (cfg->nservices > UPLINK_MAX_SERVICES)
+    return ZTNA_ERR_LIMIT;
+  u = calloc(1, sizeof(*u));
+  if (!u)
+    return -ENOMEM;
+  u->loop = loop;
+  u->cfg = *cfg;
+  u->cbs = *cbs;
+  u->ud = ud;
+  tls_ctx_ref(u->cfg.tls);
+  u->backoff_ms = UPLINK_BACKOFF_MIN_MS;
+  uv_timer_init(loop, &u->retry);
+  uv_timer_init(loop, &u->regt);
+  u->retry.data = u->regt.data = u;
+  u->handles = 2;
+  *out = u;
+  /* Through the loop, so that the caller finishes setting up first. */
+  uv_timer_start(&u->retry, retry_cb, 0, 0);
+  return 0;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+  struct uplink *u = h->data;
+  if (--u->handles == 0) {
+    tls_ctx_unref(u->cfg.tls);
+    free(u);
+  }
+}
+
+void uplink_del(struct uplink *u, const char *reason)
+{
+  if (!u)
+    return;
+  u->closing = 1;
+  if (u->conn)
+    quic_conn_close(u->conn, 0, reason);
+  u->conn = NULL;
+  uv_close((uv_handle_t *)&u->retry, timer_closed);
+  uv_close((uv_handle_t *)&u->regt, timer_closed);
+}
+
+int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt)
+{
+  if (!u->up || !u->conn)
+    return ZTNA_ERR_STATE;
+  return quic_conn_send_datagramv(u->conn, iov, iovcnt);
+}
+
+size_t uplink_max_datagram(struct uplink *u)
+{
+  return u->up && u->conn ? quic_conn_max_datagram(u->conn) : 0;
+}
+
+int uplink_is_up(struct uplink *u)
+{
+  return u->up;
+}
+
+enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc)
+{
+  return svc < u->cfg.nservices ? u->reg[svc] : UPLINK_REG_INVALID;
+}
+
+void uplink_set_tls(struct uplink *u, struct tls_ctx *tls)
+{
+  tls_ctx_ref(tls);
+  tls_ctx_unref(u->cfg.tls);
+  u->cfg.tls = tls;
+}
+
+uint64_t uplink_reconnects(struct uplink *u)
+{
+  return u->reconnects > 0 ? u->reconnects - 1 : 0;
+}
+
+struct quic_conn *uplink_conn(struct uplink *u)
+{
+  return u->conn;
+}
