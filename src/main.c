@@ -2,6 +2,7 @@
  * or, for "ztna", on the first argument. */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -95,6 +96,9 @@ int main(int argc, char **argv)
   const char *base = argc > 0 ? strrchr(argv[0], '/') : NULL;
   const struct applet *a;
 
+  /* A peer closing a socket is an error to handle where it happens, not a
+   * reason to die: every applet writes to sockets others may close. */
+  signal(SIGPIPE, SIG_IGN);
   base = base ? base + 1 : (argc > 0 ? argv[0] : "ztna");
   a = find(base);
   if (a)

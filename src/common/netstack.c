@@ -387,6 +387,14 @@ static err_t lwip_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
   return ERR_OK;
 }
 
+/* lwIP's heap or segment pool can run out for a moment (many connections
+ * at once); then tcp_write fails with nothing in flight and no tcp_sent
+ * will come. The poll callback (every 500 ms) retries. */
+static err_t lwip_poll(void *arg, struct tcp_pcb *pcb)
+{
+  return lwip_sent(arg, pcb, 0);
+}
+
 /* --- agent to backend ------------------------------------------------------ */
 
 static void backend_shutdown_cb(uv_shutdown_t *req, int status)
@@ -501,6 +509,7 @@ static err_t lwip_accept(void *arg, struct tcp_pcb *pcb, err_t err)
   tcp_recv(pcb, lwip_recv);
   tcp_sent(pcb, lwip_sent);
   tcp_err(pcb, lwip_err);
+  tcp_poll(pcb, lwip_poll, 1);
   tcp_nagle_disable(pcb);
   ns->st.sessions_total++;
   start_reading(s);

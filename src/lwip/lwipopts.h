@@ -38,12 +38,12 @@
 #define LWIP_ND6_QUEUEING 0
 
 #define MEM_ALIGNMENT 8
-#define MEM_SIZE (4 * 1024 * 1024)
+#define MEM_SIZE (32 * 1024 * 1024)
 #define MEMP_NUM_PBUF 1024
 #define PBUF_POOL_SIZE 1024
 #define MEMP_NUM_TCP_PCB 1024
 #define MEMP_NUM_TCP_PCB_LISTEN 16
-#define MEMP_NUM_TCP_SEG 8192
+#define MEMP_NUM_TCP_SEG 32768
 #define MEMP_NUM_SYS_TIMEOUT 16
 
 /* Tunnel MTU 1280 minus IPv6 (40) and TCP (20) headers. */
@@ -51,7 +51,7 @@
 #define LWIP_WND_SCALE 1
 #define TCP_RCV_SCALE 3
 #define TCP_WND (256 * 1024)
-#define TCP_SND_BUF (256 * 1024)
+#define TCP_SND_BUF (128 * 1024)
 #define TCP_SND_QUEUELEN (4 * TCP_SND_BUF / TCP_MSS)
 #define TCP_SNDLOWAT 32768
 #define TCP_QUEUE_OOSEQ 1

@@ -62,7 +62,7 @@ class Intermediate:
         self.metrics_port = metrics_port
         self.log = open(os.path.join(logdir or str(pki.dir),
                                      "intermediate-%d.log" % port), "w+")
-        args = [ZTNA, "intermediate", "-vv", "--cert", self.cert, "--key",
+        args = [ZTNA, "intermediate", "-v", "--cert", self.cert, "--key",
                 self.key, "--ca", pki.ca, "-p", str(port), "-b", bind,
                 "--metrics-port", str(metrics_port), "--metrics-bind",
                 "127.0.0.1"] + list(extra)

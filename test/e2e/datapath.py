@@ -1,0 +1,204 @@
+"""The data-path topology of testing.md, with real servers and the three
+applets, for the end-to-end tests and for make demo.
+
+ agent 192.0.2.2 -- nat-a -- inet (intermediate 198.51.100.10 / 203.0.113.10)
+   -- nat-c -- conn 192.0.2.18 / 192.0.2.33 -- backend 192.0.2.34
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+from ztna import ZCLIENT, ZTNA, Intermediate, Pki, wait_for  # noqa: F401
+
+BACKEND = "192.0.2.34"
+SERVICES = {  # id: (virtual IP, backend, protocol)
+    "web": ("10.100.0.2", BACKEND + ":80", "tcp"),
+    "redis": ("10.100.0.3", BACKEND + ":6379", "tcp"),
+    "echo": ("10.100.0.4", BACKEND + ":7", "udp"),
+    "iperf": ("10.100.0.5", BACKEND + ":5201", "both"),
+}
+
+UDP_ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((sys.argv[1], 7))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(d, a)
+"""
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+class World:
+    def __init__(self, net, tmp, hard_a=False, hard_c=False):
+        self.net, self.tmp = net, str(tmp)
+        self.pki = Pki(os.path.join(self.tmp, "pki"))
+        self.procs = {}
+        self.agent_ns = net.ns("agent")
+        self.nat_a = net.ns("nat-a")
+        self.inet = net.ns("inet")
+        self.nat_c = net.ns("nat-c")
+        self.conn_ns = net.ns("conn")
+        self.backend_ns = net.ns("backend")
+        net.link(self.agent_ns, "192.0.2.2/28", self.nat_a, "192.0.2.1/28")
+        _, self.nat_a_out = net.link(self.inet, "198.51.100.10/24",
+                                     self.nat_a, "198.51.100.2/24")
+        _, self.nat_c_out = net.link(self.inet, "203.0.113.10/24",
+                                     self.nat_c, "203.0.113.2/24")
+        net.link(self.conn_ns, "192.0.2.18/28", self.nat_c, "192.0.2.17/28")
+        net.link(self.conn_ns, "192.0.2.33/28", self.backend_ns,
+                 "192.0.2.34/28")
+        net.route(self.agent_ns, "default", "192.0.2.1")
+        net.route(self.conn_ns, "default", "192.0.2.17")
+        net.nat(self.nat_a, self.nat_a_out, hard=hard_a)
+        net.nat(self.nat_c, self.nat_c_out, hard=hard_c)
+        self.files = os.path.join(self.tmp, "www")
+        os.makedirs(self.files, mode=0o755, exist_ok=True)
+        self.start_backends()
+        self.certs()
+        self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp)
+        self.start_connector()
+        self.agent = self.start_agent("agent", self.agent_ns, "alice")
+
+    # --- servers -------------------------------------------------------------
+    def start_backends(self):
+        net, ns = self.net, self.backend_ns
+        conf = os.path.join(self.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""user root;
+daemon off;
+worker_processes 1;
+pid %(t)s/nginx.pid;
+error_log %(t)s/nginx-error.log;
+events { worker_connections 256; }
+http {
+  access_log %(t)s/nginx-access.log;
+  sendfile on;
+  server {
+    listen %(b)s:80;
+    root %(t)s/www;
+    location = /whoami { return 200 "$remote_addr:$remote_port\\n"; }
+  }
+}
+""" % {"t": self.tmp, "b": BACKEND})
+        self.procs["nginx"] = net.popen(ns, ["nginx", "-c", conf],
+                                        stderr=subprocess.DEVNULL)
+        self.procs["redis"] = net.popen(
+            ns, ["redis-server", "--bind", BACKEND, "--port", "6379",
+                 "--protected-mode", "no", "--save", "", "--appendonly",
+                 "no", "--dir", self.tmp],
+            stdout=subprocess.DEVNULL)
+        echo = net.popen(ns, [sys.executable, "-c", UDP_ECHO, BACKEND],
+                         stdout=subprocess.PIPE, text=True)
+        assert echo.stdout.readline().strip() == "ready"
+        self.procs["echo"] = echo
+        self.procs["iperf3"] = net.popen(
+            ns, ["iperf3", "-s", "-B", BACKEND, "-p", "5201"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: net.exec(self.conn_ns, [
+            "curl", "-s", "-o", "/dev/null", "-m", "2",
+            "http://%s/" % BACKEND], check=False).returncode == 0,
+            what="nginx")
+        wait_for(lambda: net.exec(self.conn_ns, [
+            "redis-cli", "-h", BACKEND, "ping"], check=False).stdout.strip()
+            == "PONG", what="redis")
+
+    def certs(self):
+        args = []
+        for s in SERVICES:
+            args += ["--service", s]
+        self.conn_cert = self.pki.issue("connector", "conn", *args)
+        self.agent_certs = {
+            "alice": self.pki.issue("agent", "alice", *args),
+            "bob": self.pki.issue("agent", "bob", *args),
+            "eve": self.pki.issue("agent", "eve", "--service", "other"),
+        }
+
+    def start_connector(self):
+        import json
+        cfg = {
+            "intermediate_server": {"host": "203.0.113.10", "port": 4433},
+            "services": [{"id": k, "backend": v[1], "protocol": v[2]}
+                         for k, v in SERVICES.items()],
+            "cert": self.conn_cert[0], "key": self.conn_cert[1],
+            "ca_cert": self.pki.ca, "metrics_port": 9091,
+        }
+        path = os.path.join(self.tmp, "connector.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.conn_log = open(os.path.join(self.tmp, "connector.log"), "w+")
+        wrap = os.environ.get("ZTNA_CONNECTOR_WRAP", "").split()
+        self.procs["connector"] = self.net.popen(
+            self.conn_ns, wrap + [ZTNA, "connector", "-c", path, "-v"],
+            stdout=self.conn_log, stderr=self.conn_log)
+        wait_for(lambda: self.metric(self.conn_ns, 9091, 'ztna_connector_'
+                                     'service_up{service="web"}') == 1,
+                 what="connector registered")
+
+    def start_agent(self, name, ns, who, tunnel="100.64.0.1", port=9092,
+                    services=None):
+        import json
+        key = who
+        services = services or {k: v[0] for k, v in SERVICES.items()}
+        cfg = {"server": "198.51.100.10:4433",
+               "services": [{"id": k, "virtual_ip": v}
+                            for k, v in services.items()],
+               "cert": self.agent_certs[key][0],
+               "key": self.agent_certs[key][1], "ca_cert": self.pki.ca,
+               "tun_name": "ztna0", "tunnel_addr": tunnel,
+               "metrics_port": port}
+        path = os.path.join(self.tmp, name + ".json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        log = open(os.path.join(self.tmp, name + ".log"), "w+")
+        p = self.net.popen(ns, [ZTNA, "agent", "-c", path, "-v"], stdout=log,
+                           stderr=log)
+        self.procs[name] = p
+        p.log = log
+        p.ns = ns
+        p.port = port
+        wait_for(lambda: self.metric(ns, port, "ztna_agent_connected") == 1,
+                 what="agent %s connected" % name)
+        return p
+
+    # --- helpers -----------------------------------------------------------------
+    def metric(self, ns, port, name):
+        p = self.net.exec(ns, ["curl", "-s", "-m", "5",
+                               "http://127.0.0.1:%d/metrics" % port],
+                          check=False)
+        for line in p.stdout.splitlines():
+            if line.startswith(name + " "):
+                return int(line.rsplit(" ", 1)[1])
+        return None
+
+    def run(self, cmd, ns=None, **kw):
+        return self.net.exec(ns or self.agent_ns, cmd, **kw)
+
+    def make_file(self, name, size):
+        path = os.path.join(self.files, name)
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                k = min(left, 1 << 20)
+                f.write(os.urandom(k))
+                left -= k
+        os.chmod(path, 0o644)
+        return path
+
+    def stop(self):
+        for name in ("agent", "agent2", "connector"):
+            p = self.procs.get(name)
+            if p and p.poll() is None:
+                p.terminate()
+        self.inter.stop()

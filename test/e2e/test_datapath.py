@@ -1,0 +1,247 @@
+"""The relay data path end to end, with real clients through real NAT:
+ping, curl, redis-cli, UDP echo and iperf3 from the agent's namespace to
+backends behind the connector."""
+import json
+import os
+import signal
+import socket  # noqa: F401
+import struct  # noqa: F401
+import subprocess
+import sys
+import time
+
+import pytest
+
+from datapath import SERVICES, World, sha256
+from netns import Net
+from ztna import wait_for
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for namespaces and TUN devices")
+    net = Net(tag="dp")
+    w = None
+    try:
+        w = World(net, tmp_path_factory.mktemp("datapath"))
+        yield w
+    finally:
+        if w:
+            w.stop()
+        net.cleanup()
+
+
+def test_ping_100_without_loss(world):
+    p = world.run(["ping", "-c", "100", "-i", "0.01", "-W", "2",
+                   SERVICES["web"][0]], check=False)
+    assert " 0% packet loss" in p.stdout, p.stdout
+
+
+def test_curl_50mb_sha256(world):
+    src = world.make_file("big.bin", 50 << 20)
+    out = os.path.join(world.tmp, "got.bin")
+    p = world.run(["curl", "-s", "-S", "-m", "120", "-o", out,
+                   "http://%s/big.bin" % SERVICES["web"][0]], check=False)
+    assert p.returncode == 0, p.stderr
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+
+
+def test_20_concurrent_curls(world):
+    src = world.make_file("one.bin", 1 << 20)
+    want = sha256(src)
+    script = ("for i in $(seq 1 20); do curl -s -m 60 -o %s/c$i.bin "
+              "http://%s/one.bin & done; wait" % (world.tmp,
+                                                    SERVICES["web"][0]))
+    world.run(["sh", "-c", script])
+    for i in range(1, 21):
+        path = os.path.join(world.tmp, "c%d.bin" % i)
+        assert sha256(path) == want, "curl %d" % i
+        os.unlink(path)
+
+
+def test_redis_1000_keys(world):
+    cmds = "".join("SET key:%d value-%d\n" % (i, i * 7) for i in range(1000))
+    cmds += "".join("GET key:%d\n" % i for i in range(1000))
+    p = world.run(["redis-cli", "-h", SERVICES["redis"][0]], input=cmds)
+    lines = p.stdout.split("\n")
+    assert lines[:1000] == ["OK"] * 1000
+    assert lines[1000:2000] == ["value-%d" % (i * 7) for i in range(1000)]
+
+
+UDP_CLIENT = r"""
+import os, socket, sys
+mtu = int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+sizes = [1 + (i * (mtu - 28 - 1)) // 999 for i in range(1000)]
+bad = 0
+for n in sizes:
+    data = os.urandom(n)
+    for attempt in range(3):
+        s.sendto(data, (sys.argv[1], 7))
+        try:
+            got, _ = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if got == data:
+            break
+    else:
+        bad += 1
+print(bad, max(sizes))
+"""
+
+
+def tun_mtu(world):
+    out = world.run(["cat", "/sys/class/net/ztna0/mtu"]).stdout
+    return int(out)
+
+
+def test_udp_echo_1000_sizes(world):
+    mtu = tun_mtu(world)
+    assert mtu == 1306 - 2 - len("redis")  # the longest service id
+    p = world.run([sys.executable, "-c", UDP_CLIENT, SERVICES["echo"][0],
+                   str(mtu)])
+    bad, largest = p.stdout.split()
+    assert bad == "0"
+    assert int(largest) == mtu - 28
+
+
+def test_iperf3_tcp_10s(world):
+    p = world.run(["iperf3", "-c", SERVICES["iperf"][0], "-t", "10", "-J"],
+                  check=False, timeout=60)
+    assert p.returncode == 0, p.stdout[-2000:]
+    r = json.loads(p.stdout)
+    mbps = r["end"]["sum_received"]["bits_per_second"] / 1e6
+    print("iperf3 through the relay: %.0f Mbit/s" % mbps)
+    assert r["end"]["sum_received"]["bytes"] > 0
+
+
+def test_full_mtu_and_no_black_hole(world):
+    mtu = tun_mtu(world)
+    # A full-size packet goes through ...
+    p = world.run(["ping", "-c", "3", "-M", "do", "-s", str(mtu - 28),
+                   SERVICES["web"][0]], check=False)
+    assert " 0% packet loss" in p.stdout, p.stdout
+    # ... and one larger than the tunnel path is answered with ICMP
+    # "fragmentation needed" carrying the size that fits.
+    world.run(["ip", "link", "set", "ztna0", "mtu", "1400"])
+    try:
+        script = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+s.connect((sys.argv[1], 7))
+s.send(b"x" * 1300)
+time.sleep(0.5)
+print(s.getsockopt(socket.IPPROTO_IP, 14))  # IP_MTU
+"""
+        out = world.run([sys.executable, "-c", script,
+                         SERVICES["echo"][0]]).stdout
+        assert int(out) == mtu, out
+    finally:
+        world.run(["ip", "link", "set", "ztna0", "mtu", str(mtu)])
+        world.run(["ip", "route", "flush", "cache"])
+    assert world.metric(world.agent_ns, 9092,
+                        'ztna_agent_drops_total{reason="too_large"}') >= 1
+
+
+def test_split_tunnel(world):
+    before = world.metric(world.agent_ns, 9092,
+                          "ztna_agent_tunnel_packets_sent_total")
+    # The intermediate's address is reached directly, not through ztna0.
+    route = world.run(["ip", "route", "get", "198.51.100.10"]).stdout
+    assert "ztna0" not in route
+    p = world.run(["ping", "-c", "3", "-W", "2", "198.51.100.10"],
+                  check=False)
+    assert " 0% packet loss" in p.stdout
+    # An address next to the virtual IPs is not routed into the tunnel.
+    assert "ztna0" not in world.run(["ip", "route", "get",
+                                     "10.100.0.99"], check=False).stdout
+    assert world.metric(world.agent_ns, 9092,
+                        "ztna_agent_tunnel_packets_sent_total") == before
+    routes = world.run(["ip", "route", "show", "dev", "ztna0"]).stdout
+    assert sorted(line.split()[0] for line in routes.splitlines()) == \
+        sorted(v[0] for v in SERVICES.values())
+
+
+def test_two_agents_same_nat_same_tunnel_address(world):
+    net = world.net
+    ns2 = net.ns("agent2")
+    net.link(ns2, "192.0.2.50/28", world.nat_a, "192.0.2.49/28")
+    net.route(ns2, "default", "192.0.2.49")
+    world.start_agent("agent2", ns2, "bob", tunnel="100.64.0.1", port=9093)
+    a = world.make_file("a.bin", 8 << 20)
+    b = world.make_file("b.bin", 8 << 20)
+    pa = net.popen(world.agent_ns, ["curl", "-s", "-m", "60", "-o",
+                                    a + ".got", "http://10.100.0.2/a.bin"])
+    pb = net.popen(ns2, ["curl", "-s", "-m", "60", "-o", b + ".got",
+                         "http://10.100.0.2/b.bin"])
+    assert pa.wait(90) == 0 and pb.wait(90) == 0
+    assert sha256(a + ".got") == sha256(a)
+    assert sha256(b + ".got") == sha256(b)
+    # The backend saw two different clients; each agent got its own answer.
+    wa = world.run(["curl", "-s", "-m", "10", "http://10.100.0.2/whoami"])
+    wb = net.exec(ns2, ["curl", "-s", "-m", "10", "http://10.100.0.2/whoami"])
+    assert wa.stdout.split(":")[0] != wb.stdout.split(":")[0]
+    world.procs["agent2"].terminate()
+
+
+def test_denied_agent_reaches_nothing(world):
+    net = world.net
+    ns3 = net.ns("agent3")
+    net.link(ns3, "192.0.2.66/28", world.nat_a, "192.0.2.65/28")
+    net.route(ns3, "default", "192.0.2.65")
+    log = os.path.join(world.tmp, "nginx-access.log")
+    before = open(log).read().count("\n")
+    world.start_agent("agent3", ns3, "eve", port=9094,
+                      services={"web": "10.100.0.2"})
+    p3 = world.procs["agent3"]
+    wait_for(lambda: "refused: not authorized" in open(p3.log.name).read(),
+             what="NACK logged")
+    p = net.exec(ns3, ["curl", "-s", "-m", "3", "http://10.100.0.2/"],
+                 check=False)
+    assert p.returncode != 0
+    time.sleep(0.5)
+    assert open(log).read().count("\n") == before
+    p3.terminate()
+
+
+def test_intermediate_killed_and_restarted(world):
+    inter = world.inter
+    inter.proc.send_signal(signal.SIGKILL)
+    inter.proc.wait()
+    from ztna import Intermediate
+    world.inter = Intermediate(world.pki, ns=world.inet, logdir=world.tmp)
+    # Agent and connector reconnect and re-register within the backoff.
+    wait_for(lambda: world.metric(world.agent_ns, 9092,
+                                  "ztna_agent_connected") == 1,
+             timeout=45, what="agent back")
+    wait_for(lambda: world.metric(world.conn_ns, 9091,
+                                  'ztna_connector_service_up'
+                                  '{service="web"}') == 1,
+             timeout=45, what="connector back")
+    wait_for(lambda: world.run(["curl", "-s", "-m", "3", "-o", "/dev/null",
+                                "-w", "%{http_code}",
+                                "http://10.100.0.2/whoami"],
+                               check=False).stdout == "200",
+             timeout=30, what="traffic resumed")
+
+
+def test_curl_50mb_with_5_percent_loss(world):
+    net = world.net
+    src = world.make_file("lossy.bin", 50 << 20)
+    net.exec(world.nat_a, ["nft", "-f", "-"], input=(
+        "table inet loss {\n chain fwd {\n  type filter hook forward "
+        "priority 0;\n  meta l4proto udp numgen random mod 100 < 5 drop\n"
+        " }\n}\n"))
+    try:
+        out = os.path.join(world.tmp, "lossy.got")
+        p = world.run(["curl", "-s", "-S", "-m", "300", "-o", out,
+                       "http://10.100.0.2/lossy.bin"], check=False,
+                      timeout=320)
+        assert p.returncode == 0, p.stderr
+        assert sha256(out) == sha256(src)
+    finally:
+        net.exec(world.nat_a, ["nft", "delete", "table", "inet", "loss"])
