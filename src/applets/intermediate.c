@@ -22,6 +22,7 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+#include "pki.h"
 #include "quic.h"
 #include "relay.h"
 #include "tls.h"
@@ -549,6 +550,7 @@ int intermediate_main(int argc, char **argv)
   struct relay_io rio = { relay_send_dgram, relay_send_signal, relay_drop_cb,
                           NULL };
   struct cfg_policy *pol = NULL;
+  uint8_t secret[32];
   char err[512], *text;
   size_t len;
   (void)over;
@@ -657,6 +659,13 @@ int intermediate_main(int argc, char **argv)
     fatalx("out of memory");
   metrics_init(&x);
 
+  /* Tokens from a secret tied to the key: after a restart the old
+   * connections are reset at their next packet instead of idling out. */
+  if (pki_derive_secret(x.cfg.key_path, "ztna quic token secret v1",
+                        secret) < 0)
+    fatalx("cannot read %s", x.cfg.key_path);
+  qc.secret = secret;
+  qc.stateless_reset = 1;
   qc.server_tls = x.tls;
   qc.retry = !x.cfg.disable_retry;
   qc.max_conns = x.cfg.max_connections;

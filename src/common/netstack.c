@@ -76,6 +76,8 @@ struct netstack {
 
 static struct netstack *the; /* lwIP is global; so is its one user */
 
+static void schedule(struct netstack *ns);
+
 u32_t sys_now(void)
 {
   return the ? (u32_t)uv_now(the->loop) : 0;
@@ -530,6 +532,7 @@ static void feed(struct netstack *ns, const uint8_t *pkt, size_t n)
   pbuf_take(p, pkt, (u16_t)n);
   if (ns->netif.input(p, &ns->netif) != ERR_OK)
     pbuf_free(p);
+  schedule(ns);
 }
 
 static int ensure_listener(struct netstack *ns, uint16_t port)
@@ -750,10 +753,24 @@ void netstack_conn_gone(struct netstack *ns, void *conn)
 
 /* --- lifecycle ---------------------------------------------------------------- */
 
+static void tick_cb(uv_timer_t *t);
+
+/* lwIP's timers run only while it has TCP connections: sleep until the
+ * next one is due. */
+static void schedule(struct netstack *ns)
+{
+  u32_t next = sys_timeouts_sleeptime();
+
+  if (next == SYS_TIMEOUTS_SLEEPTIME_INFINITE)
+    uv_timer_stop(&ns->tick);
+  else
+    uv_timer_start(&ns->tick, tick_cb, next, 0);
+}
+
 static void tick_cb(uv_timer_t *t)
 {
-  (void)t;
   sys_check_timeouts();
+  schedule(t->data);
 }
 
 int netstack_new(struct netstack **out, uv_loop_t *loop,
@@ -794,7 +811,7 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   netif_set_up(&ns->netif);
   uv_timer_init(loop, &ns->tick);
   ns->tick.data = ns;
-  uv_timer_start(&ns->tick, tick_cb, 100, 100);
+  schedule(ns);
   *out = ns;
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/asn_public.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 
 #include "err.h"
 #include "pki.h"
@@ -133,5 +134,26 @@ int pki_key_matches_cert(const char *key_path, const char *cert_path,
              key_path, cert_path);
     return ZTNA_ERR_CERT;
   }
+  return 0;
+}
+
+int pki_derive_secret(const char *key_path, const char *label,
+                      uint8_t out[32])
+{
+  uint8_t pem[PEM_MAX];
+  size_t len = 0;
+  char err[256];
+  wc_Sha256 sha;
+  int rv = read_all(key_path, pem, sizeof(pem), &len, err, sizeof(err));
+
+  if (rv < 0)
+    return rv;
+  if (wc_InitSha256(&sha) != 0)
+    return ZTNA_ERR_TLS;
+  wc_Sha256Update(&sha, (const byte *)label, (word32)strlen(label));
+  wc_Sha256Update(&sha, pem, (word32)len);
+  wc_Sha256Final(&sha, out);
+  wc_Sha256Free(&sha);
+  explicit_bzero(pem, sizeof(pem));
   return 0;
 }

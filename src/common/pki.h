@@ -30,4 +30,9 @@ int pki_key_spki(struct pki_key *k, uint8_t *out, size_t cap);
 int pki_key_matches_cert(const char *key_path, const char *cert_path,
                          char *err, size_t errlen);
 
+/* A secret that stays the same while the key file does: SHA-256 over a
+ * label and the file's bytes. Returns 0 or a negative error. */
+int pki_derive_secret(const char *key_path, const char *label,
+                      uint8_t out[32]);
+
 #endif

@@ -93,6 +93,8 @@ struct quic_endpoint {
   size_t nconns;
   size_t send_pending;
   struct quic_stats stats;
+  uint64_t reset_window_ms; /* stateless resets: at most 100 a second */
+  unsigned resets_in_window;
   uint8_t rbuf[65536];
 };
 
@@ -1116,6 +1118,44 @@ fail:
   conn_abandon(c);
 }
 
+/* Tells a client whose connection this endpoint does not know (after a
+ * restart) that it is gone (RFC 9000 10.3): smaller than the packet that
+ * caused it, and rate-limited. */
+static void send_stateless_reset(struct quic_endpoint *ep,
+                                 const ngtcp2_version_cid *vc, size_t n,
+                                 const struct sockaddr *from)
+{
+  uint8_t buf[64], token[NGTCP2_STATELESS_RESET_TOKENLEN], rnd[40];
+  ngtcp2_cid cid;
+  size_t randlen;
+  ngtcp2_ssize k;
+  uint64_t now = uv_now(ep->loop);
+
+  if (vc->dcidlen != QUIC_SCID_LEN ||
+      n < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN +
+              NGTCP2_STATELESS_RESET_TOKENLEN + 1)
+    return;
+  if (now - ep->reset_window_ms >= 1000) {
+    ep->reset_window_ms = now;
+    ep->resets_in_window = 0;
+  }
+  if (++ep->resets_in_window > 100)
+    return;
+  randlen = n - 1 - NGTCP2_STATELESS_RESET_TOKENLEN - 1;
+  if (randlen > sizeof(rnd))
+    randlen = sizeof(rnd);
+  ngtcp2_cid_init(&cid, vc->dcid, vc->dcidlen);
+  if (ngtcp2_crypto_generate_stateless_reset_token(
+          token, ep->secret, sizeof(ep->secret), &cid) != 0)
+    return;
+  fill_random(rnd, randlen);
+  k = ngtcp2_pkt_write_stateless_reset(buf, sizeof(buf), token, rnd, randlen);
+  if (k > 0) {
+    ep->stats.resets_sent++;
+    ep_send(ep, from, buf, (size_t)k);
+  }
+}
+
 static void handle_datagram(struct quic_endpoint *ep, const uint8_t *d,
                             size_t n, const struct sockaddr *from)
 {
@@ -1138,8 +1178,14 @@ static void handle_datagram(struct quic_endpoint *ep, const uint8_t *d,
     conn_read(c, d, n, from);
     return;
   }
-  if (!(d[0] & 0x80))
-    goto not_quic; /* short header of no connection here */
+  if (!(d[0] & 0x80)) {
+    /* A short header of no connection here. */
+    if (ep->cfg.stateless_reset)
+      send_stateless_reset(ep, &vc, n, from);
+    else
+      goto not_quic;
+    return;
+  }
   if (ep->server_tls && vc.version == NGTCP2_PROTO_VER_V1)
     accept_conn(ep, d, n, from);
   return;
@@ -1193,7 +1239,10 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
     ep->cfg.handshake_timeout_ms = 10000;
   if (cfg->server_tls)
     ep->server_tls = tls_ctx_ref(cfg->server_tls);
-  fill_random(ep->secret, sizeof(ep->secret));
+  if (cfg->secret)
+    memcpy(ep->secret, cfg->secret, sizeof(ep->secret));
+  else
+    fill_random(ep->secret, sizeof(ep->secret));
   fill_random(&ep->hash_seed, sizeof(ep->hash_seed));
   uv_udp_init(loop, &ep->udp);
   ep->udp.data = ep;

@@ -75,6 +75,14 @@ struct quic_endpoint_config {
   uint64_t idle_timeout_ms;   /* 0: 30000 */
   uint64_t keepalive_ms;      /* client PING interval, 0: none */
   uint64_t handshake_timeout_ms; /* 0: 10000 */
+  /* 32 bytes for Retry and stateless-reset tokens; NULL: random. A secret
+   * that survives restarts lets a restarted server reset the connections
+   * of its previous life at once instead of leaving them to time out. */
+  const uint8_t *secret;
+  /* Answer short-header packets of unknown connections with a stateless
+   * reset (rate-limited). Only for endpoints whose packet_cb takes no
+   * other short-header traffic. */
+  int stateless_reset;
   const struct quic_endpoint_cbs *cbs;
   void *ud;
 };
@@ -87,6 +95,7 @@ struct quic_stats {
   uint64_t dgram_queue_full;    /* datagrams refused: queue full */
   uint64_t dgram_rejected;      /* datagrams ngtcp2 refused when sending */
   uint64_t udp_send_errors;     /* packets the socket would not take */
+  uint64_t resets_sent;         /* stateless resets sent */
   uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
 };
 
