@@ -2,6 +2,8 @@
 #
 #   make            build ./ztna (installs Debian packages and builds the
 #                   dependencies from Debian's source packages on first use)
+#   make demo       the main job in network namespaces: ping, curl and
+#                   redis-cli through agent, intermediate and connector
 #   make check      unit tests, transport test, short fuzz runs, e2e suite
 #   make fuzz       long fuzz runs (FUZZ_SECONDS per target, default 300)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -50,7 +52,7 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
-        distclean format
+        distclean format demo
 all: ztna
 
 deps: $(STAMP)
@@ -172,6 +174,10 @@ check: ztna
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-short
 	@$(MAKE) --no-print-directory e2e
+
+# The main job, shown on this machine (root: namespaces and a TUN).
+demo: ztna
+	/usr/bin/python3 examples/demo.py
 
 # --- install ---------------------------------------------------------------
 

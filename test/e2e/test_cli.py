@@ -53,8 +53,24 @@ def test_applet_help(ztna):
         assert p.returncode == 0 and "Usage: ztna %s" % a in p.stdout
 
 
+def test_connector_egress_guard(ztna, tmp_path):
+    from ztna import Pki
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.issue("connector", "c", "--service", "x")
+    base = [ztna, "connector", "-n", "--server", "127.0.0.1:4433",
+            "--service", "x", "--cert", cert, "--key", key, "--ca", pki.ca,
+            "--forward"]
+    for backend, why in (("169.254.169.254:80", "metadata"),
+                         ("[fe80::1]:80", "link-local"),
+                         ("localhost:80", "resolves to loopback")):
+        p = run(base + [backend])
+        assert p.returncode == 1 and why in p.stderr, p.stderr
+    p = run(base + ["127.0.0.1:80"])  # explicitly on loopback: allowed
+    assert p.returncode == 0 and p.stdout == "configuration OK\n", p.stderr
+
+
 def test_unbuilt_applets_say_so(ztna):
-    for a in ("connector", "agent", "diag"):
+    for a in ("diag",):
         p = run([ztna, a])
         assert p.returncode == 2
         assert "not available in this version" in p.stderr

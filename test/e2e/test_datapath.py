@@ -61,6 +61,16 @@ def test_20_concurrent_curls(world):
         os.unlink(path)
 
 
+def test_refused_backend_port_gets_rst(world):
+    # Nothing listens on port 81: the SYN is answered with RST only after
+    # the connector's own connect is refused, so curl fails at once.
+    t0 = time.time()
+    p = world.run(["curl", "-s", "-m", "10", "http://10.100.0.2:81/"],
+                  check=False)
+    assert p.returncode == 7  # "Couldn't connect": refused, not timed out
+    assert time.time() - t0 < 5
+
+
 def test_redis_1000_keys(world):
     cmds = "".join("SET key:%d value-%d\n" % (i, i * 7) for i in range(1000))
     cmds += "".join("GET key:%d\n" % i for i in range(1000))
