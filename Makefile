@@ -93,8 +93,8 @@ UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) $(DEP_LIBS) \
-	  $(LIBUV_A) -lcmocka $(SYS_LIBS)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
+	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) -lcmocka $(SYS_LIBS)
 
 # Certificates for the transport test, made by our own keygen.
 $(BUILD)/test/certs/.done: ztna
@@ -161,10 +161,10 @@ fuzz: $(FUZZ_BIN)
 	$(call run_fuzz,$(FUZZ_SECONDS))
 
 # The e2e tests' client, built on the project's own modules.
-$(BUILD)/zclient: test/tools/zclient.c $(COMMON_OBJ)
+$(BUILD)/zclient: test/tools/zclient.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) $(DEP_LIBS) \
-	  $(LIBUV_A) $(SYS_LIBS)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
+	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
 
 PYTEST := /usr/bin/python3 -m pytest
 e2e: ztna $(BUILD)/zclient
