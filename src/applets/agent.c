@@ -28,6 +28,7 @@
 #include "ippkt.h"
 #include "log.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "quic.h"
 #include "tls.h"
 #include "tun.h"
@@ -240,19 +241,10 @@ static void on_up(struct uplink *u, void *ud)
 
 static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
 {
-  char ip[INET6_ADDRSTRLEN] = "?";
+  char a[80];
   (void)u;
   (void)ud;
-  if (sa->sa_family == AF_INET)
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
-              sizeof(ip));
-  else
-    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
-              sizeof(ip));
-  log_info("the intermediate sees us at %s port %d", ip,
-           ntohs(sa->sa_family == AF_INET
-                     ? ((const struct sockaddr_in *)sa)->sin_port
-                     : ((const struct sockaddr_in6 *)sa)->sin6_port));
+  log_info("the intermediate sees us at %s", netaddr_str(sa, a, sizeof(a)));
 }
 
 static const struct uplink_cbs uplink_cbs = {
@@ -547,23 +539,12 @@ int agent_main(int argc, char **argv)
   if (make_tls(&x, &x.tls) < 0)
     return 1;
   {
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_socktype = SOCK_DGRAM;
-    rv = getaddrinfo(x.cfg.server_host, NULL, &hints, &res);
-    if (rv != 0 || !res) {
-      fprintf(stderr, "ztna agent: cannot resolve the intermediate '%s': "
-              "%s\n", x.cfg.server_host, gai_strerror(rv));
+    int literal;
+    if (netaddr_resolve(x.cfg.server_host, x.cfg.server_port, &server_addr,
+                        &literal, err, sizeof(err)) < 0) {
+      fprintf(stderr, "ztna agent: the intermediate: %s\n", err);
       return 1;
     }
-    memset(&server_addr, 0, sizeof(server_addr));
-    memcpy(&server_addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    if (server_addr.ss_family == AF_INET)
-      ((struct sockaddr_in *)&server_addr)->sin_port =
-          htons(x.cfg.server_port);
-    else
-      ((struct sockaddr_in6 *)&server_addr)->sin6_port =
-          htons(x.cfg.server_port);
   }
   if (check) {
     printf("configuration OK\n");

@@ -29,6 +29,7 @@
 #include "ippkt.h"
 #include "log.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "netstack.h"
 #include "quic.h"
 #include "tls.h"
@@ -350,21 +351,11 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
 static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
 {
   struct csvc *s = ud;
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
+  char a[80];
   (void)u;
 
-  if (sa->sa_family == AF_INET) {
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
-              sizeof(ip));
-    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-  } else {
-    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
-              sizeof(ip));
-    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-  }
-  log_info("%s: the intermediate sees us at %s port %d", s->cfg->id, ip,
-           port);
+  log_info("%s: the intermediate sees us at %s", s->cfg->id,
+           netaddr_str(sa, a, sizeof(a)));
 }
 
 static const struct uplink_cbs uplink_cbs = {
@@ -426,10 +417,9 @@ static const char *egress_refused(const struct sockaddr *sa, int literal)
 
 static int resolve_backend(struct csvc *s)
 {
-  char host[CFG_STR_MAX];
+  char host[CFG_STR_MAX], err[300];
   uint16_t port;
-  struct addrinfo hints = { 0 }, *res = NULL;
-  int literal, rv;
+  int literal;
   const char *why;
 
   if (cfg_split_hostport(s->cfg->backend, host, sizeof(host), &port) < 0) {
@@ -437,22 +427,10 @@ static int resolve_backend(struct csvc *s)
             "HOST:PORT\n", s->cfg->id, s->cfg->backend);
     return -1;
   }
-  literal = uv_ip4_addr(host, port, (struct sockaddr_in *)&s->backend) == 0 ||
-            uv_ip6_addr(host, port, (struct sockaddr_in6 *)&s->backend) == 0;
-  if (!literal) {
-    hints.ai_socktype = SOCK_STREAM;
-    rv = getaddrinfo(host, NULL, &hints, &res);
-    if (rv != 0 || !res) {
-      fprintf(stderr, "ztna connector: service '%s': cannot resolve '%s': "
-              "%s\n", s->cfg->id, host, gai_strerror(rv));
-      return -1;
-    }
-    memcpy(&s->backend, res->ai_addr, res->ai_addrlen);
-    if (s->backend.ss_family == AF_INET)
-      ((struct sockaddr_in *)&s->backend)->sin_port = htons(port);
-    else
-      ((struct sockaddr_in6 *)&s->backend)->sin6_port = htons(port);
-    freeaddrinfo(res);
+  if (netaddr_resolve(host, port, &s->backend, &literal, err,
+                      sizeof(err)) < 0) {
+    fprintf(stderr, "ztna connector: service '%s': %s\n", s->cfg->id, err);
+    return -1;
   }
   why = egress_refused((struct sockaddr *)&s->backend, literal);
   if (why) {
@@ -652,7 +630,7 @@ int connector_main(int argc, char **argv)
              *proto = NULL, *cert = NULL, *key = NULL, *ca = NULL,
              *port = NULL, *mport = NULL, *mbind = NULL;
   int ch, check = 0, verbose = LOG_LVL_INFO, rv;
-  char err[512], *text, host[CFG_STR_MAX];
+  char err[512], *text;
   size_t len;
   struct sockaddr_storage server_addr, bind_addr;
   struct quic_endpoint_config qc = { 0 };
@@ -753,25 +731,13 @@ int connector_main(int argc, char **argv)
   }
   if (make_tls(&x, &x.tls) < 0)
     return 1;
-  memset(&server_addr, 0, sizeof(server_addr));
-  snprintf(host, sizeof(host), "%s", x.cfg.server_host);
   {
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_socktype = SOCK_DGRAM;
-    rv = getaddrinfo(host, NULL, &hints, &res);
-    if (rv != 0 || !res) {
-      fprintf(stderr, "ztna connector: cannot resolve the intermediate "
-              "'%s': %s\n", host, gai_strerror(rv));
+    int literal;
+    if (netaddr_resolve(x.cfg.server_host, x.cfg.server_port, &server_addr,
+                        &literal, err, sizeof(err)) < 0) {
+      fprintf(stderr, "ztna connector: the intermediate: %s\n", err);
       return 1;
     }
-    memcpy(&server_addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    if (server_addr.ss_family == AF_INET)
-      ((struct sockaddr_in *)&server_addr)->sin_port =
-          htons(x.cfg.server_port);
-    else
-      ((struct sockaddr_in6 *)&server_addr)->sin6_port =
-          htons(x.cfg.server_port);
   }
   if (check) {
     printf("configuration OK\n");

@@ -22,6 +22,7 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "pki.h"
 #include "quic.h"
 #include "relay.h"
@@ -86,23 +87,6 @@ struct iconn {
   char name[320];
 };
 
-static const char *addr_str(const struct sockaddr *sa, char *buf, size_t len)
-{
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-
-  if (sa->sa_family == AF_INET) {
-    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
-    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-    snprintf(buf, len, "%s:%d", ip, port);
-  } else {
-    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
-    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-    snprintf(buf, len, "[%s]:%d", ip, port);
-  }
-  return buf;
-}
-
 /* --- relay I/O ------------------------------------------------------------ */
 
 static int relay_send_dgram(void *conn, const struct iovec *iov, int n,
@@ -162,7 +146,7 @@ static void on_handshake(struct quic_conn *c, void *ud)
   if (quic_conn_peer_identity(c, &id) < 0)
     memset(&id, 0, sizeof(id)); /* no client certificate: grants nothing */
   snprintf(ic->name, sizeof(ic->name), "%s (%s)",
-           addr_str(quic_conn_peer(c), a, sizeof(a)),
+           netaddr_str(quic_conn_peer(c), a, sizeof(a)),
            id.cn[0] ? id.cn : "no certificate");
   ic->rc = relay_client_new(ic->x->relay, ic, &id);
   if (!ic->rc) {
@@ -210,7 +194,7 @@ static void on_path(struct quic_conn *c, const struct sockaddr *peer, void *ud)
   char a[64];
   (void)c;
 
-  log_info("%s: now at %s", ic->name, addr_str(peer, a, sizeof(a)));
+  log_info("%s: now at %s", ic->name, netaddr_str(peer, a, sizeof(a)));
   send_qad(ic);
 }
 
@@ -675,7 +659,7 @@ int intermediate_main(int argc, char **argv)
   if (rv < 0) {
     char a[64];
     fprintf(stderr, "ztna intermediate: cannot listen on UDP %s: %s\n",
-            addr_str((struct sockaddr *)&ss, a, sizeof(a)),
+            netaddr_str((struct sockaddr *)&ss, a, sizeof(a)),
             rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
   }
@@ -709,7 +693,7 @@ int intermediate_main(int argc, char **argv)
   {
     char a[64];
     log_info("listening on UDP %s (retry %s, client certificates %s%s%s)",
-             addr_str((struct sockaddr *)&ss, a, sizeof(a)),
+             netaddr_str((struct sockaddr *)&ss, a, sizeof(a)),
              qc.retry ? "on" : "off",
              x.cfg.require_client_cert ? "required" : "optional",
              x.cfg.policy_path[0] ? ", policy " : "",
