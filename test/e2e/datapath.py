@@ -18,6 +18,7 @@ SERVICES = {  # id: (virtual IP, backend, protocol)
     "redis": ("10.100.0.3", BACKEND + ":6379", "tcp"),
     "echo": ("10.100.0.4", BACKEND + ":7", "udp"),
     "iperf": ("10.100.0.5", BACKEND + ":5201", "both"),
+    "closed": ("10.100.0.6", BACKEND + ":81", "tcp"),  # nothing listens
 }
 
 UDP_ECHO = r"""

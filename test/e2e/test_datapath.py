@@ -61,12 +61,13 @@ def test_20_concurrent_curls(world):
         os.unlink(path)
 
 
-def test_refused_backend_port_gets_rst(world):
-    # Nothing listens on port 81: the SYN is answered with RST only after
-    # the connector's own connect is refused, so curl fails at once.
+def test_refused_backend_gets_rst(world):
+    # The "closed" service's backend refuses: the agent's SYN is answered
+    # with RST once the connector's own connect is refused, so curl fails
+    # at once, and the backend comes from the configuration, not the port.
     t0 = time.time()
-    p = world.run(["curl", "-s", "-m", "10", "http://10.100.0.2:81/"],
-                  check=False)
+    p = world.run(["curl", "-s", "-m", "10", "http://%s:80/"
+                   % SERVICES["closed"][0]], check=False)
     assert p.returncode == 7  # "Couldn't connect": refused, not timed out
     assert time.time() - t0 < 5
 
@@ -110,7 +111,7 @@ def tun_mtu(world):
 
 def test_udp_echo_1000_sizes(world):
     mtu = tun_mtu(world)
-    assert mtu == 1306 - 2 - len("redis")  # the longest service id
+    assert mtu == 1306 - 2 - max(len(k) for k in SERVICES)  # longest id
     p = world.run([sys.executable, "-c", UDP_CLIENT, SERVICES["echo"][0],
                    str(mtu)])
     bad, largest = p.stdout.split()
