@@ -596,14 +596,10 @@ int agent_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
-  if (x.cfg.metrics_port) {
-    struct sockaddr_in ms;
-    uv_ip4_addr("127.0.0.1", x.cfg.metrics_port, &ms);
-    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
-    if (rv < 0)
-      log_warnx("cannot listen on TCP 127.0.0.1:%u for metrics: %s",
-                x.cfg.metrics_port, uv_strerror(rv));
-  }
+  if (x.cfg.metrics_port &&
+      metrics_http_listen(&x.http, x.loop, "127.0.0.1", x.cfg.metrics_port,
+                          x.m, err, sizeof(err)) < 0)
+    log_warnx("%s", err);
   uv_signal_init(x.loop, &x.sigterm);
   uv_signal_init(x.loop, &x.sigint);
   uv_signal_init(x.loop, &x.sighup);

@@ -785,24 +785,11 @@ int connector_main(int argc, char **argv)
              : x.cfg.services[i].protocol == CFG_PROTO_UDP ? "udp"
                                                            : "tcp");
   }
-  if (x.cfg.metrics_port) {
-    struct sockaddr_storage ms;
-    memset(&ms, 0, sizeof(ms));
-    if (uv_ip4_addr(x.metrics_bind, x.cfg.metrics_port,
-                    (struct sockaddr_in *)&ms) < 0 &&
-        uv_ip6_addr(x.metrics_bind, x.cfg.metrics_port,
-                    (struct sockaddr_in6 *)&ms) < 0) {
-      fprintf(stderr, "ztna connector: metrics address '%s' is not an IP "
-              "address\n", x.metrics_bind);
-      return 1;
-    }
-    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
-    if (rv < 0) {
-      fprintf(stderr, "ztna connector: cannot listen on TCP %s:%u for "
-              "metrics: %s\n", x.metrics_bind, x.cfg.metrics_port,
-              uv_strerror(rv));
-      return 1;
-    }
+  if (x.cfg.metrics_port &&
+      metrics_http_listen(&x.http, x.loop, x.metrics_bind, x.cfg.metrics_port,
+                          x.m, err, sizeof(err)) < 0) {
+    fprintf(stderr, "ztna connector: %s\n", err);
+    return 1;
   }
   uv_signal_init(x.loop, &x.sigterm);
   uv_signal_init(x.loop, &x.sigint);

@@ -663,20 +663,11 @@ int intermediate_main(int argc, char **argv)
             rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
   }
-  if (x.cfg.metrics_port) {
-    struct sockaddr_storage ms;
-    if (parse_bind(x.metrics_bind, x.cfg.metrics_port, &ms) < 0) {
-      fprintf(stderr, "ztna intermediate: metrics address '%s' is not an "
-              "IPv4 or IPv6 address\n", x.metrics_bind);
-      return 1;
-    }
-    rv = metrics_http_start(&x.http, x.loop, (struct sockaddr *)&ms, x.m);
-    if (rv < 0) {
-      fprintf(stderr, "ztna intermediate: cannot listen on TCP %s:%u for "
-              "metrics: %s\n", x.metrics_bind, x.cfg.metrics_port,
-              uv_strerror(rv));
-      return 1;
-    }
+  if (x.cfg.metrics_port &&
+      metrics_http_listen(&x.http, x.loop, x.metrics_bind, x.cfg.metrics_port,
+                          x.m, err, sizeof(err)) < 0) {
+    fprintf(stderr, "ztna intermediate: %s\n", err);
+    return 1;
   }
   uv_signal_init(x.loop, &x.sigterm);
   uv_signal_init(x.loop, &x.sigint);

@@ -383,6 +383,26 @@ static void connection_cb(uv_stream_t *server, int status)
   uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
+int metrics_http_listen(struct metrics_http **out, uv_loop_t *loop,
+                        const char *addr, uint16_t port, struct metrics *m,
+                        char *err, size_t errlen)
+{
+  struct sockaddr_storage ss;
+  int rv;
+
+  memset(&ss, 0, sizeof(ss));
+  if (uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss) < 0 &&
+      uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss) < 0) {
+    snprintf(err, errlen, "metrics address '%s' is not an IP address", addr);
+    return -EINVAL;
+  }
+  rv = metrics_http_start(out, loop, (struct sockaddr *)&ss, m);
+  if (rv < 0)
+    snprintf(err, errlen, "cannot listen on TCP %s:%u for metrics: %s", addr,
+             port, uv_strerror(rv));
+  return rv;
+}
+
 static void listener_closed(uv_handle_t *hd)
 {
   free(hd->data);

@@ -70,6 +70,12 @@ struct metrics_http;
 /* Listens on bind (TCP). Returns 0 or -errno. */
 int metrics_http_start(struct metrics_http **out, uv_loop_t *loop,
                        const struct sockaddr *bind, struct metrics *m);
+/* The same from an address string and a port, with a message in err on
+ * failure ("metrics address 'x' is not an IP address", "cannot listen on
+ * TCP a:p: reason"). */
+int metrics_http_listen(struct metrics_http **out, uv_loop_t *loop,
+                        const char *addr, uint16_t port, struct metrics *m,
+                        char *err, size_t errlen);
 /* Stops listening and drops clients; memory goes once the loop has run. */
 void metrics_http_stop(struct metrics_http *h);
 int metrics_http_port(struct metrics_http *h);
