@@ -79,7 +79,7 @@ class World:
         with open(conf, "w") as f:
             f.write("""user root;
 daemon off;
-worker_processes 1;
+master_process off;
 pid %(t)s/nginx.pid;
 error_log %(t)s/nginx-error.log;
 events { worker_connections 256; }
