@@ -125,9 +125,9 @@ static const struct vip *lookup(struct actx *x, const struct ippkt *ip)
 /* The largest IP packet that fits one DATAGRAM with the largest wrapper. */
 static int tunnel_mtu(struct actx *x)
 {
-  size_t max = uplink_max_datagram(x->up);
+  size_t max = x->up ? uplink_max_datagram(x->up) : 0;
   if (!max)
-    max = 1306; /* protocol.md 1: 1350-byte packets, 20-byte CIDs */
+    max = QUIC_DATAGRAM_MAX;
   return (int)(max - 2 - x->max_idlen);
 }
 
@@ -558,7 +558,7 @@ int agent_main(int argc, char **argv)
             x.tun_fd == -EPERM ? " (run as root or with CAP_NET_ADMIN)" : "");
     return 1;
   }
-  x.mtu = (int)(1306 - 2 - x.max_idlen);
+  x.mtu = tunnel_mtu(&x);
   rv = tun_configure(x.tun_name, x.cfg.tunnel_addr, x.mtu);
   if (rv < 0) {
     fprintf(stderr, "ztna agent: cannot configure %s: %s\n", x.tun_name,

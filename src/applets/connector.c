@@ -766,7 +766,6 @@ int connector_main(int argc, char **argv)
   metrics_init(&x);
   for (size_t i = 0; i < x.nsvcs; i++) {
     struct uplink_config uc = { 0 };
-    char name[300];
     uc.ep = x.ep;
     uc.tls = x.tls;
     uc.server = server_addr;
@@ -774,9 +773,7 @@ int connector_main(int argc, char **argv)
     uc.role = WIRE_REG_CONNECTOR;
     uc.services[0] = x.cfg.services[i].id;
     uc.nservices = 1;
-    snprintf(name, sizeof(name), "%s", x.cfg.services[i].id);
     uc.name = x.cfg.services[i].id;
-    (void)name;
     if (uplink_new(&x.svcs[i].up, x.loop, &uc, &uplink_cbs, &x.svcs[i]) < 0)
       fatalx("out of memory");
     log_info("service '%s' -> %s (%s)", x.cfg.services[i].id,

@@ -205,10 +205,9 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *info,
   (void)c;
 
   if (ic->rc) {
-    log_info("%s: disconnected (%s%s%s)", ic->name,
+    log_info("%s: disconnected (%s%s)", ic->name,
              info->local ? "" : "by peer: ",
-             info->reason[0] ? info->reason : "no reason",
-             info->idle ? "" : "");
+             info->reason[0] ? info->reason : "no reason");
     relay_client_del(ic->x->relay, ic->rc);
   } else if (info->err) {
     log_debug("handshake failed: %s", info->reason);
@@ -523,7 +522,6 @@ int intermediate_main(int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  struct cfg_intermediate over;
   const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
              *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
              *mbind = NULL, *maxconns = NULL;
@@ -537,7 +535,6 @@ int intermediate_main(int argc, char **argv)
   uint8_t secret[32];
   char err[512], *text;
   size_t len;
-  (void)over;
 
   while ((ch = getopt_long(argc, argv, "c:nvp:b:h", opts, NULL)) != -1) {
     switch (ch) {

@@ -30,6 +30,10 @@ struct tls_identity;
 
 #define QUIC_MAX_UDP_PAYLOAD 1350
 #define QUIC_SCID_LEN 20
+/* The DATAGRAM payload that fits a QUIC_MAX_UDP_PAYLOAD packet whose DCID
+ * is QUIC_SCID_LEN bytes (protocol.md 1): what quic_conn_max_datagram
+ * returns on such a path, for use before a connection exists. */
+#define QUIC_DATAGRAM_MAX (QUIC_MAX_UDP_PAYLOAD - 1 - QUIC_SCID_LEN - 4 - 16 - 3)
 #define QUIC_DGRAM_QUEUE_MAX 1024
 #define QUIC_STREAM_BUF_MAX (1024 * 1024)
 

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "err.h"
+#include "testutil.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -26,16 +27,6 @@
 #define STREAM_BYTES (1024 * 1024)
 #define TIMEOUT_MS 30000
 
-static char certdir[512];
-
-static const char *cert(const char *name)
-{
-  static char bufs[8][600];
-  static int k;
-  char *b = bufs[k++ % 8];
-  snprintf(b, sizeof(bufs[0]), "%s/%s", certdir, name);
-  return b;
-}
 
 /* One side of a test connection. */
 struct side {
@@ -381,6 +372,7 @@ static void test_quic_transfer(void **state)
 
   /* 1350-byte packets and 20-byte CIDs leave 1306 bytes (protocol.md 1). */
   assert_int_equal(quic_conn_max_datagram(w.cli.c), 1306);
+  assert_int_equal(QUIC_DATAGRAM_MAX, 1306);
   assert_int_equal(quic_conn_max_datagram(w.srv.c), 1306);
   {
     uint8_t big[1307] = { 0 };
@@ -582,8 +574,6 @@ static void test_quic_expired_client(void **state)
 static void test_quic_expired_server(void **state)
 {
   struct world w;
-  struct quic_endpoint_config cfg = { 0 };
-  struct sockaddr_in any;
   (void)state;
 
   /* Swap the server's certificate for an expired one (as a reload would). */
@@ -592,8 +582,6 @@ static void test_quic_expired_server(void **state)
   tls_make(&w.server_tls, 1, cert("expired-server.crt"),
            cert("expired-server.key"), cert("ca.crt"), NULL);
   quic_endpoint_set_server_tls(w.server_ep, w.server_tls);
-  (void)cfg;
-  (void)any;
   connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
                  NULL, "ztna-server");
   assert_true(run_until(&w, client_closed));
@@ -764,6 +752,6 @@ int main(void)
             "by 'make build/test/certs/.done'\n");
     return 1;
   }
-  snprintf(certdir, sizeof(certdir), "%s", d);
+  snprintf(cert_dir, sizeof(cert_dir), "%s", d);
   return cmocka_run_group_tests_name("quic", tests, NULL, NULL);
 }

@@ -93,35 +93,15 @@ static int last_status(struct fconn *f)
 static size_t udp4(uint8_t *p, const char *src, const char *dst,
                    const char *payload)
 {
-  size_t plen = strlen(payload), n = 28 + plen;
-  uint32_t sum;
-  uint16_t c;
+  uint8_t s4[4], d4[4];
+  int n;
 
-  memset(p, 0, n);
-  p[0] = 0x45;
-  p[2] = (uint8_t)(n >> 8);
-  p[3] = (uint8_t)n;
-  p[6] = 0x40;
-  p[8] = 64;
-  p[9] = 17;
-  inet_pton(AF_INET, src, p + 12);
-  inet_pton(AF_INET, dst, p + 16);
-  c = (uint16_t)~ippkt_fold(ippkt_sum(p, 20, 0));
-  p[10] = (uint8_t)(c >> 8);
-  p[11] = (uint8_t)c;
-  p[20] = 0x13, p[21] = 0x88; /* 5000 */
-  p[22] = 0, p[23] = 7;
-  p[24] = (uint8_t)((8 + plen) >> 8);
-  p[25] = (uint8_t)(8 + plen);
-  memcpy(p + 28, payload, plen);
-  sum = ippkt_sum(p + 12, 8, 17 + (uint32_t)(8 + plen));
-  c = (uint16_t)~ippkt_fold(ippkt_sum(p + 20, 8 + plen, sum));
-  p[26] = (uint8_t)(c >> 8);
-  p[27] = (uint8_t)(c ? c : 0xffff);
-  p[27] = (uint8_t)c;
-  if (!c)
-    p[26] = p[27] = 0xff;
-  return n;
+  inet_pton(AF_INET, src, s4);
+  inet_pton(AF_INET, dst, d4);
+  n = ippkt_build_udp(p, 256, 4, s4, 5000, d4, 7,
+                      (const uint8_t *)payload, strlen(payload));
+  assert_true(n > 0);
+  return (size_t)n;
 }
 
 static void assert_checksums(const uint8_t *p, size_t n)

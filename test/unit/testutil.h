@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Parses hex with any separators ("01 cb 00", "|") into out. Quoted text
@@ -59,6 +60,19 @@ static inline void set_v6(struct sockaddr_storage *ss, const char *ip,
   in6->sin6_family = AF_INET6;
   in6->sin6_port = htons(port);
   inet_pton(AF_INET6, ip, &in6->sin6_addr);
+}
+
+/* A file in the certificate directory the Makefile makes (ZTNA_TEST_CERTS):
+ * cert_dir is set by the test's main. */
+static char cert_dir[512];
+
+static inline const char *cert(const char *name)
+{
+  static char bufs[8][600];
+  static int k;
+  char *b = bufs[k++ % 8];
+  snprintf(b, sizeof(bufs[0]), "%s/%s", cert_dir, name);
+  return b;
 }
 
 #endif

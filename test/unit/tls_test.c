@@ -11,18 +11,9 @@
 #include <cmocka.h>
 
 #include "err.h"
+#include "testutil.h"
 #include "tls.h"
 
-static char certdir[512];
-
-static const char *cert(const char *name)
-{
-  static char bufs[8][600];
-  static int k;
-  char *b = bufs[k++ % 8];
-  snprintf(b, sizeof(bufs[0]), "%s/%s", certdir, name);
-  return b;
-}
 
 static int make(struct tls_ctx **t, int server, const char *crt,
                 const char *key, const char *ca, int verify, char *err)
@@ -111,6 +102,6 @@ int main(void)
     fprintf(stderr, "tls_test: set ZTNA_TEST_CERTS\n");
     return 1;
   }
-  snprintf(certdir, sizeof(certdir), "%s", d);
+  snprintf(cert_dir, sizeof(cert_dir), "%s", d);
   return cmocka_run_group_tests_name("tls", tests, NULL, NULL);
 }
