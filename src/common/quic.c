@@ -68,6 +68,9 @@ struct quic_conn {
   struct sockaddr_storage observed;
   int server, handshake_done, dying, in_ngtcp2;
   int want_close;
+  int rotate_pending;   /* server: read the next packet on the other label */
+  uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
+  uint64_t rotations;
   uint64_t close_code;
   char close_reason[128];
   struct dgram *dq_head, *dq_tail;
@@ -84,6 +87,8 @@ struct quic_endpoint {
   uv_loop_t *loop;
   uv_udp_t udp;
   struct sockaddr_storage local;
+  /* A second name for the same socket, see rotate_cid. */
+  struct sockaddr_storage local_alt;
   struct quic_endpoint_config cfg;
   struct tls_ctx *server_tls;
   uint8_t secret[32];
@@ -106,6 +111,8 @@ struct send_req {
 
 static void conn_destroy(struct quic_conn *c);
 static int conn_write(struct quic_conn *c);
+static void fill_close_info(struct quic_conn *c, int rv);
+static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc);
 
 static uint64_t now_ns(void)
 {
@@ -352,6 +359,7 @@ static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
 static int conn_up(struct quic_conn *c)
 {
   c->handshake_done = 1;
+  c->rotate_at = now_ns() + c->ep->cfg.cid_rotate_ms * NGTCP2_MILLISECONDS;
   sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
   if (c->cbs && c->cbs->handshake_cb)
     c->cbs->handshake_cb(c, c->ud);
@@ -542,6 +550,75 @@ static void params_init(struct quic_endpoint *ep, ngtcp2_transport_params *p)
   p->active_connection_id_limit = 7;
 }
 
+/* Copies into out the local address ngtcp2 knows this connection's
+ * current path by or, with other, the endpoint's other name for the same
+ * socket (see rotate_cid). A copy: ngtcp2 rewrites its path storage while
+ * it reads a packet. */
+static socklen_t conn_local(struct quic_conn *c, int other,
+                            struct sockaddr_storage *out)
+{
+  const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+  const struct sockaddr *sa = p->local.addr;
+
+  if (other)
+    sa = sa_equal(sa, (const struct sockaddr *)&c->ep->local)
+             ? (const struct sockaddr *)&c->ep->local_alt
+             : (const struct sockaddr *)&c->ep->local;
+  sa_copy(out, sa);
+  return sa_len(sa);
+}
+
+/* CID rotation (protocol.md 1: every 300 s). ngtcp2 1.11 moves to a new
+ * DCID only when the path changes: a client migrates, a server follows a
+ * peer to a new path. All connections share one socket, so the endpoint
+ * has two names for its own address (local and local_alt: same address,
+ * another port number that is never bound) and a connection "moves"
+ * between them. Packets still leave from the one socket to the same peer.
+ * A client switches at once (initiate_immediate_migration: the server
+ * sees its next packets under a new DCID and retires the old one, which
+ * makes it issue a NEW_CONNECTION_ID with a fresh stateless-reset token);
+ * a server reads the next packet on the other name, so ngtcp2 takes a new
+ * DCID for the peer and validates the (same) path. Without a spare CID
+ * from the peer the rotation waits for the next period. */
+static void rotate_cid(struct quic_conn *c)
+{
+  uint64_t now = now_ns();
+  struct sockaddr_storage local;
+  ngtcp2_path path;
+  int rv;
+
+  c->rotate_at = now + c->ep->cfg.cid_rotate_ms * NGTCP2_MILLISECONDS;
+  if (!c->handshake_done)
+    return;
+  if (c->server) {
+    c->rotate_pending = 1;
+    c->rotations++;
+    c->ep->stats.cid_rotations++;
+    return;
+  }
+  path = *ngtcp2_conn_get_path(c->conn);
+  path.local.addrlen = conn_local(c, 1, &local);
+  path.local.addr = (ngtcp2_sockaddr *)&local;
+  path.user_data = NULL;
+  c->in_ngtcp2 = 1;
+  rv = ngtcp2_conn_initiate_immediate_migration(c->conn, &path, now);
+  c->in_ngtcp2 = 0;
+  if (rv == 0) {
+    c->rotations++;
+    c->ep->stats.cid_rotations++;
+    log_debug("quic: connection ID rotated (%llu)",
+              (unsigned long long)c->rotations);
+  } else if (ngtcp2_err_is_fatal(rv)) {
+    ngtcp2_ccerr cc;
+    fill_close_info(c, rv);
+    ngtcp2_ccerr_set_liberr(&cc, rv, NULL, 0);
+    conn_fail(c, &cc);
+  } else {
+    log_debug("quic: connection ID rotation skipped: %s",
+              ngtcp2_strerror(rv));
+  }
+}
+
 static void timer_cb(uv_timer_t *t)
 {
   struct quic_conn *c = t->data;
@@ -549,6 +626,11 @@ static void timer_cb(uv_timer_t *t)
 
   if (c->dying)
     return;
+  if (c->rotate_at && now_ns() >= c->rotate_at) {
+    rotate_cid(c);
+    if (c->dying)
+      return;
+  }
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_handle_expiry(c->conn, now_ns());
   c->in_ngtcp2 = 0;
@@ -575,6 +657,8 @@ static void arm_timer(struct quic_conn *c)
   uint64_t expiry = ngtcp2_conn_get_expiry(c->conn), now = now_ns();
   uint64_t ms;
 
+  if (c->rotate_at && c->rotate_at < expiry)
+    expiry = c->rotate_at;
   if (expiry == UINT64_MAX) {
     uv_timer_stop(&c->timer);
     return;
@@ -796,14 +880,15 @@ static void check_path(struct quic_conn *c)
 static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
                       const struct sockaddr *from)
 {
-  struct sockaddr_storage remote;
+  struct sockaddr_storage remote, local;
   ngtcp2_path path;
   ngtcp2_pkt_info pi = { 0 };
   int rv;
 
   sa_copy(&remote, from);
-  path.local.addr = (ngtcp2_sockaddr *)&c->ep->local;
-  path.local.addrlen = sa_len((struct sockaddr *)&c->ep->local);
+  path.local.addrlen = conn_local(c, c->rotate_pending, &local);
+  path.local.addr = (ngtcp2_sockaddr *)&local;
+  c->rotate_pending = 0;
   path.remote.addr = (ngtcp2_sockaddr *)&remote;
   path.remote.addrlen = sa_len(from);
   path.user_data = NULL;
@@ -1237,6 +1322,8 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
     ep->cfg.idle_timeout_ms = 30000;
   if (!ep->cfg.handshake_timeout_ms)
     ep->cfg.handshake_timeout_ms = 10000;
+  if (!ep->cfg.cid_rotate_ms)
+    ep->cfg.cid_rotate_ms = QUIC_CID_ROTATE_MS;
   if (cfg->server_tls)
     ep->server_tls = tls_ctx_ref(cfg->server_tls);
   if (cfg->secret)
@@ -1252,6 +1339,11 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   rv = uv_udp_getsockname(&ep->udp, (struct sockaddr *)&ep->local, &namelen);
   if (rv < 0)
     goto fail;
+  ep->local_alt = ep->local;
+  if (ep->local.ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)&ep->local_alt)->sin6_port ^= htons(1);
+  else
+    ((struct sockaddr_in *)&ep->local_alt)->sin_port ^= htons(1);
   /* Bigger socket buffers ride out bursts; the kernel caps them. */
   uv_recv_buffer_size((uv_handle_t *)&ep->udp, &sz);
   sz = 4 * 1024 * 1024;
@@ -1421,6 +1513,15 @@ struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c)
 int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id)
 {
   return tls_peer_identity(c->ssl, id);
+}
+
+size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap)
+{
+  const ngtcp2_cid *cid = ngtcp2_conn_get_dcid(c->conn);
+  size_t n = cid->datalen < cap ? cid->datalen : cap;
+
+  memcpy(out, cid->data, n);
+  return n;
 }
 
 uint64_t quic_conn_rtt_us(struct quic_conn *c)

@@ -35,6 +35,7 @@ struct tls_identity;
  * returns on such a path, for use before a connection exists. */
 #define QUIC_DATAGRAM_MAX (QUIC_MAX_UDP_PAYLOAD - 1 - QUIC_SCID_LEN - 4 - 16 - 3)
 #define QUIC_DGRAM_QUEUE_MAX 1024
+#define QUIC_CID_ROTATE_MS (300 * 1000) /* protocol.md 1 */
 #define QUIC_STREAM_BUF_MAX (1024 * 1024)
 
 /* Why a connection ended. */
@@ -79,6 +80,7 @@ struct quic_endpoint_config {
   uint64_t idle_timeout_ms;   /* 0: 30000 */
   uint64_t keepalive_ms;      /* client PING interval, 0: none */
   uint64_t handshake_timeout_ms; /* 0: 10000 */
+  uint64_t cid_rotate_ms;        /* move to a new CID, 0: QUIC_CID_ROTATE_MS */
   /* 32 bytes for Retry and stateless-reset tokens; NULL: random. A secret
    * that survives restarts lets a restarted server reset the connections
    * of its previous life at once instead of leaving them to time out. */
@@ -100,6 +102,7 @@ struct quic_stats {
   uint64_t dgram_rejected;      /* datagrams ngtcp2 refused when sending */
   uint64_t udp_send_errors;     /* packets the socket would not take */
   uint64_t resets_sent;         /* stateless resets sent */
+  uint64_t cid_rotations;       /* timed moves to a new CID */
   uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
 };
 
@@ -138,6 +141,9 @@ int quic_conn_handshake_done(struct quic_conn *c);
 const struct sockaddr *quic_conn_peer(struct quic_conn *c);
 struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c);
 int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id);
+/* Copies the connection ID packets to the peer carry now; returns its
+ * length. */
+size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap);
 /* Smoothed RTT in microseconds (0 before any sample). */
 uint64_t quic_conn_rtt_us(struct quic_conn *c);
 

@@ -1,6 +1,7 @@
 /* quic_test.c - the transport over real loopback sockets: mTLS handshakes,
  * 10,000 DATAGRAMs each way and 1 MiB of stream data each way checked byte
- * for byte, Retry, version negotiation, close codes, idle timeout, and the
+ * for byte, CID rotation under load, Retry, version negotiation, close
+ * codes, idle timeout, and the
  * handshakes that must fail (wrong ALPN, untrusted CA, no client
  * certificate, expired certificates, wrong server name).
  *
@@ -56,6 +57,7 @@ struct world {
 };
 
 static struct world *W;
+static uint64_t rotate_ms; /* CID rotation period for world_init, 0: default */
 
 static uint8_t pattern(uint32_t seq, size_t i)
 {
@@ -261,12 +263,14 @@ static void world_init(struct world *w, int retry, uint64_t idle_ms)
   cfg.server_tls = w->server_tls;
   cfg.retry = retry;
   cfg.idle_timeout_ms = idle_ms;
+  cfg.cid_rotate_ms = rotate_ms;
   cfg.cbs = &server_cbs;
   cfg.ud = w;
   assert_int_equal(quic_endpoint_new(&w->server_ep, &w->loop,
                                      (struct sockaddr *)&any, &cfg), 0);
   memset(&cfg, 0, sizeof(cfg));
   cfg.idle_timeout_ms = idle_ms;
+  cfg.cid_rotate_ms = rotate_ms;
   assert_int_equal(quic_endpoint_new(&w->client_ep, &w->loop,
                                      (struct sockaddr *)&any, &cfg), 0);
   uv_idle_init(&w->loop, &w->idle);
@@ -729,6 +733,109 @@ static void test_quic_rebinding_observed(void **state)
   world_free(&w);
 }
 
+#define MAX_CIDS 64
+
+/* The distinct DCIDs one end has put on its packets. */
+struct cidset {
+  uint8_t cid[MAX_CIDS][QUIC_SCID_LEN];
+  size_t n;
+};
+
+static struct cidset cids_cli, cids_srv;
+
+static void cidset_sample(struct cidset *s, struct quic_conn *c)
+{
+  uint8_t d[QUIC_SCID_LEN];
+
+  if (!c || quic_conn_dcid(c, d, sizeof(d)) != QUIC_SCID_LEN)
+    return;
+  for (size_t i = 0; i < s->n; i++)
+    if (!memcmp(s->cid[i], d, sizeof(d)))
+      return;
+  if (s->n < MAX_CIDS)
+    memcpy(s->cid[s->n++], d, sizeof(d));
+}
+
+static int rotated_thrice(struct world *w)
+{
+  const struct quic_stats *cs = quic_endpoint_stats(w->client_ep);
+  const struct quic_stats *ss = quic_endpoint_stats(w->server_ep);
+  return (transfer_done(w) && cs->cid_rotations >= 3 &&
+          ss->cid_rotations >= 3 && cids_cli.n >= 4 && cids_srv.n >= 4) ||
+         w->cli.closed || w->srv.closed;
+}
+
+/* Every 20 ms: note the DCIDs in use and keep a little traffic going, so
+ * the server has packets to follow the client with. */
+static void tick_cb(uv_timer_t *t)
+{
+  struct world *w = t->data;
+  uint8_t ping[16];
+
+  fill_dgram(ping, 0, sizeof(ping));
+  if (w->cli.c && !w->cli.closed) {
+    cidset_sample(&cids_cli, w->cli.c);
+    quic_conn_send_datagram(w->cli.c, ping, sizeof(ping));
+  }
+  if (w->srv.c && !w->srv.closed) {
+    cidset_sample(&cids_srv, w->srv.c);
+    quic_conn_send_datagram(w->srv.c, ping, sizeof(ping));
+  }
+}
+
+/* Both ends move to new connection IDs on a timer (protocol.md 1: every
+ * 300 s; 100 ms here) while 10,000 DATAGRAMs each way and 1 MiB on a
+ * stream go through: each end addresses its peer by several IDs in turn,
+ * and nothing is lost or corrupted. */
+static void test_quic_cid_rotation(void **state)
+{
+  struct world w;
+  uv_timer_t tick;
+  (void)state;
+
+  rotate_ms = 100;
+  world_init(&w, 0, 0);
+  rotate_ms = 0;
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+
+  assert_int_equal(quic_conn_open_stream(w.cli.c, &w.cli.sid), 0);
+  w.srv.echo_stream = 1;
+  w.pump = 1;
+  uv_idle_start(&w.idle, idle_cb);
+  uv_timer_init(&w.loop, &tick);
+  tick.data = &w;
+  uv_timer_start(&tick, tick_cb, 0, 20);
+  if (!run_until(&w, rotated_thrice))
+    fail_msg("rotations client %llu server %llu, DCIDs client %zu, server "
+             "%zu, datagrams %u/%u, stream %zu/%zu, closed %d/%d",
+             (unsigned long long)quic_endpoint_stats(w.client_ep)
+                 ->cid_rotations,
+             (unsigned long long)quic_endpoint_stats(w.server_ep)
+                 ->cid_rotations,
+             cids_cli.n, cids_srv.n, w.srv.received, w.cli.received,
+             w.srv.stream_rx, w.cli.stream_rx, w.cli.closed, w.srv.closed);
+  uv_timer_stop(&tick);
+  uv_idle_stop(&w.idle);
+  assert_false(w.cli.closed);
+  assert_false(w.srv.closed);
+  assert_int_equal(w.srv.bad + w.cli.bad, 0);
+  assert_int_equal(w.srv.received, NDGRAMS);
+  assert_int_equal(w.cli.received, NDGRAMS);
+  assert_int_equal(w.srv.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.cli.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.srv.stream_bad + w.cli.stream_bad, 0);
+  /* The second name the connection moves to is never seen by the peer:
+   * the server still sees the client's one socket. */
+  assert_int_equal(w.srv.path_changes, 0);
+  assert_int_equal(w.cli.path_changes, 0);
+
+  uv_close((uv_handle_t *)&tick, NULL);
+  world_free(&w);
+}
+
 int main(void)
 {
   const char *d = getenv("ZTNA_TEST_CERTS");
@@ -736,6 +843,7 @@ int main(void)
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_rebinding_observed),
+    cmocka_unit_test(test_quic_cid_rotation),
     cmocka_unit_test(test_quic_idle_timeout),
     cmocka_unit_test(test_quic_version_negotiation),
     cmocka_unit_test(test_quic_wrong_alpn),
