@@ -35,6 +35,11 @@
 #include "uplink.h"
 #include "wire.h"
 
+/* The TUN's IPv6 address when a service has an IPv6 virtual IP and the
+ * configuration names none. Agents share it freely: the intermediate and
+ * connectors tell agents apart by their connection, not this address. */
+#define AGENT_TUNNEL_ADDR6 "fd7a:7a74:6e61:a::1"
+
 static const char usage_text[] =
     "Usage: ztna agent [-c FILE] [-n] [-v]... [OPTIONS]\n"
     "       ztna agent --server HOST:PORT --service ID=VIRTUAL_IP...\n"
@@ -54,6 +59,8 @@ static const char usage_text[] =
     "      --ca FILE        CA the intermediate's certificate chains to\n"
     "      --tun NAME       TUN device name (ztna0)\n"
     "      --tunnel-addr A  this agent's address on the TUN (100.64.0.1)\n"
+    "      --tunnel-addr6 A its IPv6 address on the TUN, needed for IPv6\n"
+    "                       virtual IPs (" AGENT_TUNNEL_ADDR6 ")\n"
     "      --metrics-port N Prometheus /metrics and /healthz (0: off)\n"
     "  -h, --help           this text\n";
 
@@ -402,7 +409,7 @@ static void warn_cb(const char *msg)
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
-       OPT_TUNNEL_ADDR, OPT_METRICS_PORT };
+       OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT };
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -425,13 +432,15 @@ int agent_main(int argc, char **argv)
     { "ca", required_argument, NULL, OPT_CA },
     { "tun", required_argument, NULL, OPT_TUN },
     { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
+    { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
     { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   static struct actx x;
   const char *config = NULL, *server = NULL, *cert = NULL, *key = NULL,
-             *ca = NULL, *tun = NULL, *taddr = NULL, *mport = NULL;
+             *ca = NULL, *tun = NULL, *taddr = NULL, *taddr6 = NULL,
+             *mport = NULL;
   const char *svcargs[CFG_MAX_SERVICES];
   size_t nsvcargs = 0;
   int ch, check = 0, verbose = LOG_LVL_INFO, rv;
@@ -457,6 +466,7 @@ int agent_main(int argc, char **argv)
     case OPT_CA: ca = optarg; break;
     case OPT_TUN: tun = optarg; break;
     case OPT_TUNNEL_ADDR: taddr = optarg; break;
+    case OPT_TUNNEL_ADDR6: taddr6 = optarg; break;
     case OPT_METRICS_PORT: mport = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
@@ -509,6 +519,8 @@ int agent_main(int argc, char **argv)
     snprintf(x.cfg.tun_name, sizeof(x.cfg.tun_name), "%s", tun);
   if (taddr)
     snprintf(x.cfg.tunnel_addr, sizeof(x.cfg.tunnel_addr), "%s", taddr);
+  if (taddr6)
+    snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s", taddr6);
   if (mport) {
     char *end;
     long p = strtol(mport, &end, 10);
@@ -532,9 +544,18 @@ int agent_main(int argc, char **argv)
   }
   {
     struct in_addr a;
+    struct in6_addr a6;
     if (inet_pton(AF_INET, x.cfg.tunnel_addr, &a) != 1)
       return usage_error("tunnel address '%s' is not an IPv4 address",
                          x.cfg.tunnel_addr);
+    if (x.cfg.tunnel_addr6[0] &&
+        inet_pton(AF_INET6, x.cfg.tunnel_addr6, &a6) != 1)
+      return usage_error("IPv6 tunnel address '%s' is not an IPv6 address",
+                         x.cfg.tunnel_addr6);
+    for (size_t i = 0; i < x.nvips && !x.cfg.tunnel_addr6[0]; i++)
+      if (x.vips[i].family == 6)
+        snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s",
+                 AGENT_TUNNEL_ADDR6);
   }
   if (make_tls(&x, &x.tls) < 0)
     return 1;
@@ -565,6 +586,16 @@ int agent_main(int argc, char **argv)
             strerror(-rv));
     return 1;
   }
+  if (x.cfg.tunnel_addr6[0] &&
+      (rv = tun_add_addr6(x.tun_name, x.cfg.tunnel_addr6)) < 0) {
+    fprintf(stderr, "ztna agent: cannot give %s the IPv6 address %s: %s%s\n",
+            x.tun_name, x.cfg.tunnel_addr6, strerror(-rv),
+            rv == -EACCES || rv == -EADDRNOTAVAIL
+                ? " (is IPv6 disabled? see sysctl net.ipv6.conf.all."
+                  "disable_ipv6)"
+                : "");
+    return 1;
+  }
   x.loop = uv_default_loop();
   memset(&bind_addr, 0, sizeof(bind_addr));
   if (server_addr.ss_family == AF_INET6)
@@ -587,8 +618,9 @@ int agent_main(int argc, char **argv)
   if (uplink_new(&x.up, x.loop, &uc, &uplink_cbs, &x) < 0)
     fatalx("out of memory");
   routes(&x, 1);
-  log_info("%s up (%s, MTU %d), %zu services routed", x.tun_name,
-           x.cfg.tunnel_addr, x.mtu, x.nvips);
+  log_info("%s up (%s%s%s, MTU %d), %zu services routed", x.tun_name,
+           x.cfg.tunnel_addr, x.cfg.tunnel_addr6[0] ? ", " : "",
+           x.cfg.tunnel_addr6, x.mtu, x.nvips);
   uv_poll_init(x.loop, &x.poll, x.tun_fd);
   x.poll.data = &x;
   uv_poll_start(&x.poll, UV_READABLE, tun_readable);

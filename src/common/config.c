@@ -832,6 +832,8 @@ static int agent_member(struct doc *d, int key, int val, void *out)
     return get_str(d, val, c->tun_name, sizeof(c->tun_name));
   if (key_is(d, key, "tunnelAddr") || key_is(d, key, "tunnel_addr"))
     return get_str(d, val, c->tunnel_addr, sizeof(c->tunnel_addr));
+  if (key_is(d, key, "tunnelAddr6") || key_is(d, key, "tunnel_addr6"))
+    return get_str(d, val, c->tunnel_addr6, sizeof(c->tunnel_addr6));
   if (key_is(d, key, "metrics_port"))
     return get_port(d, val, &c->metrics_port, 1);
   return 1;

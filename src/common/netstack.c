@@ -20,12 +20,20 @@
 #define LOCAL_ADDR 0x0afffffeu /* 10.255.255.254: lwIP's own address */
 #define SYNTH_BASE 0x0afe0000u /* 10.254.0.0/16: synthetic sources */
 #define SYNTH_MAX 65536
+/* The same for IPv6: lwIP is fd7a:7a74:6e61:ffff::1, synthetic sources
+ * are fd7a:7a74:6e61:fffe::/96 plus the mapping's index. Neither ever
+ * leaves the process. */
+static const uint8_t LOCAL6[16] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e, 0x61,
+                                    0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1 };
+static const uint8_t SYNTH6[12] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e, 0x61,
+                                    0xff, 0xfe, 0, 0, 0, 0 };
 
 enum { S_PENDING, S_CONNECTED, S_OPEN, S_DEAD };
 
 struct mapping {
   void *conn; /* NULL: free */
-  uint8_t agent[4], vip[4];
+  int version; /* 4 or 6 */
+  uint8_t agent[16], vip[16];
   unsigned refs;
   uint64_t tokens_ms; /* SYN token bucket: time of the last refill */
   double tokens;
@@ -100,10 +108,10 @@ static uint32_t get32(const uint8_t *p)
 /* --- mappings ------------------------------------------------------------- */
 
 static struct mapping *map_find(struct netstack *ns, void *conn,
-                                const uint8_t *agent, const uint8_t *vip,
-                                uint32_t *idx, int create)
+                                int version, const uint8_t *agent,
+                                const uint8_t *vip, uint32_t *idx, int create)
 {
-  size_t free_slot = SIZE_MAX;
+  size_t free_slot = SIZE_MAX, alen = version == 4 ? 4 : 16;
 
   for (size_t i = 0; i < ns->nmaps_max; i++) {
     struct mapping *m = &ns->maps[i];
@@ -112,8 +120,8 @@ static struct mapping *map_find(struct netstack *ns, void *conn,
         free_slot = i;
       continue;
     }
-    if (m->conn == conn && !memcmp(m->agent, agent, 4) &&
-        !memcmp(m->vip, vip, 4)) {
+    if (m->conn == conn && m->version == version &&
+        !memcmp(m->agent, agent, alen) && !memcmp(m->vip, vip, alen)) {
       *idx = (uint32_t)i;
       return m;
     }
@@ -122,8 +130,9 @@ static struct mapping *map_find(struct netstack *ns, void *conn,
     return NULL;
   memset(&ns->maps[free_slot], 0, sizeof(ns->maps[0]));
   ns->maps[free_slot].conn = conn;
-  memcpy(ns->maps[free_slot].agent, agent, 4);
-  memcpy(ns->maps[free_slot].vip, vip, 4);
+  ns->maps[free_slot].version = version;
+  memcpy(ns->maps[free_slot].agent, agent, alen);
+  memcpy(ns->maps[free_slot].vip, vip, alen);
   ns->maps[free_slot].tokens = ns->syn_rate;
   ns->maps[free_slot].tokens_ms = uv_now(ns->loop);
   *idx = (uint32_t)free_slot;
@@ -144,14 +153,22 @@ static void to_agent(struct netstack *ns, uint8_t *pkt, size_t n)
   uint32_t synth, idx;
   struct mapping *m;
 
-  if (ippkt_parse(pkt, n, &ip) < 0 || ip.version != 4)
+  if (ippkt_parse(pkt, n, &ip) < 0)
     return;
-  synth = get32(ip.dst);
-  if (synth < SYNTH_BASE || synth - SYNTH_BASE >= ns->nmaps_max)
+  if (ip.version == 4) {
+    synth = get32(ip.dst);
+    if (synth < SYNTH_BASE)
+      return;
+    idx = synth - SYNTH_BASE;
+  } else {
+    if (memcmp(ip.dst, SYNTH6, sizeof(SYNTH6)))
+      return;
+    idx = get32(ip.dst + 12);
+  }
+  if (idx >= ns->nmaps_max)
     return;
-  idx = synth - SYNTH_BASE;
   m = &ns->maps[idx];
-  if (!m->conn)
+  if (!m->conn || m->version != ip.version)
     return;
   ippkt_rewrite_addr(pkt, n, 0, m->vip);
   ippkt_rewrite_addr(pkt, n, 1, m->agent);
@@ -171,12 +188,20 @@ static err_t netif_output_cb(struct netif *netif, struct pbuf *p,
   return ERR_OK;
 }
 
+static err_t netif_output6_cb(struct netif *netif, struct pbuf *p,
+                              const ip6_addr_t *dst)
+{
+  (void)dst;
+  return netif_output_cb(netif, p, NULL);
+}
+
 static err_t netif_init_cb(struct netif *netif)
 {
   netif->name[0] = 'z';
   netif->name[1] = 't';
   netif->mtu = 1500;
   netif->output = netif_output_cb;
+  netif->output_ip6 = netif_output6_cb;
   return ERR_OK;
 }
 
@@ -491,17 +516,34 @@ static void lwip_err(void *arg, err_t err)
   session_free(s, 1);
 }
 
+/* The mapping index behind a synthetic source address of lwIP's. */
+static int synth_index(struct netstack *ns, const ip_addr_t *a, uint32_t *idx)
+{
+  if (IP_IS_V6(a)) {
+    uint8_t b[16];
+    memcpy(b, ip_2_ip6(a)->addr, 16);
+    if (memcmp(b, SYNTH6, sizeof(SYNTH6)))
+      return -1;
+    *idx = get32(b + 12);
+  } else {
+    uint32_t synth = ntohl(ip_2_ip4(a)->addr);
+    if (synth < SYNTH_BASE)
+      return -1;
+    *idx = synth - SYNTH_BASE;
+  }
+  return *idx < ns->nmaps_max ? 0 : -1;
+}
+
 static err_t lwip_accept(void *arg, struct tcp_pcb *pcb, err_t err)
 {
   struct netstack *ns = arg;
-  uint32_t synth = ntohl(ip_2_ip4(&pcb->remote_ip)->addr);
   struct session *s;
+  uint32_t idx;
   (void)err;
 
-  if (synth < SYNTH_BASE || synth - SYNTH_BASE >= ns->nmaps_max)
+  if (synth_index(ns, &pcb->remote_ip, &idx) < 0)
     goto refuse;
-  s = session_find(ns, synth - SYNTH_BASE, pcb->remote_port,
-                   pcb->local_port);
+  s = session_find(ns, idx, pcb->remote_port, pcb->local_port);
   if (!s || s->state != S_CONNECTED)
     goto refuse;
   s->pcb = pcb;
@@ -545,10 +587,10 @@ static int ensure_listener(struct netstack *ns, uint16_t port)
   for (int i = 0; i < MAX_LISTENERS; i++) {
     if (ns->listeners[i])
       continue;
-    pcb = tcp_new();
+    pcb = tcp_new_ip_type(IPADDR_TYPE_ANY); /* IPv4 and IPv6 */
     if (!pcb)
       return -1;
-    if (tcp_bind(pcb, IP4_ADDR_ANY, port) != ERR_OK) {
+    if (tcp_bind(pcb, IP_ANY_TYPE, port) != ERR_OK) {
       tcp_close(pcb);
       return -1;
     }
@@ -639,7 +681,7 @@ void netstack_input(struct netstack *ns, void *conn,
   struct ippkt ip;
   const uint8_t *t;
   size_t tlen;
-  uint8_t buf[65536], local[4], synth[4];
+  uint8_t buf[65536], local[16], synth[16];
   uint16_t sport, vport;
   uint32_t idx;
   struct mapping *m;
@@ -648,23 +690,25 @@ void netstack_input(struct netstack *ns, void *conn,
 
   if (ippkt_parse(pkt, n, &ip) < 0 || n > sizeof(buf))
     return;
-  if (ip.version != 4) {
-    ns->st.unsupported++;
-    return;
-  }
   ippkt_l4(pkt, &ip, &t, &tlen);
   if (tlen < 20)
     return;
   sport = (uint16_t)(t[0] << 8 | t[1]);
   vport = (uint16_t)(t[2] << 8 | t[3]);
   syn = (t[13] & 0x12) == 0x02; /* SYN without ACK */
-  m = map_find(ns, conn, ip.src, ip.dst, &idx, syn);
+  m = map_find(ns, conn, ip.version, ip.src, ip.dst, &idx, syn);
   if (!m)
     return; /* no connection of ours: nothing to answer for */
   /* Inside lwIP: the synthetic source, the netif's own address. */
   memcpy(buf, pkt, n);
-  put32(synth, SYNTH_BASE + idx);
-  put32(local, LOCAL_ADDR);
+  if (ip.version == 4) {
+    put32(synth, SYNTH_BASE + idx);
+    put32(local, LOCAL_ADDR);
+  } else {
+    memcpy(synth, SYNTH6, sizeof(SYNTH6));
+    put32(synth + 12, idx);
+    memcpy(local, LOCAL6, sizeof(LOCAL6));
+  }
   ippkt_rewrite_addr(buf, n, 0, synth);
   ippkt_rewrite_addr(buf, n, 1, local);
   s = session_find(ns, idx, sport, vport);
@@ -780,6 +824,8 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   static int lwip_ready;
   struct netstack *ns;
   ip4_addr_t addr, mask, gw;
+  ip6_addr_t addr6;
+  s8_t idx6;
 
   *out = NULL;
   if (the)
@@ -806,6 +852,17 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   mask.addr = 0;
   gw.addr = 0;
   netif_add(&ns->netif, &addr, &mask, &gw, ns, netif_init_cb, ip_input);
+  memset(&addr6, 0, sizeof(addr6));
+  memcpy(addr6.addr, LOCAL6, sizeof(LOCAL6));
+  ip6_addr_clear_zone(&addr6);
+  if (netif_add_ip6_address(&ns->netif, &addr6, &idx6) != ERR_OK) {
+    netif_remove(&ns->netif);
+    the = NULL;
+    free(ns->maps);
+    free(ns);
+    return ZTNA_ERR_STATE;
+  }
+  netif_ip6_addr_set_state(&ns->netif, idx6, IP6_ADDR_PREFERRED);
   netif_set_default(&ns->netif);
   netif_set_link_up(&ns->netif);
   netif_set_up(&ns->netif);

@@ -14,7 +14,7 @@
  * or 5 s without an answer gets a RST. Data moves with backpressure both
  * ways: the window to the agent reopens only when the backend took the
  * bytes, and the backend is read only as far as lwIP can send.
- * IPv4 only for TCP; IPv6 TCP packets are refused (counted).
+ * IPv4 and IPv6 alike; the backend may be of either family.
  */
 #ifndef ZTNA_NETSTACK_H
 #define ZTNA_NETSTACK_H
@@ -41,7 +41,6 @@ struct netstack_stats {
   uint64_t resets;          /* connections ended by a reset either way */
   uint64_t syn_limited;     /* SYNs dropped by the per-source rate */
   uint64_t limit;           /* SYNs refused: too many sessions */
-  uint64_t unsupported;     /* IPv6 TCP */
   uint64_t to_backend, to_agent; /* bytes spliced */
 };
 

@@ -83,6 +83,34 @@ int tun_configure(const char *ifname, const char *addr4, int mtu)
   return ifreq_ioctl(AF_INET, SIOCSIFFLAGS, &ifr);
 }
 
+/* struct in6_ifreq of <linux/ipv6.h>, which clashes with <netinet/in.h>. */
+struct ifreq6 {
+  struct in6_addr addr;
+  uint32_t prefixlen;
+  int ifindex;
+};
+
+int tun_add_addr6(const char *ifname, const char *addr6)
+{
+  struct ifreq6 r;
+  int s, rv = 0;
+
+  memset(&r, 0, sizeof(r));
+  if (inet_pton(AF_INET6, addr6, &r.addr) != 1)
+    return -EINVAL;
+  r.prefixlen = 128;
+  r.ifindex = (int)if_nametoindex(ifname);
+  if (!r.ifindex)
+    return -ENODEV;
+  s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0)
+    return -errno;
+  if (ioctl(s, SIOCSIFADDR, &r) < 0 && errno != EEXIST)
+    rv = -errno;
+  close(s);
+  return rv;
+}
+
 int tun_route(const char *ifname, int add, int family, const uint8_t *addr,
               int prefix)
 {

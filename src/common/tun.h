@@ -12,6 +12,8 @@ int tun_open(const char *name, char *actual, size_t len);
 /* Brings ifname up with IPv4 address addr4 (/32; NULL: none) and mtu. */
 int tun_configure(const char *ifname, const char *addr4, int mtu);
 int tun_set_mtu(const char *ifname, int mtu);
+/* Adds IPv6 address addr6 (/128) to ifname. Returns 0 or -errno. */
+int tun_add_addr6(const char *ifname, const char *addr6);
 /* Adds (add = 1) or deletes a route to addr/prefix (family 4 or 6) through
  * ifname. Returns 0 or -errno. */
 int tun_route(const char *ifname, int add, int family, const uint8_t *addr,

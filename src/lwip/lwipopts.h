@@ -36,6 +36,10 @@
 #define IP_REASSEMBLY 0
 #define IP_FRAG 0
 #define LWIP_ND6_QUEUEING 0
+/* The netif's IPv6 address is set ready to use: no router solicitation,
+ * no duplicate address detection on a link that does not exist. */
+#define LWIP_IPV6_SEND_ROUTER_SOLICIT 0
+#define LWIP_IPV6_DUP_DETECT_ATTEMPTS 0
 
 #define MEM_ALIGNMENT 8
 #define MEM_SIZE (32 * 1024 * 1024)

@@ -19,6 +19,10 @@ SERVICES = {  # id: (virtual IP, backend, protocol)
     "echo": ("10.100.0.4", BACKEND + ":7", "udp"),
     "iperf": ("10.100.0.5", BACKEND + ":5201", "both"),
     "closed": ("10.100.0.6", BACKEND + ":81", "tcp"),  # nothing listens
+    # IPv6 virtual IPs in front of the same (IPv4) backends.
+    "web6": ("fd10:100::2", BACKEND + ":80", "tcp"),
+    "echo6": ("fd10:100::4", BACKEND + ":7", "udp"),
+    "closed6": ("fd10:100::6", BACKEND + ":81", "tcp"),
 }
 
 UDP_ECHO = r"""

@@ -84,9 +84,11 @@ def test_redis_1000_keys(world):
 UDP_CLIENT = r"""
 import os, socket, sys
 mtu = int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2.0)
-sizes = [1 + (i * (mtu - 28 - 1)) // 999 for i in range(1000)]
+hdr = 48 if v6 else 28
+sizes = [1 + (i * (mtu - hdr - 1)) // 999 for i in range(1000)]
 bad = 0
 for n in sizes:
     data = os.urandom(n)
@@ -178,7 +180,59 @@ def test_split_tunnel(world):
                         "ztna_agent_tunnel_packets_sent_total") - before < 5
     routes = world.run(["ip", "route", "show", "dev", "ztna0"]).stdout
     assert sorted(line.split()[0] for line in routes.splitlines()) == \
-        sorted(v[0] for v in SERVICES.values())
+        sorted(v[0] for v in SERVICES.values() if ":" not in v[0])
+    # IPv6: the services' addresses, and the TUN's own address (the kernel's
+    # route for it) and link-local prefix, nothing else.
+    routes = world.run(["ip", "-6", "route", "show", "dev", "ztna0"]).stdout
+    got = sorted(line.split()[0] for line in routes.splitlines())
+    want = sorted([v[0] for v in SERVICES.values() if ":" in v[0]] +
+                  ["fd7a:7a74:6e61:a::1"])
+    assert [r for r in got if r != "fe80::/64"] == want, routes
+
+
+def test_ipv6_tcp_curl_sha256(world):
+    """TCP over IPv6 is terminated by the connector's userspace stack and
+    spliced to an IPv4 backend."""
+    src = world.make_file("six.bin", 20 << 20)
+    out = os.path.join(world.tmp, "six.got")
+    vip = SERVICES["web6"][0]
+    p = world.run(["curl", "-g", "-s", "-S", "-m", "120", "-o", out,
+                   "http://[%s]/six.bin" % vip], check=False)
+    assert p.returncode == 0, p.stderr
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+    # The agent really used IPv6, from the TUN's IPv6 address.
+    p = world.run(["curl", "-g", "-s", "-S", "-m", "20", "-w",
+                   "%{local_ip}", "-o", "/dev/null",
+                   "http://[%s]/six.bin" % vip])
+    assert p.stdout == "fd7a:7a74:6e61:a::1", p.stdout
+
+
+def test_ipv6_tcp_concurrent_and_refused(world):
+    src = world.make_file("six1.bin", 1 << 20)
+    want = sha256(src)
+    script = ("for i in $(seq 1 10); do curl -g -s -m 60 -o %s/s$i.bin "
+              "http://[%s]/six1.bin & done; wait" % (world.tmp,
+                                                      SERVICES["web6"][0]))
+    world.run(["sh", "-c", script])
+    for i in range(1, 11):
+        assert sha256(os.path.join(world.tmp, "s%d.bin" % i)) == want
+    # A refusing backend behind an IPv6 virtual IP: RST at once.
+    p = world.run(["curl", "-g", "-s", "-m", "10",
+                   "http://[%s]:80/" % SERVICES["closed6"][0]], check=False)
+    assert p.returncode == 7  # "Couldn't connect": refused, not timed out
+
+
+def test_ipv6_ping_and_udp_echo(world):
+    p = world.run(["ping", "-6", "-c", "20", "-i", "0.01", "-W", "2",
+                   SERVICES["web6"][0]], check=False)
+    assert " 0% packet loss" in p.stdout, p.stdout
+    mtu = tun_mtu(world)
+    p = world.run([sys.executable, "-c", UDP_CLIENT, SERVICES["echo6"][0],
+                   str(mtu)])
+    bad, largest = p.stdout.split()
+    assert bad == "0"
+    assert int(largest) == mtu - 48
 
 
 def test_two_agents_same_nat_same_tunnel_address(world):

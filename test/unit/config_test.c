@@ -203,7 +203,8 @@ static void test_config_escapes_and_agent_forms(void **state)
   char err[256];
   const char *t = "{\"server\": \"[2001:db8::1]:4500\", \"tun_name\": "
                   "\"zt\\u00e9\\u20ac\\/\", \"services\": [{\"id\": \"web\", "
-                  "\"virtual_ip\": \"10.100.0.2\"}], \"serviceId\": \"echo\"}";
+                  "\"virtual_ip\": \"10.100.0.2\"}], \"serviceId\": \"echo\", "
+                  "\"tunnel_addr6\": \"fd00::5\"}";
   (void)state;
 
   cfg_agent_defaults(c);
@@ -214,6 +215,7 @@ static void test_config_escapes_and_agent_forms(void **state)
   assert_string_equal(c->tun_name, "zt\xc3\xa9\xe2\x82\xac/");
   assert_int_equal(c->nservices, 2);
   assert_string_equal(c->services[1].id, "echo");
+  assert_string_equal(c->tunnel_addr6, "fd00::5");
   free(c);
 }
 
