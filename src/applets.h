@@ -10,7 +10,7 @@
                     "ICMP to backends)")                                      \
   APPLET(agent, "user endpoint: TUN device, split tunnel to the services")    \
   APPLET(keygen, "create the CA and issue certificates for every role")       \
-  APPLET(diag, "troubleshooting: NAT type, hole punch trial, status")
+  APPLET(diag, "NAT troubleshooting: mapping, port, hairpinning")
 
 #define APPLET(name, desc) int name##_main(int argc, char **argv);
 ZTNA_APPLETS

@@ -51,6 +51,8 @@ static const char usage_text[] =
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --disable-retry  no stateless Retry for new clients\n"
     "      --max-connections N  refuse connections beyond N (4096)\n"
+    "      --diag-port N    a second UDP port that only tells clients their\n"
+    "                       observed address, for 'ztna diag punch' (0: off)\n"
     "  -h, --help           this text\n"
     "\n"
     "Command-line options override the configuration file. Signals: HUP\n"
@@ -63,6 +65,8 @@ struct ictx {
   char metrics_bind[64];
   struct tls_ctx *tls;
   struct quic_endpoint *ep;
+  struct quic_endpoint *diag_ep; /* diag_port: QAD only */
+  uint64_t diag_conns;
   struct relay *relay;
   struct metrics *m;
   struct metrics_http *http;
@@ -73,7 +77,7 @@ struct ictx {
   int draining;
   struct metric *mx_active, *mx_uptime, *mx_bytes, *mx_regs, *mx_rejects,
       *mx_relayed, *mx_sessions, *mx_retry_ok, *mx_retry_fail, *mx_qad,
-      *mx_sessions_active, *mx_sig_errors, *mx_limit, *mx_refused,
+      *mx_diag, *mx_sessions_active, *mx_sig_errors, *mx_limit, *mx_refused,
       *mx_invalid_regs, *mx_drops[RELAY_DROP_COUNT], *mx_reloads,
       *mx_reload_failures;
 };
@@ -244,6 +248,43 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
 
 static const struct quic_endpoint_cbs ep_cbs = { .accept_cb = on_accept };
 
+/* The diag port: a client learns the address it is seen from on a second
+ * port (RFC 5780's "alternate port") and nothing else; it can register
+ * nothing. The connection ends by the client or idle timeout. */
+static void on_diag_handshake(struct quic_conn *c, void *ud)
+{
+  uint8_t buf[WIRE_QAD_V6_LEN];
+  int n = wire_qad_encode(buf, sizeof(buf), quic_conn_peer(c));
+  char a[64];
+  (void)ud;
+
+  log_debug("diag: %s connected", netaddr_str(quic_conn_peer(c), a,
+                                               sizeof(a)));
+  if (n < 0 || quic_conn_send_datagram(c, buf, (size_t)n) < 0)
+    quic_conn_close(c, 1, "cannot send the observed address");
+}
+
+static const struct quic_conn_cbs diag_conn_cbs = {
+  .handshake_cb = on_diag_handshake,
+};
+
+static int on_diag_accept(struct quic_endpoint *ep, struct quic_conn *c,
+                          void *ud)
+{
+  struct ictx *x = ud;
+  (void)ep;
+
+  if (x->draining)
+    return 1;
+  x->diag_conns++;
+  quic_conn_set_cbs(c, &diag_conn_cbs, x);
+  return 0;
+}
+
+static const struct quic_endpoint_cbs diag_ep_cbs = {
+  .accept_cb = on_diag_accept,
+};
+
 /* --- metrics --------------------------------------------------------------- */
 
 static void service_gauge(const char *id, size_t len, int has_connector,
@@ -284,6 +325,7 @@ static void collect(void *ud)
   metric_set(x->mx_retry_fail, (int64_t)qs->retry_fail);
   metric_set(x->mx_refused, (int64_t)qs->refused_limit);
   metric_set(x->mx_qad, (int64_t)x->qad_sent);
+  metric_set(x->mx_diag, (int64_t)x->diag_conns);
   for (int i = 0; i < RELAY_DROP_COUNT; i++)
     metric_set(x->mx_drops[i], (int64_t)rs->drops[i]);
   metrics_zero(x->m, "ztna_service_connector_present");
@@ -327,6 +369,8 @@ static void metrics_init(struct ictx *x)
                                   "Connections refused at the limit");
   x->mx_qad = metrics_counter(m, "ztna_qad_sent_total", NULL,
                               "Observed-address messages sent");
+  x->mx_diag = metrics_counter(m, "ztna_diag_connections_total", NULL,
+                               "Connections to the diag port");
   x->mx_reloads = metrics_counter(m, "ztna_reloads_total", NULL,
                                   "Successful SIGHUP reloads");
   x->mx_reload_failures = metrics_counter(m, "ztna_reload_failures_total",
@@ -428,6 +472,9 @@ static void drain_done(uv_timer_t *t)
 
   quic_endpoint_del(x->ep);
   x->ep = NULL;
+  if (x->diag_ep)
+    quic_endpoint_del(x->diag_ep);
+  x->diag_ep = NULL;
   metrics_http_stop(x->http);
   x->http = NULL;
   close_handle((uv_handle_t *)&x->sigterm);
@@ -446,6 +493,8 @@ static void on_terminate(uv_signal_t *s, int signum)
     return;
   x->draining = 1;
   n = quic_endpoint_close_all(x->ep, 0, "server shutting down");
+  if (x->diag_ep)
+    n += quic_endpoint_close_all(x->diag_ep, 0, "server shutting down");
   log_info("signal %d: closed %zu connections, shutting down", signum, n);
   /* The close packets are on their way; give the socket a moment. At most
    * 3 s pass before exit (protocol.md 8). */
@@ -465,6 +514,8 @@ static void on_hup(uv_signal_t *s, int signum)
     return;
   }
   quic_endpoint_set_server_tls(x->ep, tls);
+  if (x->diag_ep)
+    quic_endpoint_set_server_tls(x->diag_ep, tls);
   tls_ctx_unref(x->tls);
   x->tls = tls;
   relay_set_policy(x->relay, p);
@@ -482,7 +533,7 @@ static void on_tick(uv_timer_t *t)
 
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
-  OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS
+  OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -519,12 +570,13 @@ int intermediate_main(int argc, char **argv)
     { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
     { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
     { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
+    { "diag-port", required_argument, NULL, OPT_DIAG_PORT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
              *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
-             *mbind = NULL, *maxconns = NULL;
+             *mbind = NULL, *maxconns = NULL, *dport = NULL;
   int ch, check = 0, verbose = LOG_LVL_INFO, disable_retry = 0, rv;
   struct ictx x;
   struct sockaddr_storage ss;
@@ -551,6 +603,7 @@ int intermediate_main(int argc, char **argv)
     case OPT_METRICS_BIND: mbind = optarg; break;
     case OPT_DISABLE_RETRY: disable_retry = 1; break;
     case OPT_MAX_CONNS: maxconns = optarg; break;
+    case OPT_DIAG_PORT: dport = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
       return 0;
@@ -581,6 +634,11 @@ int intermediate_main(int argc, char **argv)
   }
   if (port && parse_port(port, &x.cfg.port, 0) < 0)
     return usage_error("--port '%s' is not a port (1-65535)", port);
+  if (dport && parse_port(dport, &x.cfg.diag_port, 1) < 0)
+    return usage_error("--diag-port '%s' is not a port (0-65535)", dport);
+  if (x.cfg.diag_port && x.cfg.diag_port == x.cfg.port)
+    return usage_error("the diag port %s must differ from the main port",
+                       dport ? dport : "(diag_port)");
   if (mport && parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
   if (maxconns) {
@@ -659,6 +717,24 @@ int intermediate_main(int argc, char **argv)
             netaddr_str((struct sockaddr *)&ss, a, sizeof(a)),
             rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
+  }
+  if (x.cfg.diag_port) {
+    struct sockaddr_storage ds;
+    char a[64];
+    parse_bind(x.cfg.bind_addr, x.cfg.diag_port, &ds);
+    qc.cbs = &diag_ep_cbs;
+    qc.max_conns = 256;
+    qc.idle_timeout_ms = 10000;
+    rv = quic_endpoint_new(&x.diag_ep, x.loop, (struct sockaddr *)&ds, &qc);
+    if (rv < 0) {
+      fprintf(stderr, "ztna intermediate: cannot listen on UDP %s (the "
+              "diag port): %s\n",
+              netaddr_str((struct sockaddr *)&ds, a, sizeof(a)),
+              rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
+      return 1;
+    }
+    log_info("diag port: UDP %s", netaddr_str((struct sockaddr *)&ds, a,
+                                              sizeof(a)));
   }
   if (x.cfg.metrics_port &&
       metrics_http_listen(&x.http, x.loop, x.metrics_bind, x.cfg.metrics_port,

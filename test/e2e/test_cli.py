@@ -69,11 +69,11 @@ def test_connector_egress_guard(ztna, tmp_path):
     assert p.returncode == 0 and p.stdout == "configuration OK\n", p.stderr
 
 
-def test_unbuilt_applets_say_so(ztna):
-    for a in ("diag",):
-        p = run([ztna, a])
-        assert p.returncode == 2
-        assert "not available in this version" in p.stderr
+def test_diag_needs_a_test_name(ztna):
+    p = run([ztna, "diag"])
+    assert p.returncode == 1 and "'punch'" in p.stderr
+    p = run([ztna, "diag", "stun"])
+    assert p.returncode == 1 and "unknown test 'stun'" in p.stderr
 
 
 def test_intermediate_without_certificate_explains(ztna, tmp_path):
