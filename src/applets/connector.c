@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "netstack.h"
+#include "punch.h"
 #include "quic.h"
 #include "tls.h"
 #include "uplink.h"
@@ -38,6 +39,9 @@
 
 #define UDP_IDLE_MS 60000
 #define MAX_UDP_FLOWS 4096
+#define P2P_MAX_SESSIONS 32
+#define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
+#define CTL_ANSWERS_PER_SEC 200
 
 static const char usage_text[] =
     "Usage: ztna connector [-c FILE] [-n] [-v]... [OPTIONS]\n"
@@ -85,6 +89,20 @@ struct csvc {
   struct cfg_service *cfg;
   struct sockaddr_storage backend;
   struct uplink *up;
+  struct sockaddr_storage observed; /* QAD: our public address */
+  int has_observed;
+};
+
+/* A punch an agent asked for through the intermediate. */
+struct psession {
+  int used, started;
+  struct csvc *svc;
+  uint64_t id, created_ms, start_ms;
+  size_t npeer;
+  struct wire_candidate peer[WIRE_SIG_MAX_CANDIDATES];
+  struct punch punch;
+  int reported;
+  uv_timer_t timer;
 };
 
 struct uflow {
@@ -119,8 +137,15 @@ struct cctx {
   struct metric *mx_pkts, *mx_bytes, *mx_tcp, *mx_tcp_err, *mx_reconn,
       *mx_uptime, *mx_drops[D_COUNT], *mx_flows, *mx_tcp_active, *mx_icmp;
   int stopping;
+  struct psession sess[P2P_MAX_SESSIONS];
+  uint64_t punch_ok, punch_fail, ctl_answered, ctl_limited;
+  uint64_t ctl_window_ms;
+  unsigned ctl_in_window;
+  struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
 };
+
+static void session_end(struct psession *ps);
 
 static void drop(struct cctx *x, enum cdrop d)
 {
@@ -258,6 +283,9 @@ static void sweep_cb(uv_timer_t *t)
     if (now - f->last >= UDP_IDLE_MS)
       flow_free(x, f);
   }
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    if (x->sess[i].used && now - x->sess[i].created_ms >= P2P_SESSION_MS)
+      session_end(&x->sess[i]);
 }
 
 /* --- packets from the tunnel ---------------------------------------------------- */
@@ -356,13 +384,229 @@ static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
 
   log_info("%s: the intermediate sees us at %s", s->cfg->id,
            netaddr_str(sa, a, sizeof(a)));
+  memset(&s->observed, 0, sizeof(s->observed));
+  memcpy(&s->observed, sa, sa->sa_family == AF_INET6
+                               ? sizeof(struct sockaddr_in6)
+                               : sizeof(struct sockaddr_in));
+  s->has_observed = 1;
+}
+
+/* --- P2P: answering punches ------------------------------------------------------ */
+
+static void punch_send(const struct sockaddr *to, const uint8_t *d, size_t n,
+                       void *ud)
+{
+  struct cctx *x = ud;
+  quic_endpoint_send_raw(x->ep, to, d, n);
+}
+
+static void session_end(struct psession *ps)
+{
+  uv_timer_stop(&ps->timer);
+  ps->used = 0;
+}
+
+static void send_sig_error(struct csvc *s, uint64_t id, uint32_t code,
+                           const char *text)
+{
+  struct wire_sig m;
+
+  memset(&m, 0, sizeof(m));
+  m.tag = WIRE_SIG_ERROR;
+  m.has_session_id = 1;
+  m.session_id = id;
+  m.code = code;
+  m.message_len = strlen(text);
+  memcpy(m.message, text, m.message_len + 1);
+  uplink_send_signal(s->up, &m);
+}
+
+static void punch_timer(uv_timer_t *t)
+{
+  struct psession *ps = t->data;
+  struct cctx *x = ps->svc->x;
+  uint64_t now = uv_now(x->loop), wake;
+  char a[64];
+
+  if (!ps->started) {
+    struct sockaddr_storage local;
+    struct punch_io io = { punch_send, x };
+    quic_endpoint_local_addr(x->ep, &local);
+    punch_start(&ps->punch, &io, 0, local.ss_family, ps->peer, ps->npeer,
+                now);
+    ps->started = 1;
+    ps->start_ms = now;
+  }
+  wake = punch_tick(&ps->punch, now);
+  if (ps->punch.state != PUNCH_CHECKING && !ps->reported) {
+    ps->reported = 1;
+    if (ps->punch.state == PUNCH_SUCCEEDED) {
+      const struct punch_pair *w = &ps->punch.pairs[ps->punch.winner];
+      x->punch_ok++;
+      log_info("%s: p2p session %016llx: the agent answers at %s (%u ms "
+               "round trip, after %llu ms)", ps->svc->cfg->id,
+               (unsigned long long)ps->id,
+               netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
+               w->rtt_ms, (unsigned long long)(now - ps->start_ms));
+    } else {
+      x->punch_fail++;
+      log_info("%s: p2p session %016llx: no direct path: %s",
+               ps->svc->cfg->id, (unsigned long long)ps->id, ps->punch.why);
+    }
+  }
+  if (wake)
+    uv_timer_start(&ps->timer, punch_timer, wake, 0);
+}
+
+static struct psession *session_find(struct cctx *x, struct csvc *s,
+                                     uint64_t id)
+{
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    if (x->sess[i].used && x->sess[i].svc == s && x->sess[i].id == id)
+      return &x->sess[i];
+  return NULL;
+}
+
+static void on_offer(struct csvc *s, const struct wire_sig *m)
+{
+  struct cctx *x = s->x;
+  struct psession *ps = NULL;
+  struct sockaddr_storage local;
+  struct wire_sig ans;
+  uint16_t port;
+
+  if (session_find(x, s, m->session_id))
+    return; /* a duplicate */
+  for (size_t i = 0; i < P2P_MAX_SESSIONS && !ps; i++)
+    if (!x->sess[i].used)
+      ps = &x->sess[i];
+  if (!ps) {
+    log_warnx("%s: p2p: %d punches at once already; refusing one",
+              s->cfg->id, P2P_MAX_SESSIONS);
+    send_sig_error(s, m->session_id, WIRE_SIGERR_UNKNOWN,
+                   "connector busy: too many punches at once");
+    return;
+  }
+  ps->used = 1;
+  ps->started = ps->reported = 0;
+  ps->svc = s;
+  ps->id = m->session_id;
+  ps->created_ms = uv_now(x->loop);
+  ps->npeer = 0;
+  quic_endpoint_local_addr(x->ep, &local);
+  port = ntohs(local.ss_family == AF_INET6
+                   ? ((struct sockaddr_in6 *)&local)->sin6_port
+                   : ((struct sockaddr_in *)&local)->sin_port);
+  memset(&ans, 0, sizeof(ans));
+  ans.tag = WIRE_SIG_ANSWER;
+  ans.session_id = m->session_id;
+  ans.ncand = punch_gather(ans.cand, WIRE_SIG_MAX_CANDIDATES,
+                           local.ss_family, port,
+                           s->has_observed ? (struct sockaddr *)&s->observed
+                                           : NULL);
+  log_info("%s: p2p session %016llx: offer with %zu candidates, answering "
+           "with %zu", s->cfg->id, (unsigned long long)m->session_id,
+           m->ncand, ans.ncand);
+  if (uplink_send_signal(s->up, &ans) < 0)
+    session_end(ps);
+}
+
+static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
+{
+  struct csvc *s = ud;
+  struct psession *ps;
+  (void)u;
+
+  switch (m->tag) {
+  case WIRE_SIG_OFFER:
+    on_offer(s, m);
+    return;
+  case WIRE_SIG_START:
+    ps = session_find(s->x, s, m->session_id);
+    if (!ps || ps->started || uv_is_active((uv_handle_t *)&ps->timer))
+      return;
+    ps->npeer = m->ncand;
+    memcpy(ps->peer, m->cand, m->ncand * sizeof(m->cand[0]));
+    uv_timer_start(&ps->timer, punch_timer,
+                   m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
+    return;
+  case WIRE_SIG_RESULT:
+    ps = session_find(s->x, s, m->session_id);
+    if (!ps)
+      return;
+    log_info("%s: p2p session %016llx: the agent reports %s",
+             s->cfg->id, (unsigned long long)m->session_id,
+             m->success ? "a direct path" : "no direct path");
+    session_end(ps);
+    return;
+  case WIRE_SIG_ERROR:
+    if (m->has_session_id && (ps = session_find(s->x, s, m->session_id)))
+      session_end(ps);
+    log_info("%s: p2p: error from the intermediate: %s", s->cfg->id,
+             m->message);
+    return;
+  default:
+    return;
+  }
+}
+
+/* Control packets on the shared socket: binding checks and keepalives. */
+static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
+                          size_t n, const struct sockaddr *from, void *ud)
+{
+  struct cctx *x = ud;
+  struct punch_io io = { punch_send, x };
+  struct wire_ctl c;
+  uint64_t now = uv_now(x->loop);
+  (void)ep;
+
+  if (wire_ctl_decode(d, n, &c) < 0)
+    return;
+  if (c.kind == WIRE_CTL_BIND_REQ || c.kind == WIRE_CTL_KA_REQ) {
+    /* Answers only tell the asker its own address; still, at most
+     * CTL_ANSWERS_PER_SEC of them. */
+    if (now - x->ctl_window_ms >= 1000) {
+      x->ctl_window_ms = now;
+      x->ctl_in_window = 0;
+    }
+    if (x->ctl_in_window++ >= CTL_ANSWERS_PER_SEC) {
+      x->ctl_limited++;
+      return;
+    }
+    x->ctl_answered++;
+  }
+  if (c.kind == WIRE_CTL_KA_REQ) {
+    uint8_t buf[WIRE_KEEPALIVE_LEN];
+    int k;
+    c.kind = WIRE_CTL_KA_RESP;
+    k = wire_ctl_encode(buf, sizeof(buf), &c);
+    if (k > 0)
+      quic_endpoint_send_raw(x->ep, from, buf, (size_t)k);
+    return;
+  }
+  if (c.kind == WIRE_CTL_BIND_REQ)
+    punch_answer(&io, &c, from);
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    struct psession *ps = &x->sess[i];
+    if (!ps->used || !ps->started)
+      continue;
+    if (punch_input(&ps->punch, &c, from, now)) {
+      /* A triggered check or a success: let the timer act now. */
+      uv_timer_start(&ps->timer, punch_timer, 0, 0);
+      if (c.kind == WIRE_CTL_BIND_RESP)
+        break;
+    }
+  }
 }
 
 static const struct uplink_cbs uplink_cbs = {
   .down = on_down,
   .datagram = on_datagram,
   .qad = on_qad,
+  .signal = on_signal,
 };
+
+static const struct quic_endpoint_cbs ep_cbs = { .packet_cb = on_raw_packet };
 
 /* --- backends and the egress guard ------------------------------------------------ */
 
@@ -449,8 +693,15 @@ static void collect(void *ud)
   const struct netstack_stats *ts = netstack_stats(x->ns);
   uint64_t reconn = 0;
 
+  size_t punching = 0;
+
   for (size_t i = 0; i < x->nsvcs; i++)
     reconn += uplink_reconnects(x->svcs[i].up);
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    punching += x->sess[i].used;
+  metric_set(x->mx_punch_ok, (int64_t)x->punch_ok);
+  metric_set(x->mx_punch_fail, (int64_t)x->punch_fail);
+  metric_set(x->mx_punch_active, (int64_t)punching);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
   metric_set(x->mx_tcp, (int64_t)ts->sessions_total);
@@ -505,6 +756,14 @@ static void metrics_init(struct cctx *x)
     x->mx_drops[i] = metrics_counter(m, "ztna_connector_drops_total", labels,
                                      "Packets dropped, by reason");
   }
+  x->mx_punch_ok = metrics_counter(m, "ztna_connector_punches_total",
+                                   "result=\"success\"",
+                                   "Punches by result of our own checks");
+  x->mx_punch_fail = metrics_counter(m, "ztna_connector_punches_total",
+                                     "result=\"failed\"",
+                                     "Punches by result of our own checks");
+  x->mx_punch_active = metrics_gauge(m, "ztna_connector_punch_sessions",
+                                     NULL, "Punches in progress");
   metrics_set_collect(m, collect, x);
 }
 
@@ -520,6 +779,8 @@ static void stop_done(uv_timer_t *t)
 
   while (x->flows)
     flow_free(x, x->flows);
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    close_handle((uv_handle_t *)&x->sess[i].timer);
   netstack_del(x->ns);
   quic_endpoint_del(x->ep);
   metrics_http_stop(x->http);
@@ -752,11 +1013,17 @@ int connector_main(int argc, char **argv)
   else
     uv_ip4_addr("0.0.0.0", x.cfg.p2p_port, (struct sockaddr_in *)&bind_addr);
   qc.keepalive_ms = 10000;
+  qc.cbs = &ep_cbs;
+  qc.ud = &x;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
   if (rv < 0) {
     fprintf(stderr, "ztna connector: cannot bind UDP port %u: %s\n",
             x.cfg.p2p_port, rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
+  }
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    uv_timer_init(x.loop, &x.sess[i].timer);
+    x.sess[i].timer.data = &x.sess[i];
   }
   if (netstack_new(&x.ns, x.loop, &nio, 1024, 100) < 0)
     fatalx("cannot start the TCP stack");

@@ -11,9 +11,11 @@
  * (needed when both ends sit behind the same NAT and only know each
  * other's public addresses).
  *
- * A real punch to a service's connector (--service) needs ztna's direct
- * P2P path, which this version does not have yet: the applet says so and
- * exits 2 after the NAT report.
+ * With --service it then connects as an agent of that service, as the
+ * agent would, and runs a real punch to the service's connector through
+ * the intermediate (p2p.c): which candidates each side offered, which
+ * pairs were checked, which one won and its round trip, or why none did
+ * and what that means.
  */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -29,13 +31,16 @@
 #include "err.h"
 #include "log.h"
 #include "netaddr.h"
+#include "p2p.h"
 #include "quic.h"
 #include "tls.h"
+#include "uplink.h"
 #include "wire.h"
 
 #define STEP_TIMEOUT_MS 5000
 #define HAIRPIN_WAIT_MS 1000
 #define HAIRPIN_TRIES 3
+#define SERVICE_TIMEOUT_MS 30000
 
 static const char usage_text[] =
     "Usage: ztna diag punch [--server HOST:PORT] [--diag-port N]\n"
@@ -56,16 +61,17 @@ static const char usage_text[] =
     "      --cert FILE      an agent certificate (the intermediate requires\n"
     "      --key FILE       client certificates)\n"
     "      --ca FILE        CA the intermediate's certificate chains to\n"
-    "      --service ID     also punch to the service's connector (not\n"
-    "                       available in this version: exits 2)\n"
+    "      --service ID     then punch to the service's connector, as an\n"
+    "                       agent of it (the certificate must grant it)\n"
     "      --json           one JSON object for scripts\n"
     "  -v, --verbose        more logging\n"
     "  -h, --help           this text\n"
     "\n"
-    "Exit status: 0 report made, 1 usage error or the intermediate not\n"
-    "reached, 2 --service asked for a test this version cannot run.\n";
+    "Exit status: 0 report made (with --service: a direct path found),\n"
+    "1 usage error or the intermediate not reached, 3 --service found no\n"
+    "direct path (the report says why).\n";
 
-enum step { S_MAIN, S_ALT, S_HAIRPIN, S_CLOSING, S_DONE };
+enum step { S_MAIN, S_ALT, S_HAIRPIN, S_SERVICE, S_CLOSING, S_DONE };
 
 struct dctx;
 
@@ -88,9 +94,25 @@ struct dctx {
   struct sockaddr_storage local;
   uint32_t hairpin_seq;
   int hairpin_tries, hairpin_ok;
+  /* --service: a real punch over a relay connection as an agent */
+  const char *service;
+  struct uplink *up;
+  struct sockaddr_storage up_seen;
+  int up_has_seen, up_registered, pc_started, pc_done;
+  struct p2p_client pc;
+  char svc_error[256];
 };
 
 static void next_step(struct dctx *x);
+static void finish(struct dctx *x);
+static void timer_cb(uv_timer_t *t);
+
+static void send_raw(const struct sockaddr *to, const uint8_t *d, size_t n,
+                     void *ud)
+{
+  struct dctx *x = ud;
+  quic_endpoint_send_raw(x->ep, to, d, n);
+}
 
 /* --- probes --------------------------------------------------------------- */
 
@@ -156,13 +178,132 @@ static void packet_cb(struct quic_endpoint *ep, const uint8_t *d, size_t n,
   struct dctx *x = ud;
   struct wire_ctl ctl;
   (void)ep;
-  (void)from;
 
-  if (x->step != S_HAIRPIN || wire_ctl_decode(d, n, &ctl) < 0 ||
-      ctl.kind != WIRE_CTL_KA_REQ || ctl.seq != x->hairpin_seq)
+  if (wire_ctl_decode(d, n, &ctl) < 0)
+    return;
+  if (x->step == S_SERVICE && x->pc_started && !x->pc_done) {
+    /* Answer the connector's checks, as an agent does, and feed ours. */
+    if (ctl.kind == WIRE_CTL_BIND_REQ) {
+      struct punch_io io = { send_raw, x };
+      punch_answer(&io, &ctl, from);
+    }
+    p2p_client_packet(&x->pc, &ctl, from);
+    return;
+  }
+  if (x->step != S_HAIRPIN || ctl.kind != WIRE_CTL_KA_REQ ||
+      ctl.seq != x->hairpin_seq)
     return;
   x->hairpin_ok = 1;
   next_step(x);
+}
+
+/* --- the punch to a service (--service) ----------------------------------------- */
+
+static void pc_done(struct p2p_client *pc, void *ud)
+{
+  struct dctx *x = ud;
+  (void)pc;
+  x->pc_done = 1;
+  finish(x);
+}
+
+static void maybe_punch(struct dctx *x)
+{
+  int rv;
+
+  if (x->pc_started || !x->up_has_seen || !x->up_registered)
+    return;
+  rv = p2p_client_start(&x->pc, x->loop, x->ep, x->up, x->service,
+                        (struct sockaddr *)&x->up_seen, pc_done, x);
+  if (rv < 0) {
+    snprintf(x->svc_error, sizeof(x->svc_error), "cannot send the offer: %s",
+             ztna_strerror(rv));
+    finish(x);
+    return;
+  }
+  x->pc_started = 1;
+}
+
+static void up_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
+{
+  struct dctx *x = ud;
+  (void)u;
+  memset(&x->up_seen, 0, sizeof(x->up_seen));
+  memcpy(&x->up_seen, sa, sa->sa_family == AF_INET6
+                              ? sizeof(struct sockaddr_in6)
+                              : sizeof(struct sockaddr_in));
+  x->up_has_seen = 1;
+  maybe_punch(x);
+}
+
+static void up_registered(struct uplink *u, size_t svc, enum uplink_reg r,
+                          void *ud)
+{
+  struct dctx *x = ud;
+  (void)u;
+  (void)svc;
+
+  if (r == UPLINK_REG_OK) {
+    x->up_registered = 1;
+    maybe_punch(x);
+    return;
+  }
+  snprintf(x->svc_error, sizeof(x->svc_error),
+           r == UPLINK_REG_DENIED
+               ? "the intermediate does not let this certificate reach "
+                 "service '%s' (its SANs or the policy)"
+               : "the intermediate did not register service '%s'",
+           x->service);
+  finish(x);
+}
+
+static void up_signal(struct uplink *u, const struct wire_sig *m, void *ud)
+{
+  struct dctx *x = ud;
+  (void)u;
+  if (x->pc_started)
+    p2p_client_signal(&x->pc, m);
+}
+
+static void up_down(struct uplink *u, const struct quic_close_info *i,
+                    void *ud)
+{
+  struct dctx *x = ud;
+  (void)u;
+  if (x->step != S_SERVICE || x->pc_done)
+    return;
+  snprintf(x->svc_error, sizeof(x->svc_error), "the relay connection "
+           "closed: %s", i->reason[0] ? i->reason : "no reason");
+  finish(x);
+}
+
+static const struct uplink_cbs up_cbs = {
+  .down = up_down,
+  .registered = up_registered,
+  .qad = up_qad,
+  .signal = up_signal,
+};
+
+static void start_service(struct dctx *x)
+{
+  struct uplink_config uc;
+
+  memset(&uc, 0, sizeof(uc));
+  uc.ep = x->ep;
+  uc.tls = x->tls;
+  uc.server = x->main.server;
+  uc.sni = "ztna-server";
+  uc.role = WIRE_REG_AGENT;
+  uc.services[0] = x->service;
+  uc.nservices = 1;
+  uc.name = "intermediate";
+  x->step = S_SERVICE;
+  if (uplink_new(&x->up, x->loop, &uc, &up_cbs, x) < 0) {
+    snprintf(x->svc_error, sizeof(x->svc_error), "out of memory");
+    finish(x);
+    return;
+  }
+  uv_timer_start(&x->timer, timer_cb, SERVICE_TIMEOUT_MS, 0);
 }
 
 static void send_hairpin(struct dctx *x)
@@ -202,6 +343,17 @@ static void timer_cb(uv_timer_t *t)
       next_step(x);
     }
     break;
+  case S_SERVICE:
+    if (!x->pc_started)
+      snprintf(x->svc_error, sizeof(x->svc_error), "%s",
+               !x->up_has_seen ? "no relay connection as an agent within "
+                                 "30 s"
+                               : "no registration answer within 30 s");
+    else if (!x->pc_done)
+      snprintf(x->svc_error, sizeof(x->svc_error), "the punch did not end "
+               "within 30 s");
+    finish(x);
+    break;
   case S_CLOSING:
     x->step = S_DONE;
     break;
@@ -210,13 +362,23 @@ static void timer_cb(uv_timer_t *t)
   }
 }
 
-static void finish(struct dctx *x)
+static void close_probes(struct dctx *x)
 {
-  x->step = S_CLOSING;
   if (x->main.c)
     quic_conn_close(x->main.c, 0, "diag done");
   if (x->alt.c)
     quic_conn_close(x->alt.c, 0, "diag done");
+}
+
+static void finish(struct dctx *x)
+{
+  if (x->step == S_CLOSING || x->step == S_DONE)
+    return;
+  x->step = S_CLOSING;
+  close_probes(x);
+  if (x->up)
+    uplink_del(x->up, "diag done");
+  x->up = NULL;
   /* Let the close packets leave, then stop. */
   uv_timer_start(&x->timer, timer_cb, 100, 0);
 }
@@ -247,8 +409,14 @@ static void next_step(struct dctx *x)
     uv_timer_start(&x->timer, timer_cb, HAIRPIN_WAIT_MS / HAIRPIN_TRIES, 0);
     return;
   case S_HAIRPIN:
-    finish(x);
+    if (x->service) {
+      close_probes(x);
+      start_service(x);
+    } else {
+      finish(x);
+    }
     return;
+  case S_SERVICE:
   case S_CLOSING:
   case S_DONE:
     return;
@@ -358,6 +526,128 @@ static void json_str(const char *k, const char *v, int comma)
   printf("\"%s", comma ? ", " : "");
 }
 
+static const char *const cand_type[] = { "host", "srflx", "prflx", "relay" };
+static const char *const pair_state_name[] = { "waiting", "in progress",
+                                               "succeeded", "failed" };
+
+static const char *ctype(uint32_t t)
+{
+  return t <= WIRE_CAND_RELAY ? cand_type[t] : "?";
+}
+
+/* Why a punch failed, and what it means. */
+static const char *advice(const struct dctx *x, const struct verdict *v)
+{
+  if (x->svc_error[0] || !x->pc_done)
+    return "traffic to the service uses the relay";
+  if (!strcmp(v->mapping, "endpoint-dependent"))
+    return "your NAT maps per destination (symmetric); a direct path needs "
+           "the other side to be reachable; traffic will use the relay";
+  return "the connector did not answer from any of its addresses: its NAT "
+         "may map per destination, or a firewall drops UDP between you; "
+         "traffic will use the relay";
+}
+
+static int service_ok(const struct dctx *x)
+{
+  return x->pc_done && x->pc.success && !x->svc_error[0];
+}
+
+static void service_text(const struct dctx *x, const struct verdict *v)
+{
+  const struct p2p_client *pc = &x->pc;
+  char a[64];
+
+  printf("\nservice %s: ", x->service);
+  if (service_ok(x)) {
+    const struct punch_pair *w = &pc->punch.pairs[pc->punch.winner];
+    printf("direct path found in %llu ms: %s (%s), round trip %u ms\n",
+           (unsigned long long)(pc->end_ms - pc->offer_ms),
+           netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
+           ctype(w->remote_type), w->rtt_ms);
+  } else {
+    printf("no direct path: %s; %s.\n",
+           x->svc_error[0] ? x->svc_error
+           : pc->why[0]    ? pc->why
+                           : "the punch did not end",
+           advice(x, v));
+  }
+  if (!x->pc_started)
+    return;
+  printf("  our candidates:");
+  for (size_t i = 0; i < pc->nlocal; i++)
+    printf(" %s %s", ctype(pc->local[i].type),
+           netaddr_str((const struct sockaddr *)&pc->local[i].addr, a,
+                       sizeof(a)));
+  printf("\n  the connector's:");
+  for (size_t i = 0; i < pc->npeer; i++)
+    printf(" %s %s", ctype(pc->peer[i].type),
+           netaddr_str((const struct sockaddr *)&pc->peer[i].addr, a,
+                       sizeof(a)));
+  printf("%s\n", pc->npeer ? "" : " (none came)");
+  for (size_t i = 0; i < pc->punch.npairs; i++) {
+    const struct punch_pair *pp = &pc->punch.pairs[i];
+    printf("  pair %-24s %-6s %-11s %d check%s",
+           netaddr_str((const struct sockaddr *)&pp->remote, a, sizeof(a)),
+           ctype(pp->remote_type), pair_state_name[pp->state], pp->tx,
+           pp->tx == 1 ? "" : "s");
+    if (pp->state == PAIR_SUCCEEDED)
+      printf(", %u ms", pp->rtt_ms);
+    printf("\n");
+  }
+}
+
+static void service_json(const struct dctx *x, const struct verdict *v)
+{
+  const struct p2p_client *pc = &x->pc;
+  char a[64];
+
+  printf("\"service\": {");
+  json_str("id", x->service, 1);
+  printf("\"direct\": %s, ", service_ok(x) ? "true" : "false");
+  if (service_ok(x)) {
+    const struct punch_pair *w = &pc->punch.pairs[pc->punch.winner];
+    json_str("working", netaddr_str((const struct sockaddr *)&w->remote, a,
+                                    sizeof(a)), 1);
+    json_str("working_type", ctype(w->remote_type), 1);
+    printf("\"rtt_ms\": %u, \"punch_ms\": %llu, ", w->rtt_ms,
+           (unsigned long long)(pc->end_ms - pc->offer_ms));
+  } else {
+    json_str("why", x->svc_error[0] ? x->svc_error
+                    : pc->why[0]    ? pc->why
+                                    : "the punch did not end", 1);
+    json_str("advice", advice(x, v), 1);
+  }
+  printf("\"local_candidates\": [");
+  for (size_t i = 0; x->pc_started && i < pc->nlocal; i++) {
+    printf("%s{", i ? ", " : "");
+    json_str("type", ctype(pc->local[i].type), 1);
+    json_str("address", netaddr_str((const struct sockaddr *)&pc->local[i]
+                                        .addr, a, sizeof(a)), 0);
+    printf("}");
+  }
+  printf("], \"peer_candidates\": [");
+  for (size_t i = 0; x->pc_started && i < pc->npeer; i++) {
+    printf("%s{", i ? ", " : "");
+    json_str("type", ctype(pc->peer[i].type), 1);
+    json_str("address", netaddr_str((const struct sockaddr *)&pc->peer[i]
+                                        .addr, a, sizeof(a)), 0);
+    printf("}");
+  }
+  printf("], \"pairs\": [");
+  for (size_t i = 0; x->pc_started && i < pc->punch.npairs; i++) {
+    const struct punch_pair *pp = &pc->punch.pairs[i];
+    printf("%s{", i ? ", " : "");
+    json_str("remote", netaddr_str((const struct sockaddr *)&pp->remote, a,
+                                   sizeof(a)), 1);
+    json_str("type", ctype(pp->remote_type), 1);
+    json_str("state", pair_state_name[pp->state], 1);
+    printf("\"checks\": %d, \"rtt_ms\": %u}", pp->tx,
+           pp->state == PAIR_SUCCEEDED ? pp->rtt_ms : 0);
+  }
+  printf("]}, ");
+}
+
 static void report(const struct dctx *x, const char *service, int json)
 {
   struct verdict v;
@@ -389,14 +679,8 @@ static void report(const struct dctx *x, const char *service, int json)
     printf("\"hairpin\": %s, ", v.hairpin < 0 ? "null"
                                 : v.hairpin ? "true" : "false");
     json_str("direct", v.direct, 1);
-    if (service) {
-      printf("\"service\": {");
-      json_str("id", service, 1);
-      printf("\"tested\": false, ");
-      json_str("reason", "this version of ztna has no direct P2P path yet",
-               0);
-      printf("}, ");
-    }
+    if (service)
+      service_json(x, &v);
     json_str("verdict", v.text, 0);
     printf("}\n");
     return;
@@ -419,8 +703,7 @@ static void report(const struct dctx *x, const char *service, int json)
   }
   printf("\n%s.\n", v.text);
   if (service)
-    printf("\nservice %s: not tested: this version of ztna has no direct "
-           "P2P path yet, so traffic to it uses the relay.\n", service);
+    service_text(x, &v);
 }
 
 /* --- main --------------------------------------------------------------------------- */
@@ -544,6 +827,7 @@ static int punch_main(int argc, char **argv)
   else
     ((struct sockaddr_in *)&x.alt.server)->sin_port = htons(alt_port);
   x.main.x = x.alt.x = &x;
+  x.service = service;
 
   tls_config_init(&tc);
   tc.cert_file = cfg->cert[0] ? cfg->cert : NULL;
@@ -594,7 +878,7 @@ static int punch_main(int argc, char **argv)
   }
   report(&x, service, json);
   free(cfg);
-  return service ? 2 : 0;
+  return service && !service_ok(&x) ? 3 : 0;
 }
 
 int diag_main(int argc, char **argv)

@@ -23,6 +23,8 @@ struct uplink {
   int up, closing, handles;
   enum uplink_reg reg[UPLINK_MAX_SERVICES];
   int attempts;
+  int64_t sig_sid; /* the signaling stream, -1 none yet */
+  struct wire_sigbuf sig;
 };
 
 static void connect_now(struct uplink *u);
@@ -74,6 +76,10 @@ static void on_handshake(struct quic_conn *c, void *ud)
   (void)c;
 
   u->up = 1;
+  u->sig_sid = -1;
+  wire_sigbuf_free(&u->sig);
+  if (wire_sigbuf_init(&u->sig) < 0)
+    u->sig.failed = 1;
   u->backoff_ms = UPLINK_BACKOFF_MIN_MS; /* only a completed handshake */
   u->attempts = 0;
   for (size_t i = 0; i < u->cfg.nservices; i++)
@@ -136,6 +142,32 @@ static void on_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
   }
 }
 
+static void on_sig(const struct wire_sig *m, void *ud)
+{
+  struct uplink *u = ud;
+  if (u->cbs.signal)
+    u->cbs.signal(u, m, u->ud);
+}
+
+/* Signaling rides the first bidirectional stream either side opened. */
+static void on_stream(struct quic_conn *c, int64_t sid, const uint8_t *d,
+                      size_t n, int fin, void *ud)
+{
+  struct uplink *u = ud;
+  int rv;
+  (void)c;
+  (void)fin;
+
+  if (u->sig_sid < 0 && (sid & 0x2) == 0)
+    u->sig_sid = sid;
+  if (sid != u->sig_sid || u->sig.failed)
+    return;
+  rv = wire_sigbuf_feed(&u->sig, d, n, on_sig, u);
+  if (rv < 0)
+    log_warnx("%s: signaling stream closed: %s", u->cfg.name,
+              ztna_strerror(rv));
+}
+
 static void on_close(struct quic_conn *c, const struct quic_close_info *i,
                      void *ud)
 {
@@ -166,6 +198,7 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *i,
 static const struct quic_conn_cbs conn_cbs = {
   .handshake_cb = on_handshake,
   .datagram_cb = on_datagram,
+  .stream_cb = on_stream,
   .close_cb = on_close,
 };
 
@@ -210,6 +243,9 @@ int uplink_new(struct uplink **out, uv_loop_t *loop,
   uv_timer_init(loop, &u->regt);
   u->retry.data = u->regt.data = u;
   u->handles = 2;
+  u->sig_sid = -1;
+  if (wire_sigbuf_init(&u->sig) < 0)
+    u->sig.failed = 1;
   *out = u;
   /* Through the loop, so that the caller finishes setting up first. */
   uv_timer_start(&u->retry, retry_cb, 0, 0);
@@ -221,6 +257,7 @@ static void timer_closed(uv_handle_t *h)
   struct uplink *u = h->data;
   if (--u->handles == 0) {
     tls_ctx_unref(u->cfg.tls);
+    wire_sigbuf_free(&u->sig);
     free(u);
   }
 }
@@ -242,6 +279,21 @@ int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt)
   if (!u->up || !u->conn)
     return ZTNA_ERR_STATE;
   return quic_conn_send_datagramv(u->conn, iov, iovcnt);
+}
+
+int uplink_send_signal(struct uplink *u, const struct wire_sig *m)
+{
+  static uint8_t buf[4 + WIRE_SIG_PAYLOAD_MAX];
+  int n, rv;
+
+  if (!u->up || !u->conn)
+    return ZTNA_ERR_STATE;
+  n = wire_sig_frame(buf, sizeof(buf), m);
+  if (n < 0)
+    return n;
+  if (u->sig_sid < 0 && (rv = quic_conn_open_stream(u->conn, &u->sig_sid)) < 0)
+    return rv;
+  return quic_conn_stream_send(u->conn, u->sig_sid, buf, (size_t)n, 0);
 }
 
 size_t uplink_max_datagram(struct uplink *u)

@@ -21,6 +21,7 @@ struct quic_endpoint;
 struct quic_conn;
 struct quic_close_info;
 struct tls_ctx;
+struct wire_sig;
 
 #define UPLINK_MAX_SERVICES 64
 #define UPLINK_BACKOFF_MIN_MS 1000
@@ -39,6 +40,8 @@ struct uplink_cbs {
   void (*registered)(struct uplink *u, size_t svc, enum uplink_reg r,
                      void *ud);
   void (*qad)(struct uplink *u, const struct sockaddr *observed, void *ud);
+  /* A P2P signaling message from the intermediate. */
+  void (*signal)(struct uplink *u, const struct wire_sig *m, void *ud);
 };
 
 struct uplink_config {
@@ -61,6 +64,9 @@ void uplink_del(struct uplink *u, const char *reason);
 /* Sends one DATAGRAM on the current connection: 0 or ZTNA_ERR_STATE when
  * it is down, or quic_conn_send_datagramv's errors. */
 int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt);
+/* Sends one signaling message on the connection's signaling stream (the
+ * first bidirectional stream; opened here if the server has not). */
+int uplink_send_signal(struct uplink *u, const struct wire_sig *m);
 size_t uplink_max_datagram(struct uplink *u);
 int uplink_is_up(struct uplink *u);
 enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc);

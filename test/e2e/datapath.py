@@ -66,13 +66,19 @@ class World:
                  "192.0.2.34/28")
         net.route(self.agent_ns, "default", "192.0.2.1")
         net.route(self.conn_ns, "default", "192.0.2.17")
+        # The "internet" routes between the NATs' outside addresses, so the
+        # agent and the connector can reach each other's public address.
+        net.router(self.inet)
+        net.route(self.nat_a, "default", "198.51.100.10")
+        net.route(self.nat_c, "default", "203.0.113.10")
         net.nat(self.nat_a, self.nat_a_out, hard=hard_a)
         net.nat(self.nat_c, self.nat_c_out, hard=hard_c)
         self.files = os.path.join(self.tmp, "www")
         os.makedirs(self.files, mode=0o755, exist_ok=True)
         self.start_backends()
         self.certs()
-        self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp)
+        self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp,
+                                  extra=("--diag-port", "4434"))
         self.start_connector()
         self.agent = self.start_agent("agent", self.agent_ns, "alice")
 

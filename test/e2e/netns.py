@@ -68,13 +68,23 @@ class Net:
         self.router(ns)
         if action is None:
             action = "masquerade" + (" fully-random" if hard else "")
+        # Like a home router, the NAT drops unsolicited packets addressed
+        # to itself from outside. (Without it, Linux would keep a
+        # conntrack entry for such a packet, and the mapping a hole punch
+        # then opens from inside would get another port.)
         rules = ("flush ruleset\n"
                  "table ip nat {\n"
                  " chain post {\n"
                  "  type nat hook postrouting priority 100;\n"
                  "  oifname \"%s\" %s\n"
                  " }\n"
-                 "}\n") % (out_if, action)
+                 "}\n"
+                 "table ip filter {\n"
+                 " chain input {\n"
+                 "  type filter hook input priority 0;\n"
+                 "  iifname \"%s\" ct state new drop\n"
+                 " }\n"
+                 "}\n") % (out_if, action, out_if)
         self.exec(ns, ["nft", "-f", "-"], input=rules)
         self.exec(ns, ["conntrack", "-F"], check=False)
 

@@ -1,0 +1,102 @@
+/* punch.h - ICE-style connectivity checks between an agent and a connector
+ * (protocol.md 5), sans I/O.
+ *
+ * Each side gathers its candidates (punch_gather: every usable local
+ * address of the shared socket, and the address the intermediate observed),
+ * swaps them through the intermediate, and after StartPunching sends
+ * binding requests from the same socket that carries its relay connection,
+ * so the NAT mappings the checks open are the ones the relay uses. Both
+ * sides send checks (a connector behind NAT must open its own mapping);
+ * both answer the peer's requests and learn peer-reflexive candidates from
+ * them. The agent controls: its first check that gets an answer wins.
+ *
+ * Checks are paced every 20 ms, retransmitted after 100 ms doubling to at
+ * most 1600 ms, 5 transmissions per pair; the check list gives up after
+ * 5 s. Time comes in as milliseconds from the caller; packets leave through
+ * the send callback.
+ */
+#ifndef ZTNA_PUNCH_H
+#define ZTNA_PUNCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "wire.h"
+
+#define PUNCH_MAX_PAIRS 32
+#define PUNCH_PACE_MS 20
+#define PUNCH_RTO_MS 100
+#define PUNCH_RTO_MAX_MS 1600
+#define PUNCH_TRANSMISSIONS 5
+#define PUNCH_CHECK_TIMEOUT_MS 5000
+#define PUNCH_TOTAL_TIMEOUT_MS 10000
+
+/* RFC 8445 priorities (protocol.md 5). */
+uint32_t punch_cand_priority(uint32_t type, int family);
+uint64_t punch_pair_priority(uint32_t controlling, uint32_t controlled);
+
+/* Fills cand with host candidates (every non-loopback, non-link-local
+ * address of family (AF_INET/AF_INET6) on this machine, with port) and, if
+ * observed is set, the server-reflexive one. Returns how many (at most
+ * max). */
+size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
+                    uint16_t port, const struct sockaddr *observed);
+
+enum punch_state { PUNCH_CHECKING, PUNCH_SUCCEEDED, PUNCH_FAILED };
+
+enum pair_state { PAIR_WAITING, PAIR_PROGRESS, PAIR_SUCCEEDED, PAIR_FAILED };
+
+struct punch_pair {
+  struct sockaddr_storage remote;
+  uint32_t remote_type;   /* WIRE_CAND_* */
+  uint64_t priority;
+  enum pair_state state;
+  int tx;                 /* transmissions so far */
+  uint64_t next_ms;       /* when the next transmission is due */
+  uint64_t sent_ms;       /* the last transmission */
+  uint8_t txn[12];
+  uint32_t rtt_ms;        /* once succeeded */
+  struct sockaddr_storage mapped; /* our address as the peer saw it */
+  int has_mapped;
+};
+
+struct punch_io {
+  /* One raw UDP datagram from the shared socket. */
+  void (*send)(const struct sockaddr *to, const uint8_t *d, size_t n,
+               void *ud);
+  void *ud;
+};
+
+struct punch {
+  struct punch_io io;
+  int controlling;          /* the agent */
+  int family;               /* of our socket */
+  uint32_t local_priority;  /* of our host candidate */
+  enum punch_state state;
+  uint64_t start_ms, last_pace_ms;
+  struct punch_pair pairs[PUNCH_MAX_PAIRS];
+  size_t npairs;
+  int winner;               /* index of the pair that won, -1 none */
+  uint64_t requests_answered;
+  char why[160];            /* why it failed */
+};
+
+/* Starts checks toward the peer's candidates (relay candidates are not
+ * checked: the relay always works). family: of our socket. */
+void punch_start(struct punch *p, const struct punch_io *io, int controlling,
+                 int family, const struct wire_candidate *peer, size_t n,
+                 uint64_t now_ms);
+/* Sends what is due; returns ms until it wants to run again (0: done). */
+uint64_t punch_tick(struct punch *p, uint64_t now_ms);
+/* A control packet that arrived on the shared socket. Returns 1 if it
+ * belonged to this punch (a request answered or a response matched). */
+int punch_input(struct punch *p, const struct wire_ctl *c,
+                const struct sockaddr *from, uint64_t now_ms);
+/* Answers a binding request with our view of its source (also when no
+ * punch is running for it: the answer only tells the asker its own
+ * address). */
+void punch_answer(const struct punch_io *io, const struct wire_ctl *req,
+                  const struct sockaddr *from);
+
+#endif
