@@ -88,7 +88,7 @@ ztna: $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 
 # --- tests -----------------------------------------------------------------
 
-UNIT := wire config metrics tls ippkt relay quic
+UNIT := wire config metrics tls ippkt relay quic punch
 UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a

@@ -101,7 +101,7 @@ struct psession {
   size_t npeer;
   struct wire_candidate peer[WIRE_SIG_MAX_CANDIDATES];
   struct punch punch;
-  int reported;
+  int reported, result_seen;
   uv_timer_t timer;
 };
 
@@ -400,8 +400,34 @@ static void punch_send(const struct sockaddr *to, const uint8_t *d, size_t n,
   quic_endpoint_send_raw(x->ep, to, d, n);
 }
 
+/* Logs and counts how our own checks went, once. */
+static void punch_report(struct psession *ps)
+{
+  struct cctx *x = ps->svc->x;
+  uint64_t now = uv_now(x->loop);
+  char a[64];
+
+  if (!ps->started || ps->reported || ps->punch.state == PUNCH_CHECKING)
+    return;
+  ps->reported = 1;
+  if (ps->punch.state == PUNCH_SUCCEEDED) {
+    const struct punch_pair *w = &ps->punch.pairs[ps->punch.winner];
+    x->punch_ok++;
+    log_info("%s: p2p session %016llx: the agent answers at %s (%u ms "
+             "round trip, after %llu ms)", ps->svc->cfg->id,
+             (unsigned long long)ps->id,
+             netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
+             w->rtt_ms, (unsigned long long)(now - ps->start_ms));
+  } else {
+    x->punch_fail++;
+    log_info("%s: p2p session %016llx: no direct path: %s", ps->svc->cfg->id,
+             (unsigned long long)ps->id, ps->punch.why);
+  }
+}
+
 static void session_end(struct psession *ps)
 {
+  punch_report(ps);
   uv_timer_stop(&ps->timer);
   ps->used = 0;
 }
@@ -426,7 +452,6 @@ static void punch_timer(uv_timer_t *t)
   struct psession *ps = t->data;
   struct cctx *x = ps->svc->x;
   uint64_t now = uv_now(x->loop), wake;
-  char a[64];
 
   if (!ps->started) {
     struct sockaddr_storage local;
@@ -438,21 +463,10 @@ static void punch_timer(uv_timer_t *t)
     ps->start_ms = now;
   }
   wake = punch_tick(&ps->punch, now);
-  if (ps->punch.state != PUNCH_CHECKING && !ps->reported) {
-    ps->reported = 1;
-    if (ps->punch.state == PUNCH_SUCCEEDED) {
-      const struct punch_pair *w = &ps->punch.pairs[ps->punch.winner];
-      x->punch_ok++;
-      log_info("%s: p2p session %016llx: the agent answers at %s (%u ms "
-               "round trip, after %llu ms)", ps->svc->cfg->id,
-               (unsigned long long)ps->id,
-               netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
-               w->rtt_ms, (unsigned long long)(now - ps->start_ms));
-    } else {
-      x->punch_fail++;
-      log_info("%s: p2p session %016llx: no direct path: %s",
-               ps->svc->cfg->id, (unsigned long long)ps->id, ps->punch.why);
-    }
+  punch_report(ps);
+  if (ps->result_seen && ps->punch.state != PUNCH_CHECKING) {
+    session_end(ps);
+    return;
   }
   if (wake)
     uv_timer_start(&ps->timer, punch_timer, wake, 0);
@@ -488,7 +502,7 @@ static void on_offer(struct csvc *s, const struct wire_sig *m)
     return;
   }
   ps->used = 1;
-  ps->started = ps->reported = 0;
+  ps->started = ps->reported = ps->result_seen = 0;
   ps->svc = s;
   ps->id = m->session_id;
   ps->created_ms = uv_now(x->loop);
@@ -537,7 +551,10 @@ static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
     log_info("%s: p2p session %016llx: the agent reports %s",
              s->cfg->id, (unsigned long long)m->session_id,
              m->success ? "a direct path" : "no direct path");
-    session_end(ps);
+    /* Our own checks may still be running: let them finish. */
+    ps->result_seen = 1;
+    if (!ps->started || ps->punch.state != PUNCH_CHECKING)
+      session_end(ps);
     return;
   case WIRE_SIG_ERROR:
     if (m->has_session_id && (ps = session_find(s->x, s, m->session_id)))

@@ -41,6 +41,7 @@
 #define HAIRPIN_WAIT_MS 1000
 #define HAIRPIN_TRIES 3
 #define SERVICE_TIMEOUT_MS 30000
+#define LINGER_MS 1000
 
 static const char usage_text[] =
     "Usage: ztna diag punch [--server HOST:PORT] [--diag-port N]\n"
@@ -106,6 +107,8 @@ struct dctx {
 static void next_step(struct dctx *x);
 static void finish(struct dctx *x);
 static void timer_cb(uv_timer_t *t);
+static int same_addr(const struct sockaddr_storage *a,
+                     const struct sockaddr_storage *b);
 
 static void send_raw(const struct sockaddr *to, const uint8_t *d, size_t n,
                      void *ud)
@@ -181,13 +184,19 @@ static void packet_cb(struct quic_endpoint *ep, const uint8_t *d, size_t n,
 
   if (wire_ctl_decode(d, n, &ctl) < 0)
     return;
-  if (x->step == S_SERVICE && x->pc_started && !x->pc_done) {
+  if (x->step == S_SERVICE && x->pc_started) {
     /* Answer the connector's checks, as an agent does, and feed ours. */
     if (ctl.kind == WIRE_CTL_BIND_REQ) {
       struct punch_io io = { send_raw, x };
       punch_answer(&io, &ctl, from);
+      if (x->pc_done && x->pc.success &&
+          same_addr((const struct sockaddr_storage *)&x->pc.punch
+                        .pairs[x->pc.punch.winner].remote,
+                    (const struct sockaddr_storage *)from))
+        finish(x); /* the connector's check got through as well */
     }
-    p2p_client_packet(&x->pc, &ctl, from);
+    if (!x->pc_done)
+      p2p_client_packet(&x->pc, &ctl, from);
     return;
   }
   if (x->step != S_HAIRPIN || ctl.kind != WIRE_CTL_KA_REQ ||
@@ -202,9 +211,14 @@ static void packet_cb(struct quic_endpoint *ep, const uint8_t *d, size_t n,
 static void pc_done(struct p2p_client *pc, void *ud)
 {
   struct dctx *x = ud;
-  (void)pc;
   x->pc_done = 1;
-  finish(x);
+  if (!pc->success) {
+    finish(x);
+    return;
+  }
+  /* Linger a moment to answer the connector's own checks, as a running
+   * agent would: its side of the punch needs them. */
+  uv_timer_start(&x->timer, timer_cb, LINGER_MS, 0);
 }
 
 static void maybe_punch(struct dctx *x)
@@ -344,7 +358,9 @@ static void timer_cb(uv_timer_t *t)
     }
     break;
   case S_SERVICE:
-    if (!x->pc_started)
+    if (x->pc_done)
+      ; /* the linger after a success is over */
+    else if (!x->pc_started)
       snprintf(x->svc_error, sizeof(x->svc_error), "%s",
                !x->up_has_seen ? "no relay connection as an agent within "
                                  "30 s"

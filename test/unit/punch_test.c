@@ -1,0 +1,279 @@
+/* punch_test.c - connectivity checks with a fake clock and a fake network:
+ * RFC 8445 priorities, pacing and retransmission as protocol.md 5 says,
+ * success and its round trip, peer-reflexive candidates, and the answers
+ * that must not count. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <cmocka.h>
+
+#include "punch.h"
+#include "testutil.h"
+#include "wire.h"
+
+#define MAXPKT 256
+
+struct pkt {
+  struct sockaddr_storage to;
+  uint8_t d[64];
+  size_t n;
+  uint64_t at;
+};
+
+/* Everything one side sent, in order. */
+struct wire_log {
+  struct pkt p[MAXPKT];
+  size_t n;
+};
+
+static uint64_t now;
+
+static void log_send(const struct sockaddr *to, const uint8_t *d, size_t n,
+                     void *ud)
+{
+  struct wire_log *w = ud;
+  assert_true(w->n < MAXPKT);
+  memset(&w->p[w->n], 0, sizeof(w->p[0]));
+  memcpy(&w->p[w->n].to, to, sizeof(struct sockaddr_in));
+  memcpy(w->p[w->n].d, d, n);
+  w->p[w->n].n = n;
+  w->p[w->n].at = now;
+  w->n++;
+}
+
+static void addr(struct sockaddr_storage *ss, const char *ip, uint16_t port)
+{
+  struct sockaddr_in *in = (struct sockaddr_in *)ss;
+  memset(ss, 0, sizeof(*ss));
+  in->sin_family = AF_INET;
+  in->sin_port = htons(port);
+  inet_pton(AF_INET, ip, &in->sin_addr);
+}
+
+static void cand(struct wire_candidate *c, uint32_t type, const char *ip,
+                 uint16_t port)
+{
+  memset(c, 0, sizeof(*c));
+  c->type = type;
+  addr(&c->addr, ip, port);
+  c->priority = punch_cand_priority(type, AF_INET);
+}
+
+static void test_priorities(void **state)
+{
+  (void)state;
+  /* The golden vectors of protocol.md 6. */
+  assert_int_equal(punch_cand_priority(WIRE_CAND_HOST, AF_INET), 2130706431u);
+  assert_int_equal(punch_cand_priority(WIRE_CAND_SRFLX, AF_INET),
+                   1694498815u);
+  assert_int_equal(punch_cand_priority(WIRE_CAND_PRFLX, AF_INET),
+                   (110u << 24) | (65535u << 8) | 255u);
+  assert_int_equal(punch_cand_priority(WIRE_CAND_HOST, AF_INET6),
+                   (126u << 24) | (65534u << 8) | 255u);
+  assert_int_equal(punch_cand_priority(WIRE_CAND_RELAY, AF_INET),
+                   (65535u << 8) | 255u);
+  /* 2^32*min(G,D) + 2*max(G,D) + (G>D ? 1 : 0) */
+  assert_true(punch_pair_priority(5, 3) == (3ull << 32) + 10 + 1);
+  assert_true(punch_pair_priority(3, 5) == (3ull << 32) + 10);
+}
+
+/* Nobody answers: 5 transmissions per pair at 100, 200, 400, 800 ms after
+ * the previous, never two within 20 ms, highest priority first, relay and
+ * other-family candidates never checked; then failure with a reason. */
+static void test_pacing_and_retransmission(void **state)
+{
+  static struct punch p;
+  static struct wire_log w;
+  struct punch_io io = { log_send, &w };
+  struct wire_candidate c[4];
+  uint64_t wake;
+  (void)state;
+
+  memset(&w, 0, sizeof(w));
+  cand(&c[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  cand(&c[1], WIRE_CAND_HOST, "192.0.2.18", 4434);
+  cand(&c[2], WIRE_CAND_RELAY, "198.51.100.10", 4433);
+  memset(&c[3], 0, sizeof(c[3]));
+  c[3].type = WIRE_CAND_HOST;
+  c[3].addr.ss_family = AF_INET6;
+  now = 1000;
+  punch_start(&p, &io, 1, AF_INET, c, 4, now);
+  assert_int_equal(p.npairs, 2);
+  /* The host pair ranks first. */
+  assert_int_equal(p.pairs[0].remote_type, WIRE_CAND_HOST);
+  while (p.state == PUNCH_CHECKING) {
+    wake = punch_tick(&p, now);
+    if (!wake)
+      break;
+    now += wake;
+  }
+  assert_int_equal(p.state, PUNCH_FAILED);
+  assert_non_null(strstr(p.why, "no answer to 5 checks on any of 2"));
+  assert_int_equal(w.n, 10);
+  for (size_t i = 1; i < w.n; i++)
+    assert_true(w.p[i].at - w.p[i - 1].at >= PUNCH_PACE_MS);
+  {
+    /* Per pair: gaps of 100, 200, 400, 800 ms. */
+    uint64_t last[2] = { 0, 0 };
+    int k[2] = { 0, 0 };
+    for (size_t i = 0; i < w.n; i++) {
+      int j = ((struct sockaddr_in *)&w.p[i].to)->sin_addr.s_addr ==
+                      ((struct sockaddr_in *)&p.pairs[0].remote)
+                          ->sin_addr.s_addr
+                  ? 0
+                  : 1;
+      struct wire_ctl ctl;
+      assert_int_equal(wire_ctl_decode(w.p[i].d, w.p[i].n, &ctl), 0);
+      assert_int_equal(ctl.kind, WIRE_CTL_BIND_REQ);
+      assert_true(ctl.priority == p.pairs[j].priority);
+      if (k[j] > 0) {
+        uint64_t gap = w.p[i].at - last[j];
+        uint64_t want = (uint64_t)PUNCH_RTO_MS << (k[j] - 1);
+        assert_true(gap >= want && gap < want + 2 * PUNCH_PACE_MS);
+      }
+      last[j] = w.p[i].at;
+      k[j]++;
+    }
+    assert_int_equal(k[0], 5);
+    assert_int_equal(k[1], 5);
+  }
+  assert_true(now - 1000 < PUNCH_CHECK_TIMEOUT_MS);
+}
+
+/* Delivers every packet each side sent since last time to the other, as
+ * coming from from_a / from_b (what the other side's NAT shows). */
+static void deliver(struct punch *dst, struct wire_log *src, size_t *seen,
+                    const struct sockaddr *from, struct wire_log *dst_out,
+                    int drop)
+{
+  struct punch_io io = { log_send, dst_out };
+
+  for (; *seen < src->n; (*seen)++) {
+    struct wire_ctl c;
+    if (drop)
+      continue;
+    assert_int_equal(wire_ctl_decode(src->p[*seen].d, src->p[*seen].n, &c),
+                     0);
+    if (c.kind == WIRE_CTL_BIND_REQ)
+      punch_answer(&io, &c, from);
+    punch_input(dst, &c, from, now);
+  }
+}
+
+static void test_success_both_ways_and_prflx(void **state)
+{
+  static struct punch a, b;
+  static struct wire_log wa, wb;
+  struct punch_io ioa = { log_send, &wa }, iob = { log_send, &wb };
+  struct wire_candidate ca[1], cb[1];
+  struct sockaddr_storage a_seen, b_seen;
+  size_t sa = 0, sb = 0;
+  (void)state;
+
+  memset(&wa, 0, sizeof(wa));
+  memset(&wb, 0, sizeof(wb));
+  /* The agent offered only its host address; its NAT shows another. */
+  cand(&ca[0], WIRE_CAND_HOST, "192.0.2.2", 40000);
+  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  addr(&a_seen, "198.51.100.2", 40000);
+  addr(&b_seen, "203.0.113.2", 4434);
+  now = 5000;
+  punch_start(&a, &ioa, 1, AF_INET, cb, 1, now);
+  punch_start(&b, &iob, 0, AF_INET, ca, 1, now);
+  for (int i = 0; i < 200 &&
+                  (a.state == PUNCH_CHECKING || b.state == PUNCH_CHECKING);
+       i++) {
+    punch_tick(&a, now);
+    punch_tick(&b, now);
+    now += 5;
+    deliver(&b, &wa, &sa, (struct sockaddr *)&a_seen, &wb, 0);
+    deliver(&a, &wb, &sb, (struct sockaddr *)&b_seen, &wa, 0);
+  }
+  assert_int_equal(a.state, PUNCH_SUCCEEDED);
+  assert_int_equal(a.pairs[a.winner].remote_type, WIRE_CAND_SRFLX);
+  assert_true(a.pairs[a.winner].rtt_ms <= 10);
+  /* The connector learned the agent's public address from its request
+   * (peer-reflexive) and its own check to it succeeded too. */
+  assert_int_equal(b.state, PUNCH_SUCCEEDED);
+  assert_int_equal(b.pairs[b.winner].remote_type, WIRE_CAND_PRFLX);
+  assert_memory_equal(&b.pairs[b.winner].remote, &a_seen,
+                      sizeof(struct sockaddr_in));
+  /* The answer told the agent how the connector sees it. */
+  assert_true(a.pairs[a.winner].has_mapped);
+  assert_memory_equal(&a.pairs[a.winner].mapped, &a_seen,
+                      sizeof(struct sockaddr_in));
+}
+
+static void test_answers_that_do_not_count(void **state)
+{
+  static struct punch a;
+  static struct wire_log wa;
+  struct punch_io ioa = { log_send, &wa };
+  struct wire_candidate cb[1];
+  struct wire_ctl resp;
+  struct sockaddr_storage right, wrong;
+  (void)state;
+
+  memset(&wa, 0, sizeof(wa));
+  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  addr(&right, "203.0.113.2", 4434);
+  addr(&wrong, "203.0.113.66", 4434);
+  now = 100;
+  punch_start(&a, &ioa, 1, AF_INET, cb, 1, now);
+  punch_tick(&a, now);
+  assert_int_equal(wa.n, 1);
+  memset(&resp, 0, sizeof(resp));
+  resp.kind = WIRE_CTL_BIND_RESP;
+  resp.success = 1;
+  /* Wrong transaction id. */
+  memset(resp.txn, 0xee, 12);
+  assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now),
+                   0);
+  /* Right id, wrong source. */
+  memcpy(resp.txn, a.pairs[0].txn, 12);
+  assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&wrong, now),
+                   0);
+  /* A failure answer. */
+  resp.success = 0;
+  punch_input(&a, &resp, (struct sockaddr *)&right, now);
+  assert_int_equal(a.state, PUNCH_CHECKING);
+  /* The real one. */
+  resp.success = 1;
+  now += 3;
+  assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now),
+                   1);
+  assert_int_equal(a.state, PUNCH_SUCCEEDED);
+  assert_int_equal(a.pairs[0].rtt_ms, 3);
+}
+
+static void test_no_candidates(void **state)
+{
+  static struct punch a;
+  static struct wire_log wa;
+  struct punch_io ioa = { log_send, &wa };
+  struct wire_candidate c[1];
+  (void)state;
+
+  cand(&c[0], WIRE_CAND_RELAY, "198.51.100.10", 4433);
+  punch_start(&a, &ioa, 1, AF_INET, c, 1, 0);
+  assert_int_equal(punch_tick(&a, 0), 0);
+  assert_int_equal(a.state, PUNCH_FAILED);
+  assert_non_null(strstr(a.why, "no candidates"));
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_priorities),
+    cmocka_unit_test(test_pacing_and_retransmission),
+    cmocka_unit_test(test_success_both_ways_and_prflx),
+    cmocka_unit_test(test_answers_that_do_not_count),
+    cmocka_unit_test(test_no_candidates),
+  };
+  return cmocka_run_group_tests_name("punch", tests, NULL, NULL);
+}
