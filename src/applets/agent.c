@@ -29,6 +29,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "netaddr.h"
+#include "p2p.h"
+#include "punch.h"
 #include "quic.h"
 #include "tls.h"
 #include "tun.h"
@@ -62,6 +64,7 @@ static const char usage_text[] =
     "      --tunnel-addr6 A its IPv6 address on the TUN, needed for IPv6\n"
     "                       virtual IPs (" AGENT_TUNNEL_ADDR6 ")\n"
     "      --metrics-port N Prometheus /metrics and /healthz (0: off)\n"
+    "      --no-direct      never punch: all traffic through the relay\n"
     "  -h, --help           this text\n";
 
 enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
@@ -78,6 +81,44 @@ struct vip {
   size_t svc;
 };
 
+#define DIRECT_SILENCE_MS 1500      /* no answer this long: path lost */
+#define DIRECT_KEEPALIVE_MS 15000    /* protocol.md 5 */
+#define DIRECT_KEEPALIVE_WAIT_MS 5000
+#define DIRECT_KEEPALIVE_MISSES 3
+#define DIRECT_PING_MS 5000          /* QUIC PING when idle */
+#define PUNCH_COOLDOWN_MS 30000      /* then doubling ... */
+#define PUNCH_COOLDOWN_MAX_MS (8 * PUNCH_COOLDOWN_MS) /* ... up to 4 min */
+#define DIRECT_STABLE_MS 60000       /* a path this old resets the backoff */
+#define LINK_INTERVAL_MS 250
+#define LINK_TRIES 12
+#define P2P_TICK_MS 250
+
+enum apath { AP_RELAY, AP_PUNCHING, AP_CONNECTING, AP_LINKING, AP_DIRECT };
+static const char *const apath_names[] = { "relay", "punching", "connecting",
+                                           "linking", "direct" };
+
+struct actx;
+
+/* One service's path: the relay, or a direct connection to its connector
+ * once a punch found one and the connector linked it. */
+struct asvc {
+  struct actx *x;
+  size_t idx;
+  enum apath state;
+  struct p2p_client *pc;
+  struct quic_conn *direct;
+  struct sockaddr_storage peer;
+  uint8_t token[P2P_LINK_TOKEN_LEN];
+  int link_tries, vip;
+  uint64_t punch_started_ms, punch_ms, direct_since_ms;
+  uint32_t ka_seq;
+  int ka_wait, ka_misses;
+  uint64_t ka_sent_ms, ka_next_ms;
+  uint64_t cooldown_ms, retry_at_ms;
+  char why[200];
+  uint64_t punches_ok, punches_failed, fallbacks;
+};
+
 struct actx {
   uv_loop_t *loop;
   struct cfg_agent cfg;
@@ -90,6 +131,13 @@ struct actx {
   struct uplink *up;
   struct vip vips[CFG_MAX_SERVICES];
   size_t nvips;
+  struct asvc svcs[CFG_MAX_SERVICES];
+  struct sockaddr_storage observed; /* QAD */
+  int has_observed, no_direct;
+  uv_timer_t p2p_tick;
+  uint64_t direct_tx, direct_rx, ctl_window_ms;
+  unsigned ctl_in_window;
+  struct metric *mx_direct_tx, *mx_direct_rx;
   size_t max_idlen;
   int mtu;
   uint64_t drops[A_COUNT], tx_packets, rx_packets, tx_bytes, rx_bytes;
@@ -102,6 +150,8 @@ struct actx {
   int stopping;
   uint8_t buf[65536];
 };
+
+static void schedule_punch(struct asvc *a, uint64_t delay_ms);
 
 static void drop(struct actx *x, enum adrop d)
 {
@@ -176,6 +226,15 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   iov[0].iov_len = (size_t)h;
   iov[1].iov_base = pkt;
   iov[1].iov_len = ip.totlen;
+  /* The direct path when it is up; the relay otherwise, and for any
+   * packet the direct connection does not take. */
+  if (x->svcs[v->svc].state == AP_DIRECT &&
+      quic_conn_send_datagramv(x->svcs[v->svc].direct, iov, 2) == 0) {
+    x->direct_tx++;
+    x->tx_packets++;
+    x->tx_bytes += ip.totlen;
+    return;
+  }
   rv = uplink_send(x->up, iov, 2);
   if (rv == 0) {
     x->tx_packets++;
@@ -226,6 +285,11 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
     drop(x, A_MALFORMED);
     return;
   }
+  {
+    uint8_t token[P2P_LINK_TOKEN_LEN];
+    if (p2p_link_token(d, ip.totlen, token) == 1)
+      return; /* the relay's answer to a link request: ours, not the OS's */
+  }
   x->rx_packets++;
   x->rx_bytes += ip.totlen;
   write_tun(x, d, ip.totlen);
@@ -248,17 +312,387 @@ static void on_up(struct uplink *u, void *ud)
 
 static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
 {
+  struct actx *x = ud;
   char a[80];
+  size_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                         : sizeof(struct sockaddr_in);
+  int changed = x->has_observed && memcmp(&x->observed, sa, len);
   (void)u;
-  (void)ud;
+
   log_info("the intermediate sees us at %s", netaddr_str(sa, a, sizeof(a)));
+  memset(&x->observed, 0, sizeof(x->observed));
+  memcpy(&x->observed, sa, len);
+  x->has_observed = 1;
+  /* A new public address is a new network: punch again now. */
+  for (size_t i = 0; changed && !x->no_direct && i < x->cfg.nservices; i++)
+    if (x->svcs[i].state == AP_RELAY) {
+      x->svcs[i].cooldown_ms = 0;
+      schedule_punch(&x->svcs[i], 0);
+    }
+}
+
+/* --- direct paths (protocol.md 5) --------------------------------------------- */
+
+static void schedule_punch(struct asvc *a, uint64_t delay_ms)
+{
+  a->retry_at_ms = uv_now(a->x->loop) + delay_ms;
+}
+
+/* After a failure: try again after the cooldown, which doubles up to its
+ * cap; a path that held for a while resets it. */
+static void back_off(struct asvc *a)
+{
+  uint64_t now = uv_now(a->x->loop);
+
+  if (!a->cooldown_ms ||
+      (a->direct_since_ms && now - a->direct_since_ms >= DIRECT_STABLE_MS))
+    a->cooldown_ms = PUNCH_COOLDOWN_MS;
+  schedule_punch(a, a->cooldown_ms);
+  log_info("%s: next punch in %llu s", a->x->cfg.services[a->idx].id,
+           (unsigned long long)a->cooldown_ms / 1000);
+  a->cooldown_ms *= 2;
+  if (a->cooldown_ms > PUNCH_COOLDOWN_MAX_MS)
+    a->cooldown_ms = PUNCH_COOLDOWN_MAX_MS;
+  a->direct_since_ms = 0;
+}
+
+static void set_relay(struct asvc *a, const char *why)
+{
+  enum apath was = a->state;
+
+  a->state = AP_RELAY;
+  snprintf(a->why, sizeof(a->why), "%s", why);
+  if (was == AP_DIRECT) {
+    a->fallbacks++;
+    log_info("%s: path: relay (direct path lost: %s)",
+             a->x->cfg.services[a->idx].id, why);
+  } else {
+    log_info("%s: no direct path: %s; traffic stays on the relay",
+             a->x->cfg.services[a->idx].id, why);
+  }
+  back_off(a);
+}
+
+/* Ends the direct connection (if any) and moves the service to the relay
+ * at once. */
+static void fail_direct(struct asvc *a, const char *why)
+{
+  struct quic_conn *c = a->direct;
+
+  a->direct = NULL;
+  set_relay(a, why);
+  if (c)
+    quic_conn_close(c, 0, why);
+}
+
+static void pc_closed(uv_handle_t *h)
+{
+  free(h->data);
+}
+
+static void on_punch_done(struct p2p_client *pc, void *ud);
+
+static void start_punch(struct asvc *a)
+{
+  struct actx *x = a->x;
+  struct p2p_client *pc = calloc(1, sizeof(*pc));
+  int rv;
+
+  a->retry_at_ms = 0;
+  if (!pc)
+    return;
+  rv = p2p_client_start(pc, x->loop, x->ep, x->up, x->cfg.services[a->idx].id,
+                        (struct sockaddr *)&x->observed, on_punch_done, a);
+  if (rv < 0) {
+    free(pc);
+    schedule_punch(a, PUNCH_COOLDOWN_MS);
+    return;
+  }
+  pc->timer.data = pc;
+  a->pc = pc;
+  a->state = AP_PUNCHING;
+  a->punch_started_ms = uv_now(x->loop);
+  log_debug("%s: punching (%zu candidates offered)",
+            x->cfg.services[a->idx].id, pc->nlocal);
+}
+
+static const struct quic_conn_cbs direct_cbs;
+
+static void on_punch_done(struct p2p_client *pc, void *ud)
+{
+  struct asvc *a = ud;
+  struct actx *x = a->x;
+  char addr[64];
+  int rv;
+
+  a->pc = NULL;
+  a->punch_ms = pc->end_ms - pc->offer_ms;
+  if (pc->success) {
+    a->punches_ok++;
+    a->peer = pc->punch.pairs[pc->punch.winner].remote;
+    log_info("%s: punch succeeded in %llu ms: the connector answers at %s "
+             "(%u ms)", x->cfg.services[a->idx].id,
+             (unsigned long long)a->punch_ms,
+             netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)),
+             pc->punch.pairs[pc->punch.winner].rtt_ms);
+  } else {
+    a->punches_failed++;
+  }
+  /* The timer handle's memory goes when it is closed. */
+  if (pc->success) {
+    char why[sizeof(pc->why)];
+    p2p_client_stop(pc, pc_closed);
+    rv = quic_connect(&a->direct, x->ep, x->tls, (struct sockaddr *)&a->peer,
+                      "ztna-connector", &direct_cbs, a);
+    if (rv < 0) {
+      a->direct = NULL;
+      snprintf(why, sizeof(why), "cannot connect: %s", ztna_strerror(rv));
+      set_relay(a, why);
+      return;
+    }
+    a->state = AP_CONNECTING;
+  } else {
+    char why[sizeof(pc->why)];
+    snprintf(why, sizeof(why), "%s", pc->why);
+    p2p_client_stop(pc, pc_closed);
+    set_relay(a, why);
+  }
+}
+
+static void send_link(struct asvc *a)
+{
+  struct actx *x = a->x;
+  const struct vip *v = &x->vips[a->vip];
+  uint8_t pkt[128], payload[P2P_LINK_PAYLOAD_LEN], hdr[2 + WIRE_SERVICE_ID_MAX];
+  uint8_t src[16];
+  const char *id = x->cfg.services[a->idx].id;
+  struct iovec iov[2];
+  int n, h;
+
+  memset(src, 0, sizeof(src));
+  if (v->family == 4)
+    inet_pton(AF_INET, x->cfg.tunnel_addr, src);
+  else
+    inet_pton(AF_INET6, x->cfg.tunnel_addr6, src);
+  memcpy(payload, P2P_LINK_MAGIC, P2P_LINK_MAGIC_LEN);
+  memcpy(payload + P2P_LINK_MAGIC_LEN, a->token, P2P_LINK_TOKEN_LEN);
+  n = ippkt_build_echo(pkt, sizeof(pkt), v->family, src, v->addr, 0x7a74,
+                       (uint16_t)a->link_tries, payload, sizeof(payload));
+  h = wire_routed_encode_header(hdr, sizeof(hdr), id, strlen(id));
+  if (n < 0 || h < 0)
+    return;
+  iov[0].iov_base = hdr;
+  iov[0].iov_len = (size_t)h;
+  iov[1].iov_base = pkt;
+  iov[1].iov_len = (size_t)n;
+  uplink_send(x->up, iov, 2);
+  if (a->direct)
+    quic_conn_send_datagramv(a->direct, iov, 2);
+  a->link_tries++;
+}
+
+static void on_direct_handshake(struct quic_conn *c, void *ud)
+{
+  struct asvc *a = ud;
+
+  quic_conn_set_keepalive(c, DIRECT_PING_MS);
+  a->state = AP_LINKING;
+  a->link_tries = 0;
+  uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL);
+  send_link(a);
+}
+
+static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
+                               size_t n, void *ud)
+{
+  struct asvc *a = ud;
+  struct actx *x = a->x;
+  struct ippkt ip;
+  uint8_t token[P2P_LINK_TOKEN_LEN];
+  char addr[64];
+
+  if ((wire_classify(d, n) != WIRE_KIND_IPV4 &&
+       wire_classify(d, n) != WIRE_KIND_IPV6) ||
+      ippkt_parse(d, n, &ip) < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  if (p2p_link_token(d, ip.totlen, token) == 1) {
+    if (a->state == AP_LINKING && !memcmp(token, a->token, sizeof(token))) {
+      a->state = AP_DIRECT;
+      a->direct_since_ms = uv_now(x->loop);
+      a->ka_misses = a->ka_wait = 0;
+      a->ka_next_ms = uv_now(x->loop) + DIRECT_KEEPALIVE_MS;
+      log_info("%s: path: direct to %s (punch %llu ms, round trip %llu us)",
+               x->cfg.services[a->idx].id,
+               netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)),
+               (unsigned long long)a->punch_ms,
+               (unsigned long long)quic_conn_rtt_us(c));
+    }
+    return;
+  }
+  x->direct_rx++;
+  x->rx_packets++;
+  x->rx_bytes += ip.totlen;
+  write_tun(x, d, ip.totlen);
+}
+
+static void on_direct_close(struct quic_conn *c,
+                            const struct quic_close_info *i, void *ud)
+{
+  struct asvc *a = ud;
+  char why[200];
+
+  if (a->direct != c)
+    return; /* we ended it ourselves: already on the relay */
+  a->direct = NULL;
+  snprintf(why, sizeof(why), "direct connection %s: %s",
+           a->state == AP_CONNECTING ? "failed" : "closed",
+           i->reason[0] ? i->reason : ztna_strerror(i->err));
+  set_relay(a, why);
+}
+
+static const struct quic_conn_cbs direct_cbs = {
+  .handshake_cb = on_direct_handshake,
+  .datagram_cb = on_direct_datagram,
+  .close_cb = on_direct_close,
+};
+
+static void send_keepalive(struct asvc *a)
+{
+  struct wire_ctl c = { .kind = WIRE_CTL_KA_REQ };
+  uint8_t buf[WIRE_KEEPALIVE_LEN];
+  int n;
+
+  c.seq = ++a->ka_seq;
+  n = wire_ctl_encode(buf, sizeof(buf), &c);
+  if (n > 0)
+    quic_endpoint_send_raw(a->x->ep, (struct sockaddr *)&a->peer, buf,
+                           (size_t)n);
+  a->ka_wait = 1;
+  a->ka_sent_ms = uv_now(a->x->loop);
+  a->ka_next_ms = a->ka_sent_ms + DIRECT_KEEPALIVE_MS;
+}
+
+static void p2p_tick(uv_timer_t *t)
+{
+  struct actx *x = t->data;
+  uint64_t now = uv_now(x->loop);
+
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *a = &x->svcs[i];
+    switch (a->state) {
+    case AP_RELAY:
+      if (a->retry_at_ms && now >= a->retry_at_ms && x->has_observed &&
+          uplink_is_up(x->up) && uplink_reg_state(x->up, i) == UPLINK_REG_OK)
+        start_punch(a);
+      break;
+    case AP_LINKING:
+      if (a->link_tries >= LINK_TRIES)
+        fail_direct(a, "the connector did not link the direct connection "
+                       "to our relay path");
+      else
+        send_link(a);
+      break;
+    case AP_DIRECT:
+      if (quic_conn_silence_ms(a->direct) >= DIRECT_SILENCE_MS) {
+        fail_direct(a, "no answer on the direct path for 1.5 s");
+        break;
+      }
+      if (a->ka_wait && now - a->ka_sent_ms >= DIRECT_KEEPALIVE_WAIT_MS) {
+        a->ka_wait = 0;
+        if (++a->ka_misses >= DIRECT_KEEPALIVE_MISSES) {
+          fail_direct(a, "3 keepalives unanswered");
+          break;
+        }
+      }
+      if (now >= a->ka_next_ms)
+        send_keepalive(a);
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+/* Control packets on our socket: the connector's checks, answers to ours,
+ * keepalive answers. */
+static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
+                          size_t n, const struct sockaddr *from, void *ud)
+{
+  struct actx *x = ud;
+  struct wire_ctl c;
+  uint64_t now = uv_now(x->loop);
+  (void)ep;
+
+  if (wire_ctl_decode(d, n, &c) < 0)
+    return;
+  if (c.kind == WIRE_CTL_BIND_REQ) {
+    if (now - x->ctl_window_ms >= 1000) {
+      x->ctl_window_ms = now;
+      x->ctl_in_window = 0;
+    }
+    if (x->ctl_in_window++ < 200) {
+      uint8_t buf[64];
+      struct wire_ctl r;
+      int k;
+      memset(&r, 0, sizeof(r));
+      r.kind = WIRE_CTL_BIND_RESP;
+      memcpy(r.txn, c.txn, 12);
+      r.success = 1;
+      r.has_mapped = 1;
+      memcpy(&r.mapped, from, from->sa_family == AF_INET6
+                                  ? sizeof(struct sockaddr_in6)
+                                  : sizeof(struct sockaddr_in));
+      k = wire_ctl_encode(buf, sizeof(buf), &r);
+      if (k > 0)
+        quic_endpoint_send_raw(x->ep, from, buf, (size_t)k);
+    }
+  }
+  if (c.kind == WIRE_CTL_KA_RESP) {
+    for (size_t i = 0; i < x->cfg.nservices; i++) {
+      struct asvc *a = &x->svcs[i];
+      if (a->state == AP_DIRECT && a->ka_wait && c.seq == a->ka_seq) {
+        a->ka_wait = 0;
+        a->ka_misses = 0;
+      }
+    }
+    return;
+  }
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].pc && p2p_client_packet(x->svcs[i].pc, &c, from))
+      break;
+}
+
+static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
+{
+  struct actx *x = ud;
+  (void)u;
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].pc && p2p_client_signal(x->svcs[i].pc, m))
+      return;
+}
+
+static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
+                          void *ud)
+{
+  struct actx *x = ud;
+  (void)u;
+  /* Punch as soon as the service is registered; data does not wait. */
+  if (r == UPLINK_REG_OK && !x->no_direct && x->svcs[svc].state == AP_RELAY &&
+      !x->svcs[svc].retry_at_ms)
+    schedule_punch(&x->svcs[svc], 0);
 }
 
 static const struct uplink_cbs uplink_cbs = {
   .up = on_up,
   .datagram = on_datagram,
   .qad = on_qad,
+  .registered = on_registered,
+  .signal = on_signal,
 };
+
+static const struct quic_endpoint_cbs ep_cbs = { .packet_cb = on_raw_packet };
 
 /* --- setup and teardown ---------------------------------------------------- */
 
@@ -284,6 +718,43 @@ static void collect(void *ud)
   metric_set(x->mx_txb, (int64_t)x->tx_bytes);
   metric_set(x->mx_rxb, (int64_t)x->rx_bytes);
   metric_set(x->mx_up, uplink_is_up(x->up));
+  metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
+  metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    const struct asvc *a = &x->svcs[i];
+    char l[WIRE_SERVICE_ID_MAX * 2 + 64], esc[WIRE_SERVICE_ID_MAX * 2 + 8];
+    const char *id = x->cfg.services[i].id;
+    metrics_label_escape(esc, sizeof(esc), id, strlen(id));
+    for (int k = 0; k <= AP_DIRECT; k++) {
+      snprintf(l, sizeof(l), "service=\"%s\",path=\"%s\"", esc,
+               apath_names[k]);
+      metric_set(metrics_gauge(x->m, "ztna_agent_path", l,
+                               "The path a service's traffic takes "
+                               "(1 for the current one)"),
+                 a->state == (enum apath)k);
+    }
+    snprintf(l, sizeof(l), "service=\"%s\",result=\"success\"", esc);
+    metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
+                               "Punches by result"),
+               (int64_t)a->punches_ok);
+    snprintf(l, sizeof(l), "service=\"%s\",result=\"failed\"", esc);
+    metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
+                               "Punches by result"),
+               (int64_t)a->punches_failed);
+    snprintf(l, sizeof(l), "service=\"%s\"", esc);
+    metric_set(metrics_gauge(x->m, "ztna_agent_punch_duration_ms", l,
+                             "How long the last punch took"),
+               (int64_t)a->punch_ms);
+    metric_set(metrics_counter(x->m, "ztna_agent_direct_fallbacks_total", l,
+                               "Direct paths lost (traffic back to the "
+                               "relay)"),
+               (int64_t)a->fallbacks);
+    metric_set(metrics_gauge(x->m, "ztna_agent_direct_rtt_us", l,
+                             "Smoothed round trip of the direct path"),
+               a->state == AP_DIRECT && a->direct
+                   ? (int64_t)quic_conn_rtt_us(a->direct)
+                   : 0);
+  }
   metric_set(x->mx_reconn, (int64_t)uplink_reconnects(x->up));
 }
 
@@ -306,6 +777,12 @@ static void metrics_init(struct actx *x)
                               NULL, "Bytes received from the tunnel");
   x->mx_up = metrics_gauge(x->m, "ztna_agent_connected", NULL,
                            "1 while connected to the intermediate");
+  x->mx_direct_tx = metrics_counter(x->m,
+                                    "ztna_agent_direct_packets_sent_total",
+                                    NULL, "Packets sent on direct paths");
+  x->mx_direct_rx = metrics_counter(
+      x->m, "ztna_agent_direct_packets_received_total", NULL,
+      "Packets received on direct paths");
   x->mx_reconn = metrics_counter(x->m, "ztna_agent_reconnections_total",
                                  NULL, "Reconnections to the intermediate");
   metrics_set_collect(x->m, collect, x);
@@ -330,6 +807,7 @@ static void stop_done(uv_timer_t *t)
   close_handle((uv_handle_t *)&x->sigint);
   close_handle((uv_handle_t *)&x->sighup);
   close_handle((uv_handle_t *)&x->stop);
+  close_handle((uv_handle_t *)&x->p2p_tick);
 }
 
 static void on_terminate(uv_signal_t *s, int signum)
@@ -340,6 +818,20 @@ static void on_terminate(uv_signal_t *s, int signum)
     return;
   x->stopping = 1;
   log_info("signal %d: shutting down", signum);
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *a = &x->svcs[i];
+    if (a->direct) {
+      struct quic_conn *c = a->direct;
+      a->direct = NULL;
+      a->state = AP_RELAY;
+      quic_conn_close(c, 0, "agent shutting down");
+    }
+    if (a->pc) {
+      p2p_client_stop(a->pc, pc_closed);
+      a->pc = NULL;
+    }
+  }
+  uv_timer_stop(&x->p2p_tick);
   uplink_del(x->up, "agent shutting down");
   uv_timer_start(&x->stop, stop_done, 200, 0);
 }
@@ -409,7 +901,7 @@ static void warn_cb(const char *msg)
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
-       OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT };
+       OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT };
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -433,6 +925,7 @@ int agent_main(int argc, char **argv)
     { "tun", required_argument, NULL, OPT_TUN },
     { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
     { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
+    { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
     { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -443,7 +936,7 @@ int agent_main(int argc, char **argv)
              *mport = NULL;
   const char *svcargs[CFG_MAX_SERVICES];
   size_t nsvcargs = 0;
-  int ch, check = 0, verbose = LOG_LVL_INFO, rv;
+  int ch, check = 0, verbose = LOG_LVL_INFO, rv, no_direct = 0;
   char err[512], *text;
   size_t len;
   struct sockaddr_storage server_addr, bind_addr;
@@ -467,6 +960,7 @@ int agent_main(int argc, char **argv)
     case OPT_TUN: tun = optarg; break;
     case OPT_TUNNEL_ADDR: taddr = optarg; break;
     case OPT_TUNNEL_ADDR6: taddr6 = optarg; break;
+    case OPT_NO_DIRECT: no_direct = 1; break;
     case OPT_METRICS_PORT: mport = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
@@ -521,6 +1015,7 @@ int agent_main(int argc, char **argv)
     snprintf(x.cfg.tunnel_addr, sizeof(x.cfg.tunnel_addr), "%s", taddr);
   if (taddr6)
     snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s", taddr6);
+  x.no_direct = no_direct || !x.cfg.direct;
   if (mport) {
     char *end;
     long p = strtol(mport, &end, 10);
@@ -603,6 +1098,8 @@ int agent_main(int argc, char **argv)
   else
     uv_ip4_addr("0.0.0.0", 0, (struct sockaddr_in *)&bind_addr);
   qc.keepalive_ms = 10000;
+  qc.cbs = &ep_cbs;
+  qc.ud = &x;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
   if (rv < 0)
     fatalx("cannot open a UDP socket: %s", ztna_strerror(rv));
@@ -617,6 +1114,17 @@ int agent_main(int argc, char **argv)
   uc.name = "intermediate";
   if (uplink_new(&x.up, x.loop, &uc, &uplink_cbs, &x) < 0)
     fatalx("out of memory");
+  for (size_t i = 0; i < x.cfg.nservices; i++) {
+    x.svcs[i].x = &x;
+    x.svcs[i].idx = i;
+    for (size_t k = 0; k < x.nvips; k++)
+      if (x.vips[k].svc == i)
+        x.svcs[i].vip = (int)k;
+  }
+  uv_timer_init(x.loop, &x.p2p_tick);
+  x.p2p_tick.data = &x;
+  if (!x.no_direct)
+    uv_timer_start(&x.p2p_tick, p2p_tick, P2P_TICK_MS, P2P_TICK_MS);
   routes(&x, 1);
   log_info("%s up (%s%s%s, MTU %d), %zu services routed", x.tun_name,
            x.cfg.tunnel_addr, x.cfg.tunnel_addr6[0] ? ", " : "",

@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "netstack.h"
+#include "p2p.h"
 #include "punch.h"
 #include "quic.h"
 #include "tls.h"
@@ -42,6 +43,13 @@
 #define P2P_MAX_SESSIONS 32
 #define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
 #define CTL_ANSWERS_PER_SEC 200
+#define MAX_AGENT_IDS 4096
+#define AGENT_ID_IDLE_MS (10 * 60 * 1000)
+#define MAX_DIRECT 1024
+#define DIRECT_SILENCE_MS 1500  /* no answer this long: the path is gone */
+#define DIRECT_PING_MS 5000
+#define LINK_TOKENS 64
+#define LINK_WAIT_MS 10000
 
 static const char usage_text[] =
     "Usage: ztna connector [-c FILE] [-n] [-v]... [OPTIONS]\n"
@@ -74,12 +82,14 @@ static const char usage_text[] =
 
 enum cdrop {
   D_BAD_CHECKSUM, D_PROTOCOL, D_NOT_OFFERED, D_TOO_LARGE, D_QUEUE_FULL,
-  D_NOT_CONNECTED, D_FLOW_LIMIT, D_MALFORMED, D_COUNT
+  D_NOT_CONNECTED, D_FLOW_LIMIT, D_MALFORMED, D_NOT_AUTHORIZED, D_NOT_LINKED,
+  D_AGENT_LIMIT, D_COUNT
 };
 static const char *const cdrop_names[D_COUNT] = {
   "bad_checksum", "unsupported_protocol", "protocol_not_offered",
   "too_large",    "queue_full",           "not_connected",
-  "flow_limit",   "malformed",
+  "flow_limit",   "malformed",            "not_authorized",
+  "not_linked",   "agent_limit",
 };
 
 struct cctx;
@@ -105,8 +115,46 @@ struct psession {
   uv_timer_t timer;
 };
 
+struct dconn;
+
+/* One agent of one service as the connector knows it: by the address the
+ * intermediate gives it on the relay (its per-agent translation). Its TCP
+ * and UDP state hangs off this, whichever path its packets take; a direct
+ * connection linked to it carries them when it is up. */
+struct agent_id {
+  struct agent_id *next;   /* hash chain */
+  struct csvc *svc;
+  int family;
+  uint8_t addr[16];        /* on the relay */
+  struct dconn *direct;    /* linked direct connection, or NULL */
+  uint8_t direct_addr[16]; /* the agent's own address on it */
+  uint64_t last_ms;
+};
+
+struct link_pending {
+  int used;
+  size_t svc;
+  uint8_t token[P2P_LINK_TOKEN_LEN];
+  uint8_t pkt[128];
+  size_t n;
+  uint64_t ms;
+};
+
+/* A direct QUIC connection from an agent (the connector is the server). */
+struct dconn {
+  struct dconn *next, *prev;
+  struct cctx *x;
+  struct quic_conn *qc;
+  char name[400];
+  int up;
+  uint8_t grants[CFG_MAX_SERVICES];
+  struct agent_id *ids[CFG_MAX_SERVICES];
+  struct link_pending pend[4];
+};
+
 struct uflow {
   struct uflow *next, *prev;
+  struct agent_id *id;
   struct csvc *svc;
   int family;
   uint8_t agent[16], vip[16];
@@ -138,6 +186,23 @@ struct cctx {
       *mx_uptime, *mx_drops[D_COUNT], *mx_flows, *mx_tcp_active, *mx_icmp;
   int stopping;
   struct psession sess[P2P_MAX_SESSIONS];
+  struct tls_ctx *srv_tls;   /* direct connections: we are the server */
+  struct agent_id *ids[1024];
+  size_t nids;
+  struct dconn *dconns;
+  size_t ndconns;
+  struct {
+    int used;
+    uint8_t token[P2P_LINK_TOKEN_LEN];
+    struct agent_id *id;
+    uint64_t ms;
+  } rlinks[LINK_TOKENS];
+  uv_timer_t watch;
+  uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
+      links;
+  struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
+      *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
+  uint8_t dbuf[65536];
   uint64_t punch_ok, punch_fail, ctl_answered, ctl_limited;
   uint64_t ctl_window_ms;
   unsigned ctl_in_window;
@@ -167,10 +232,95 @@ static void send_to_agent(struct csvc *s, const uint8_t *pkt, size_t n)
                                          : D_NOT_CONNECTED);
 }
 
+/* To an agent: on its direct connection when one is linked and up (the
+ * relay-side address the packet carries becomes the agent's own), else,
+ * and whenever the direct connection refuses it, through the relay. */
+static void send_to_id(struct agent_id *a, const uint8_t *pkt, size_t n)
+{
+  struct dconn *dc = a->direct;
+  struct cctx *x = a->svc->x;
+
+  if (dc && dc->up && n <= sizeof(x->dbuf)) {
+    memcpy(x->dbuf, pkt, n);
+    if (ippkt_rewrite_addr(x->dbuf, n, 1, a->direct_addr) == 0 &&
+        quic_conn_send_datagram(dc->qc, x->dbuf, n) == 0) {
+      x->direct_tx++;
+      return;
+    }
+  }
+  send_to_agent(a->svc, pkt, n);
+}
+
 static void netstack_send(void *conn, const uint8_t *pkt, size_t n, void *ud)
 {
   (void)ud;
-  send_to_agent(conn, pkt, n);
+  send_to_id(conn, pkt, n);
+}
+
+/* --- agents ------------------------------------------------------------------- */
+
+static size_t id_hash(const struct csvc *s, int family, const uint8_t *addr)
+{
+  uint32_t h = 2166136261u ^ (uint32_t)(uintptr_t)s ^ (uint32_t)family;
+  for (int i = 0; i < (family == 4 ? 4 : 16); i++)
+    h = (h ^ addr[i]) * 16777619u;
+  return h % 1024;
+}
+
+static void flow_free(struct cctx *x, struct uflow *f);
+
+static void id_free(struct cctx *x, struct agent_id *a)
+{
+  struct agent_id **pp = &x->ids[id_hash(a->svc, a->family, a->addr)];
+  struct uflow *f, *next;
+
+  while (*pp && *pp != a)
+    pp = &(*pp)->next;
+  if (*pp)
+    *pp = a->next;
+  x->nids--;
+  netstack_conn_gone(x->ns, a);
+  for (f = x->flows; f; f = next) {
+    next = f->next;
+    if (f->id == a)
+      flow_free(x, f);
+  }
+  for (size_t i = 0; i < LINK_TOKENS; i++)
+    if (x->rlinks[i].used && x->rlinks[i].id == a)
+      x->rlinks[i].used = 0;
+  if (a->direct)
+    for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
+      if (a->direct->ids[i] == a)
+        a->direct->ids[i] = NULL;
+  free(a);
+}
+
+/* The agent behind address addr on service s's relay connection. */
+static struct agent_id *id_get(struct csvc *s, int family,
+                               const uint8_t *addr)
+{
+  struct cctx *x = s->x;
+  size_t h = id_hash(s, family, addr), alen = family == 4 ? 4 : 16;
+  struct agent_id *a;
+
+  for (a = x->ids[h]; a; a = a->next)
+    if (a->svc == s && a->family == family && !memcmp(a->addr, addr, alen))
+      break;
+  if (!a) {
+    if (x->nids >= MAX_AGENT_IDS)
+      return NULL;
+    a = calloc(1, sizeof(*a));
+    if (!a)
+      return NULL;
+    a->svc = s;
+    a->family = family;
+    memcpy(a->addr, addr, alen);
+    a->next = x->ids[h];
+    x->ids[h] = a;
+    x->nids++;
+  }
+  a->last_ms = uv_now(x->loop);
+  return a;
 }
 
 /* --- UDP flows ---------------------------------------------------------------- */
@@ -221,12 +371,13 @@ static void flow_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b,
     drop(x, D_TOO_LARGE);
     return;
   }
-  send_to_agent(f->svc, pkt, (size_t)k);
+  send_to_id(f->id, pkt, (size_t)k);
 }
 
-static void on_udp(struct csvc *s, const struct ippkt *ip, const uint8_t *l4,
-                   size_t l4len)
+static void on_udp(struct agent_id *a, const struct ippkt *ip,
+                   const uint8_t *l4, size_t l4len)
 {
+  struct csvc *s = a->svc;
   struct cctx *x = s->x;
   uint16_t aport = (uint16_t)(l4[0] << 8 | l4[1]);
   uint16_t vport = (uint16_t)(l4[2] << 8 | l4[3]);
@@ -234,7 +385,7 @@ static void on_udp(struct csvc *s, const struct ippkt *ip, const uint8_t *l4,
   uv_buf_t b;
 
   for (f = x->flows; f; f = f->next)
-    if (f->svc == s && f->family == ip->version && f->aport == aport &&
+    if (f->id == a && f->family == ip->version && f->aport == aport &&
         f->vport == vport && !memcmp(f->agent, ip->src, ip->addrlen) &&
         !memcmp(f->vip, ip->dst, ip->addrlen))
       break;
@@ -247,6 +398,7 @@ static void on_udp(struct csvc *s, const struct ippkt *ip, const uint8_t *l4,
     if (!f)
       return;
     f->svc = s;
+    f->id = a;
     f->family = ip->version;
     memcpy(f->agent, ip->src, ip->addrlen);
     memcpy(f->vip, ip->dst, ip->addrlen);
@@ -286,16 +438,37 @@ static void sweep_cb(uv_timer_t *t)
   for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
     if (x->sess[i].used && now - x->sess[i].created_ms >= P2P_SESSION_MS)
       session_end(&x->sess[i]);
+  for (size_t i = 0; i < LINK_TOKENS; i++)
+    if (x->rlinks[i].used && now - x->rlinks[i].ms >= LINK_WAIT_MS)
+      x->rlinks[i].used = 0;
+  for (size_t h = 0; h < 1024; h++) {
+    struct agent_id *a = x->ids[h], *an;
+    for (; a; a = an) {
+      int busy = 0;
+      an = a->next;
+      if (now - a->last_ms < AGENT_ID_IDLE_MS || a->direct)
+        continue;
+      for (f = x->flows; f && !busy; f = f->next)
+        busy = f->id == a;
+      if (!busy && !netstack_conn_sessions(x->ns, a))
+        id_free(x, a);
+    }
+  }
 }
 
 /* --- packets from the tunnel ---------------------------------------------------- */
 
-static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
+static void note_relay_link(struct agent_id *a, const uint8_t *token);
+
+/* A packet from agent a (its relay-side address as the source). */
+static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
 {
+  struct csvc *s = a->svc;
   struct cctx *x = s->x;
   struct ippkt ip;
   const uint8_t *l4;
   size_t l4len;
+  uint8_t token[P2P_LINK_TOKEN_LEN];
 
   if (ippkt_parse(pkt, n, &ip) < 0) {
     drop(x, D_MALFORMED);
@@ -305,6 +478,8 @@ static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
     drop(x, D_BAD_CHECKSUM);
     return;
   }
+  if (p2p_link_token(pkt, ip.totlen, token) == 0)
+    note_relay_link(a, token);
   ippkt_l4(pkt, &ip, &l4, &l4len);
   x->fwd_packets++;
   x->fwd_bytes += n;
@@ -313,7 +488,7 @@ static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
     memcpy(x->buf, pkt, ip.totlen);
     if (ippkt_echo_reply(x->buf, ip.totlen) == 0) {
       x->icmp_echo++;
-      send_to_agent(s, x->buf, ip.totlen);
+      send_to_id(a, x->buf, ip.totlen);
     } else {
       drop(x, D_PROTOCOL);
     }
@@ -324,7 +499,7 @@ static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
       drop(x, D_NOT_OFFERED);
       return;
     }
-    on_udp(s, &ip, l4, l4len);
+    on_udp(a, &ip, l4, l4len);
     return;
   }
   if (ip.proto == 6 && l4len >= 20) {
@@ -332,10 +507,28 @@ static void on_packet(struct csvc *s, const uint8_t *pkt, size_t n)
       drop(x, D_NOT_OFFERED);
       return;
     }
-    netstack_input(x->ns, s, (struct sockaddr *)&s->backend, pkt, ip.totlen);
+    netstack_input(x->ns, a, (struct sockaddr *)&s->backend, pkt, ip.totlen);
     return;
   }
   drop(x, D_PROTOCOL);
+}
+
+/* From the relay: the agent is known by its translated source address. */
+static void on_relay_packet(struct csvc *s, const uint8_t *pkt, size_t n)
+{
+  struct ippkt ip;
+  struct agent_id *a;
+
+  if (ippkt_parse(pkt, n, &ip) < 0) {
+    drop(s->x, D_MALFORMED);
+    return;
+  }
+  a = id_get(s, ip.version, ip.src);
+  if (!a) {
+    drop(s->x, D_AGENT_LIMIT);
+    return;
+  }
+  on_packet(a, pkt, n);
 }
 
 static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
@@ -355,11 +548,11 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
       drop(s->x, D_MALFORMED);
       return;
     }
-    on_packet(s, pkt, pktlen);
+    on_relay_packet(s, pkt, pktlen);
     return;
   case WIRE_KIND_IPV4:
   case WIRE_KIND_IPV6:
-    on_packet(s, d, n);
+    on_relay_packet(s, d, n);
     return;
   default:
     drop(s->x, D_MALFORMED);
@@ -370,10 +563,19 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
                     void *ud)
 {
   struct csvc *s = ud;
+  struct cctx *x = s->x;
   (void)u;
   (void)i;
-  /* Its TCP sessions cannot go on without the connection. */
-  netstack_conn_gone(s->x->ns, s);
+  /* The agents it carried are gone with it (the intermediate translates
+   * them anew on the next connection), but for those on a direct path. */
+  for (size_t h = 0; h < 1024; h++) {
+    struct agent_id *a = x->ids[h], *next;
+    for (; a; a = next) {
+      next = a->next;
+      if (a->svc == s && !(a->direct && a->direct->up))
+        id_free(x, a);
+    }
+  }
 }
 
 static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
@@ -616,6 +818,276 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   }
 }
 
+/* --- P2P: direct connections from agents -------------------------------------- */
+
+static void link_direct(struct dconn *dc, size_t svc, struct agent_id *a,
+                        const uint8_t *pkt, size_t n)
+{
+  struct cctx *x = dc->x;
+  struct ippkt ip;
+  uint8_t reply[128];
+  char addr[64];
+
+  if (n > sizeof(reply) || ippkt_parse(pkt, n, &ip) < 0)
+    return;
+  if (a->direct && a->direct != dc)
+    for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
+      if (a->direct->ids[i] == a)
+        a->direct->ids[i] = NULL;
+  if (dc->ids[svc] && dc->ids[svc] != a)
+    dc->ids[svc]->direct = NULL;
+  dc->ids[svc] = a;
+  a->direct = dc;
+  memcpy(a->direct_addr, ip.src, ip.addrlen);
+  x->links++;
+  inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, addr, sizeof(addr));
+  log_info("%s: %s: direct path linked to the agent at %s on the relay",
+           x->svcs[svc].cfg->id, dc->name, addr);
+  /* The answer tells the agent it may move its traffic here. */
+  memcpy(reply, pkt, n);
+  if (ippkt_echo_reply(reply, n) == 0)
+    quic_conn_send_datagram(dc->qc, reply, n);
+}
+
+/* A link token came through the relay from agent a. */
+static void note_relay_link(struct agent_id *a, const uint8_t *token)
+{
+  struct cctx *x = a->svc->x;
+  size_t slot = 0, svc = (size_t)(a->svc - x->svcs);
+  uint64_t now = uv_now(x->loop), oldest = UINT64_MAX;
+
+  for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+    for (size_t i = 0; i < 4; i++)
+      if (dc->pend[i].used && dc->pend[i].svc == svc &&
+          !memcmp(dc->pend[i].token, token, P2P_LINK_TOKEN_LEN)) {
+        dc->pend[i].used = 0;
+        link_direct(dc, svc, a, dc->pend[i].pkt, dc->pend[i].n);
+        return;
+      }
+  for (size_t i = 0; i < LINK_TOKENS; i++) {
+    if (x->rlinks[i].used &&
+        !memcmp(x->rlinks[i].token, token, P2P_LINK_TOKEN_LEN)) {
+      slot = i;
+      break;
+    }
+    if (!x->rlinks[i].used || x->rlinks[i].ms < oldest) {
+      oldest = x->rlinks[i].used ? x->rlinks[i].ms : 0;
+      slot = i;
+    }
+  }
+  x->rlinks[slot].used = 1;
+  memcpy(x->rlinks[slot].token, token, P2P_LINK_TOKEN_LEN);
+  x->rlinks[slot].id = a;
+  x->rlinks[slot].ms = now;
+}
+
+/* A link request on a direct connection. */
+static void direct_link_request(struct dconn *dc, size_t svc,
+                                const uint8_t *token, const uint8_t *pkt,
+                                size_t n)
+{
+  struct cctx *x = dc->x;
+  struct link_pending *lp = &dc->pend[0];
+
+  for (size_t i = 0; i < LINK_TOKENS; i++)
+    if (x->rlinks[i].used && x->rlinks[i].id->svc == &x->svcs[svc] &&
+        !memcmp(x->rlinks[i].token, token, P2P_LINK_TOKEN_LEN) &&
+        uv_now(x->loop) - x->rlinks[i].ms < LINK_WAIT_MS) {
+      link_direct(dc, svc, x->rlinks[i].id, pkt, n);
+      return;
+    }
+  /* Not seen on the relay yet: wait for it there. */
+  for (size_t i = 0; i < 4; i++) {
+    if (dc->pend[i].used && !memcmp(dc->pend[i].token, token,
+                                    P2P_LINK_TOKEN_LEN)) {
+      lp = &dc->pend[i];
+      break;
+    }
+    if (!dc->pend[i].used || dc->pend[i].ms < lp->ms)
+      lp = &dc->pend[i];
+  }
+  if (n > sizeof(lp->pkt))
+    return;
+  lp->used = 1;
+  lp->svc = svc;
+  memcpy(lp->token, token, P2P_LINK_TOKEN_LEN);
+  memcpy(lp->pkt, pkt, n);
+  lp->n = n;
+  lp->ms = uv_now(x->loop);
+}
+
+static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
+                               size_t n, void *ud)
+{
+  struct dconn *dc = ud;
+  struct cctx *x = dc->x;
+  const uint8_t *id, *pkt = d;
+  size_t idlen, pktlen = n, svc = SIZE_MAX;
+  struct ippkt ip;
+  struct agent_id *a;
+  uint8_t token[P2P_LINK_TOKEN_LEN];
+  (void)c;
+
+  if (!dc->up)
+    return;
+  switch (wire_classify(d, n)) {
+  case WIRE_KIND_ROUTED:
+    if (wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen) < 0) {
+      drop(x, D_MALFORMED);
+      return;
+    }
+    for (size_t i = 0; i < x->nsvcs; i++)
+      if (strlen(x->svcs[i].cfg->id) == idlen &&
+          !memcmp(x->svcs[i].cfg->id, id, idlen))
+        svc = i;
+    break;
+  case WIRE_KIND_IPV4:
+  case WIRE_KIND_IPV6:
+    /* Unwrapped: only when the agent may reach exactly one service. */
+    for (size_t i = 0, k = 0; i < x->nsvcs; i++)
+      if (dc->grants[i] && k++ == 0)
+        svc = i;
+      else if (dc->grants[i])
+        svc = SIZE_MAX - 1;
+    break;
+  default:
+    drop(x, D_MALFORMED);
+    return;
+  }
+  if (svc >= x->nsvcs || !dc->grants[svc]) {
+    drop(x, D_NOT_AUTHORIZED);
+    return;
+  }
+  if (ippkt_parse(pkt, pktlen, &ip) < 0 || pktlen > sizeof(x->dbuf)) {
+    drop(x, D_MALFORMED);
+    return;
+  }
+  x->direct_rx++;
+  if (p2p_link_token(pkt, ip.totlen, token) == 0) {
+    direct_link_request(dc, svc, token, pkt, ip.totlen);
+    return;
+  }
+  a = dc->ids[svc];
+  if (!a || a->family != ip.version ||
+      memcmp(a->direct_addr, ip.src, ip.addrlen)) {
+    drop(x, D_NOT_LINKED);
+    return;
+  }
+  a->last_ms = uv_now(x->loop);
+  /* Inside, the agent keeps the address it has on the relay. */
+  memcpy(x->dbuf, pkt, ip.totlen);
+  ippkt_rewrite_addr(x->dbuf, ip.totlen, 0, a->addr);
+  on_packet(a, x->dbuf, ip.totlen);
+}
+
+static void on_direct_handshake(struct quic_conn *c, void *ud)
+{
+  struct dconn *dc = ud;
+  struct cctx *x = dc->x;
+  struct tls_identity id;
+  char a[64], want[WIRE_SERVICE_ID_MAX + 16];
+  size_t ngrants = 0;
+
+  memset(&id, 0, sizeof(id));
+  quic_conn_peer_identity(c, &id);
+  snprintf(dc->name, sizeof(dc->name), "direct %s (%s)",
+           netaddr_str(quic_conn_peer(c), a, sizeof(a)),
+           id.cn[0] ? id.cn : "no certificate");
+  /* The same grants the intermediate honours (protocol.md 3). */
+  for (size_t i = 0; i < x->nsvcs; i++) {
+    snprintf(want, sizeof(want), "agent.%s.ztna", x->svcs[i].cfg->id);
+    for (size_t k = 0; k < id.ndns; k++)
+      if (!strcasecmp(id.dns[k], want) ||
+          !strcasecmp(id.dns[k], "agent.*.ztna"))
+        dc->grants[i] = 1;
+    ngrants += dc->grants[i];
+  }
+  if (!ngrants) {
+    x->direct_rejected++;
+    log_warnx("%s: refused: its certificate grants none of our services",
+              dc->name);
+    quic_conn_close(c, 2, "not authorized for any service here");
+    return;
+  }
+  dc->up = 1;
+  x->direct_total++;
+  quic_conn_set_keepalive(c, DIRECT_PING_MS);
+  log_info("%s: connected, %zu of our services granted", dc->name, ngrants);
+}
+
+static void on_direct_close(struct quic_conn *c,
+                            const struct quic_close_info *i, void *ud)
+{
+  struct dconn *dc = ud;
+  struct cctx *x = dc->x;
+  (void)c;
+
+  for (size_t k = 0; k < CFG_MAX_SERVICES; k++)
+    if (dc->ids[k] && dc->ids[k]->direct == dc)
+      dc->ids[k]->direct = NULL; /* back to the relay */
+  if (dc->up)
+    log_info("%s: closed (%s%s); its traffic takes the relay", dc->name,
+             i->local ? "" : "by the agent: ",
+             i->reason[0] ? i->reason : "no reason");
+  if (dc->prev)
+    dc->prev->next = dc->next;
+  else
+    x->dconns = dc->next;
+  if (dc->next)
+    dc->next->prev = dc->prev;
+  x->ndconns--;
+  free(dc);
+}
+
+static const struct quic_conn_cbs direct_cbs = {
+  .handshake_cb = on_direct_handshake,
+  .datagram_cb = on_direct_datagram,
+  .close_cb = on_direct_close,
+};
+
+static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
+{
+  struct cctx *x = ud;
+  struct dconn *dc;
+  (void)ep;
+
+  if (x->stopping || x->ndconns >= MAX_DIRECT)
+    return 1;
+  dc = calloc(1, sizeof(*dc));
+  if (!dc)
+    return 1;
+  dc->x = x;
+  dc->qc = c;
+  snprintf(dc->name, sizeof(dc->name), "direct connection");
+  dc->next = x->dconns;
+  if (x->dconns)
+    x->dconns->prev = dc;
+  x->dconns = dc;
+  x->ndconns++;
+  quic_conn_set_cbs(c, &direct_cbs, dc);
+  return 0;
+}
+
+/* Every 250 ms: a direct connection whose peer went silent while we wait
+ * for an answer has lost its path; its agents go back to the relay. */
+static void watch_cb(uv_timer_t *t)
+{
+  struct cctx *x = t->data;
+
+  for (struct dconn *dc = x->dconns; dc; dc = dc->next) {
+    if (!dc->up || quic_conn_silence_ms(dc->qc) < DIRECT_SILENCE_MS)
+      continue;
+    dc->up = 0;
+    x->direct_lost++;
+    log_info("%s: no answer for %d ms: path lost, back to the relay",
+             dc->name, DIRECT_SILENCE_MS);
+    for (size_t k = 0; k < CFG_MAX_SERVICES; k++)
+      if (dc->ids[k] && dc->ids[k]->direct == dc)
+        dc->ids[k]->direct = NULL;
+    quic_conn_close(dc->qc, 0, "direct path lost");
+  }
+}
+
 static const struct uplink_cbs uplink_cbs = {
   .down = on_down,
   .datagram = on_datagram,
@@ -623,7 +1095,10 @@ static const struct uplink_cbs uplink_cbs = {
   .signal = on_signal,
 };
 
-static const struct quic_endpoint_cbs ep_cbs = { .packet_cb = on_raw_packet };
+static const struct quic_endpoint_cbs ep_cbs = {
+  .accept_cb = on_accept,
+  .packet_cb = on_raw_packet,
+};
 
 /* --- backends and the egress guard ------------------------------------------------ */
 
@@ -719,6 +1194,17 @@ static void collect(void *ud)
   metric_set(x->mx_punch_ok, (int64_t)x->punch_ok);
   metric_set(x->mx_punch_fail, (int64_t)x->punch_fail);
   metric_set(x->mx_punch_active, (int64_t)punching);
+  {
+    int64_t up = 0;
+    for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+      up += dc->up;
+    metric_set(x->mx_direct, up);
+  }
+  metric_set(x->mx_direct_total, (int64_t)x->direct_total);
+  metric_set(x->mx_direct_rej, (int64_t)x->direct_rejected);
+  metric_set(x->mx_direct_lost, (int64_t)x->direct_lost);
+  metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
+  metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
   metric_set(x->mx_tcp, (int64_t)ts->sessions_total);
@@ -781,6 +1267,23 @@ static void metrics_init(struct cctx *x)
                                      "Punches by result of our own checks");
   x->mx_punch_active = metrics_gauge(m, "ztna_connector_punch_sessions",
                                      NULL, "Punches in progress");
+  x->mx_direct = metrics_gauge(m, "ztna_connector_direct_connections", NULL,
+                               "Direct connections from agents, up");
+  x->mx_direct_total = metrics_counter(
+      m, "ztna_connector_direct_connections_total", NULL,
+      "Direct connections accepted (handshake and grants checked)");
+  x->mx_direct_rej = metrics_counter(
+      m, "ztna_connector_direct_rejected_total", NULL,
+      "Direct connections refused: no service granted");
+  x->mx_direct_lost = metrics_counter(
+      m, "ztna_connector_direct_lost_total", NULL,
+      "Direct connections dropped because the peer went silent");
+  x->mx_direct_rx = metrics_counter(
+      m, "ztna_connector_direct_packets_received_total", NULL,
+      "Packets received on direct connections");
+  x->mx_direct_tx = metrics_counter(
+      m, "ztna_connector_direct_packets_sent_total", NULL,
+      "Packets sent on direct connections");
   metrics_set_collect(m, collect, x);
 }
 
@@ -805,6 +1308,7 @@ static void stop_done(uv_timer_t *t)
   close_handle((uv_handle_t *)&x->sigint);
   close_handle((uv_handle_t *)&x->sighup);
   close_handle((uv_handle_t *)&x->sweep);
+  close_handle((uv_handle_t *)&x->watch);
   close_handle((uv_handle_t *)&x->stop);
 }
 
@@ -821,7 +1325,9 @@ static void on_terminate(uv_signal_t *sig, int signum)
   uv_timer_start(&x->stop, stop_done, 200, 0);
 }
 
-static int make_tls(struct cctx *x, struct tls_ctx **out)
+/* server: the context for direct connections from agents (our
+ * certificate is valid for ztna-connector; theirs must chain to the CA). */
+static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
 {
   struct tls_config tc;
   char err[512];
@@ -832,11 +1338,17 @@ static int make_tls(struct cctx *x, struct tls_ctx **out)
   tc.key_file = x->key;
   tc.ca_file = x->cfg.ca_cert[0] ? x->cfg.ca_cert : NULL;
   tc.verify_peer = x->cfg.verify_peer;
-  tc.verify_name = "ztna-server";
-  rv = tls_ctx_new(out, 0, &tc, err, sizeof(err));
+  if (!server)
+    tc.verify_name = "ztna-server";
+  rv = tls_ctx_new(out, server, &tc, err, sizeof(err));
   if (rv < 0)
     log_warnx("%s", err);
   return rv;
+}
+
+static int make_tls(struct cctx *x, struct tls_ctx **out)
+{
+  return make_tls_role(x, out, 0);
 }
 
 static void on_hup(uv_signal_t *sig, int signum)
@@ -845,7 +1357,14 @@ static void on_hup(uv_signal_t *sig, int signum)
   struct tls_ctx *tls;
   (void)signum;
 
+  struct tls_ctx *srv;
+
   if (make_tls(x, &tls) < 0) {
+    log_warnx("reload failed: keeping the certificates in use");
+    return;
+  }
+  if (make_tls_role(x, &srv, 1) < 0) {
+    tls_ctx_unref(tls);
     log_warnx("reload failed: keeping the certificates in use");
     return;
   }
@@ -853,6 +1372,9 @@ static void on_hup(uv_signal_t *sig, int signum)
     uplink_set_tls(x->svcs[i].up, tls);
   tls_ctx_unref(x->tls);
   x->tls = tls;
+  quic_endpoint_set_server_tls(x->ep, srv);
+  tls_ctx_unref(x->srv_tls);
+  x->srv_tls = srv;
   log_info("reloaded certificates");
 }
 
@@ -1007,7 +1529,7 @@ int connector_main(int argc, char **argv)
     if (resolve_backend(&x.svcs[i]) < 0)
       return 1;
   }
-  if (make_tls(&x, &x.tls) < 0)
+  if (make_tls(&x, &x.tls) < 0 || make_tls_role(&x, &x.srv_tls, 1) < 0)
     return 1;
   {
     int literal;
@@ -1030,6 +1552,7 @@ int connector_main(int argc, char **argv)
   else
     uv_ip4_addr("0.0.0.0", x.cfg.p2p_port, (struct sockaddr_in *)&bind_addr);
   qc.keepalive_ms = 10000;
+  qc.server_tls = x.srv_tls; /* direct connections from agents */
   qc.cbs = &ep_cbs;
   qc.ud = &x;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
@@ -1083,9 +1606,13 @@ int connector_main(int argc, char **argv)
   uv_timer_init(x.loop, &x.stop);
   x.sweep.data = x.stop.data = &x;
   uv_timer_start(&x.sweep, sweep_cb, 5000, 5000);
+  uv_timer_init(x.loop, &x.watch);
+  x.watch.data = &x;
+  uv_timer_start(&x.watch, watch_cb, 250, 250);
   uv_run(x.loop, UV_RUN_DEFAULT);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
+  tls_ctx_unref(x.srv_tls);
   log_info("stopped");
   return 0;
 }

@@ -767,6 +767,7 @@ void cfg_agent_defaults(struct cfg_agent *c)
   c->verify_peer = 1;
   snprintf(c->tun_name, sizeof(c->tun_name), "ztna0");
   snprintf(c->tunnel_addr, sizeof(c->tunnel_addr), "100.64.0.1");
+  c->direct = 1;
 }
 
 static int agent_member(struct doc *d, int key, int val, void *out)
@@ -832,6 +833,8 @@ static int agent_member(struct doc *d, int key, int val, void *out)
     return get_str(d, val, c->tun_name, sizeof(c->tun_name));
   if (key_is(d, key, "tunnelAddr") || key_is(d, key, "tunnel_addr"))
     return get_str(d, val, c->tunnel_addr, sizeof(c->tunnel_addr));
+  if (key_is(d, key, "direct"))
+    return get_bool(d, val, &c->direct);
   if (key_is(d, key, "tunnelAddr6") || key_is(d, key, "tunnel_addr6"))
     return get_str(d, val, c->tunnel_addr6, sizeof(c->tunnel_addr6));
   if (key_is(d, key, "metrics_port"))

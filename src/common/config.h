@@ -71,6 +71,7 @@ struct cfg_agent {
   char tun_name[CFG_STR_MAX];   /* "ztna0" */
   char tunnel_addr[CFG_STR_MAX]; /* "100.64.0.1" */
   char tunnel_addr6[CFG_STR_MAX]; /* "": AGENT_TUNNEL_ADDR6 if needed */
+  int direct;                   /* 1: punch for direct paths */
   uint16_t metrics_port;        /* 0: off */
 };
 

@@ -252,6 +252,27 @@ int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
   return (int)n;
 }
 
+int ippkt_build_echo(uint8_t *out, size_t cap, int version,
+                     const uint8_t *src, const uint8_t *dst, uint16_t id,
+                     uint16_t seq, const uint8_t *payload, size_t plen)
+{
+  size_t hl = version == 4 ? 20 : 40, len = hl + 8 + plen;
+  uint8_t *e;
+
+  if (len > cap || len > 65535)
+    return ZTNA_ERR_TOO_LARGE;
+  ip_header(out, version, version == 4 ? PROTO_ICMP : PROTO_ICMPV6, src, dst,
+            8 + plen);
+  e = out + hl;
+  memset(e, 0, 8);
+  e[0] = version == 4 ? 8 : 128;
+  put16(e + 4, id);
+  put16(e + 6, seq);
+  memcpy(e + 8, payload, plen);
+  l4_checksum(out, len, 2, version == 6);
+  return (int)len;
+}
+
 int ippkt_echo_reply(uint8_t *p, size_t n)
 {
   struct ippkt ip;

@@ -47,6 +47,10 @@ void ippkt_l4(const uint8_t *p, const struct ippkt *ip, const uint8_t **l4,
 /* Builds an IP/UDP packet (version 4 or 6; addresses of that family, ports
  * in host order) with DF and TTL 64 for IPv4, checksums computed. Returns
  * the length or ZTNA_ERR_TOO_LARGE. */
+/* An ICMP (version 4) or ICMPv6 echo request. Returns its length. */
+int ippkt_build_echo(uint8_t *out, size_t cap, int version,
+                     const uint8_t *src, const uint8_t *dst, uint16_t id,
+                     uint16_t seq, const uint8_t *payload, size_t plen);
 int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
                     uint16_t sport, const uint8_t *dst, uint16_t dport,
                     const uint8_t *payload, size_t plen);

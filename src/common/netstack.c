@@ -795,6 +795,14 @@ void netstack_conn_gone(struct netstack *ns, void *conn)
       ns->maps[i].conn = NULL;
 }
 
+size_t netstack_conn_sessions(struct netstack *ns, void *conn)
+{
+  size_t n = 0;
+  for (struct session *s = ns->sessions; s; s = s->next)
+    n += ns->maps[s->map].conn == conn;
+  return n;
+}
+
 /* --- lifecycle ---------------------------------------------------------------- */
 
 static void tick_cb(uv_timer_t *t);

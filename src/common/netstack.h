@@ -59,6 +59,8 @@ void netstack_del(struct netstack *ns);
 void netstack_input(struct netstack *ns, void *conn,
                     const struct sockaddr *backend, const uint8_t *pkt,
                     size_t n);
+/* How many TCP connections conn has. */
+size_t netstack_conn_sessions(struct netstack *ns, void *conn);
 /* conn is gone: its sessions are reset. */
 void netstack_conn_gone(struct netstack *ns, void *conn);
 

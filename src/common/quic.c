@@ -69,6 +69,7 @@ struct quic_conn {
   int server, handshake_done, dying, in_ngtcp2;
   int want_close;
   int rotate_pending;   /* server: read the next packet on the other label */
+  uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
   uint64_t rotations;
   uint64_t close_code;
@@ -892,6 +893,7 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   path.remote.addr = (ngtcp2_sockaddr *)&remote;
   path.remote.addrlen = sa_len(from);
   path.user_data = NULL;
+  c->last_rx = now_ns();
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
@@ -1522,6 +1524,25 @@ size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap)
 
   memcpy(out, cid->data, n);
   return n;
+}
+
+uint64_t quic_conn_silence_ms(struct quic_conn *c)
+{
+  ngtcp2_conn_info ci;
+  uint64_t now = now_ns();
+
+  if (!c->handshake_done || c->dying)
+    return 0;
+  ngtcp2_conn_get_conn_info(c->conn, &ci);
+  if (ci.bytes_in_flight == 0 || now < c->last_rx)
+    return 0;
+  return (now - c->last_rx) / NGTCP2_MILLISECONDS;
+}
+
+void quic_conn_set_keepalive(struct quic_conn *c, uint64_t ms)
+{
+  ngtcp2_conn_set_keep_alive_timeout(c->conn, ms ? ms * NGTCP2_MILLISECONDS
+                                                 : UINT64_MAX);
 }
 
 uint64_t quic_conn_rtt_us(struct quic_conn *c)

@@ -144,6 +144,12 @@ int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id);
 /* Copies the connection ID packets to the peer carry now; returns its
  * length. */
 size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap);
+/* How long (ms) the peer has been silent while we wait for it to
+ * acknowledge something: 0 when nothing is outstanding. A path that has
+ * gone dark shows here within one round trip plus this time. */
+uint64_t quic_conn_silence_ms(struct quic_conn *c);
+/* Sends a PING whenever the connection was idle for ms (0: never). */
+void quic_conn_set_keepalive(struct quic_conn *c, uint64_t ms);
 /* Smoothed RTT in microseconds (0 before any sample). */
 uint64_t quic_conn_rtt_us(struct quic_conn *c);
 
