@@ -1073,8 +1073,10 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
 static void watch_cb(uv_timer_t *t)
 {
   struct cctx *x = t->data;
+  struct dconn *dc, *next;
 
-  for (struct dconn *dc = x->dconns; dc; dc = dc->next) {
+  for (dc = x->dconns; dc; dc = next) {
+    next = dc->next; /* closing may free dc */
     if (!dc->up || quic_conn_silence_ms(dc->qc) < DIRECT_SILENCE_MS)
       continue;
     dc->up = 0;

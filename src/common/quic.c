@@ -70,6 +70,7 @@ struct quic_conn {
   int want_close;
   int rotate_pending;   /* server: read the next packet on the other label */
   uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
+  uint64_t waiting_since; /* something ack-eliciting outstanding since */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
   uint64_t rotations;
   uint64_t close_code;
@@ -947,6 +948,20 @@ static void stream_advance(struct qstream *s, size_t n)
   }
 }
 
+/* Keeps waiting_since: when the peer started to owe us an answer. */
+static void note_waiting(struct quic_conn *c)
+{
+  ngtcp2_conn_info ci;
+
+  if (!c->handshake_done)
+    return;
+  ngtcp2_conn_get_conn_info(c->conn, &ci);
+  if (ci.bytes_in_flight == 0)
+    c->waiting_since = 0;
+  else if (!c->waiting_since)
+    c->waiting_since = now_ns();
+}
+
 static int conn_write(struct quic_conn *c)
 {
   uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
@@ -1034,6 +1049,7 @@ static int conn_write(struct quic_conn *c)
     }
     ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
   }
+  note_waiting(c);
   arm_timer(c);
   return 0;
 
@@ -1529,14 +1545,17 @@ size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap)
 uint64_t quic_conn_silence_ms(struct quic_conn *c)
 {
   ngtcp2_conn_info ci;
-  uint64_t now = now_ns();
+  uint64_t now = now_ns(), since;
 
   if (!c->handshake_done || c->dying)
     return 0;
   ngtcp2_conn_get_conn_info(c->conn, &ci);
-  if (ci.bytes_in_flight == 0 || now < c->last_rx)
+  if (ci.bytes_in_flight == 0 || !c->waiting_since)
     return 0;
-  return (now - c->last_rx) / NGTCP2_MILLISECONDS;
+  /* Silent since the later of: the last packet heard, the moment we
+   * started waiting for an answer. */
+  since = c->last_rx > c->waiting_since ? c->last_rx : c->waiting_since;
+  return now > since ? (now - since) / NGTCP2_MILLISECONDS : 0;
 }
 
 void quic_conn_set_keepalive(struct quic_conn *c, uint64_t ms)
