@@ -2,9 +2,11 @@
 """make demo: the main job of ztna on this machine, in network namespaces.
 
 An agent host behind a NAT, the intermediate on the "internet", a connector
-behind another NAT with nginx, redis and a UDP echo next to it. Shows ping,
-curl and redis-cli reaching the private services through the tunnel, prints
-the metrics that prove the path, and tears everything down."""
+behind another NAT with nginx, redis and a UDP echo next to it. Shows the
+agent punching through both NATs and moving to the direct path, ping, curl
+and redis-cli reaching the private services, then a firewall closing the
+direct path and traffic falling back to the relay, with the metrics that
+prove which path the bytes took; then tears everything down."""
 import os
 import pathlib
 import shutil
@@ -16,6 +18,37 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "test"
                        / "e2e"))
 from datapath import SERVICES, World, sha256  # noqa: E402
 from netns import Net  # noqa: E402
+from ztna import wait_for  # noqa: E402
+
+FIREWALL = """
+table ip udp_guard {
+ chain fwd_filter {
+  type filter hook forward priority 0;
+  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
+ }
+}
+"""
+
+
+def relayed(w):
+    return w.inter.metrics().get("ztna_relay_bytes_total", 0)
+
+
+def web_path(w):
+    for p in ("direct", "relay", "punching", "connecting", "linking"):
+        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="web",'
+                    'path="%s"}' % p) == 1:
+            return p
+    return "?"
+
+
+def agent_log(w, words):
+    log = w.procs["agent"].log
+    log.flush()
+    log.seek(0)
+    for line in log.read().splitlines():
+        if " web: " in line and any(k in line for k in words):
+            print("  " + line.split(" agent ", 1)[-1])
 
 
 def show(title, cmd, w, ns=None):
@@ -39,6 +72,11 @@ def main():
         w = World(net, tmp)
         print("Up. Services in the agent's TUN: " + ", ".join(
             "%s=%s" % (k, v[0]) for k, v in SERVICES.items()), flush=True)
+        wait_for(lambda: web_path(w) == "direct", timeout=30,
+                 what="the direct path")
+        print("\nThe agent punched through both NATs (its log):")
+        agent_log(w, ("punch", "path:"))
+        before = relayed(w)
         show("only the virtual IPs go into the tunnel",
              ["ip", "route", "show", "dev", "ztna0"], w)
         show("ICMP, answered by the connector",
@@ -55,7 +93,21 @@ def main():
                "hello through ztna"])
         show("redis through the tunnel",
              ["redis-cli", "-h", SERVICES["redis"][0], "GET", "greeting"], w)
-        print("\nThe intermediate's metrics (the path the bytes took):")
+        print("\nBytes through the intermediate meanwhile: %d (the direct "
+              "path carried the data)" % (relayed(w) - before))
+        print("\nNow a firewall at the agent's NAT drops UDP to anything but "
+              "the intermediate...", flush=True)
+        net.exec(w.nat_a, ["nft", "-f", "-"], input=FIREWALL)
+        wait_for(lambda: web_path(w) == "relay", timeout=30,
+                 what="the fall back to the relay")
+        agent_log(w, ("path: relay", "next punch"))
+        before = relayed(w)
+        show("the same download, now through the relay",
+             ["curl", "-s", "-o", os.path.join(tmp, "demo2.got"), "-w",
+              "HTTP %{http_code}, %{size_download} bytes\\n",
+              "http://%s/demo.bin" % SERVICES["web"][0]], w)
+        print("Bytes through the intermediate: %d" % (relayed(w) - before))
+        print("\nThe intermediate's metrics:")
         for line in (w.inter.http("/metrics") or "").splitlines():
             if line.startswith(("ztna_active_connections",
                                 "ztna_datagrams_relayed_total",
@@ -69,7 +121,10 @@ def main():
         for line in p.stdout.splitlines():
             if line.startswith(("ztna_connector_forwarded_packets_total",
                                 "ztna_connector_tcp_sessions_total",
-                                "ztna_connector_icmp_echo_total")):
+                                "ztna_connector_icmp_echo_total",
+                                "ztna_connector_direct_connections_total",
+                                "ztna_connector_direct_lost_total",
+                                "ztna_connector_punches_total")):
                 print("  " + line)
         print("\nDemo done; tearing down.")
     finally:

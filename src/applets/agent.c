@@ -94,6 +94,12 @@ struct vip {
 #define P2P_TICK_MS 250
 
 enum apath { AP_RELAY, AP_PUNCHING, AP_CONNECTING, AP_LINKING, AP_DIRECT };
+/* Why a punch did not give a direct path. */
+enum pfail { PF_TIMEOUT, PF_NO_CANDIDATES, PF_PEER_ERROR, PF_HANDSHAKE,
+             PF_LINK, PF_COUNT };
+static const char *const pfail_names[PF_COUNT] = {
+  "timeout", "no_candidates", "peer_error", "handshake", "link",
+};
 static const char *const apath_names[] = { "relay", "punching", "connecting",
                                            "linking", "direct" };
 
@@ -116,7 +122,7 @@ struct asvc {
   uint64_t ka_sent_ms, ka_next_ms;
   uint64_t cooldown_ms, retry_at_ms;
   char why[200];
-  uint64_t punches_ok, punches_failed, fallbacks;
+  uint64_t punches_ok, punches_failed, fallbacks, fails[PF_COUNT];
 };
 
 struct actx {
@@ -135,8 +141,8 @@ struct actx {
   struct sockaddr_storage observed; /* QAD */
   int has_observed, no_direct;
   uv_timer_t p2p_tick;
-  uint64_t direct_tx, direct_rx, ctl_window_ms;
-  unsigned ctl_in_window;
+  uint64_t direct_tx, direct_rx;
+  struct punch_rate ctl_rate;
   struct metric *mx_direct_tx, *mx_direct_rx;
   size_t max_idlen;
   int mtu;
@@ -362,6 +368,18 @@ static void set_relay(struct asvc *a, const char *why)
 
   a->state = AP_RELAY;
   snprintf(a->why, sizeof(a->why), "%s", why);
+  if (was != AP_DIRECT) {
+    enum pfail f = PF_TIMEOUT;
+    if (strstr(why, "no candidates"))
+      f = PF_NO_CANDIDATES;
+    else if (strstr(why, "refused"))
+      f = PF_PEER_ERROR;
+    else if (was == AP_CONNECTING || strstr(why, "cannot connect"))
+      f = PF_HANDSHAKE;
+    else if (was == AP_LINKING)
+      f = PF_LINK;
+    a->fails[f]++;
+  }
   if (was == AP_DIRECT) {
     a->fallbacks++;
     log_info("%s: path: relay (direct path lost: %s)",
@@ -615,6 +633,13 @@ static void p2p_tick(uv_timer_t *t)
   }
 }
 
+static void send_raw(const struct sockaddr *to, const uint8_t *d, size_t n,
+                     void *ud)
+{
+  struct actx *x = ud;
+  quic_endpoint_send_raw(x->ep, to, d, n);
+}
+
 /* Control packets on our socket: the connector's checks, answers to ours,
  * keepalive answers. */
 static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
@@ -627,27 +652,10 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
 
   if (wire_ctl_decode(d, n, &c) < 0)
     return;
-  if (c.kind == WIRE_CTL_BIND_REQ) {
-    if (now - x->ctl_window_ms >= 1000) {
-      x->ctl_window_ms = now;
-      x->ctl_in_window = 0;
-    }
-    if (x->ctl_in_window++ < 200) {
-      uint8_t buf[64];
-      struct wire_ctl r;
-      int k;
-      memset(&r, 0, sizeof(r));
-      r.kind = WIRE_CTL_BIND_RESP;
-      memcpy(r.txn, c.txn, 12);
-      r.success = 1;
-      r.has_mapped = 1;
-      memcpy(&r.mapped, from, from->sa_family == AF_INET6
-                                  ? sizeof(struct sockaddr_in6)
-                                  : sizeof(struct sockaddr_in));
-      k = wire_ctl_encode(buf, sizeof(buf), &r);
-      if (k > 0)
-        quic_endpoint_send_raw(x->ep, from, buf, (size_t)k);
-    }
+  /* The connector's checks: answer them (at most 200 a second). */
+  if (c.kind == WIRE_CTL_BIND_REQ && punch_rate_ok(&x->ctl_rate, 200, now)) {
+    struct punch_io io = { send_raw, x };
+    punch_answer(&io, &c, from);
   }
   if (c.kind == WIRE_CTL_KA_RESP) {
     for (size_t i = 0; i < x->cfg.nservices; i++) {
@@ -741,6 +749,14 @@ static void collect(void *ud)
     metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
                                "Punches by result"),
                (int64_t)a->punches_failed);
+    for (int k = 0; k < PF_COUNT; k++) {
+      snprintf(l, sizeof(l), "service=\"%s\",reason=\"%s\"", esc,
+               pfail_names[k]);
+      metric_set(metrics_counter(x->m, "ztna_agent_direct_failures_total", l,
+                                 "Attempts at a direct path that failed, "
+                                 "by why"),
+                 (int64_t)a->fails[k]);
+    }
     snprintf(l, sizeof(l), "service=\"%s\"", esc);
     metric_set(metrics_gauge(x->m, "ztna_agent_punch_duration_ms", l,
                              "How long the last punch took"),

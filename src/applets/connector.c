@@ -204,8 +204,7 @@ struct cctx {
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536];
   uint64_t punch_ok, punch_fail, ctl_answered, ctl_limited;
-  uint64_t ctl_window_ms;
-  unsigned ctl_in_window;
+  struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
 };
@@ -784,11 +783,7 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   if (c.kind == WIRE_CTL_BIND_REQ || c.kind == WIRE_CTL_KA_REQ) {
     /* Answers only tell the asker its own address; still, at most
      * CTL_ANSWERS_PER_SEC of them. */
-    if (now - x->ctl_window_ms >= 1000) {
-      x->ctl_window_ms = now;
-      x->ctl_in_window = 0;
-    }
-    if (x->ctl_in_window++ >= CTL_ANSWERS_PER_SEC) {
+    if (!punch_rate_ok(&x->ctl_rate, CTL_ANSWERS_PER_SEC, now)) {
       x->ctl_limited++;
       return;
     }

@@ -556,6 +556,9 @@ static const char *advice(const struct dctx *x, const struct verdict *v)
 {
   if (x->svc_error[0] || !x->pc_done)
     return "traffic to the service uses the relay";
+  if (strstr(x->pc.why, "the intermediate refused"))
+    return "there was nothing to punch to: check that the service's "
+           "connector runs and is registered";
   if (!strcmp(v->mapping, "endpoint-dependent"))
     return "your NAT maps per destination (symmetric); a direct path needs "
            "the other side to be reachable; traffic will use the relay";

@@ -285,6 +285,15 @@ uint64_t punch_tick(struct punch *p, uint64_t now)
   return wake > now ? wake - now : 1;
 }
 
+int punch_rate_ok(struct punch_rate *r, unsigned per_sec, uint64_t now_ms)
+{
+  if (now_ms - r->window_ms >= 1000) {
+    r->window_ms = now_ms;
+    r->n = 0;
+  }
+  return r->n++ < per_sec;
+}
+
 void punch_answer(const struct punch_io *io, const struct wire_ctl *req,
                   const struct sockaddr *from)
 {

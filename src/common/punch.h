@@ -93,6 +93,14 @@ uint64_t punch_tick(struct punch *p, uint64_t now_ms);
  * belonged to this punch (a request answered or a response matched). */
 int punch_input(struct punch *p, const struct wire_ctl *c,
                 const struct sockaddr *from, uint64_t now_ms);
+/* Answers to strangers' control packets are bounded: at most per_sec a
+ * second. Returns 1 when this one may go. */
+struct punch_rate {
+  uint64_t window_ms;
+  unsigned n;
+};
+int punch_rate_ok(struct punch_rate *r, unsigned per_sec, uint64_t now_ms);
+
 /* Answers a binding request with our view of its source (also when no
  * punch is running for it: the answer only tells the asker its own
  * address). */

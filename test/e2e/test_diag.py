@@ -136,14 +136,17 @@ def test_without_diag_port_the_mapping_is_unknown(net, pki):
         inter.stop()
 
 
-def test_service_punch_is_reported_as_not_available(net, pki):
+def test_service_without_connector_is_explained(net, pki):
+    # (Punches to a real connector: test_p2p.py.)
     host, _, inter = topology(net, pki, "easy")
     try:
         p = diag(host, pki, "--service", "web")
-        assert p.returncode == 2
+        assert p.returncode == 3
         assert re.search(r"^mapping +endpoint-independent$", p.stdout,
                          re.M), p.stdout
-        assert "service web: not tested" in p.stdout
+        assert "service web: no direct path: the intermediate refused: no " \
+               "connector for this service" in p.stdout, p.stdout
+        assert "check that the service's connector runs" in p.stdout
     finally:
         inter.stop()
 

@@ -6,10 +6,9 @@ The matrix of testing.md: easy x easy gives a direct path, hard x hard and
 UDP blocked give none (traffic stays on the relay), easy x hard may go
 either way but never stalls, no NAT on one side and both behind the same
 NAT give a direct path. Each cell runs several punches, and the connector's
-own metric confirms what the agent's side reports.
-
-What this does not show yet: data moving to the direct path (issue 5's
-data switch is not built)."""
+own metric confirms what the agent's side reports; the running agent's own
+path (its metrics) agrees. Moving data between the paths is test_direct.py.
+"""
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from datapath import World
 from netns import Net
-from ztna import ZTNA, netns_prefix
+from ztna import ZTNA, netns_prefix, wait_for
 
 RUNS = 3
 
@@ -36,6 +35,19 @@ def punch(w, ns, server="198.51.100.10:4433"):
     r = json.loads(p.stdout)
     assert (p.returncode == 0) == r["service"]["direct"], r
     return r, took
+
+
+def agent_path(w):
+    for p in ("direct", "relay", "punching", "connecting", "linking"):
+        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="web",'
+                    'path="%s"}' % p) == 1:
+            return p
+    return None
+
+
+def agent_punches(w, result):
+    return w.metric(w.agent_ns, 9092, 'ztna_agent_punches_total{service='
+                    '"web",result="%s"}' % result) or 0
 
 
 def connector_punches(w, result):
@@ -73,6 +85,9 @@ def test_easy_x_easy_is_direct(world):
         assert s["punch_ms"] < 3000, s
     # The connector's own checks got answers too.
     assert connector_punches(world, "success") >= RUNS
+    # The running agent took the direct path by itself.
+    wait_for(lambda: agent_path(world) == "direct", what="agent direct")
+    assert agent_punches(world, "success") >= 1
 
 
 @pytest.mark.parametrize("world", [(True, True)], indirect=True,
@@ -85,7 +100,11 @@ def test_hard_x_hard_stays_on_the_relay(world):
         assert s["direct"] is False
         assert "symmetric" in s["advice"] and "relay" in s["advice"], s
         assert took < 30
-    # The relay still carries traffic.
+    # The running agent tried, failed and stays on the relay, which
+    # still carries traffic.
+    wait_for(lambda: agent_punches(world, "failed") >= 1, what="a failed "
+             "punch of the agent")
+    assert agent_path(world) == "relay"
     p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
                    "%{http_code}", "http://10.100.0.2/"], check=False)
     assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout
@@ -100,6 +119,12 @@ def test_easy_x_hard_never_stalls(world):
         assert took < 30, took
         if not r["service"]["direct"]:
             assert r["service"]["why"], r
+    # The agent ends on one path or the other, not in between.
+    wait_for(lambda: agent_path(world) in ("direct", "relay"),
+             what="the agent settled on a path")
+    p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
+                   "%{http_code}", "http://10.100.0.2/"], check=False)
+    assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout
 
 
 @pytest.mark.parametrize("world", [(False, False)], indirect=True,

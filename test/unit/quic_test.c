@@ -1,7 +1,7 @@
 /* quic_test.c - the transport over real loopback sockets: mTLS handshakes,
  * 10,000 DATAGRAMs each way and 1 MiB of stream data each way checked byte
- * for byte, CID rotation under load, Retry, version negotiation, close
- * codes, idle timeout, and the
+ * for byte, CID rotation under load, silence detection, Retry, version
+ * negotiation, close codes, idle timeout, and the
  * handshakes that must fail (wrong ALPN, untrusted CA, no client
  * certificate, expired certificates, wrong server name).
  *
@@ -614,6 +614,7 @@ struct nat {
   uv_udp_t *out;               /* the current outside socket */
   struct sockaddr_storage client, server;
   int have_client;
+  int blackhole; /* drop everything */
 };
 
 static void nat_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -630,7 +631,7 @@ static void nat_inside_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf,
   struct nat *nat = h->data;
   uv_buf_t b = uv_buf_init(buf->base, (unsigned)n);
   (void)flags;
-  if (n <= 0 || !from)
+  if (n <= 0 || !from || nat->blackhole)
     return;
   memcpy(&nat->client, from, sizeof(struct sockaddr_in));
   nat->have_client = 1;
@@ -644,7 +645,7 @@ static void nat_outside_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *buf,
   uv_buf_t b = uv_buf_init(buf->base, (unsigned)n);
   (void)flags;
   (void)from;
-  if (n <= 0 || !nat->have_client)
+  if (n <= 0 || !nat->have_client || nat->blackhole)
     return;
   uv_udp_try_send(&nat->inside, &b, 1, (struct sockaddr *)&nat->client);
 }
@@ -676,6 +677,23 @@ static uint16_t sock_port(uv_udp_t *u)
   return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+/* Connects the world's client to its server through a new nat. */
+static void connect_via_nat(struct world *w, struct nat *nat)
+{
+  struct sockaddr_storage srv, front;
+  int len = sizeof(front);
+
+  quic_endpoint_local_addr(w->server_ep, &srv);
+  nat_init(nat, &w->loop, &srv);
+  uv_udp_getsockname(&nat->inside, (struct sockaddr *)&front, &len);
+  tls_make(&w->client_tls, 0, cert("client.crt"), cert("client.key"),
+           cert("ca.crt"), NULL);
+  assert_int_equal(quic_connect(&w->cli.c, w->client_ep, w->client_tls,
+                                (struct sockaddr *)&front, "ztna-server",
+                                &side_cbs, &w->cli), 0);
+  assert_true(run_until(w, both_up));
+}
+
 static int server_saw_rebind(struct world *w)
 {
   return w->srv.path_changes > 0 || w->cli.closed;
@@ -685,21 +703,11 @@ static void test_quic_rebinding_observed(void **state)
 {
   struct world w;
   struct nat nat;
-  struct sockaddr_storage srv, front;
-  int len = sizeof(front);
   uint8_t ping[16] = { 0 };
   (void)state;
 
   world_init(&w, 0, 0);
-  quic_endpoint_local_addr(w.server_ep, &srv);
-  nat_init(&nat, &w.loop, &srv);
-  uv_udp_getsockname(&nat.inside, (struct sockaddr *)&front, &len);
-  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
-           cert("ca.crt"), NULL);
-  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
-                                (struct sockaddr *)&front, "ztna-server",
-                                &side_cbs, &w.cli), 0);
-  assert_true(run_until(&w, both_up));
+  connect_via_nat(&w, &nat);
   assert_true(w.srv.handshake);
   /* The server observes the NAT's outside address, not the client's. */
   assert_int_equal(ntohs(((struct sockaddr_in *)&w.srv.peer_addr)->sin_port),
@@ -726,6 +734,71 @@ static void test_quic_rebinding_observed(void **state)
   assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
   assert_int_equal(quic_conn_send_datagram(w.srv.c, ping, sizeof(ping)), 0);
   assert_true(run_until(&w, got_one_each));
+
+  uv_close((uv_handle_t *)&nat.inside, NULL);
+  uv_close((uv_handle_t *)&nat.out1, NULL);
+  uv_close((uv_handle_t *)&nat.out2, NULL);
+  world_free(&w);
+}
+
+static uint64_t silence_min;
+
+static int client_silent(struct world *w)
+{
+  return quic_conn_silence_ms(w->cli.c) >= silence_min || w->cli.closed;
+}
+
+static int client_heard(struct world *w)
+{
+  return quic_conn_silence_ms(w->cli.c) == 0 || w->cli.closed;
+}
+
+static void wait_ms(struct world *w, uint64_t ms)
+{
+  uv_timer_t t;
+  int expired = 0;
+
+  uv_timer_init(&w->loop, &t);
+  t.data = &expired;
+  uv_timer_start(&t, timeout_cb, ms, 0);
+  while (!expired)
+    uv_run(&w->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&w->loop, UV_RUN_NOWAIT);
+}
+
+/* quic_conn_silence_ms: 0 while nothing is owed, even after a long idle
+ * spell; grows when the path goes dark with something outstanding; back
+ * to 0 once the path carries answers again. */
+static void test_quic_silence(void **state)
+{
+  struct world w;
+  struct nat nat;
+  uint8_t ping[16];
+  (void)state;
+
+  world_init(&w, 0, 0);
+  connect_via_nat(&w, &nat);
+  assert_true(run_until(&w, client_heard));
+  /* Idle for a while, then one datagram: no alarm while its answer is on
+   * its way. */
+  wait_ms(&w, 600);
+  assert_int_equal(quic_conn_silence_ms(w.cli.c), 0);
+  fill_dgram(ping, 1, sizeof(ping));
+  assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
+  assert_true(quic_conn_silence_ms(w.cli.c) < 100);
+  assert_true(run_until(&w, client_heard));
+  /* The path goes dark with a datagram outstanding. */
+  nat.blackhole = 1;
+  fill_dgram(ping, 2, sizeof(ping));
+  assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
+  silence_min = 400;
+  assert_true(run_until(&w, client_silent));
+  assert_false(w.cli.closed);
+  /* Light again: ngtcp2's probes get answered. */
+  nat.blackhole = 0;
+  assert_true(run_until(&w, client_heard));
+  assert_false(w.cli.closed);
 
   uv_close((uv_handle_t *)&nat.inside, NULL);
   uv_close((uv_handle_t *)&nat.out1, NULL);
@@ -844,6 +917,7 @@ int main(void)
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_cid_rotation),
+    cmocka_unit_test(test_quic_silence),
     cmocka_unit_test(test_quic_idle_timeout),
     cmocka_unit_test(test_quic_version_negotiation),
     cmocka_unit_test(test_quic_wrong_alpn),
