@@ -118,7 +118,7 @@ unit: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http relay
+FUZZ := wire config http relay punch
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -135,6 +135,10 @@ $(BUILD)/fuzz/fuzz_config: test/fuzz/fuzz_config.c src/common/config.c \
 $(BUILD)/fuzz/fuzz_relay: test/fuzz/fuzz_relay.c src/common/relay.c \
   src/common/policy.c src/common/config.c src/common/ippkt.c \
   src/common/wire.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_punch: test/fuzz/fuzz_punch.c src/common/punch.c \
+  src/common/ippkt.c src/common/wire.c src/common/err.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c

@@ -660,7 +660,8 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   if (c.kind == WIRE_CTL_KA_RESP) {
     for (size_t i = 0; i < x->cfg.nservices; i++) {
       struct asvc *a = &x->svcs[i];
-      if (a->state == AP_DIRECT && a->ka_wait && c.seq == a->ka_seq) {
+      if (a->state == AP_DIRECT && a->ka_wait && c.seq == a->ka_seq &&
+          punch_addr_eq(from, (struct sockaddr *)&a->peer)) {
         a->ka_wait = 0;
         a->ka_misses = 0;
       }

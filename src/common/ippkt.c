@@ -273,6 +273,28 @@ int ippkt_build_echo(uint8_t *out, size_t cap, int version,
   return (int)len;
 }
 
+int ippkt_echo_payload(const uint8_t *p, size_t n, const uint8_t **payload,
+                       size_t *plen)
+{
+  struct ippkt ip;
+  const uint8_t *l4;
+  size_t l4len;
+
+  if (ippkt_parse(p, n, &ip) < 0 || !ip.first_fragment)
+    return -1;
+  ippkt_l4(p, &ip, &l4, &l4len);
+  if (l4len < 8)
+    return -1;
+  *payload = l4 + 8;
+  *plen = l4len - 8;
+  if (ip.version == 4 && ip.proto == PROTO_ICMP && (l4[0] == 8 || l4[0] == 0))
+    return l4[0] == 8 ? 0 : 1;
+  if (ip.version == 6 && ip.proto == PROTO_ICMPV6 &&
+      (l4[0] == 128 || l4[0] == 129))
+    return l4[0] == 128 ? 0 : 1;
+  return -1;
+}
+
 int ippkt_echo_reply(uint8_t *p, size_t n)
 {
   struct ippkt ip;

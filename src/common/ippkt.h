@@ -59,6 +59,10 @@ int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
  * reply: addresses swapped, type changed, checksums recomputed. Returns 0,
  * or ZTNA_ERR_MALFORMED when p is not an echo request. */
 int ippkt_echo_reply(uint8_t *p, size_t n);
+/* An ICMP/ICMPv6 echo's data: returns 0 for a request, 1 for a reply,
+ * -1 for anything else. */
+int ippkt_echo_payload(const uint8_t *p, size_t n, const uint8_t **payload,
+                       size_t *plen);
 
 /* Builds ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big"
  * from address from to the source of orig, quoting as much of orig as

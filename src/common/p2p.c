@@ -174,24 +174,13 @@ void p2p_client_stop(struct p2p_client *pc, uv_close_cb close_cb)
 
 int p2p_link_token(const uint8_t *pkt, size_t n, uint8_t *token)
 {
-  struct ippkt ip;
-  const uint8_t *l4;
-  size_t l4len;
-  int req;
+  const uint8_t *d;
+  size_t len;
+  int kind = ippkt_echo_payload(pkt, n, &d, &len);
 
-  if (ippkt_parse(pkt, n, &ip) < 0 || !ip.first_fragment)
+  if (kind < 0 || len != P2P_LINK_PAYLOAD_LEN ||
+      memcmp(d, P2P_LINK_MAGIC, P2P_LINK_MAGIC_LEN))
     return -1;
-  ippkt_l4(pkt, &ip, &l4, &l4len);
-  if (l4len != 8 + P2P_LINK_PAYLOAD_LEN)
-    return -1;
-  if (ip.version == 4 && ip.proto == 1 && (l4[0] == 8 || l4[0] == 0))
-    req = l4[0] == 8;
-  else if (ip.version == 6 && ip.proto == 58 && (l4[0] == 128 || l4[0] == 129))
-    req = l4[0] == 128;
-  else
-    return -1;
-  if (memcmp(l4 + 8, P2P_LINK_MAGIC, P2P_LINK_MAGIC_LEN))
-    return -1;
-  memcpy(token, l4 + 8 + P2P_LINK_MAGIC_LEN, P2P_LINK_TOKEN_LEN);
-  return req ? 0 : 1;
+  memcpy(token, d + P2P_LINK_MAGIC_LEN, P2P_LINK_TOKEN_LEN);
+  return kind;
 }

@@ -29,7 +29,7 @@ uint64_t punch_pair_priority(uint32_t g, uint32_t d)
   return (lo << 32) + 2 * hi + (g > d ? 1 : 0);
 }
 
-static int sa_same(const struct sockaddr *a, const struct sockaddr *b)
+int punch_addr_eq(const struct sockaddr *a, const struct sockaddr *b)
 {
   if (a->sa_family != b->sa_family)
     return 0;
@@ -109,7 +109,7 @@ size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
       memcpy(&ss, i->ifa_addr, sa_size(i->ifa_addr));
       set_port(&ss, port);
       for (size_t k = 0; k < n; k++)
-        dup |= sa_same((struct sockaddr *)&cand[k].addr,
+        dup |= punch_addr_eq((struct sockaddr *)&cand[k].addr,
                        (struct sockaddr *)&ss);
       if (!dup)
         add_cand(&cand[n++], WIRE_CAND_HOST, (struct sockaddr *)&ss, "host");
@@ -119,7 +119,7 @@ size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
   if (observed && observed->sa_family == family && n < max) {
     int dup = 0;
     for (size_t k = 0; k < n; k++)
-      dup |= sa_same((struct sockaddr *)&cand[k].addr, observed);
+      dup |= punch_addr_eq((struct sockaddr *)&cand[k].addr, observed);
     if (!dup) {
       add_cand(&cand[n], WIRE_CAND_SRFLX, observed, "srflx");
       if (n > 0) {
@@ -143,7 +143,7 @@ static void new_txn(uint8_t *txn)
 static int find_pair(const struct punch *p, const struct sockaddr *sa)
 {
   for (size_t i = 0; i < p->npairs; i++)
-    if (sa_same((const struct sockaddr *)&p->pairs[i].remote, sa))
+    if (punch_addr_eq((const struct sockaddr *)&p->pairs[i].remote, sa))
       return (int)i;
   return -1;
 }
@@ -347,7 +347,7 @@ int punch_input(struct punch *p, const struct wire_ctl *c,
   for (size_t k = 0; k < p->npairs; k++) {
     struct punch_pair *pp = &p->pairs[k];
     if (memcmp(pp->txn, c->txn, 12) ||
-        !sa_same((const struct sockaddr *)&pp->remote, from))
+        !punch_addr_eq((const struct sockaddr *)&pp->remote, from))
       continue;
     if (pp->state == PAIR_SUCCEEDED || !c->success)
       return 1;

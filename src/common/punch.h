@@ -32,6 +32,9 @@
 #define PUNCH_CHECK_TIMEOUT_MS 5000
 #define PUNCH_TOTAL_TIMEOUT_MS 10000
 
+/* Same family, address and port. */
+int punch_addr_eq(const struct sockaddr *a, const struct sockaddr *b);
+
 /* RFC 8445 priorities (protocol.md 5). */
 uint32_t punch_cand_priority(uint32_t type, int family);
 uint64_t punch_pair_priority(uint32_t controlling, uint32_t controlled);
