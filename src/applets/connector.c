@@ -718,7 +718,8 @@ static void on_offer(struct csvc *s, const struct wire_sig *m)
   ans.ncand = punch_gather(ans.cand, WIRE_SIG_MAX_CANDIDATES,
                            local.ss_family, port,
                            s->has_observed ? (struct sockaddr *)&s->observed
-                                           : NULL);
+                                           : NULL,
+                           (const struct sockaddr *)uplink_server(s->up));
   log_info("%s: p2p session %016llx: offer with %zu candidates, answering "
            "with %zu", s->cfg->id, (unsigned long long)m->session_id,
            m->ncand, ans.ncand);

@@ -109,7 +109,8 @@ int p2p_client_start(struct p2p_client *pc, uv_loop_t *loop,
                    ? ((struct sockaddr_in6 *)&local)->sin6_port
                    : ((struct sockaddr_in *)&local)->sin_port);
   pc->nlocal = punch_gather(pc->local, WIRE_SIG_MAX_CANDIDATES,
-                            local.ss_family, port, observed);
+                            local.ss_family, port, observed,
+                            (const struct sockaddr *)uplink_server(up));
   memset(&m, 0, sizeof(m));
   m.tag = WIRE_SIG_OFFER;
   m.session_id = pc->session_id;

@@ -90,7 +90,8 @@ static int usable(const struct sockaddr *sa)
 }
 
 size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
-                    uint16_t port, const struct sockaddr *observed)
+                    uint16_t port, const struct sockaddr *observed,
+                    const struct sockaddr *relay)
 {
   struct ifaddrs *ifa, *i;
   size_t n = 0;
@@ -129,6 +130,9 @@ size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
       n++;
     }
   }
+  /* The relay always works; it is offered, never checked. */
+  if (relay && n < max)
+    add_cand(&cand[n++], WIRE_CAND_RELAY, relay, "relay");
   return n;
 }
 

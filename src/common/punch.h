@@ -40,11 +40,13 @@ uint32_t punch_cand_priority(uint32_t type, int family);
 uint64_t punch_pair_priority(uint32_t controlling, uint32_t controlled);
 
 /* Fills cand with host candidates (every non-loopback, non-link-local
- * address of family (AF_INET/AF_INET6) on this machine, with port) and, if
- * observed is set, the server-reflexive one. Returns how many (at most
+ * address of family (AF_INET/AF_INET6) on this machine, with port), the
+ * server-reflexive one if observed is set, and the relay one (the
+ * intermediate's address) if relay is set. Returns how many (at most
  * max). */
 size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
-                    uint16_t port, const struct sockaddr *observed);
+                    uint16_t port, const struct sockaddr *observed,
+                    const struct sockaddr *relay);
 
 enum punch_state { PUNCH_CHECKING, PUNCH_SUCCEEDED, PUNCH_FAILED };
 

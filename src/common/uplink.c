@@ -323,6 +323,11 @@ uint64_t uplink_reconnects(struct uplink *u)
   return u->reconnects > 0 ? u->reconnects - 1 : 0;
 }
 
+const struct sockaddr_storage *uplink_server(struct uplink *u)
+{
+  return &u->cfg.server;
+}
+
 struct quic_conn *uplink_conn(struct uplink *u)
 {
   return u->conn;

@@ -73,5 +73,7 @@ enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc);
 void uplink_set_tls(struct uplink *u, struct tls_ctx *tls);
 uint64_t uplink_reconnects(struct uplink *u);
 struct quic_conn *uplink_conn(struct uplink *u);
+/* The intermediate's address. */
+const struct sockaddr_storage *uplink_server(struct uplink *u);
 
 #endif

@@ -46,8 +46,12 @@ def sha256(path):
 
 
 class World:
-    def __init__(self, net, tmp, hard_a=False, hard_c=False):
+    def __init__(self, net, tmp, nat_a="easy", nat_c="easy"):
+        """nat_a, nat_c: the agent's and the connector's NAT: "easy"
+        (masquerade), "hard" (endpoint-dependent) or "none" (a plain
+        router: the host's own address is public)."""
         self.net, self.tmp = net, str(tmp)
+        self.nat_kinds = (nat_a, nat_c)
         self.pki = Pki(os.path.join(self.tmp, "pki"))
         self.procs = {}
         self.agent_ns = net.ns("agent")
@@ -71,8 +75,16 @@ class World:
         net.router(self.inet)
         net.route(self.nat_a, "default", "198.51.100.10")
         net.route(self.nat_c, "default", "203.0.113.10")
-        net.nat(self.nat_a, self.nat_a_out, hard=hard_a)
-        net.nat(self.nat_c, self.nat_c_out, hard=hard_c)
+        for ns, out, kind, lan, gw in (
+                (self.nat_a, self.nat_a_out, nat_a, "192.0.2.0/28",
+                 "198.51.100.2"),
+                (self.nat_c, self.nat_c_out, nat_c, "192.0.2.16/28",
+                 "203.0.113.2")):
+            if kind == "none":
+                net.nat(ns, out, action="accept")
+                net.route(self.inet, lan, gw)
+            else:
+                net.nat(ns, out, hard=(kind == "hard"))
         self.files = os.path.join(self.tmp, "www")
         os.makedirs(self.files, mode=0o755, exist_ok=True)
         self.start_backends()

@@ -59,11 +59,11 @@ def connector_punches(w, result):
 def world(request, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root for namespaces and TUN devices")
-    hard_a, hard_c = request.param
+    nat_a, nat_c = request.param
     net = Net(tag="p2p")
     w = None
     try:
-        w = World(net, tmp_path, hard_a=hard_a, hard_c=hard_c)
+        w = World(net, tmp_path, nat_a=nat_a, nat_c=nat_c)
         yield w
     finally:
         if w:
@@ -71,7 +71,7 @@ def world(request, tmp_path):
         net.cleanup()
 
 
-@pytest.mark.parametrize("world", [(False, False)], indirect=True,
+@pytest.mark.parametrize("world", [("easy", "easy")], indirect=True,
                          ids=["easy-easy"])
 def test_easy_x_easy_is_direct(world):
     for i in range(RUNS):
@@ -90,7 +90,7 @@ def test_easy_x_easy_is_direct(world):
     assert agent_punches(world, "success") >= 1
 
 
-@pytest.mark.parametrize("world", [(True, True)], indirect=True,
+@pytest.mark.parametrize("world", [("hard", "hard")], indirect=True,
                          ids=["hard-hard"])
 def test_hard_x_hard_stays_on_the_relay(world):
     for i in range(RUNS):
@@ -105,12 +105,15 @@ def test_hard_x_hard_stays_on_the_relay(world):
     wait_for(lambda: agent_punches(world, "failed") >= 1, what="a failed "
              "punch of the agent")
     assert agent_path(world) == "relay"
+    p = world.run(["ping", "-c", "20", "-i", "0.1", "-W", "2", "10.100.0.2"],
+                  check=False)
+    assert " 0% packet loss" in p.stdout, p.stdout
     p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
                    "%{http_code}", "http://10.100.0.2/"], check=False)
     assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout
 
 
-@pytest.mark.parametrize("world", [(False, True), (True, False)],
+@pytest.mark.parametrize("world", [("easy", "hard"), ("hard", "easy")],
                          indirect=True, ids=["easy-hard", "hard-easy"])
 def test_easy_x_hard_never_stalls(world):
     for i in range(RUNS):
@@ -127,7 +130,20 @@ def test_easy_x_hard_never_stalls(world):
     assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout
 
 
-@pytest.mark.parametrize("world", [(False, False)], indirect=True,
+@pytest.mark.parametrize("world", [("none", "none"), ("none", "easy"),
+                                   ("easy", "none")], indirect=True,
+                         ids=["none-none", "none-easy", "easy-none"])
+def test_without_nat_is_direct(world):
+    for i in range(RUNS):
+        r, _ = punch(world, world.agent_ns)
+        assert r["nat"] is (world.nat_kinds[0] != "none"), r
+        s = r["service"]
+        assert s["direct"] is True, s
+        assert s["punch_ms"] < 3000, s
+    wait_for(lambda: agent_path(world) == "direct", what="agent direct")
+
+
+@pytest.mark.parametrize("world", [("easy", "easy")], indirect=True,
                          ids=["easy"])
 def test_no_nat_same_nat_and_blocked_udp(world):
     net = world.net
