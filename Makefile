@@ -52,7 +52,7 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
-        distclean format demo
+        distclean format demo bench
 all: ztna
 
 deps: $(STAMP)
@@ -182,6 +182,11 @@ check: ztna
 # The main job, shown on this machine (root: namespaces and a TUN).
 demo: ztna
 	/usr/bin/python3 examples/demo.py
+
+# Throughput and latency of the direct and relay paths against a baseline
+# measured in the same run (BENCH_SECONDS per iperf3 run, default 5).
+bench: ztna
+	/usr/bin/python3 test/bench/bench.py
 
 # --- install ---------------------------------------------------------------
 

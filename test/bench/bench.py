@@ -1,0 +1,110 @@
+#!/usr/bin/python3
+"""make bench: throughput and latency of ztna's paths against a baseline
+measured in the same run, on the data-path topology of the e2e tests.
+
+  baseline  iperf3 and ping over the connector's own LAN to the backend
+            (kernel TCP on a veth: what the machine can do at all)
+  direct    agent -> connector over the punched direct QUIC path
+  relay     the same through the intermediate (the direct path blocked)
+
+Figures vary with the machine's load; the ratios to the baseline of the
+same run are what to compare between versions. Needs root."""
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
+from datapath import BACKEND, SERVICES, World  # noqa: E402
+from netns import Net  # noqa: E402
+from ztna import wait_for  # noqa: E402
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+BLOCK = """
+table ip udp_guard {
+ chain fwd_filter {
+  type filter hook forward priority 0;
+  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
+ }
+}
+"""
+
+
+def path(w):
+    for p in ("direct", "relay"):
+        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="iperf",'
+                    'path="%s"}' % p) == 1:
+            return p
+    return None
+
+
+def iperf(w, ns, host, reverse=False):
+    args = ["iperf3", "-c", host, "-t", str(SECONDS), "-J"]
+    if reverse:
+        args.append("-R")
+    p = w.run(args, ns=ns, check=False, timeout=SECONDS + 60)
+    if p.returncode != 0:
+        return None
+    return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+
+
+def ping(w, ns, host):
+    p = w.run(["ping", "-q", "-c", "100", "-i", "0.01", "-W", "2", host],
+              ns=ns, check=False)
+    for line in p.stdout.splitlines():
+        if line.startswith("rtt"):
+            return float(line.split("=")[1].split("/")[1])  # avg ms
+    return None
+
+
+def measure(w, name, ns, host):
+    up = iperf(w, ns, host)
+    down = iperf(w, ns, host, reverse=True)
+    rtt = ping(w, ns, host)
+    return name, up, down, rtt
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("make bench needs root (network namespaces, a TUN device)")
+    net = Net(tag="bench")
+    tmp = tempfile.mkdtemp(prefix="ztna-bench-")
+    w = None
+    rows = []
+    try:
+        w = World(net, tmp)
+        vip = SERVICES["iperf"][0]
+        rows.append(measure(w, "baseline (LAN, no tunnel)", w.conn_ns,
+                            BACKEND))
+        wait_for(lambda: path(w) == "direct", timeout=30, what="direct")
+        rows.append(measure(w, "ztna direct path", w.agent_ns, vip))
+        net.exec(w.nat_a, ["nft", "-f", "-"], input=BLOCK)
+        wait_for(lambda: path(w) == "relay", timeout=30, what="relay")
+        time.sleep(1)
+        rows.append(measure(w, "ztna relay path", w.agent_ns, vip))
+    finally:
+        if w:
+            w.stop()
+        net.cleanup()
+    base = rows[0]
+
+    def mbit(v):
+        return "%8.0f" % (v / 1e6) if v else "  failed"
+
+    def ratio(v, b):
+        return "%5.2f" % (v / b) if v and b else "    -"
+
+    print("\nztna bench (%d s per iperf3 run, this machine, this run)" %
+          SECONDS)
+    print("%-28s %9s %6s %9s %6s %9s" % ("path", "up Mbit/s", "ratio",
+                                          "down Mb/s", "ratio", "rtt ms"))
+    for name, up, down, rtt in rows:
+        print("%-28s %9s %6s %9s %6s %9s" % (
+            name, mbit(up), ratio(up, base[1]), mbit(down),
+            ratio(down, base[2]), "%.3f" % rtt if rtt else "-"))
+
+
+if __name__ == "__main__":
+    main()
