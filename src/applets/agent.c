@@ -105,6 +105,18 @@ static const char *const apath_names[] = { "relay", "punching", "connecting",
 
 struct actx;
 
+/* A direct connection to one connector, shared by every service whose
+ * punch found that connector's address. */
+struct adirect {
+  struct actx *x;
+  struct quic_conn *c; /* NULL: a free slot */
+  struct sockaddr_storage peer;
+  int up;
+  uint32_t ka_seq;
+  int ka_wait, ka_misses;
+  uint64_t ka_sent_ms, ka_next_ms;
+};
+
 /* One service's path: the relay, or a direct connection to its connector
  * once a punch found one and the connector linked it. */
 struct asvc {
@@ -112,14 +124,11 @@ struct asvc {
   size_t idx;
   enum apath state;
   struct p2p_client *pc;
-  struct quic_conn *direct;
+  struct adirect *d;
   struct sockaddr_storage peer;
   uint8_t token[P2P_LINK_TOKEN_LEN];
   int link_tries, vip;
   uint64_t punch_started_ms, punch_ms, direct_since_ms;
-  uint32_t ka_seq;
-  int ka_wait, ka_misses;
-  uint64_t ka_sent_ms, ka_next_ms;
   uint64_t cooldown_ms, retry_at_ms;
   char why[200];
   uint64_t punches_ok, punches_failed, fallbacks, fails[PF_COUNT];
@@ -138,6 +147,7 @@ struct actx {
   struct vip vips[CFG_MAX_SERVICES];
   size_t nvips;
   struct asvc svcs[CFG_MAX_SERVICES];
+  struct adirect directs[CFG_MAX_SERVICES];
   struct sockaddr_storage observed; /* QAD */
   int has_observed, no_direct;
   uv_timer_t p2p_tick;
@@ -235,7 +245,7 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   /* The direct path when it is up; the relay otherwise, and for any
    * packet the direct connection does not take. */
   if (x->svcs[v->svc].state == AP_DIRECT &&
-      quic_conn_send_datagramv(x->svcs[v->svc].direct, iov, 2) == 0) {
+      quic_conn_send_datagramv(x->svcs[v->svc].d->c, iov, 2) == 0) {
     x->direct_tx++;
     x->tx_packets++;
     x->tx_bytes += ip.totlen;
@@ -391,16 +401,38 @@ static void set_relay(struct asvc *a, const char *why)
   back_off(a);
 }
 
-/* Ends the direct connection (if any) and moves the service to the relay
- * at once. */
-static void fail_direct(struct asvc *a, const char *why)
+/* Closes a direct connection: every service on it moves to the relay at
+ * once. */
+static void fail_conn(struct adirect *d, const char *why)
 {
-  struct quic_conn *c = a->direct;
+  struct actx *x = d->x;
+  struct quic_conn *c = d->c;
 
-  a->direct = NULL;
-  set_relay(a, why);
+  d->c = NULL; /* its close_cb finds nothing left to do */
+  d->up = 0;
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].d == d) {
+      x->svcs[i].d = NULL;
+      set_relay(&x->svcs[i], why);
+    }
   if (c)
     quic_conn_close(c, 0, why);
+}
+
+/* Moves one service off its direct connection; the connection goes when
+ * no service uses it. */
+static void fail_direct(struct asvc *a, const char *why)
+{
+  struct adirect *d = a->d;
+  struct actx *x = a->x;
+
+  a->d = NULL;
+  set_relay(a, why);
+  for (size_t i = 0; d && i < x->cfg.nservices; i++)
+    if (x->svcs[i].d == d)
+      return;
+  if (d)
+    fail_conn(d, "no service left on it");
 }
 
 static void pc_closed(uv_handle_t *h)
@@ -435,6 +467,7 @@ static void start_punch(struct asvc *a)
 }
 
 static const struct quic_conn_cbs direct_cbs;
+static void begin_link(struct asvc *a);
 
 static void on_punch_done(struct p2p_client *pc, void *ud)
 {
@@ -459,16 +492,39 @@ static void on_punch_done(struct p2p_client *pc, void *ud)
   /* The timer handle's memory goes when it is closed. */
   if (pc->success) {
     char why[sizeof(pc->why)];
+    struct adirect *d = NULL, *free_slot = NULL;
     p2p_client_stop(pc, pc_closed);
-    rv = quic_connect(&a->direct, x->ep, x->tls, (struct sockaddr *)&a->peer,
-                      "ztna-connector", &direct_cbs, a);
-    if (rv < 0) {
-      a->direct = NULL;
-      snprintf(why, sizeof(why), "cannot connect: %s", ztna_strerror(rv));
-      set_relay(a, why);
+    /* One connection per connector: join one that is there already. */
+    for (size_t i = 0; i < CFG_MAX_SERVICES && !d; i++) {
+      if (x->directs[i].c &&
+          punch_addr_eq((struct sockaddr *)&x->directs[i].peer,
+                        (struct sockaddr *)&a->peer))
+        d = &x->directs[i];
+      else if (!x->directs[i].c && !free_slot)
+        free_slot = &x->directs[i];
+    }
+    if (!d && !free_slot) {
+      set_relay(a, "too many direct connections");
       return;
     }
+    if (!d) {
+      d = free_slot;
+      memset(d, 0, sizeof(*d));
+      d->x = x;
+      d->peer = a->peer;
+      rv = quic_connect(&d->c, x->ep, x->tls, (struct sockaddr *)&a->peer,
+                        "ztna-connector", &direct_cbs, d);
+      if (rv < 0) {
+        d->c = NULL;
+        snprintf(why, sizeof(why), "cannot connect: %s", ztna_strerror(rv));
+        set_relay(a, why);
+        return;
+      }
+    }
+    a->d = d;
     a->state = AP_CONNECTING;
+    if (d->up)
+      begin_link(a);
   } else {
     char why[sizeof(pc->why)];
     snprintf(why, sizeof(why), "%s", pc->why);
@@ -504,27 +560,37 @@ static void send_link(struct asvc *a)
   iov[1].iov_base = pkt;
   iov[1].iov_len = (size_t)n;
   uplink_send(x->up, iov, 2);
-  if (a->direct)
-    quic_conn_send_datagramv(a->direct, iov, 2);
+  if (a->d && a->d->c)
+    quic_conn_send_datagramv(a->d->c, iov, 2);
   a->link_tries++;
 }
 
-static void on_direct_handshake(struct quic_conn *c, void *ud)
+static void begin_link(struct asvc *a)
 {
-  struct asvc *a = ud;
-
-  quic_conn_set_keepalive(c, DIRECT_PING_MS);
   a->state = AP_LINKING;
   a->link_tries = 0;
   uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL);
   send_link(a);
 }
 
+static void on_direct_handshake(struct quic_conn *c, void *ud)
+{
+  struct adirect *d = ud;
+  struct actx *x = d->x;
+
+  quic_conn_set_keepalive(c, DIRECT_PING_MS);
+  d->up = 1;
+  d->ka_next_ms = uv_now(x->loop) + DIRECT_KEEPALIVE_MS;
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].d == d && x->svcs[i].state == AP_CONNECTING)
+      begin_link(&x->svcs[i]);
+}
+
 static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
                                size_t n, void *ud)
 {
-  struct asvc *a = ud;
-  struct actx *x = a->x;
+  struct adirect *dc = ud;
+  struct actx *x = dc->x;
   struct ippkt ip;
   uint8_t token[P2P_LINK_TOKEN_LEN];
   char addr[64];
@@ -536,11 +602,13 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
     return;
   }
   if (p2p_link_token(d, ip.totlen, token) == 1) {
-    if (a->state == AP_LINKING && !memcmp(token, a->token, sizeof(token))) {
+    for (size_t i = 0; i < x->cfg.nservices; i++) {
+      struct asvc *a = &x->svcs[i];
+      if (a->d != dc || a->state != AP_LINKING ||
+          memcmp(token, a->token, sizeof(token)))
+        continue;
       a->state = AP_DIRECT;
       a->direct_since_ms = uv_now(x->loop);
-      a->ka_misses = a->ka_wait = 0;
-      a->ka_next_ms = uv_now(x->loop) + DIRECT_KEEPALIVE_MS;
       log_info("%s: path: direct to %s (punch %llu ms, round trip %llu us)",
                x->cfg.services[a->idx].id,
                netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)),
@@ -558,16 +626,16 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
 static void on_direct_close(struct quic_conn *c,
                             const struct quic_close_info *i, void *ud)
 {
-  struct asvc *a = ud;
+  struct adirect *d = ud;
   char why[200];
 
-  if (a->direct != c)
-    return; /* we ended it ourselves: already on the relay */
-  a->direct = NULL;
+  if (d->c != c)
+    return; /* we ended it ourselves: its services are on the relay */
   snprintf(why, sizeof(why), "direct connection %s: %s",
-           a->state == AP_CONNECTING ? "failed" : "closed",
+           d->up ? "closed" : "failed",
            i->reason[0] ? i->reason : ztna_strerror(i->err));
-  set_relay(a, why);
+  d->c = NULL; /* gone already: nothing to close */
+  fail_conn(d, why);
 }
 
 static const struct quic_conn_cbs direct_cbs = {
@@ -576,20 +644,20 @@ static const struct quic_conn_cbs direct_cbs = {
   .close_cb = on_direct_close,
 };
 
-static void send_keepalive(struct asvc *a)
+static void send_keepalive(struct adirect *d)
 {
   struct wire_ctl c = { .kind = WIRE_CTL_KA_REQ };
   uint8_t buf[WIRE_KEEPALIVE_LEN];
   int n;
 
-  c.seq = ++a->ka_seq;
+  c.seq = ++d->ka_seq;
   n = wire_ctl_encode(buf, sizeof(buf), &c);
   if (n > 0)
-    quic_endpoint_send_raw(a->x->ep, (struct sockaddr *)&a->peer, buf,
+    quic_endpoint_send_raw(d->x->ep, (struct sockaddr *)&d->peer, buf,
                            (size_t)n);
-  a->ka_wait = 1;
-  a->ka_sent_ms = uv_now(a->x->loop);
-  a->ka_next_ms = a->ka_sent_ms + DIRECT_KEEPALIVE_MS;
+  d->ka_wait = 1;
+  d->ka_sent_ms = uv_now(d->x->loop);
+  d->ka_next_ms = d->ka_sent_ms + DIRECT_KEEPALIVE_MS;
 }
 
 static void p2p_tick(uv_timer_t *t)
@@ -612,24 +680,28 @@ static void p2p_tick(uv_timer_t *t)
       else
         send_link(a);
       break;
-    case AP_DIRECT:
-      if (quic_conn_silence_ms(a->direct) >= DIRECT_SILENCE_MS) {
-        fail_direct(a, "no answer on the direct path for 1.5 s");
-        break;
-      }
-      if (a->ka_wait && now - a->ka_sent_ms >= DIRECT_KEEPALIVE_WAIT_MS) {
-        a->ka_wait = 0;
-        if (++a->ka_misses >= DIRECT_KEEPALIVE_MISSES) {
-          fail_direct(a, "3 keepalives unanswered");
-          break;
-        }
-      }
-      if (now >= a->ka_next_ms)
-        send_keepalive(a);
-      break;
     default:
       break;
     }
+  }
+  /* The connections: silence and keepalives. */
+  for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
+    struct adirect *d = &x->directs[i];
+    if (!d->c || !d->up)
+      continue;
+    if (quic_conn_silence_ms(d->c) >= DIRECT_SILENCE_MS) {
+      fail_conn(d, "no answer on the direct path for 1.5 s");
+      continue;
+    }
+    if (d->ka_wait && now - d->ka_sent_ms >= DIRECT_KEEPALIVE_WAIT_MS) {
+      d->ka_wait = 0;
+      if (++d->ka_misses >= DIRECT_KEEPALIVE_MISSES) {
+        fail_conn(d, "3 keepalives unanswered");
+        continue;
+      }
+    }
+    if (now >= d->ka_next_ms)
+      send_keepalive(d);
   }
 }
 
@@ -658,12 +730,12 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
     punch_answer(&io, &c, from);
   }
   if (c.kind == WIRE_CTL_KA_RESP) {
-    for (size_t i = 0; i < x->cfg.nservices; i++) {
-      struct asvc *a = &x->svcs[i];
-      if (a->state == AP_DIRECT && a->ka_wait && c.seq == a->ka_seq &&
-          punch_addr_eq(from, (struct sockaddr *)&a->peer)) {
-        a->ka_wait = 0;
-        a->ka_misses = 0;
+    for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
+      struct adirect *dc = &x->directs[i];
+      if (dc->c && dc->ka_wait && c.seq == dc->ka_seq &&
+          punch_addr_eq(from, (struct sockaddr *)&dc->peer)) {
+        dc->ka_wait = 0;
+        dc->ka_misses = 0;
       }
     }
     return;
@@ -768,8 +840,8 @@ static void collect(void *ud)
                (int64_t)a->fallbacks);
     metric_set(metrics_gauge(x->m, "ztna_agent_direct_rtt_us", l,
                              "Smoothed round trip of the direct path"),
-               a->state == AP_DIRECT && a->direct
-                   ? (int64_t)quic_conn_rtt_us(a->direct)
+               a->state == AP_DIRECT && a->d && a->d->c
+                   ? (int64_t)quic_conn_rtt_us(a->d->c)
                    : 0);
   }
   metric_set(x->mx_reconn, (int64_t)uplink_reconnects(x->up));
@@ -835,14 +907,17 @@ static void on_terminate(uv_signal_t *s, int signum)
     return;
   x->stopping = 1;
   log_info("signal %d: shutting down", signum);
+  for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
+    struct adirect *d = &x->directs[i];
+    struct quic_conn *c = d->c;
+    d->c = NULL;
+    if (c)
+      quic_conn_close(c, 0, "agent shutting down");
+  }
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *a = &x->svcs[i];
-    if (a->direct) {
-      struct quic_conn *c = a->direct;
-      a->direct = NULL;
-      a->state = AP_RELAY;
-      quic_conn_close(c, 0, "agent shutting down");
-    }
+    a->d = NULL;
+    a->state = AP_RELAY;
     if (a->pc) {
       p2p_client_stop(a->pc, pc_closed);
       a->pc = NULL;
