@@ -20,26 +20,8 @@ from datapath import SERVICES, World, sha256  # noqa: E402
 from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
 
-FIREWALL = """
-table ip udp_guard {
- chain fwd_filter {
-  type filter hook forward priority 0;
-  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
- }
-}
-"""
-
-
 def relayed(w):
     return w.inter.metrics().get("ztna_relay_bytes_total", 0)
-
-
-def web_path(w):
-    for p in ("direct", "relay", "punching", "connecting", "linking"):
-        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="web",'
-                    'path="%s"}' % p) == 1:
-            return p
-    return "?"
 
 
 def agent_log(w, words):
@@ -72,7 +54,7 @@ def main():
         w = World(net, tmp)
         print("Up. Services in the agent's TUN: " + ", ".join(
             "%s=%s" % (k, v[0]) for k, v in SERVICES.items()), flush=True)
-        wait_for(lambda: web_path(w) == "direct", timeout=30,
+        wait_for(lambda: w.path() == "direct", timeout=30,
                  what="the direct path")
         print("\nThe agent punched through both NATs (its log):")
         agent_log(w, ("punch", "path:"))
@@ -97,8 +79,8 @@ def main():
               "path carried the data)" % (relayed(w) - before))
         print("\nNow a firewall at the agent's NAT drops UDP to anything but "
               "the intermediate...", flush=True)
-        net.exec(w.nat_a, ["nft", "-f", "-"], input=FIREWALL)
-        wait_for(lambda: web_path(w) == "relay", timeout=30,
+        w.block_direct()
+        wait_for(lambda: w.path() == "relay", timeout=30,
                  what="the fall back to the relay")
         agent_log(w, ("path: relay", "next punch"))
         before = relayed(w)

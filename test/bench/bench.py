@@ -22,24 +22,6 @@ from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
-BLOCK = """
-table ip udp_guard {
- chain fwd_filter {
-  type filter hook forward priority 0;
-  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
- }
-}
-"""
-
-
-def path(w):
-    for p in ("direct", "relay"):
-        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="iperf",'
-                    'path="%s"}' % p) == 1:
-            return p
-    return None
-
-
 def iperf(w, ns, host, reverse=False):
     args = ["iperf3", "-c", host, "-t", str(SECONDS), "-J"]
     if reverse:
@@ -78,10 +60,10 @@ def main():
         vip = SERVICES["iperf"][0]
         rows.append(measure(w, "baseline (LAN, no tunnel)", w.conn_ns,
                             BACKEND))
-        wait_for(lambda: path(w) == "direct", timeout=30, what="direct")
+        wait_for(lambda: w.path("iperf") == "direct", timeout=30, what="direct")
         rows.append(measure(w, "ztna direct path", w.agent_ns, vip))
-        net.exec(w.nat_a, ["nft", "-f", "-"], input=BLOCK)
-        wait_for(lambda: path(w) == "relay", timeout=30, what="relay")
+        w.block_direct()
+        wait_for(lambda: w.path("iperf") == "relay", timeout=30, what="relay")
         time.sleep(1)
         rows.append(measure(w, "ztna relay path", w.agent_ns, vip))
     finally:

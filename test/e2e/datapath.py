@@ -196,6 +196,33 @@ http {
         return p
 
     # --- helpers -----------------------------------------------------------------
+    UDP_GUARD = """
+table ip udp_guard {
+ chain fwd_filter {
+  type filter hook forward priority 0;
+  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
+ }
+}
+"""
+
+    def block_direct(self):
+        """A firewall at the agent's NAT: UDP only to and from the
+        intermediate, so no direct path can exist."""
+        self.net.exec(self.nat_a, ["nft", "-f", "-"], input=self.UDP_GUARD)
+
+    def unblock_direct(self):
+        self.net.exec(self.nat_a, ["nft", "delete", "table", "ip",
+                                   "udp_guard"], check=False)
+
+    def path(self, service="web", name="agent"):
+        """The path the agent's traffic to service takes, by its metrics."""
+        p = self.procs[name]
+        for path in ("direct", "relay", "punching", "connecting", "linking"):
+            if self.metric(p.ns, p.port, 'ztna_agent_path{service="%s",'
+                           'path="%s"}' % (service, path)) == 1:
+                return path
+        return None
+
     def metric(self, ns, port, name):
         p = self.net.exec(ns, ["curl", "-s", "-m", "5",
                                "http://127.0.0.1:%d/metrics" % port],

@@ -15,16 +15,6 @@ from datapath import World, sha256
 from netns import Net
 from ztna import Client, udp4, wait_for
 
-BLOCK = """
-table ip udp_guard {
- chain fwd_filter {
-  type filter hook forward priority 0;
-  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
- }
-}
-"""
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     if os.geteuid() != 0:
@@ -40,14 +30,6 @@ def world(tmp_path_factory):
         net.cleanup()
 
 
-def path(w, service="web"):
-    for p in ("direct", "relay", "punching", "connecting", "linking"):
-        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="%s",'
-                    'path="%s"}' % (service, p)) == 1:
-            return p
-    return None
-
-
 def relayed(w):
     m = w.inter.metrics()
     assert "ztna_relay_bytes_total" in m, sorted(m)
@@ -55,7 +37,7 @@ def relayed(w):
 
 
 def test_direct_after_registration(world):
-    wait_for(lambda: path(world) == "direct", timeout=30,
+    wait_for(lambda: world.path() == "direct", timeout=30,
              what="the agent on the direct path")
     # The punch itself took well under the 3 s the design allows.
     ms = world.metric(world.agent_ns, 9092,
@@ -82,7 +64,7 @@ def test_fallback_and_return_during_one_transfer(world):
     """One long download: direct, then the direct path is blocked (back to
     the relay), then unblocked (direct again after the cooldown); the file
     arrives whole."""
-    wait_for(lambda: path(world) == "direct", timeout=60, what="direct")
+    wait_for(lambda: world.path() == "direct", timeout=60, what="direct")
     src = world.make_file("long.bin", 100 << 20)
     out = os.path.join(world.tmp, "long.got")
     fallbacks = world.metric(world.agent_ns, 9092,
@@ -93,9 +75,9 @@ def test_fallback_and_return_during_one_transfer(world):
         "http://10.100.0.2/long.bin"], stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # let the transfer run on the direct path
-        world.net.exec(world.nat_a, ["nft", "-f", "-"], input=BLOCK)
+        world.block_direct()
         t0 = time.time()
-        wait_for(lambda: path(world) != "direct", timeout=30,
+        wait_for(lambda: world.path() != "direct", timeout=30,
                  what="the fallback to the relay")
         took = time.time() - t0
         print("fell back to the relay after %.1f s" % took)
@@ -107,10 +89,9 @@ def test_fallback_and_return_during_one_transfer(world):
         b = relayed(world)
         wait_for(lambda: relayed(world) - b > 1 << 20, timeout=30,
                  what="the transfer moving through the relay")
-        world.net.exec(world.nat_a, ["nft", "delete", "table", "ip",
-                                     "udp_guard"])
+        world.unblock_direct()
         # Back to direct after the cooldown (30 s), mid-transfer.
-        wait_for(lambda: path(world) == "direct", timeout=90,
+        wait_for(lambda: world.path() == "direct", timeout=90,
                  what="the return to the direct path")
         assert curl.poll() is None, "the transfer ended before the return"
         time.sleep(1)
@@ -121,8 +102,7 @@ def test_fallback_and_return_during_one_transfer(world):
     finally:
         if curl.poll() is None:
             curl.kill()
-        world.net.exec(world.nat_a, ["nft", "delete", "table", "ip",
-                                     "udp_guard"], check=False)
+        world.unblock_direct()
     assert sha256(out) == sha256(src)
 
 

@@ -37,14 +37,6 @@ def punch(w, ns, server="198.51.100.10:4433"):
     return r, took
 
 
-def agent_path(w):
-    for p in ("direct", "relay", "punching", "connecting", "linking"):
-        if w.metric(w.agent_ns, 9092, 'ztna_agent_path{service="web",'
-                    'path="%s"}' % p) == 1:
-            return p
-    return None
-
-
 def agent_punches(w, result):
     return w.metric(w.agent_ns, 9092, 'ztna_agent_punches_total{service='
                     '"web",result="%s"}' % result) or 0
@@ -86,7 +78,7 @@ def test_easy_x_easy_is_direct(world):
     # The connector's own checks got answers too.
     assert connector_punches(world, "success") >= RUNS
     # The running agent took the direct path by itself.
-    wait_for(lambda: agent_path(world) == "direct", what="agent direct")
+    wait_for(lambda: world.path() == "direct", what="agent direct")
     assert agent_punches(world, "success") >= 1
 
 
@@ -104,7 +96,7 @@ def test_hard_x_hard_stays_on_the_relay(world):
     # still carries traffic.
     wait_for(lambda: agent_punches(world, "failed") >= 1, what="a failed "
              "punch of the agent")
-    assert agent_path(world) == "relay"
+    assert world.path() == "relay"
     p = world.run(["ping", "-c", "20", "-i", "0.1", "-W", "2", "10.100.0.2"],
                   check=False)
     assert " 0% packet loss" in p.stdout, p.stdout
@@ -123,7 +115,7 @@ def test_easy_x_hard_never_stalls(world):
         if not r["service"]["direct"]:
             assert r["service"]["why"], r
     # The agent ends on one path or the other, not in between.
-    wait_for(lambda: agent_path(world) in ("direct", "relay"),
+    wait_for(lambda: world.path() in ("direct", "relay"),
              what="the agent settled on a path")
     p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
                    "%{http_code}", "http://10.100.0.2/"], check=False)
@@ -140,7 +132,7 @@ def test_without_nat_is_direct(world):
         s = r["service"]
         assert s["direct"] is True, s
         assert s["punch_ms"] < 3000, s
-    wait_for(lambda: agent_path(world) == "direct", what="agent direct")
+    wait_for(lambda: world.path() == "direct", what="agent direct")
 
 
 @pytest.mark.parametrize("world", [("easy", "easy")], indirect=True,
@@ -164,14 +156,7 @@ def test_no_nat_same_nat_and_blocked_udp(world):
         assert s["working_type"] == "host", s
         assert s["working"].startswith("192.0.2.18:"), s
     # A firewall that lets UDP reach only the intermediate: no direct path.
-    net.exec(world.nat_a, ["nft", "-f", "-"], input="""
-table ip fw {
- chain udp_guard {
-  type filter hook forward priority 0;
-  meta l4proto udp ip daddr != 198.51.100.10 ip saddr != 198.51.100.10 drop
- }
-}
-""")
+    world.block_direct()
     for i in range(RUNS):
         r, took = punch(world, world.agent_ns)
         assert r["service"]["direct"] is False, r["service"]
