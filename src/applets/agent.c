@@ -10,6 +10,13 @@
  * intermediate comes and goes; traffic resumes by itself when it is back.
  * Routes are removed on exit, also after an error (the device goes with
  * the process).
+ *
+ * Direct paths (protocol.md 5): once a service is registered the agent
+ * punches to its connector (p2p.c, punch.c) from the same socket, opens a
+ * QUIC connection to it (one per connector), links it to its relay path
+ * and sends the service's packets there; silence, lost keepalives or a
+ * close send them back through the relay at once, and the punch is tried
+ * again after a cooldown.
  */
 #include <arpa/inet.h>
 #include <errno.h>

@@ -11,6 +11,11 @@
  * spliced to a TCP connection to the backend. Packets with bad checksums
  * are dropped and counted; the backend comes from the configuration, never
  * from the packet.
+ *
+ * Agents punch to the connector through the intermediate (it answers
+ * offers and checks back from the same socket) and then connect to it
+ * directly; each agent is known by its relay-side address, and a direct
+ * connection linked to it carries its packets both ways while it is up.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,7 +61,9 @@ static const char usage_text[] =
     "       ztna connector --server HOST:PORT --service ID --forward HOST:PORT\n"
     "                      --cert FILE --key FILE --ca FILE [OPTIONS]\n"
     "\n"
-    "Serve private applications to ztna agents through the intermediate.\n"
+    "Serve private applications to ztna agents through the intermediate,\n"
+    "and directly to agents that punch through to this connector (on the\n"
+    "same UDP port; they must present a certificate granting the service).\n"
     "\n"
     "  -c, --config FILE    configuration (default: /etc/ztna/connector.json,\n"
     "                       else ./connector.json)\n"
