@@ -1233,6 +1233,33 @@ static void collect(void *ud)
                uplink_reg_state(x->svcs[i].up, 0) == UPLINK_REG_OK &&
                    uplink_is_up(x->svcs[i].up));
   }
+  {
+    /* Which path each agent of each service takes now. */
+    int64_t direct[CFG_MAX_SERVICES] = { 0 }, relay[CFG_MAX_SERVICES] = { 0 };
+    for (size_t h = 0; h < 1024; h++)
+      for (struct agent_id *a = x->ids[h]; a; a = a->next) {
+        size_t k = (size_t)(a->svc - x->svcs);
+        if (a->direct && a->direct->up)
+          direct[k]++;
+        else
+          relay[k]++;
+      }
+    for (size_t i = 0; i < x->nsvcs; i++) {
+      char esc[600], labels[680];
+      metrics_label_escape(esc, sizeof(esc), x->svcs[i].cfg->id,
+                           strlen(x->svcs[i].cfg->id));
+      snprintf(labels, sizeof(labels), "service=\"%s\",path=\"direct\"",
+               esc);
+      metric_set(metrics_gauge(x->m, "ztna_connector_agents", labels,
+                               "Agents known, by the path they take now"),
+                 direct[i]);
+      snprintf(labels, sizeof(labels), "service=\"%s\",path=\"relay\"",
+               esc);
+      metric_set(metrics_gauge(x->m, "ztna_connector_agents", labels,
+                               "Agents known, by the path they take now"),
+                 relay[i]);
+    }
+  }
 }
 
 static void metrics_init(struct cctx *x)

@@ -56,6 +56,9 @@ def test_direct_after_registration(world):
     assert relayed(world) - before < 20000, relayed(world) - before
     assert world.metric(world.conn_ns, 9091,
                         "ztna_connector_direct_connections") >= 1
+    # The connector sees the same: this agent of web is on the direct path.
+    assert world.metric(world.conn_ns, 9091, 'ztna_connector_agents{service='
+                        '"web",path="direct"}') == 1
     assert world.metric(world.agent_ns, 9092,
                         "ztna_agent_direct_packets_received_total") > 5000
 
