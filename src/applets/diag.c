@@ -883,6 +883,8 @@ static int punch_main(int argc, char **argv)
   while (x.step != S_DONE)
     uv_run(x.loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&x.timer, NULL);
+  if (x.pc_started)
+    p2p_client_stop(&x.pc, NULL); /* the report reads it; memory is ours */
   quic_endpoint_del(x.ep);
   uv_run(x.loop, UV_RUN_DEFAULT);
   tls_ctx_unref(x.tls);
