@@ -92,20 +92,25 @@ struct ifreq6 {
 
 int tun_add_addr6(const char *ifname, const char *addr6)
 {
-  struct ifreq6 r;
+  /* Padded to a struct ifreq: checkers read SIOCSIFADDR's argument as
+   * one. */
+  union {
+    struct ifreq6 r;
+    struct ifreq ifr;
+  } u;
   int s, rv = 0;
 
-  memset(&r, 0, sizeof(r));
-  if (inet_pton(AF_INET6, addr6, &r.addr) != 1)
+  memset(&u, 0, sizeof(u));
+  if (inet_pton(AF_INET6, addr6, &u.r.addr) != 1)
     return -EINVAL;
-  r.prefixlen = 128;
-  r.ifindex = (int)if_nametoindex(ifname);
-  if (!r.ifindex)
+  u.r.prefixlen = 128;
+  u.r.ifindex = (int)if_nametoindex(ifname);
+  if (!u.r.ifindex)
     return -ENODEV;
   s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0)
     return -errno;
-  if (ioctl(s, SIOCSIFADDR, &r) < 0 && errno != EEXIST)
+  if (ioctl(s, SIOCSIFADDR, &u) < 0 && errno != EEXIST)
     rv = -errno;
   close(s);
   return rv;
@@ -123,6 +128,7 @@ int tun_route(const char *ifname, int add, int family, const uint8_t *addr,
     char dev[IFNAMSIZ];
 
     memset(&rt, 0, sizeof(rt));
+    memset(dev, 0, sizeof(dev));
     dst->sin_family = AF_INET;
     memcpy(&dst->sin_addr, addr, 4);
     mask->sin_family = AF_INET;
@@ -138,20 +144,25 @@ int tun_route(const char *ifname, int add, int family, const uint8_t *addr,
     close(s);
     return rv;
   } else {
-    struct in6_rtmsg rt;
+    /* Padded to a struct rtentry, as checkers read SIOCADDRT's argument. */
+    union {
+      struct in6_rtmsg m;
+      struct rtentry pad;
+    } u;
+    struct in6_rtmsg *rt = &u.m;
 
-    memset(&rt, 0, sizeof(rt));
-    memcpy(&rt.rtmsg_dst, addr, 16);
-    rt.rtmsg_dst_len = (unsigned short)prefix;
-    rt.rtmsg_flags = RTF_UP | (prefix == 128 ? RTF_HOST : 0);
-    rt.rtmsg_metric = 1;
-    rt.rtmsg_ifindex = (int)if_nametoindex(ifname);
-    if (!rt.rtmsg_ifindex)
+    memset(&u, 0, sizeof(u));
+    memcpy(&rt->rtmsg_dst, addr, 16);
+    rt->rtmsg_dst_len = (unsigned short)prefix;
+    rt->rtmsg_flags = RTF_UP | (prefix == 128 ? RTF_HOST : 0);
+    rt->rtmsg_metric = 1;
+    rt->rtmsg_ifindex = (int)if_nametoindex(ifname);
+    if (!rt->rtmsg_ifindex)
       return -ENODEV;
     s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
       return -errno;
-    if (ioctl(s, add ? SIOCADDRT : SIOCDELRT, &rt) < 0)
+    if (ioctl(s, add ? SIOCADDRT : SIOCDELRT, &u) < 0)
       rv = -errno;
     close(s);
     return rv;

@@ -185,8 +185,9 @@ http {
         with open(path, "w") as f:
             json.dump(cfg, f)
         log = open(os.path.join(self.tmp, name + ".log"), "w+")
-        p = self.net.popen(ns, [ZTNA, "agent", "-c", path, "-v"], stdout=log,
-                           stderr=log)
+        wrap = os.environ.get("ZTNA_AGENT_WRAP", "").split()
+        p = self.net.popen(ns, wrap + [ZTNA, "agent", "-c", path, "-v"],
+                           stdout=log, stderr=log)
         self.procs[name] = p
         p.log = log
         p.ns = ns
