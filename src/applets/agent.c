@@ -135,6 +135,7 @@ struct asvc {
   struct sockaddr_storage peer;
   uint8_t token[P2P_LINK_TOKEN_LEN];
   int link_tries, vip;
+  int relink;               /* link requests left to send while direct */
   uint64_t punch_started_ms, punch_ms, direct_since_ms;
   uint64_t cooldown_ms, retry_at_ms;
   char why[200];
@@ -384,6 +385,7 @@ static void set_relay(struct asvc *a, const char *why)
   enum apath was = a->state;
 
   a->state = AP_RELAY;
+  a->relink = 0;
   snprintf(a->why, sizeof(a->why), "%s", why);
   if (was != AP_DIRECT) {
     enum pfail f = PF_TIMEOUT;
@@ -611,8 +613,15 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
   if (p2p_link_token(d, ip.totlen, token) == 1) {
     for (size_t i = 0; i < x->cfg.nservices; i++) {
       struct asvc *a = &x->svcs[i];
-      if (a->d != dc || a->state != AP_LINKING ||
-          memcmp(token, a->token, sizeof(token)))
+      if (a->d != dc || memcmp(token, a->token, sizeof(token)))
+        continue;
+      if (a->state == AP_DIRECT && a->relink) {
+        a->relink = 0;
+        log_info("%s: direct path linked to our new relay connection",
+                 x->cfg.services[a->idx].id);
+        continue;
+      }
+      if (a->state != AP_LINKING)
         continue;
       a->state = AP_DIRECT;
       a->direct_since_ms = uv_now(x->loop);
@@ -679,6 +688,12 @@ static void p2p_tick(uv_timer_t *t)
       if (a->retry_at_ms && now >= a->retry_at_ms && x->has_observed &&
           uplink_is_up(x->up) && uplink_reg_state(x->up, i) == UPLINK_REG_OK)
         start_punch(a);
+      break;
+    case AP_DIRECT:
+      if (a->relink > 0) {
+        a->relink--;
+        send_link(a);
+      }
       break;
     case AP_LINKING:
       if (a->link_tries >= LINK_TRIES)
@@ -770,6 +785,15 @@ static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
   if (r == UPLINK_REG_OK && !x->no_direct && x->svcs[svc].state == AP_RELAY &&
       !x->svcs[svc].retry_at_ms)
     schedule_punch(&x->svcs[svc], 0);
+  /* A new relay connection while on the direct path: the intermediate
+   * knows us by a new address; link again so that the connector keeps
+   * our connections and can still fall back to the relay. */
+  if (r == UPLINK_REG_OK && x->svcs[svc].state == AP_DIRECT) {
+    struct asvc *a = &x->svcs[svc];
+    a->relink = LINK_TRIES;
+    a->link_tries = 0;
+    uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL);
+  }
 }
 
 static const struct uplink_cbs uplink_cbs = {

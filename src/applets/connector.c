@@ -132,7 +132,11 @@ struct agent_id {
   struct agent_id *next;   /* hash chain */
   struct csvc *svc;
   int family;
-  uint8_t addr[16];        /* on the relay */
+  uint8_t addr[16];        /* its address here: on the relay at first */
+  uint8_t relay_addr[16];  /* on the relay now (a new relay connection
+                              gets a new translation) */
+  int relay_known;         /* 0: its relay connection is gone; reachable
+                              only directly until it links again */
   struct dconn *direct;    /* linked direct connection, or NULL */
   uint8_t direct_addr[16]; /* the agent's own address on it */
   uint64_t last_ms;
@@ -194,7 +198,8 @@ struct cctx {
   int stopping;
   struct psession sess[P2P_MAX_SESSIONS];
   struct tls_ctx *srv_tls;   /* direct connections: we are the server */
-  struct agent_id *ids[1024];
+  struct agent_id *ids[1024];  /* by relay address */
+  struct agent_id *orphans;    /* direct only: relay address unknown */
   size_t nids;
   struct dconn *dconns;
   size_t ndconns;
@@ -206,10 +211,11 @@ struct cctx {
   } rlinks[LINK_TOKENS];
   uv_timer_t watch;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
-      links;
+      links, relinks;
+  struct metric *mx_relinks;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
-  uint8_t dbuf[65536];
+  uint8_t dbuf[65536], rbuf[65536];
   uint64_t punch_ok, punch_fail, ctl_answered, ctl_limited;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
@@ -246,6 +252,8 @@ static void send_to_id(struct agent_id *a, const uint8_t *pkt, size_t n)
   struct dconn *dc = a->direct;
   struct cctx *x = a->svc->x;
 
+  size_t alen = a->family == 4 ? 4 : 16;
+
   if (dc && dc->up && n <= sizeof(x->dbuf)) {
     memcpy(x->dbuf, pkt, n);
     if (ippkt_rewrite_addr(x->dbuf, n, 1, a->direct_addr) == 0 &&
@@ -253,6 +261,17 @@ static void send_to_id(struct agent_id *a, const uint8_t *pkt, size_t n)
       x->direct_tx++;
       return;
     }
+  }
+  if (!a->relay_known) {
+    drop(x, D_NOT_CONNECTED); /* until it links its new relay path */
+    return;
+  }
+  if (memcmp(a->addr, a->relay_addr, alen) && n <= sizeof(x->dbuf)) {
+    /* Its relay connection changed since we met: its address there. */
+    memcpy(x->dbuf, pkt, n);
+    if (ippkt_rewrite_addr(x->dbuf, n, 1, a->relay_addr) == 0)
+      send_to_agent(a->svc, x->dbuf, n);
+    return;
   }
   send_to_agent(a->svc, pkt, n);
 }
@@ -275,15 +294,34 @@ static size_t id_hash(const struct csvc *s, int family, const uint8_t *addr)
 
 static void flow_free(struct cctx *x, struct uflow *f);
 
-static void id_free(struct cctx *x, struct agent_id *a)
+static struct agent_id **id_list(struct cctx *x, struct agent_id *a)
 {
-  struct agent_id **pp = &x->ids[id_hash(a->svc, a->family, a->addr)];
-  struct uflow *f, *next;
+  return a->relay_known ? &x->ids[id_hash(a->svc, a->family, a->relay_addr)]
+                        : &x->orphans;
+}
+
+static void id_unhash(struct cctx *x, struct agent_id *a)
+{
+  struct agent_id **pp = id_list(x, a);
 
   while (*pp && *pp != a)
     pp = &(*pp)->next;
   if (*pp)
     *pp = a->next;
+}
+
+static void id_hash_in(struct cctx *x, struct agent_id *a)
+{
+  struct agent_id **pp = id_list(x, a);
+  a->next = *pp;
+  *pp = a;
+}
+
+static void id_free(struct cctx *x, struct agent_id *a)
+{
+  struct uflow *f, *next;
+
+  id_unhash(x, a);
   x->nids--;
   netstack_conn_gone(x->ns, a);
   for (f = x->flows; f; f = next) {
@@ -310,7 +348,8 @@ static struct agent_id *id_get(struct csvc *s, int family,
   struct agent_id *a;
 
   for (a = x->ids[h]; a; a = a->next)
-    if (a->svc == s && a->family == family && !memcmp(a->addr, addr, alen))
+    if (a->svc == s && a->family == family &&
+        !memcmp(a->relay_addr, addr, alen))
       break;
   if (!a) {
     if (x->nids >= MAX_AGENT_IDS)
@@ -321,6 +360,8 @@ static struct agent_id *id_get(struct csvc *s, int family,
     a->svc = s;
     a->family = family;
     memcpy(a->addr, addr, alen);
+    memcpy(a->relay_addr, addr, alen);
+    a->relay_known = 1;
     a->next = x->ids[h];
     x->ids[h] = a;
     x->nids++;
@@ -447,6 +488,11 @@ static void sweep_cb(uv_timer_t *t)
   for (size_t i = 0; i < LINK_TOKENS; i++)
     if (x->rlinks[i].used && now - x->rlinks[i].ms >= LINK_WAIT_MS)
       x->rlinks[i].used = 0;
+  for (struct agent_id *a = x->orphans, *an; a; a = an) {
+    an = a->next;
+    if (!a->direct || !a->direct->up)
+      id_free(x, a); /* no way to reach it any more */
+  }
   for (size_t h = 0; h < 1024; h++) {
     struct agent_id *a = x->ids[h], *an;
     for (; a; a = an) {
@@ -464,7 +510,8 @@ static void sweep_cb(uv_timer_t *t)
 
 /* --- packets from the tunnel ---------------------------------------------------- */
 
-static void note_relay_link(struct agent_id *a, const uint8_t *token);
+static struct agent_id *note_relay_link(struct agent_id *a,
+                                        const uint8_t *token);
 
 /* A packet from agent a (its relay-side address as the source). */
 static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
@@ -485,7 +532,7 @@ static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
     return;
   }
   if (p2p_link_token(pkt, ip.totlen, token) == 0)
-    note_relay_link(a, token);
+    a = note_relay_link(a, token); /* may be an older identity now */
   ippkt_l4(pkt, &ip, &l4, &l4len);
   x->fwd_packets++;
   x->fwd_bytes += n;
@@ -534,6 +581,12 @@ static void on_relay_packet(struct csvc *s, const uint8_t *pkt, size_t n)
     drop(s->x, D_AGENT_LIMIT);
     return;
   }
+  if (memcmp(a->addr, a->relay_addr, ip.addrlen) && n <= sizeof(s->x->rbuf)) {
+    /* Known by the address it had on its earlier relay connection. */
+    memcpy(s->x->rbuf, pkt, n);
+    ippkt_rewrite_addr(s->x->rbuf, n, 0, a->addr);
+    pkt = s->x->rbuf;
+  }
   on_packet(a, pkt, n);
 }
 
@@ -578,8 +631,17 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
     struct agent_id *a = x->ids[h], *next;
     for (; a; a = next) {
       next = a->next;
-      if (a->svc == s && !(a->direct && a->direct->up))
+      if (a->svc != s)
+        continue;
+      if (!(a->direct && a->direct->up)) {
         id_free(x, a);
+        continue;
+      }
+      /* Its relay address may go to another agent on the next
+       * connection: reachable directly only, until it links again. */
+      id_unhash(x, a);
+      a->relay_known = 0;
+      id_hash_in(x, a);
     }
   }
 }
@@ -823,8 +885,11 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
 
 /* --- P2P: direct connections from agents -------------------------------------- */
 
-static void link_direct(struct dconn *dc, size_t svc, struct agent_id *a,
-                        const uint8_t *pkt, size_t n)
+/* Links dc to agent a for service svc and answers the link request pkt.
+ * Returns the identity that carries on (a, or the one dc had). */
+static struct agent_id *link_direct(struct dconn *dc, size_t svc,
+                                    struct agent_id *a, const uint8_t *pkt,
+                                    size_t n)
 {
   struct cctx *x = dc->x;
   struct ippkt ip;
@@ -832,7 +897,27 @@ static void link_direct(struct dconn *dc, size_t svc, struct agent_id *a,
   char addr[64];
 
   if (n > sizeof(reply) || ippkt_parse(pkt, n, &ip) < 0)
-    return;
+    return a;
+  if (dc->ids[svc] && dc->ids[svc] != a && dc->ids[svc]->family == a->family) {
+    /* The agent of this direct connection comes through a new relay
+     * connection: it keeps its identity (and its TCP and UDP state), now
+     * at the new relay address. */
+    struct agent_id *old = dc->ids[svc];
+    size_t alen = a->family == 4 ? 4 : 16;
+    uint8_t ra[16];
+    memcpy(ra, a->relay_addr, alen);
+    id_free(x, a);
+    id_unhash(x, old);
+    memcpy(old->relay_addr, ra, alen);
+    old->relay_known = 1;
+    id_hash_in(x, old);
+    a = old;
+    x->relinks++;
+    inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->relay_addr, addr,
+              sizeof(addr));
+    log_info("%s: %s: the agent's relay path is new (%s there now); its "
+             "connections go on", x->svcs[svc].cfg->id, dc->name, addr);
+  }
   if (a->direct && a->direct != dc)
     for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
       if (a->direct->ids[i] == a)
@@ -850,10 +935,13 @@ static void link_direct(struct dconn *dc, size_t svc, struct agent_id *a,
   memcpy(reply, pkt, n);
   if (ippkt_echo_reply(reply, n) == 0)
     quic_conn_send_datagram(dc->qc, reply, n);
+  return a;
 }
 
-/* A link token came through the relay from agent a. */
-static void note_relay_link(struct agent_id *a, const uint8_t *token)
+/* A link token came through the relay from agent a. Returns the identity
+ * that carries on (see link_direct). */
+static struct agent_id *note_relay_link(struct agent_id *a,
+                                        const uint8_t *token)
 {
   struct cctx *x = a->svc->x;
   size_t slot = 0, svc = (size_t)(a->svc - x->svcs);
@@ -864,8 +952,7 @@ static void note_relay_link(struct agent_id *a, const uint8_t *token)
       if (dc->pend[i].used && dc->pend[i].svc == svc &&
           !memcmp(dc->pend[i].token, token, P2P_LINK_TOKEN_LEN)) {
         dc->pend[i].used = 0;
-        link_direct(dc, svc, a, dc->pend[i].pkt, dc->pend[i].n);
-        return;
+        return link_direct(dc, svc, a, dc->pend[i].pkt, dc->pend[i].n);
       }
   for (size_t i = 0; i < LINK_TOKENS; i++) {
     if (x->rlinks[i].used &&
@@ -882,6 +969,7 @@ static void note_relay_link(struct agent_id *a, const uint8_t *token)
   memcpy(x->rlinks[slot].token, token, P2P_LINK_TOKEN_LEN);
   x->rlinks[slot].id = a;
   x->rlinks[slot].ms = now;
+  return a;
 }
 
 /* A link request on a direct connection. */
@@ -1209,6 +1297,7 @@ static void collect(void *ud)
   metric_set(x->mx_direct_rej, (int64_t)x->direct_rejected);
   metric_set(x->mx_direct_lost, (int64_t)x->direct_lost);
   metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
+  metric_set(x->mx_relinks, (int64_t)x->relinks);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1236,8 +1325,9 @@ static void collect(void *ud)
   {
     /* Which path each agent of each service takes now. */
     int64_t direct[CFG_MAX_SERVICES] = { 0 }, relay[CFG_MAX_SERVICES] = { 0 };
-    for (size_t h = 0; h < 1024; h++)
-      for (struct agent_id *a = x->ids[h]; a; a = a->next) {
+    for (size_t h = 0; h <= 1024; h++)
+      for (struct agent_id *a = h < 1024 ? x->ids[h] : x->orphans; a;
+           a = a->next) {
         size_t k = (size_t)(a->svc - x->svcs);
         if (a->direct && a->direct->up)
           direct[k]++;
@@ -1310,6 +1400,9 @@ static void metrics_init(struct cctx *x)
   x->mx_direct_lost = metrics_counter(
       m, "ztna_connector_direct_lost_total", NULL,
       "Direct connections dropped because the peer went silent");
+  x->mx_relinks = metrics_counter(
+      m, "ztna_connector_relinks_total", NULL,
+      "Direct paths whose agent came back through a new relay connection");
   x->mx_direct_rx = metrics_counter(
       m, "ztna_connector_direct_packets_received_total", NULL,
       "Packets received on direct connections");

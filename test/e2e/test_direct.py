@@ -141,3 +141,83 @@ def test_connector_refuses_unauthorized_direct_connections(world):
             timeout=20, what="the drop")
     finally:
         c.close()
+
+
+def test_new_relay_connection_while_direct_keeps_fallback_safe(world):
+    """The agent's relay connection is replaced while it is on the direct
+    path, and the intermediate gives it a new address (another agent took
+    the old one). Falling back to the relay must then still reach this
+    agent, keep its download running, and never reach the other agent."""
+    wait_for(lambda: world.path() == "direct", timeout=60, what="direct")
+    relinks = world.metric(world.conn_ns, 9091,
+                           "ztna_connector_relinks_total")
+    guard = """
+table ip relay_guard {
+ chain fwd_filter {
+  type filter hook forward priority 0;
+  ip daddr 198.51.100.10 meta l4proto udp drop
+ }
+}
+"""
+    # Cut the agent off the intermediate, which restarts meanwhile.
+    world.net.exec(world.nat_a, ["nft", "-f", "-"], input=guard)
+    world.inter.proc.kill()
+    world.inter.proc.wait()
+    from ztna import Intermediate
+    world.inter = Intermediate(world.pki, ns=world.inet, logdir=world.tmp,
+                               extra=("--diag-port", "4434"))
+    # Another agent (bob, from the intermediate's own network) is the first
+    # to be relayed, so it gets the address alice had.
+    bob = Client("198.51.100.10:4433", world.pki,
+                 cert=world.agent_certs["bob"], ns=world.inet)
+    try:
+        bob.expect("up ", timeout=30)
+        bob.send("reg agent echo")
+        assert bob.expect("ack") == "ack echo"
+        probe = udp4("100.64.0.1", "10.100.0.4", 40001, 7, b"bob").hex()
+
+        def bob_echoed():
+            bob.send("routed echo " + probe)
+            try:
+                bob.expect("dgram", timeout=0.5)
+                return True
+            except AssertionError:
+                return False
+        wait_for(bob_echoed, timeout=45, what="bob relayed")
+        # Alice's agent comes back through a new relay connection and links
+        # its direct path to it.
+        world.net.exec(world.nat_a, ["nft", "delete", "table", "ip",
+                                     "relay_guard"])
+        wait_for(lambda: world.metric(world.conn_ns, 9091,
+                                      "ztna_connector_relinks_total")
+                 > relinks, timeout=60, what="the connector relinking")
+        assert world.path() == "direct"
+        # Now the direct path goes dark in the middle of a download.
+        src = world.make_file("relink.bin", 30 << 20)
+        out = os.path.join(world.tmp, "relink.got")
+        curl = world.net.popen(world.agent_ns, [
+            "curl", "-s", "-S", "-m", "120", "--limit-rate", "3M", "-o", out,
+            "http://10.100.0.2/relink.bin"], stderr=subprocess.PIPE,
+            text=True)
+        try:
+            time.sleep(2)
+            world.block_direct()
+            wait_for(lambda: world.path() != "direct", timeout=30,
+                     what="the fall back to the relay")
+            assert curl.wait(timeout=120) == 0, curl.stderr.read()
+        finally:
+            if curl.poll() is None:
+                curl.kill()
+            world.unblock_direct()
+        assert sha256(out) == sha256(src)
+        # Nothing of alice's reached bob (bob's own echoes end in "bob").
+        end = time.time() + 1
+        while time.time() < end:
+            bob._pump(0.1)
+        stray = [e for e in bob.events
+                 if e.startswith("dgram") and not e.endswith(b"bob".hex())]
+        assert not stray, stray[:3]
+    finally:
+        bob.close()
+        world.net.exec(world.nat_a, ["nft", "delete", "table", "ip",
+                                     "relay_guard"], check=False)
