@@ -75,10 +75,11 @@ static const char usage_text[] =
     "  -h, --help           this text\n";
 
 enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
-             A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_COUNT };
+             A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_CTL_LIMITED,
+             A_COUNT };
 static const char *const adrop_names[A_COUNT] = {
   "no_service", "not_registered", "too_large", "queue_full",
-  "not_connected", "malformed", "tun_full",
+  "not_connected", "malformed", "tun_full", "control_limited",
 };
 
 struct vip {
@@ -136,9 +137,8 @@ struct asvc {
   uint8_t token[P2P_LINK_TOKEN_LEN];
   int link_tries, vip;
   int relink;               /* link requests left to send while direct */
-  uint64_t punch_started_ms, punch_ms, direct_since_ms;
+  uint64_t punch_ms, direct_since_ms;
   uint64_t cooldown_ms, retry_at_ms;
-  char why[200];
   uint64_t punches_ok, punches_failed, fallbacks, fails[PF_COUNT];
 };
 
@@ -386,7 +386,6 @@ static void set_relay(struct asvc *a, const char *why)
 
   a->state = AP_RELAY;
   a->relink = 0;
-  snprintf(a->why, sizeof(a->why), "%s", why);
   if (was != AP_DIRECT) {
     enum pfail f = PF_TIMEOUT;
     if (strstr(why, "no candidates"))
@@ -470,7 +469,6 @@ static void start_punch(struct asvc *a)
   pc->timer.data = pc;
   a->pc = pc;
   a->state = AP_PUNCHING;
-  a->punch_started_ms = uv_now(x->loop);
   log_debug("%s: punching (%zu candidates offered)",
             x->cfg.services[a->idx].id, pc->nlocal);
 }
@@ -747,9 +745,12 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   if (wire_ctl_decode(d, n, &c) < 0)
     return;
   /* The connector's checks: answer them (at most 200 a second). */
-  if (c.kind == WIRE_CTL_BIND_REQ && punch_rate_ok(&x->ctl_rate, 200, now)) {
+  if (c.kind == WIRE_CTL_BIND_REQ) {
     struct punch_io io = { send_raw, x };
-    punch_answer(&io, &c, from);
+    if (punch_rate_ok(&x->ctl_rate, 200, now))
+      punch_answer(&io, &c, from);
+    else
+      drop(x, A_CTL_LIMITED);
   }
   if (c.kind == WIRE_CTL_KA_RESP) {
     for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {

@@ -212,11 +212,11 @@ struct cctx {
   uv_timer_t watch;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
       links, relinks;
-  struct metric *mx_relinks;
+  struct metric *mx_relinks, *mx_links, *mx_ctl_limited;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t punch_ok, punch_fail, ctl_answered, ctl_limited;
+  uint64_t punch_ok, punch_fail, ctl_limited;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
@@ -854,10 +854,9 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
     /* Answers only tell the asker its own address; still, at most
      * CTL_ANSWERS_PER_SEC of them. */
     if (!punch_rate_ok(&x->ctl_rate, CTL_ANSWERS_PER_SEC, now)) {
-      x->ctl_limited++;
+      x->ctl_limited++; /* counted: ztna_connector_control_limited_total */
       return;
     }
-    x->ctl_answered++;
   }
   if (c.kind == WIRE_CTL_KA_REQ) {
     uint8_t buf[WIRE_KEEPALIVE_LEN];
@@ -1298,6 +1297,8 @@ static void collect(void *ud)
   metric_set(x->mx_direct_lost, (int64_t)x->direct_lost);
   metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
   metric_set(x->mx_relinks, (int64_t)x->relinks);
+  metric_set(x->mx_links, (int64_t)x->links);
+  metric_set(x->mx_ctl_limited, (int64_t)x->ctl_limited);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1400,6 +1401,12 @@ static void metrics_init(struct cctx *x)
   x->mx_direct_lost = metrics_counter(
       m, "ztna_connector_direct_lost_total", NULL,
       "Direct connections dropped because the peer went silent");
+  x->mx_links = metrics_counter(
+      m, "ztna_connector_links_total", NULL,
+      "Direct connections linked to an agent's relay path");
+  x->mx_ctl_limited = metrics_counter(
+      m, "ztna_connector_control_limited_total", NULL,
+      "Binding requests and keepalives left unanswered: over the rate");
   x->mx_relinks = metrics_counter(
       m, "ztna_connector_relinks_total", NULL,
       "Direct paths whose agent came back through a new relay connection");

@@ -68,8 +68,9 @@ int p2p_client_packet(struct p2p_client *pc, const struct wire_ctl *c,
 #define P2P_LINK_MAGIC_LEN 12
 #define P2P_LINK_TOKEN_LEN 16
 #define P2P_LINK_PAYLOAD_LEN (P2P_LINK_MAGIC_LEN + P2P_LINK_TOKEN_LEN)
-/* If pkt is an ICMP/ICMPv6 echo carrying a link token: copies the token
- * and returns 1 for a reply, 0 for a request. Otherwise -1. */
+/* If pkt (n: its IP total length) is an ICMP/ICMPv6 echo carrying a link
+ * token: copies the token and returns 1 for a reply, 0 for a request.
+ * Otherwise -1; cheap for every other size. */
 int p2p_link_token(const uint8_t *pkt, size_t n, uint8_t *token);
 
 /* Stops the timer; close_cb (may be NULL) runs when it is closed. */

@@ -343,7 +343,6 @@ int punch_input(struct punch *p, const struct wire_ctl *c,
       p->pairs[i].tx = 0;
       p->pairs[i].next_ms = now;
     }
-    p->requests_answered++;
     return 1;
   }
   if (c->kind != WIRE_CTL_BIND_RESP)

@@ -83,7 +83,6 @@ struct punch {
   struct punch_pair pairs[PUNCH_MAX_PAIRS];
   size_t npairs;
   int winner;               /* index of the pair that won, -1 none */
-  uint64_t requests_answered;
   char why[160];            /* why it failed */
 };
 
