@@ -12,6 +12,10 @@
   APPLET(keygen, "create the CA and issue certificates for every role")       \
   APPLET(diag, "NAT troubleshooting: mapping, port, hairpinning")
 
+/* Prints "ztna APPLET: " + fmt (with arg) and where to find the usage,
+ * on stderr; returns 1, the exit status of a usage error. */
+int applet_usage_error(const char *applet, const char *fmt, const char *arg);
+
 #define APPLET(name, desc) int name##_main(int argc, char **argv);
 ZTNA_APPLETS
 #undef APPLET

@@ -132,3 +132,11 @@ int main(int argc, char **argv)
   }
   return a->entry(argc - 1, argv + 1);
 }
+
+int applet_usage_error(const char *applet, const char *fmt, const char *arg)
+{
+  fprintf(stderr, "ztna %s: ", applet);
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nRun 'ztna %s --help' for usage.\n", applet);
+  return 1;
+}

@@ -1029,10 +1029,7 @@ enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  fprintf(stderr, "ztna agent: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\nRun 'ztna agent --help' for usage.\n");
-  return 1;
+  return applet_usage_error("agent", fmt, arg);
 }
 
 int agent_main(int argc, char **argv)
@@ -1140,13 +1137,8 @@ int agent_main(int argc, char **argv)
   if (taddr6)
     snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s", taddr6);
   x.no_direct = no_direct || !x.cfg.direct;
-  if (mport) {
-    char *end;
-    long p = strtol(mport, &end, 10);
-    if (*end || p < 0 || p > 65535)
-      return usage_error("--metrics-port '%s' is not a port", mport);
-    x.cfg.metrics_port = (uint16_t)p;
-  }
+  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
   if (!x.cfg.server_host[0])
     return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
                        "serverHost in the configuration)");

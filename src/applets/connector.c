@@ -1522,21 +1522,9 @@ enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  fprintf(stderr, "ztna connector: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\nRun 'ztna connector --help' for usage.\n");
-  return 1;
+  return applet_usage_error("connector", fmt, arg);
 }
 
-static int to_port(const char *s, uint16_t *out, int allow_zero)
-{
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < (allow_zero ? 0 : 1) || v > 65535)
-    return -1;
-  *out = (uint16_t)v;
-  return 0;
-}
 
 int connector_main(int argc, char **argv)
 {
@@ -1636,9 +1624,9 @@ int connector_main(int argc, char **argv)
   }
   if (ca)
     snprintf(x.cfg.ca_cert, sizeof(x.cfg.ca_cert), "%s", ca);
-  if (port && to_port(port, &x.cfg.p2p_port, 1) < 0)
+  if (port && cfg_parse_port(port, &x.cfg.p2p_port, 1) < 0)
     return usage_error("--port '%s' is not a port", port);
-  if (mport && to_port(mport, &x.cfg.metrics_port, 1) < 0)
+  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port", mport);
   if (mbind)
     snprintf(x.metrics_bind, sizeof(x.metrics_bind), "%s", mbind);

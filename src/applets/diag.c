@@ -732,10 +732,7 @@ enum { OPT_SERVER = 256, OPT_DIAG_PORT, OPT_CERT, OPT_KEY, OPT_CA,
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  fprintf(stderr, "ztna diag: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\nRun 'ztna diag --help' for usage.\n");
-  return 1;
+  return applet_usage_error("diag", fmt, arg);
 }
 
 static void warn_cb(const char *msg)
@@ -821,11 +818,8 @@ static int punch_main(int argc, char **argv)
     return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
                        "-c with an agent configuration)");
   if (dport) {
-    char *end;
-    long v = strtol(dport, &end, 10);
-    if (*dport == '\0' || *end || v < 1 || v > 65535)
+    if (cfg_parse_port(dport, &alt_port, 0) < 0)
       return usage_error("--diag-port '%s' is not a port (1-65535)", dport);
-    alt_port = (uint16_t)v;
   } else {
     alt_port = cfg->server_port == 65535 ? 65534 : cfg->server_port + 1;
   }

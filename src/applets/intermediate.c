@@ -538,20 +538,7 @@ enum {
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  fprintf(stderr, "ztna intermediate: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\nRun 'ztna intermediate --help' for usage.\n");
-  return 1;
-}
-
-static int parse_port(const char *s, uint16_t *out, int allow_zero)
-{
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (*s == '\0' || *end || v < (allow_zero ? 0 : 1) || v > 65535)
-    return -1;
-  *out = (uint16_t)v;
-  return 0;
+  return applet_usage_error("intermediate", fmt, arg);
 }
 
 int intermediate_main(int argc, char **argv)
@@ -632,14 +619,14 @@ int intermediate_main(int argc, char **argv)
       return 1;
     }
   }
-  if (port && parse_port(port, &x.cfg.port, 0) < 0)
+  if (port && cfg_parse_port(port, &x.cfg.port, 0) < 0)
     return usage_error("--port '%s' is not a port (1-65535)", port);
-  if (dport && parse_port(dport, &x.cfg.diag_port, 1) < 0)
+  if (dport && cfg_parse_port(dport, &x.cfg.diag_port, 1) < 0)
     return usage_error("--diag-port '%s' is not a port (0-65535)", dport);
   if (x.cfg.diag_port && x.cfg.diag_port == x.cfg.port)
     return usage_error("the diag port %s must differ from the main port",
                        dport ? dport : "(diag_port)");
-  if (mport && parse_port(mport, &x.cfg.metrics_port, 1) < 0)
+  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
   if (maxconns) {
     char *end;

@@ -1000,13 +1000,25 @@ int cfg_find(const char *explicit_path, const char *role, char *out,
   return ZTNA_ERR_NOT_FOUND;
 }
 
+int cfg_parse_port(const char *s, uint16_t *out, int allow_zero)
+{
+  char *end;
+  long p;
+
+  errno = 0;
+  p = strtol(s, &end, 10);
+  if (errno || *end || end == s || p < (allow_zero ? 0 : 1) || p > 65535)
+    return ZTNA_ERR_MALFORMED;
+  *out = (uint16_t)p;
+  return 0;
+}
+
 int cfg_split_hostport(const char *s, char *host, size_t hostlen,
                        uint16_t *port)
 {
   const char *colon, *h = s;
   size_t hl;
-  char *end;
-  long p;
+  uint16_t p;
 
   if (s[0] == '[') {
     const char *rb = strchr(s, ']');
@@ -1023,12 +1035,10 @@ int cfg_split_hostport(const char *s, char *host, size_t hostlen,
   }
   if (hl == 0 || hl >= hostlen)
     return ZTNA_ERR_MALFORMED;
-  errno = 0;
-  p = strtol(colon + 1, &end, 10);
-  if (errno || *end || end == colon + 1 || p < 1 || p > 65535)
+  if (cfg_parse_port(colon + 1, &p, 0) < 0)
     return ZTNA_ERR_MALFORMED;
   memcpy(host, h, hl);
   host[hl] = '\0';
-  *port = (uint16_t)p;
+  *port = p;
   return 0;
 }

@@ -128,6 +128,8 @@ int cfg_find(const char *explicit_path, const char *role, char *out,
              size_t outlen);
 
 /* Splits "host:port" or "[v6]:port" into host and port. */
+/* A decimal port, 1-65535 (0 too with allow_zero), nothing else. */
+int cfg_parse_port(const char *s, uint16_t *out, int allow_zero);
 int cfg_split_hostport(const char *s, char *host, size_t hostlen,
                        uint16_t *port);
 

@@ -235,6 +235,15 @@ static void test_config_hostport(void **state)
   assert_true(cfg_split_hostport("::1:80", host, sizeof(host), &port) < 0);
   assert_true(cfg_split_hostport("h:0", host, sizeof(host), &port) < 0);
   assert_true(cfg_split_hostport("h:65536", host, sizeof(host), &port) < 0);
+  assert_int_equal(cfg_parse_port("4433", &port, 0), 0);
+  assert_int_equal(port, 4433);
+  assert_int_equal(cfg_parse_port("0", &port, 1), 0);
+  assert_int_equal(port, 0);
+  assert_true(cfg_parse_port("0", &port, 0) < 0);
+  assert_true(cfg_parse_port("", &port, 1) < 0);
+  assert_true(cfg_parse_port("12x", &port, 1) < 0);
+  assert_true(cfg_parse_port("-1", &port, 1) < 0);
+  assert_true(cfg_parse_port("99999999999999999999", &port, 1) < 0);
   assert_true(cfg_split_hostport("h:", host, sizeof(host), &port) < 0);
   assert_true(cfg_split_hostport(":80", host, sizeof(host), &port) < 0);
   assert_true(cfg_split_hostport("h:8x", host, sizeof(host), &port) < 0);
