@@ -1058,8 +1058,7 @@ int agent_main(int argc, char **argv)
   const char *svcargs[CFG_MAX_SERVICES];
   size_t nsvcargs = 0;
   int ch, check = 0, verbose = LOG_LVL_INFO, rv, no_direct = 0;
-  char err[512], *text;
-  size_t len;
+  char err[512];
   struct sockaddr_storage server_addr, bind_addr;
   struct quic_endpoint_config qc = { 0 };
   struct uplink_config uc = { 0 };
@@ -1096,17 +1095,10 @@ int agent_main(int argc, char **argv)
   log_init("agent", verbose);
   cfg_agent_defaults(&x.cfg);
   if ((config || !nsvcargs) &&
-      cfg_find(config, "agent", x.config_path, sizeof(x.config_path)) == 0) {
-    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
-    if (rv == 0) {
-      rv = cfg_agent_parse(&x.cfg, x.config_path, text, len, err,
-                           sizeof(err), warn_cb);
-      free(text);
-    }
-    if (rv < 0) {
-      fprintf(stderr, "ztna agent: %s\n", err);
-      return 1;
-    }
+      cfg_agent_load(&x.cfg, config, x.config_path, sizeof(x.config_path),
+                     err, sizeof(err), warn_cb) < 0) {
+    fprintf(stderr, "ztna agent: %s\n", err);
+    return 1;
   }
   if (server && cfg_split_hostport(server, x.cfg.server_host,
                                    sizeof(x.cfg.server_host),

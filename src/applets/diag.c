@@ -760,9 +760,8 @@ static int punch_main(int argc, char **argv)
   struct cfg_agent *cfg;
   const char *config = NULL, *server = NULL, *dport = NULL, *cert = NULL,
              *key = NULL, *ca = NULL, *service = NULL;
-  char path[CFG_PATH_MAX], err[512], *text;
+  char path[CFG_PATH_MAX], err[512];
   int ch, json = 0, verbose = LOG_LVL_WARN, rv, literal;
-  size_t len;
   uint16_t alt_port = 0;
   struct tls_config tc;
   struct quic_endpoint_config qc = { 0 };
@@ -796,18 +795,9 @@ static int punch_main(int argc, char **argv)
     return usage_error("%s", "out of memory");
   cfg_agent_defaults(cfg);
   if ((config || !server) &&
-      cfg_find(config, "agent", path, sizeof(path)) == 0) {
-    rv = cfg_read_file(path, &text, &len, err, sizeof(err));
-    if (rv == 0) {
-      rv = cfg_agent_parse(cfg, path, text, len, err, sizeof(err), warn_cb);
-      free(text);
-    }
-    if (rv < 0) {
-      fprintf(stderr, "ztna diag: %s\n", err);
-      return 1;
-    }
-  } else if (config) {
-    fprintf(stderr, "ztna diag: cannot read %s\n", config);
+      cfg_agent_load(cfg, config, path, sizeof(path), err, sizeof(err),
+                     warn_cb) < 0) {
+    fprintf(stderr, "ztna diag: %s\n", err);
     return 1;
   }
   if (server && cfg_split_hostport(server, cfg->server_host,

@@ -842,6 +842,24 @@ static int agent_member(struct doc *d, int key, int val, void *out)
   return 1;
 }
 
+int cfg_agent_load(struct cfg_agent *out, const char *explicit_path,
+                   char *path, size_t pathlen, char *err, size_t errlen,
+                   cfg_warn_fn warn)
+{
+  char *text;
+  size_t len;
+  int rv;
+
+  if (cfg_find(explicit_path, "agent", path, pathlen) < 0)
+    return 1;
+  rv = cfg_read_file(path, &text, &len, err, errlen);
+  if (rv < 0)
+    return rv;
+  rv = cfg_agent_parse(out, path, text, len, err, errlen, warn);
+  free(text);
+  return rv;
+}
+
 int cfg_agent_parse(struct cfg_agent *out, const char *name, const char *text,
                     size_t len, char *err, size_t errlen, cfg_warn_fn warn)
 {

@@ -113,6 +113,13 @@ int cfg_intermediate_parse(struct cfg_intermediate *out, const char *name,
 int cfg_connector_parse(struct cfg_connector *out, const char *name,
                         const char *text, size_t len, char *err, size_t errlen,
                         cfg_warn_fn warn);
+/* Finds the agent configuration (cfg_find: explicit_path, else the
+ * default places; the one used goes into path) and parses it into out.
+ * Returns 0, 1 when there is none (and none was named), or an error with
+ * err filled. */
+int cfg_agent_load(struct cfg_agent *out, const char *explicit_path,
+                   char *path, size_t pathlen, char *err, size_t errlen,
+                   cfg_warn_fn warn);
 int cfg_agent_parse(struct cfg_agent *out, const char *name, const char *text,
                     size_t len, char *err, size_t errlen, cfg_warn_fn warn);
 
