@@ -29,7 +29,9 @@ endif
 CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(WERROR) \
               -Isrc -Isrc/lwip -I$(DEPS)/include -I$(LWIP_SRC)/include
-LIBUV_A := $(shell ls /usr/lib/*/libuv_a.a 2>/dev/null | head -1)
+# Found by the linker when it runs, after deps.sh installed libuv1-dev (a
+# path looked up while make parses this file is empty on a fresh machine).
+LIBUV_A := -l:libuv_a.a
 DEP_LIBS := $(DEPS)/lib/libngtcp2_crypto_wolfssl.a $(DEPS)/lib/libngtcp2.a \
             $(DEPS)/lib/libwolfssl.a
 SYS_LIBS := -lm -lpthread -ldl
