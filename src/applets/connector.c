@@ -45,6 +45,9 @@
 
 #define UDP_IDLE_MS 60000
 #define MAX_UDP_FLOWS 4096
+#define MAX_UDP_PER_AGENT 512   /* one agent may not take every flow */
+#define MAX_TCP_SESSIONS 1024
+#define MAX_TCP_PER_AGENT 256   /* nor every TCP session */
 #define P2P_MAX_SESSIONS 32
 #define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
 #define CTL_ANSWERS_PER_SEC 200
@@ -1685,7 +1688,8 @@ int connector_main(int argc, char **argv)
     uv_timer_init(x.loop, &x.sess[i].timer);
     x.sess[i].timer.data = &x.sess[i];
   }
-  if (netstack_new(&x.ns, x.loop, &nio, 1024, 100) < 0)
+  if (netstack_new(&x.ns, x.loop, &nio, MAX_TCP_SESSIONS,
+                   MAX_TCP_PER_AGENT, 100) < 0)
     fatalx("cannot start the TCP stack");
   x.m = metrics_new();
   if (!x.m)

@@ -17,6 +17,12 @@
 #include "netstack.h"
 
 #define MAX_LISTENERS 16
+#define HASH_BUCKETS 4096 /* a power of two */
+/* A mapping's index (its synthetic address) is not handed out again for
+ * this long after it was freed: lwIP may still hold a half-open pcb for
+ * it (SYN_RCVD lives up to 20 s), whose segments must never reach the
+ * agent that would get the index next. */
+#define MAP_QUARANTINE_MS 30000
 #define LOCAL_ADDR 0x0afffffeu /* 10.255.255.254: lwIP's own address */
 #define SYNTH_BASE 0x0afe0000u /* 10.254.0.0/16: synthetic sources */
 #define SYNTH_MAX 65536
@@ -30,17 +36,32 @@ static const uint8_t SYNTH6[12] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e, 0x61,
 
 enum { S_PENDING, S_CONNECTED, S_OPEN, S_DEAD };
 
-struct mapping {
-  void *conn; /* NULL: free */
-  int version; /* 4 or 6 */
-  uint8_t agent[16], vip[16];
-  unsigned refs;
+/* One agent (the caller's conn) with TCP state here: its quota and its
+ * SYN token bucket, so that varying the addresses gains it nothing. */
+struct owner {
+  struct owner *hnext;
+  void *conn;
+  size_t sessions;   /* sessions of this owner, all states */
+  struct session *list; /* the same, linked by onext */
+  unsigned maps;     /* mappings in use */
   uint64_t tokens_ms; /* SYN token bucket: time of the last refill */
   double tokens;
 };
 
+struct mapping {
+  struct owner *owner; /* NULL: free */
+  uint32_t hnext;      /* hash chain (UINT32_MAX ends it) */
+  int version;         /* 4 or 6 */
+  uint8_t agent[16], vip[16];
+  unsigned refs;
+  uint64_t freed_ms;
+};
+
 struct session {
-  struct session *next, *prev;
+  struct session *next, *prev;   /* all sessions */
+  struct session *hnext;         /* hash chain */
+  struct session *onext, *oprev; /* the owner's sessions */
+  struct owner *owner;
   struct netstack *ns;
   uint32_t map; /* index into ns->maps */
   uint16_t sport, vport;
@@ -73,8 +94,13 @@ struct netstack {
   uv_timer_t tick;
   struct mapping *maps;
   size_t nmaps_max;
+  uint32_t map_hash[HASH_BUCKETS];
+  uint32_t *free_ring; /* free mapping indexes, oldest first */
+  size_t free_head, free_count;
+  struct owner *owners[HASH_BUCKETS];
   struct session *sessions;
-  size_t nsessions, max_sessions;
+  struct session *session_hash[HASH_BUCKETS];
+  size_t nsessions, max_sessions, max_per_owner;
   unsigned syn_rate;
   struct tcp_pcb *listeners[MAX_LISTENERS];
   uint16_t listen_ports[MAX_LISTENERS];
@@ -105,44 +131,149 @@ static uint32_t get32(const uint8_t *p)
          p[3];
 }
 
-/* --- mappings ------------------------------------------------------------- */
+/* --- owners and mappings --------------------------------------------------- */
 
-static struct mapping *map_find(struct netstack *ns, void *conn,
-                                int version, const uint8_t *agent,
-                                const uint8_t *vip, uint32_t *idx, int create)
+static uint32_t hash_bytes(uint32_t h, const void *p, size_t n)
 {
-  size_t free_slot = SIZE_MAX, alen = version == 4 ? 4 : 16;
+  const uint8_t *b = p;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 16777619u;
+  return h;
+}
 
-  for (size_t i = 0; i < ns->nmaps_max; i++) {
-    struct mapping *m = &ns->maps[i];
-    if (!m->conn) {
-      if (free_slot == SIZE_MAX)
-        free_slot = i;
-      continue;
+static uint32_t ptr_hash(const void *conn)
+{
+  uintptr_t v = (uintptr_t)conn;
+  return hash_bytes(2166136261u, &v, sizeof(v)) & (HASH_BUCKETS - 1);
+}
+
+static struct owner *owner_find(struct netstack *ns, void *conn)
+{
+  struct owner *o = ns->owners[ptr_hash(conn)];
+  while (o && o->conn != conn)
+    o = o->hnext;
+  return o;
+}
+
+static struct owner *owner_get(struct netstack *ns, void *conn)
+{
+  struct owner *o = owner_find(ns, conn);
+  uint32_t h;
+
+  if (o)
+    return o;
+  o = calloc(1, sizeof(*o));
+  if (!o)
+    return NULL;
+  o->conn = conn;
+  o->tokens = ns->syn_rate;
+  o->tokens_ms = uv_now(ns->loop);
+  h = ptr_hash(conn);
+  o->hnext = ns->owners[h];
+  ns->owners[h] = o;
+  return o;
+}
+
+/* Frees an owner that has nothing left here. */
+static void owner_put(struct netstack *ns, struct owner *o)
+{
+  struct owner **pp;
+
+  if (o->sessions || o->maps)
+    return;
+  for (pp = &ns->owners[ptr_hash(o->conn)]; *pp; pp = &(*pp)->hnext)
+    if (*pp == o) {
+      *pp = o->hnext;
+      break;
     }
-    if (m->conn == conn && m->version == version &&
+  free(o);
+}
+
+static uint32_t map_bucket(void *conn, int version, const uint8_t *agent,
+                           const uint8_t *vip)
+{
+  uintptr_t v = (uintptr_t)conn;
+  size_t alen = version == 4 ? 4 : 16;
+  uint32_t h = hash_bytes(2166136261u, &v, sizeof(v));
+
+  h = hash_bytes(h, agent, alen);
+  return hash_bytes(h, vip, alen) & (HASH_BUCKETS - 1);
+}
+
+static struct mapping *map_lookup(struct netstack *ns, void *conn,
+                                  int version, const uint8_t *agent,
+                                  const uint8_t *vip, uint32_t *idx)
+{
+  size_t alen = version == 4 ? 4 : 16;
+  uint32_t i = ns->map_hash[map_bucket(conn, version, agent, vip)];
+
+  for (; i != UINT32_MAX; i = ns->maps[i].hnext) {
+    struct mapping *m = &ns->maps[i];
+    if (m->owner->conn == conn && m->version == version &&
         !memcmp(m->agent, agent, alen) && !memcmp(m->vip, vip, alen)) {
-      *idx = (uint32_t)i;
+      *idx = i;
       return m;
     }
   }
-  if (!create || free_slot == SIZE_MAX)
+  return NULL;
+}
+
+/* A new mapping for owner o: the index freed longest ago, if its
+ * quarantine is over. NULL when none is free. */
+static struct mapping *map_new(struct netstack *ns, struct owner *o,
+                               int version, const uint8_t *agent,
+                               const uint8_t *vip, uint32_t *idx)
+{
+  size_t alen = version == 4 ? 4 : 16;
+  uint32_t i, b;
+  struct mapping *m;
+
+  if (ns->free_count == 0)
     return NULL;
-  memset(&ns->maps[free_slot], 0, sizeof(ns->maps[0]));
-  ns->maps[free_slot].conn = conn;
-  ns->maps[free_slot].version = version;
-  memcpy(ns->maps[free_slot].agent, agent, alen);
-  memcpy(ns->maps[free_slot].vip, vip, alen);
-  ns->maps[free_slot].tokens = ns->syn_rate;
-  ns->maps[free_slot].tokens_ms = uv_now(ns->loop);
-  *idx = (uint32_t)free_slot;
-  return &ns->maps[free_slot];
+  i = ns->free_ring[ns->free_head];
+  m = &ns->maps[i];
+  if (m->freed_ms && uv_now(ns->loop) - m->freed_ms < MAP_QUARANTINE_MS)
+    return NULL;
+  ns->free_head = (ns->free_head + 1) % ns->nmaps_max;
+  ns->free_count--;
+  memset(m, 0, sizeof(*m));
+  m->owner = o;
+  m->version = version;
+  memcpy(m->agent, agent, alen);
+  memcpy(m->vip, vip, alen);
+  b = map_bucket(o->conn, version, agent, vip);
+  m->hnext = ns->map_hash[b];
+  ns->map_hash[b] = i;
+  o->maps++;
+  *idx = i;
+  return m;
+}
+
+static void map_release(struct netstack *ns, uint32_t idx)
+{
+  struct mapping *m = &ns->maps[idx];
+  struct owner *o = m->owner;
+  uint32_t *pp = &ns->map_hash[map_bucket(o->conn, m->version, m->agent,
+                                          m->vip)];
+
+  while (*pp != UINT32_MAX && *pp != idx)
+    pp = &ns->maps[*pp].hnext;
+  if (*pp == idx)
+    *pp = m->hnext;
+  m->owner = NULL;
+  m->freed_ms = uv_now(ns->loop);
+  if (!m->freed_ms)
+    m->freed_ms = 1;
+  ns->free_ring[(ns->free_head + ns->free_count) % ns->nmaps_max] = idx;
+  ns->free_count++;
+  o->maps--;
+  owner_put(ns, o);
 }
 
 static void map_unref(struct netstack *ns, uint32_t idx)
 {
   if (ns->maps[idx].refs > 0 && --ns->maps[idx].refs == 0)
-    ns->maps[idx].conn = NULL;
+    map_release(ns, idx);
 }
 
 /* --- lwIP output: back to real addresses -------------------------------- */
@@ -168,11 +299,11 @@ static void to_agent(struct netstack *ns, uint8_t *pkt, size_t n)
   if (idx >= ns->nmaps_max)
     return;
   m = &ns->maps[idx];
-  if (!m->conn || m->version != ip.version)
+  if (!m->owner || m->version != ip.version)
     return;
   ippkt_rewrite_addr(pkt, n, 0, m->vip);
   ippkt_rewrite_addr(pkt, n, 1, m->agent);
-  ns->io.send(m->conn, pkt, n, ns->io.ud);
+  ns->io.send(m->owner->conn, pkt, n, ns->io.ud);
 }
 
 static err_t netif_output_cb(struct netif *netif, struct pbuf *p,
@@ -207,13 +338,20 @@ static err_t netif_init_cb(struct netif *netif)
 
 /* --- sessions ------------------------------------------------------------ */
 
+static uint32_t session_bucket(uint32_t map, uint16_t sport, uint16_t vport)
+{
+  uint32_t h = map * 2654435761u ^ ((uint32_t)sport << 16 | vport);
+  return (h ^ h >> 15) * 2246822519u >> 20 & (HASH_BUCKETS - 1);
+}
+
 static struct session *session_find(struct netstack *ns, uint32_t map,
                                     uint16_t sport, uint16_t vport)
 {
-  for (struct session *s = ns->sessions; s; s = s->next)
-    if (s->map == map && s->sport == sport && s->vport == vport)
-      return s;
-  return NULL;
+  struct session *s = ns->session_hash[session_bucket(map, sport, vport)];
+
+  while (s && !(s->map == map && s->sport == sport && s->vport == vport))
+    s = s->hnext;
+  return s;
 }
 
 static void handle_closed(uv_handle_t *h)
@@ -242,9 +380,24 @@ static void session_free(struct session *s, int reset_backend)
     ns->sessions = s->next;
   if (s->next)
     s->next->prev = s->prev;
+  {
+    struct session **pp =
+        &ns->session_hash[session_bucket(s->map, s->sport, s->vport)];
+    while (*pp && *pp != s)
+      pp = &(*pp)->hnext;
+    if (*pp)
+      *pp = s->hnext;
+  }
+  if (s->oprev)
+    s->oprev->onext = s->onext;
+  else
+    s->owner->list = s->onext;
+  if (s->onext)
+    s->onext->oprev = s->oprev;
+  s->owner->sessions--;
   ns->nsessions--;
   ns->st.sessions_active = ns->nsessions;
-  map_unref(ns, s->map);
+  map_unref(ns, s->map); /* may free the owner */
   uv_close((uv_handle_t *)&s->timer, handle_closed);
   if (reset_backend && uv_is_active((uv_handle_t *)&s->backend))
     uv_tcp_close_reset(&s->backend, handle_closed);
@@ -276,19 +429,29 @@ static void session_abort(struct session *s)
   session_free(s, 1);
 }
 
-static void maybe_finish(struct session *s)
+/* Both directions are done once the agent sent its FIN, the backend has
+ * every byte, and lwIP sent our FIN. The session (and with it the mapping
+ * that routes lwIP's segments to this agent) lives on until lwIP has
+ * delivered everything: either the pcb reaches TIME_WAIT (all our data
+ * and FIN acknowledged; we free it there without a RST), or LAST_ACK ends
+ * and lwIP reports ERR_CLSD through lwip_err. Never tcp_close() with data
+ * unacknowledged: the retransmissions would lose their way.
+ * Returns 1 when it aborted the pcb (inside an lwIP callback the caller
+ * must then return ERR_ABRT). */
+static int maybe_finish(struct session *s)
 {
+  struct tcp_pcb *pcb = s->pcb;
+
   if (s->state != S_OPEN || !s->agent_fin || !s->lwip_fin ||
       s->inflight > 0 || s->pendlen > 0)
-    return;
-  /* Both directions are done: close the agent side gracefully. */
-  if (s->pcb) {
-    struct tcp_pcb *pcb = s->pcb;
-    detach_pcb(s);
-    if (tcp_close(pcb) != ERR_OK)
-      tcp_abort(pcb);
-  }
+    return 0;
+  if (pcb && pcb->state != TIME_WAIT && pcb->state != CLOSED)
+    return 0; /* our data or FIN still unacknowledged: wait */
+  detach_pcb(s);
+  if (pcb)
+    tcp_abort(pcb); /* TIME_WAIT: freed at once, no RST */
   session_free(s, 0);
+  return pcb != NULL;
 }
 
 /* --- backend to agent ------------------------------------------------------ */
@@ -321,13 +484,14 @@ static int flush_pending(struct session *s)
   return s->pendlen ? -1 : 0;
 }
 
-static void send_fin_to_agent(struct session *s)
+/* Returns 1 when the pcb was aborted (see maybe_finish). */
+static int send_fin_to_agent(struct session *s)
 {
   if (s->backend_eof && !s->lwip_fin && s->pendlen == 0 && s->pcb) {
     tcp_shutdown(s->pcb, 0, 1);
     s->lwip_fin = 1;
-    maybe_finish(s);
   }
+  return maybe_finish(s);
 }
 
 static void backend_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -359,25 +523,27 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
       uv_read_stop(st);
       s->reading = 0;
       s->backend_eof = 1;
-      send_fin_to_agent(s);
+      (void)send_fin_to_agent(s);
     } else {
       log_debug("tcp: backend error: %s", uv_strerror((int)n));
       session_abort(s);
     }
     return;
   }
-  s->pending = malloc((size_t)n);
-  if (!s->pending) {
-    free(buf->base);
-    session_abort(s);
-    return;
-  }
-  memcpy(s->pending, buf->base, (size_t)n);
+  /* The read buffer becomes the pending buffer (backend_alloc only reads
+   * while nothing is pending); it is freed once lwIP took all of it. */
+  free(s->pending);
+  s->pending = (uint8_t *)buf->base;
   s->pendlen = (size_t)n;
-  free(buf->base);
-  if (flush_pending(s) == -1) {
+  switch (flush_pending(s)) {
+  case 0:
+    free(s->pending);
+    s->pending = NULL;
+    break;
+  case -1:
     uv_read_stop(st);
     s->reading = 0;
+    break;
   }
 }
 
@@ -408,9 +574,8 @@ static err_t lwip_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
     s->pending = NULL;
   }
   if (s->backend_eof)
-    send_fin_to_agent(s);
-  else
-    start_reading(s);
+    return send_fin_to_agent(s) ? ERR_ABRT : ERR_OK;
+  start_reading(s);
   return ERR_OK;
 }
 
@@ -454,7 +619,7 @@ static void backend_written(uv_write_t *req, int status)
     s->backend_shut = 1;
     uv_shutdown(&s->sreq, (uv_stream_t *)&s->backend, backend_shutdown_cb);
   }
-  maybe_finish(s);
+  (void)maybe_finish(s);
 }
 
 static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
@@ -478,8 +643,7 @@ static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
       s->backend_shut = 1;
       uv_shutdown(&s->sreq, (uv_stream_t *)&s->backend, backend_shutdown_cb);
     }
-    maybe_finish(s);
-    return ERR_OK;
+    return maybe_finish(s) ? ERR_ABRT : ERR_OK;
   }
   w = malloc(sizeof(*w) + p->tot_len);
   if (!w) {
@@ -506,12 +670,17 @@ static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
 static void lwip_err(void *arg, err_t err)
 {
   struct session *s = arg;
-  (void)err;
 
-  /* lwIP already freed the pcb (an RST from the agent, or abort). */
+  /* lwIP already freed the pcb: ERR_CLSD when LAST_ACK ended normally
+   * (every byte and our FIN acknowledged), otherwise an RST from the
+   * agent or lwIP giving up. */
   if (!s)
     return;
   s->pcb = NULL;
+  if (err == ERR_CLSD && s->agent_fin && s->lwip_fin) {
+    session_free(s, 0);
+    return;
+  }
   s->ns->st.resets++;
   session_free(s, 1);
 }
@@ -660,18 +829,29 @@ static void backend_connected(uv_connect_t *req, int status)
   s->syn = NULL;
 }
 
-static int syn_allowed(struct netstack *ns, struct mapping *m)
+static int syn_allowed(struct netstack *ns, struct owner *o)
 {
   uint64_t now = uv_now(ns->loop);
 
-  m->tokens += (double)(now - m->tokens_ms) * ns->syn_rate / 1000.0;
-  if (m->tokens > ns->syn_rate)
-    m->tokens = ns->syn_rate;
-  m->tokens_ms = now;
-  if (m->tokens < 1.0)
+  o->tokens += (double)(now - o->tokens_ms) * ns->syn_rate / 1000.0;
+  if (o->tokens > ns->syn_rate)
+    o->tokens = ns->syn_rate;
+  o->tokens_ms = now;
+  if (o->tokens < 1.0)
     return 0;
-  m->tokens -= 1.0;
+  o->tokens -= 1.0;
   return 1;
+}
+
+/* Answers a SYN we will not take with a RST (real addresses). */
+static void reset_syn(struct netstack *ns, void *conn, const uint8_t *pkt,
+                      size_t n)
+{
+  uint8_t rst[80];
+  int k = ippkt_build_rst(rst, sizeof(rst), pkt, n);
+
+  if (k > 0)
+    ns->io.send(conn, rst, (size_t)k, ns->io.ud);
 }
 
 void netstack_input(struct netstack *ns, void *conn,
@@ -683,9 +863,10 @@ void netstack_input(struct netstack *ns, void *conn,
   size_t tlen;
   uint8_t buf[65536], local[16], synth[16];
   uint16_t sport, vport;
-  uint32_t idx;
+  uint32_t idx, b;
   struct mapping *m;
   struct session *s;
+  struct owner *o;
   int syn;
 
   if (ippkt_parse(pkt, n, &ip) < 0 || n > sizeof(buf))
@@ -696,9 +877,31 @@ void netstack_input(struct netstack *ns, void *conn,
   sport = (uint16_t)(t[0] << 8 | t[1]);
   vport = (uint16_t)(t[2] << 8 | t[3]);
   syn = (t[13] & 0x12) == 0x02; /* SYN without ACK */
-  m = map_find(ns, conn, ip.version, ip.src, ip.dst, &idx, syn);
-  if (!m)
-    return; /* no connection of ours: nothing to answer for */
+  m = map_lookup(ns, conn, ip.version, ip.src, ip.dst, &idx);
+  if (!m) {
+    if (!syn)
+      return; /* no connection of ours: nothing to answer for */
+    o = owner_get(ns, conn);
+    if (!o) {
+      log_warnx("tcp: out of memory");
+      return;
+    }
+    /* The quota and the rate belong to the agent, whatever addresses it
+     * uses. */
+    if (!syn_allowed(ns, o)) {
+      ns->st.syn_limited++;
+      owner_put(ns, o);
+      return;
+    }
+    if (o->sessions >= ns->max_per_owner || ns->nsessions >= ns->max_sessions ||
+        !(m = map_new(ns, o, ip.version, ip.src, ip.dst, &idx))) {
+      ns->st.limit++;
+      owner_put(ns, o);
+      reset_syn(ns, conn, pkt, n);
+      return;
+    }
+  }
+  o = m->owner;
   /* Inside lwIP: the synthetic source, the netif's own address. */
   memcpy(buf, pkt, n);
   if (ip.version == 4) {
@@ -721,35 +924,21 @@ void netstack_input(struct netstack *ns, void *conn,
     feed(ns, buf, n); /* lwIP answers what it does not know with RST */
     return;
   }
-  if (!syn_allowed(ns, m)) {
+  if (m->refs && !syn_allowed(ns, o)) {
     ns->st.syn_limited++;
-    if (!m->refs)
-      m->conn = NULL;
     return;
   }
-  s = calloc(1, sizeof(*s));
-  if (!s || ns->nsessions >= ns->max_sessions) {
-    if (!s)
-      log_warnx("tcp: out of memory");
-    else
-      ns->st.limit++;
+  if (o->sessions >= ns->max_per_owner || ns->nsessions >= ns->max_sessions) {
+    ns->st.limit++;
+    s = NULL;
+  } else if ((s = calloc(1, sizeof(*s))) && !(s->syn = malloc(n))) {
     free(s);
     s = NULL;
   }
-  if (s) {
-    s->syn = malloc(n);
-    if (!s->syn) {
-      free(s);
-      s = NULL;
-    }
-  }
   if (!s) {
-    uint8_t rst[80];
-    int k = ippkt_build_rst(rst, sizeof(rst), buf, n);
-    if (k > 0)
-      to_agent(ns, rst, (size_t)k);
+    reset_syn(ns, conn, pkt, n);
     if (!m->refs)
-      m->conn = NULL;
+      map_release(ns, idx);
     return;
   }
   memcpy(s->syn, buf, n);
@@ -759,6 +948,7 @@ void netstack_input(struct netstack *ns, void *conn,
   s->sport = sport;
   s->vport = vport;
   s->state = S_PENDING;
+  s->owner = o;
   m->refs++;
   uv_tcp_init(ns->loop, &s->backend);
   uv_timer_init(ns->loop, &s->timer);
@@ -768,6 +958,14 @@ void netstack_input(struct netstack *ns, void *conn,
   if (ns->sessions)
     ns->sessions->prev = s;
   ns->sessions = s;
+  b = session_bucket(idx, sport, vport);
+  s->hnext = ns->session_hash[b];
+  ns->session_hash[b] = s;
+  s->onext = o->list;
+  if (o->list)
+    o->list->oprev = s;
+  o->list = s;
+  o->sessions++;
   ns->nsessions++;
   ns->st.sessions_active = ns->nsessions;
   uv_tcp_nodelay(&s->backend, 1);
@@ -783,24 +981,17 @@ void netstack_input(struct netstack *ns, void *conn,
 
 void netstack_conn_gone(struct netstack *ns, void *conn)
 {
-  struct session *s = ns->sessions, *next;
+  struct owner *o;
 
-  for (; s; s = next) {
-    next = s->next;
-    if (ns->maps[s->map].conn == conn)
-      session_abort(s);
-  }
-  for (size_t i = 0; i < ns->nmaps_max; i++)
-    if (ns->maps[i].conn == conn)
-      ns->maps[i].conn = NULL;
+  /* Aborting the last session frees the owner: look it up each time. */
+  while ((o = owner_find(ns, conn)) && o->list)
+    session_abort(o->list);
 }
 
 size_t netstack_conn_sessions(struct netstack *ns, void *conn)
 {
-  size_t n = 0;
-  for (struct session *s = ns->sessions; s; s = s->next)
-    n += ns->maps[s->map].conn == conn;
-  return n;
+  struct owner *o = owner_find(ns, conn);
+  return o ? o->sessions : 0;
 }
 
 /* --- lifecycle ---------------------------------------------------------------- */
@@ -827,7 +1018,7 @@ static void tick_cb(uv_timer_t *t)
 
 int netstack_new(struct netstack **out, uv_loop_t *loop,
                  const struct netstack_io *io, size_t max_sessions,
-                 unsigned syn_rate)
+                 size_t max_per_owner, unsigned syn_rate)
 {
   static int lwip_ready;
   struct netstack *ns;
@@ -844,13 +1035,23 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   ns->loop = loop;
   ns->io = *io;
   ns->max_sessions = max_sessions ? max_sessions : 1024;
+  ns->max_per_owner = max_per_owner ? max_per_owner : ns->max_sessions;
   ns->syn_rate = syn_rate ? syn_rate : 100;
-  ns->nmaps_max = ns->max_sessions < SYNTH_MAX ? ns->max_sessions : SYNTH_MAX;
+  /* Every synthetic address: freed indexes wait out their quarantine
+   * at the back of the queue. */
+  ns->nmaps_max = SYNTH_MAX;
   ns->maps = calloc(ns->nmaps_max, sizeof(*ns->maps));
-  if (!ns->maps) {
+  ns->free_ring = calloc(ns->nmaps_max, sizeof(*ns->free_ring));
+  if (!ns->maps || !ns->free_ring) {
+    free(ns->maps);
+    free(ns->free_ring);
     free(ns);
     return -ENOMEM;
   }
+  for (size_t i = 0; i < ns->nmaps_max; i++)
+    ns->free_ring[i] = (uint32_t)i;
+  ns->free_count = ns->nmaps_max;
+  memset(ns->map_hash, 0xff, sizeof(ns->map_hash));
   the = ns;
   if (!lwip_ready) {
     lwip_init();
@@ -867,6 +1068,7 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
     netif_remove(&ns->netif);
     the = NULL;
     free(ns->maps);
+    free(ns->free_ring);
     free(ns);
     return ZTNA_ERR_STATE;
   }
@@ -885,6 +1087,7 @@ static void tick_closed(uv_handle_t *h)
 {
   struct netstack *ns = h->data;
   free(ns->maps);
+  free(ns->free_ring);
   free(ns);
 }
 

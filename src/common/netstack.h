@@ -46,11 +46,13 @@ struct netstack_stats {
 
 #define NETSTACK_CONNECT_TIMEOUT_MS 5000
 
-/* max_sessions: spliced connections at once; syn_rate: new connections per
- * second per agent address. Only one netstack may exist. */
+/* max_sessions: spliced connections at once; max_per_owner: of those, for
+ * one conn (one agent), so that one agent cannot starve the others (0: no
+ * own bound); syn_rate: new connections per second per conn, whatever
+ * addresses it uses. Lookups are hashed. Only one netstack may exist. */
 int netstack_new(struct netstack **out, uv_loop_t *loop,
                  const struct netstack_io *io, size_t max_sessions,
-                 unsigned syn_rate);
+                 size_t max_per_owner, unsigned syn_rate);
 /* Aborts every session; memory goes once the loop has run. */
 void netstack_del(struct netstack *ns);
 

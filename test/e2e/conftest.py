@@ -8,7 +8,7 @@ import pytest
 from netns import Net
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ZTNA = ROOT / "ztna"
+ZTNA = pathlib.Path(os.environ.get("ZTNA_BIN") or ROOT / "ztna")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ SERVICES = {  # id: (virtual IP, backend, protocol)
     "echo": ("10.100.0.4", BACKEND + ":7", "udp"),
     "iperf": ("10.100.0.5", BACKEND + ":5201", "both"),
     "closed": ("10.100.0.6", BACKEND + ":81", "tcp"),  # nothing listens
+    "hc": ("10.100.0.7", BACKEND + ":9000", "tcp"),  # HALF_CLOSE below
     # IPv6 virtual IPs in front of the same (IPv4) backends.
     "web6": ("fd10:100::2", BACKEND + ":80", "tcp"),
     "echo6": ("fd10:100::4", BACKEND + ":7", "udp"),
@@ -34,6 +35,31 @@ print("ready", flush=True)
 while True:
     d, a = s.recvfrom(65535)
     s.sendto(d, a)
+"""
+
+# Reads a request until the client's FIN, then answers 100,000 copies of
+# the request's first byte and closes: a client that half-closes must get
+# every byte, and nobody else any.
+HALF_CLOSE = r"""
+import socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9000))
+s.listen(128)
+print("ready", flush=True)
+def serve(c):
+    with c:
+        req = b""
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            req += d
+        if req:
+            c.sendall(req[:1] * 100000)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
 
@@ -126,6 +152,10 @@ http {
                          stdout=subprocess.PIPE, text=True)
         assert echo.stdout.readline().strip() == "ready"
         self.procs["echo"] = echo
+        hc = net.popen(ns, [sys.executable, "-c", HALF_CLOSE, BACKEND],
+                       stdout=subprocess.PIPE, text=True)
+        assert hc.stdout.readline().strip() == "ready"
+        self.procs["halfclose"] = hc
         self.procs["iperf3"] = net.popen(
             ns, ["iperf3", "-s", "-B", BACKEND, "-p", "5201"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,7 +10,9 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ZTNA = str(ROOT / "ztna")
+# ZTNA_BIN runs the suites against another build (the sanitizer pass uses
+# an ASan+UBSan binary).
+ZTNA = os.environ.get("ZTNA_BIN") or str(ROOT / "ztna")
 ZCLIENT = str(ROOT / "build" / "zclient")
 
 

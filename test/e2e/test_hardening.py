@@ -1,0 +1,174 @@
+"""Defects found by review, each reproduced here against real peers:
+memory that grows with volume, TCP state that outlives its agent, one
+agent's packets reaching another, and daemons that touch freed memory
+when signals arrive during shutdown."""
+import os
+import signal
+import socket  # noqa: F401
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from datapath import BACKEND, SERVICES, World, sha256  # noqa: F401
+from netns import Net
+from ztna import wait_for
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for namespaces and TUN devices")
+    net = Net(tag="hd")
+    w = None
+    try:
+        w = World(net, tmp_path_factory.mktemp("hardening"))
+        yield w
+    finally:
+        if w:
+            w.stop()
+        net.cleanup()
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def connector_pid(world):
+    """The connector's own pid (under a wrapper it is a child)."""
+    p = world.procs["connector"]
+    out = subprocess.run(["pgrep", "-f", "ztna connector"],
+                         capture_output=True, text=True).stdout.split()
+    pids = [int(x) for x in out]
+    assert pids, "no connector process"
+    return p.pid if p.pid in pids else max(pids)
+
+
+def download(world, url, times):
+    """Fetches url times over, discarding the bytes; returns curl's
+    total size."""
+    total = 0
+    for _ in range(times):
+        p = world.run(["curl", "-s", "-S", "-m", "120", "-o", "/dev/null",
+                       "-w", "%{size_download}", url], check=False,
+                      timeout=150)
+        assert p.returncode == 0, p.stderr
+        total += int(p.stdout)
+    return total
+
+
+@pytest.mark.parametrize("path", ["direct", "relay"])
+def test_connector_memory_flat_over_1gb(world, path):
+    """Item 1: every backend-to-agent read buffer used to leak (RSS grew
+    by about the volume downloaded)."""
+    world.make_file("chunk.bin", 100 << 20)
+    url = "http://%s/chunk.bin" % SERVICES["web"][0]
+    if path == "relay":
+        world.block_direct()
+        wait_for(lambda: world.path() == "relay", timeout=30,
+                 what="relay path")
+    else:
+        wait_for(lambda: world.path() == "direct", timeout=60,
+                 what="direct path")
+    try:
+        pid = connector_pid(world)
+        download(world, url, 1)  # warm up: pools and buffers settle
+        before = rss_kb(pid)
+        got = download(world, url, 10)
+        after = rss_kb(pid)
+        assert got == 10 * (100 << 20)
+        assert world.path() == path
+        assert after - before <= 16 * 1024, \
+            "connector RSS grew by %d kB over 1 GB" % (after - before)
+    finally:
+        if path == "relay":
+            world.unblock_direct()
+
+
+HALF_CLIENT = r"""
+import socket, sys
+tag, vip, rounds = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3])
+bad = 0
+for i in range(rounds):
+    got = b""
+    try:
+        s = socket.create_connection((vip, 9000), timeout=10)
+        s.sendall(tag * 100)
+        s.shutdown(socket.SHUT_WR)  # half-close, then read the answer
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+    except OSError as e:
+        print("round %d: %s" % (i, e), file=sys.stderr)
+    if len(got) != 100000 or got.strip(tag):
+        bad += 1
+        print("round %d: %d bytes, foreign %d" % (i, len(got),
+              len(got.replace(tag, b""))), file=sys.stderr)
+print(bad)
+"""
+
+# Watches a TUN for TCP payload bytes of a tag that is not its own.
+SNIFF = r"""
+import socket, sys, time
+foreign = sys.argv[1].encode() * 64
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+s.bind((sys.argv[2], 0))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[3])
+seen = 0
+print("ready", flush=True)
+while time.time() < end:
+    try:
+        d = s.recv(65536)
+    except socket.timeout:
+        continue
+    if foreign in d:
+        seen += 1
+print(seen)
+"""
+
+
+def test_half_close_gets_everything_and_nobody_else_does(world):
+    """Item 2: the connector freed a session's address mapping while lwIP
+    still held unacknowledged data: a half-closing agent got a truncated
+    answer and the retransmissions reached whichever agent took the
+    mapping next."""
+    net = world.net
+    ns2 = net.ns("agent2")
+    net.link(ns2, "192.0.2.50/28", world.nat_a, "192.0.2.49/28")
+    net.route(ns2, "default", "192.0.2.49")
+    world.start_agent("agent2", ns2, "bob", tunnel="100.64.0.1", port=9093)
+    vip = SERVICES["hc"][0]
+    sniff = None
+    try:
+        sniff = net.popen(ns2, [sys.executable, "-c", SNIFF, "A", "ztna0",
+                                "40"], stdout=subprocess.PIPE, text=True)
+        assert sniff.stdout.readline().strip() == "ready"
+        pa = net.popen(world.agent_ns, [sys.executable, "-c", HALF_CLIENT,
+                                        "A", vip, "15"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+        pb = net.popen(ns2, [sys.executable, "-c", HALF_CLIENT, "B", vip,
+                             "30"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+        out_a, err_a = pa.communicate(timeout=200)
+        out_b, err_b = pb.communicate(timeout=200)
+        assert out_a.strip() == "0", err_a
+        assert out_b.strip() == "0", err_b
+        assert sniff.communicate(timeout=60)[0].strip() == "0", \
+            "agent B's TUN saw agent A's bytes"
+    finally:
+        if sniff and sniff.poll() is None:
+            sniff.kill()
+        world.procs["agent2"].terminate()
+        world.procs["agent2"].wait(10)
