@@ -16,7 +16,8 @@ CC ?= cc
 CLANG ?= clang
 PREFIX ?= /usr/local
 DESTDIR ?=
-BUILD := build
+BUILD ?= build
+BIN ?= ztna
 DEPS := third_party/prefix
 STAMP := $(DEPS)/.ztna-built
 LWIP_SRC := $(DEPS)/lwip
@@ -39,7 +40,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p
+COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)
@@ -54,7 +55,7 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
-        distclean format demo bench
+        distclean format demo bench sanitize lint
 all: ztna
 
 deps: $(STAMP)
@@ -84,7 +85,7 @@ $(BUILD)/liblwip.a: $(LWIP_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-ztna: $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
+$(BIN): $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) \
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
 
@@ -95,24 +96,24 @@ UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) -lcmocka $(SYS_LIBS)
 
 # Certificates for the transport test, made by our own keygen.
-$(BUILD)/test/certs/.done: ztna
+$(BUILD)/test/certs/.done: $(BIN)
 	rm -rf $(@D) && mkdir -p $(@D)
-	./ztna keygen ca --out $(@D) >/dev/null
-	./ztna keygen issue --ca $(@D) --role intermediate --name server \
+	./$(BIN) keygen ca --out $(@D) >/dev/null
+	./$(BIN) keygen issue --ca $(@D) --role intermediate --name server \
 	  --ip 127.0.0.1 --out $(@D) >/dev/null
-	./ztna keygen issue --ca $(@D) --role agent --name client \
+	./$(BIN) keygen issue --ca $(@D) --role agent --name client \
 	  --service echo --out $(@D) >/dev/null
-	./ztna keygen issue --ca $(@D) --role agent --name expired \
+	./$(BIN) keygen issue --ca $(@D) --role agent --name expired \
 	  --service echo --not-before 2020-01-01 --days 30 --out $(@D) >/dev/null
-	./ztna keygen issue --ca $(@D) --role intermediate --name expired-server \
+	./$(BIN) keygen issue --ca $(@D) --role intermediate --name expired-server \
 	  --not-before 2020-01-01 --days 30 --out $(@D) >/dev/null
 	mkdir -p $(@D)/other
-	./ztna keygen ca --out $(@D)/other >/dev/null
-	./ztna keygen issue --ca $(@D)/other --role agent --name rogue \
+	./$(BIN) keygen ca --out $(@D)/other >/dev/null
+	./$(BIN) keygen issue --ca $(@D)/other --role agent --name rogue \
 	  --service echo --out $(@D)/other >/dev/null
 	touch $@
 
@@ -177,9 +178,40 @@ e2e: ztna $(BUILD)/zclient
 	$(PYTEST) -v test/e2e
 
 check: ztna
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-short
 	@$(MAKE) --no-print-directory e2e
+	@$(MAKE) --no-print-directory sanitize
+
+# The sanitizer pass: the unit tests, and the data-path, direct-path and
+# hardening e2e suites with every daemon built with ASan+UBSan. Reports go
+# to files (ASAN_OPTIONS log_path); the e2e session fails on any of them,
+# leaks at exit included. The fuzz targets are sanitized already.
+SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+  -fno-sanitize-recover=undefined
+SAN_BUILD := $(BUILD)/asan
+SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
+  test/e2e/test_direct.py test/e2e/test_hardening.py \
+  test/e2e/test_zz_sanitizer.py
+sanitize:
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
+	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit
+	rm -rf $(SAN_BUILD)/reports && mkdir -p $(SAN_BUILD)/reports
+	ZTNA_BIN=$(CURDIR)/$(SAN_BUILD)/ztna \
+	ZTNA_SAN_REPORTS=$(CURDIR)/$(SAN_BUILD)/reports \
+	ASAN_OPTIONS=log_path=$(CURDIR)/$(SAN_BUILD)/reports/asan:detect_leaks=1 \
+	UBSAN_OPTIONS=log_path=$(CURDIR)/$(SAN_BUILD)/reports/ubsan:print_stacktrace=1 \
+	  $(PYTEST) -v $(SAN_E2E)
+
+# Mistakes of a kind that only a fresh machine would show: paths of
+# installed files looked up while make parses this file (before deps.sh
+# has installed anything).
+lint:
+	@if grep -nE '^[A-Za-z_]+ *:= *\$$\(shell (ls|find|pkg-config)' \
+	    Makefile; then \
+	  echo "lint: resolve installed paths at link time, not parse time"; \
+	  exit 1; fi
 
 # The main job, shown on this machine (root: namespaces and a TUN).
 demo: ztna

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 
 #include "../applets.h"
 #include "config.h"
+#include "daemon.h"
 #include "err.h"
 #include "ippkt.h"
 #include "log.h"
@@ -170,7 +172,7 @@ struct actx {
   struct metric *mx_drops[A_COUNT], *mx_tx, *mx_rx, *mx_txb, *mx_rxb,
       *mx_up, *mx_reconn;
   uv_signal_t sigterm, sigint, sighup;
-  uv_timer_t stop;
+  struct daemon_drain drain;
   int stopping;
   uint8_t buf[65536];
 };
@@ -915,20 +917,19 @@ static void close_handle(uv_handle_t *h)
     uv_close(h, NULL);
 }
 
-static void stop_done(uv_timer_t *t)
+/* The drain is over: every close packet has left. */
+static void stop_done(void *ud)
 {
-  struct actx *x = t->data;
+  struct actx *x = ud;
 
-  routes(x, 0);
-  uv_poll_stop(&x->poll);
-  close_handle((uv_handle_t *)&x->poll);
   quic_endpoint_del(x->ep);
-  metrics_http_stop(x->http);
+  x->ep = NULL;
   close_handle((uv_handle_t *)&x->sigterm);
   close_handle((uv_handle_t *)&x->sigint);
   close_handle((uv_handle_t *)&x->sighup);
-  close_handle((uv_handle_t *)&x->stop);
-  close_handle((uv_handle_t *)&x->p2p_tick);
+  /* A reload asked for from now on is moot: ignore it rather than die of
+   * SIGHUP's default action. */
+  signal(SIGHUP, SIG_IGN);
 }
 
 static void on_terminate(uv_signal_t *s, int signum)
@@ -939,6 +940,14 @@ static void on_terminate(uv_signal_t *s, int signum)
     return;
   x->stopping = 1;
   log_info("signal %d: shutting down", signum);
+  /* Nothing may call into what goes away below: no metrics, no packets
+   * from the TUN (on_hup ignores reloads from now on). */
+  metrics_http_stop(x->http);
+  x->http = NULL;
+  routes(x, 0);
+  uv_poll_stop(&x->poll);
+  close_handle((uv_handle_t *)&x->poll);
+  close_handle((uv_handle_t *)&x->p2p_tick);
   for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
     struct adirect *d = &x->directs[i];
     struct quic_conn *c = d->c;
@@ -955,9 +964,9 @@ static void on_terminate(uv_signal_t *s, int signum)
       a->pc = NULL;
     }
   }
-  uv_timer_stop(&x->p2p_tick);
   uplink_del(x->up, "agent shutting down");
-  uv_timer_start(&x->stop, stop_done, 200, 0);
+  x->up = NULL;
+  daemon_drain_start(&x->drain, x->loop, &x->ep, 1, stop_done, x);
 }
 
 static int make_tls(struct actx *x, struct tls_ctx **out)
@@ -983,6 +992,8 @@ static void on_hup(uv_signal_t *s, int signum)
   struct tls_ctx *tls;
   (void)signum;
 
+  if (x->stopping)
+    return;
   if (make_tls(x, &tls) < 0) {
     log_warnx("reload failed: keeping the certificates in use");
     return;
@@ -1255,12 +1266,12 @@ int agent_main(int argc, char **argv)
   uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
   uv_signal_start(&x.sigint, on_terminate, SIGINT);
   uv_signal_start(&x.sighup, on_hup, SIGHUP);
-  uv_timer_init(x.loop, &x.stop);
-  x.stop.data = &x;
   uv_run(x.loop, UV_RUN_DEFAULT);
   close(x.tun_fd);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
+  if (daemon_loop_close(x.loop) < 0)
+    return 1;
   log_info("stopped");
   return 0;
 }

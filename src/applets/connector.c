@@ -22,6 +22,7 @@
 #include <getopt.h>
 #include <ifaddrs.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 
 #include "../applets.h"
 #include "config.h"
+#include "daemon.h"
 #include "err.h"
 #include "ippkt.h"
 #include "log.h"
@@ -193,7 +195,8 @@ struct cctx {
   struct metrics *m;
   struct metrics_http *http;
   uv_signal_t sigterm, sigint, sighup;
-  uv_timer_t sweep, stop;
+  uv_timer_t sweep;
+  struct daemon_drain drain;
   uint64_t started_ms;
   uint64_t fwd_packets, fwd_bytes, drops[D_COUNT], icmp_echo;
   struct metric *mx_pkts, *mx_bytes, *mx_tcp, *mx_tcp_err, *mx_reconn,
@@ -628,6 +631,8 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
   struct cctx *x = s->x;
   (void)u;
   (void)i;
+  if (x->stopping)
+    return; /* everything goes anyway */
   /* The agents it carried are gone with it (the intermediate translates
    * them anew on the next connection), but for those on a direct path. */
   for (size_t h = 0; h < 1024; h++) {
@@ -1428,36 +1433,55 @@ static void close_handle(uv_handle_t *h)
     uv_close(h, NULL);
 }
 
-static void stop_done(uv_timer_t *t)
+/* The drain is over: every close packet has left. */
+static void stop_done(void *ud)
 {
-  struct cctx *x = t->data;
+  struct cctx *x = ud;
 
-  while (x->flows)
-    flow_free(x, x->flows);
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
-    close_handle((uv_handle_t *)&x->sess[i].timer);
-  netstack_del(x->ns);
   quic_endpoint_del(x->ep);
-  metrics_http_stop(x->http);
+  x->ep = NULL;
   close_handle((uv_handle_t *)&x->sigterm);
   close_handle((uv_handle_t *)&x->sigint);
   close_handle((uv_handle_t *)&x->sighup);
-  close_handle((uv_handle_t *)&x->sweep);
-  close_handle((uv_handle_t *)&x->watch);
-  close_handle((uv_handle_t *)&x->stop);
+  /* A reload asked for from now on is moot: ignore it rather than die of
+   * SIGHUP's default action. */
+  signal(SIGHUP, SIG_IGN);
 }
 
 static void on_terminate(uv_signal_t *sig, int signum)
 {
   struct cctx *x = sig->data;
+  struct dconn *dc, *next;
 
   if (x->stopping)
     return;
   x->stopping = 1;
   log_info("signal %d: shutting down", signum);
-  for (size_t i = 0; i < x->nsvcs; i++)
+  /* Nothing may call into what goes away below: no metrics, no timers
+   * (on_hup ignores reloads from now on). Agents' TCP connections hear RST while the relay is
+   * still there to carry it. */
+  metrics_http_stop(x->http);
+  x->http = NULL;
+  close_handle((uv_handle_t *)&x->sweep);
+  close_handle((uv_handle_t *)&x->watch);
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    if (x->sess[i].used)
+      session_end(&x->sess[i]);
+    close_handle((uv_handle_t *)&x->sess[i].timer);
+  }
+  while (x->flows)
+    flow_free(x, x->flows);
+  netstack_del(x->ns);
+  x->ns = NULL;
+  for (dc = x->dconns; dc; dc = next) {
+    next = dc->next; /* closing frees dc */
+    quic_conn_close(dc->qc, 0, "connector shutting down");
+  }
+  for (size_t i = 0; i < x->nsvcs; i++) {
     uplink_del(x->svcs[i].up, "connector shutting down");
-  uv_timer_start(&x->stop, stop_done, 200, 0);
+    x->svcs[i].up = NULL;
+  }
+  daemon_drain_start(&x->drain, x->loop, &x->ep, 1, stop_done, x);
 }
 
 /* server: the context for direct connections from agents (our
@@ -1489,11 +1513,11 @@ static int make_tls(struct cctx *x, struct tls_ctx **out)
 static void on_hup(uv_signal_t *sig, int signum)
 {
   struct cctx *x = sig->data;
-  struct tls_ctx *tls;
+  struct tls_ctx *tls, *srv;
   (void)signum;
 
-  struct tls_ctx *srv;
-
+  if (x->stopping)
+    return;
   if (make_tls(x, &tls) < 0) {
     log_warnx("reload failed: keeping the certificates in use");
     return;
@@ -1727,8 +1751,7 @@ int connector_main(int argc, char **argv)
   uv_signal_start(&x.sigint, on_terminate, SIGINT);
   uv_signal_start(&x.sighup, on_hup, SIGHUP);
   uv_timer_init(x.loop, &x.sweep);
-  uv_timer_init(x.loop, &x.stop);
-  x.sweep.data = x.stop.data = &x;
+  x.sweep.data = &x;
   uv_timer_start(&x.sweep, sweep_cb, 5000, 5000);
   uv_timer_init(x.loop, &x.watch);
   x.watch.data = &x;
@@ -1737,6 +1760,8 @@ int connector_main(int argc, char **argv)
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
   tls_ctx_unref(x.srv_tls);
+  if (daemon_loop_close(x.loop) < 0)
+    return 1;
   log_info("stopped");
   return 0;
 }

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 
 #include "../applets.h"
 #include "config.h"
+#include "daemon.h"
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
@@ -71,7 +73,8 @@ struct ictx {
   struct metrics *m;
   struct metrics_http *http;
   uv_signal_t sigterm, sigint, sighup;
-  uv_timer_t tick, drain;
+  uv_timer_t tick;
+  struct daemon_drain drain;
   uint64_t started_ms;
   uint64_t qad_sent, qad_failed;
   int draining;
@@ -466,39 +469,46 @@ static void close_handle(uv_handle_t *h)
     uv_close(h, NULL);
 }
 
-static void drain_done(uv_timer_t *t)
+/* Every close packet has left (or 3 s passed): close the rest. */
+static void drain_done(void *ud)
 {
-  struct ictx *x = t->data;
+  struct ictx *x = ud;
 
   quic_endpoint_del(x->ep);
   x->ep = NULL;
   if (x->diag_ep)
     quic_endpoint_del(x->diag_ep);
   x->diag_ep = NULL;
-  metrics_http_stop(x->http);
-  x->http = NULL;
   close_handle((uv_handle_t *)&x->sigterm);
   close_handle((uv_handle_t *)&x->sigint);
   close_handle((uv_handle_t *)&x->sighup);
-  close_handle((uv_handle_t *)&x->tick);
-  close_handle((uv_handle_t *)&x->drain);
+  /* A reload asked for from now on is moot: ignore it rather than die of
+   * SIGHUP's default action. */
+  signal(SIGHUP, SIG_IGN);
 }
 
 static void on_terminate(uv_signal_t *s, int signum)
 {
   struct ictx *x = s->data;
+  struct quic_endpoint *eps[2];
   size_t n;
 
   if (x->draining)
     return;
   x->draining = 1;
+  /* No metrics, no expiry from here on; on_hup ignores reloads. */
+  close_handle((uv_handle_t *)&x->tick);
+  metrics_http_stop(x->http);
+  x->http = NULL;
   n = quic_endpoint_close_all(x->ep, 0, "server shutting down");
   if (x->diag_ep)
     n += quic_endpoint_close_all(x->diag_ep, 0, "server shutting down");
   log_info("signal %d: closed %zu connections, shutting down", signum, n);
-  /* The close packets are on their way; give the socket a moment. At most
-   * 3 s pass before exit (protocol.md 8). */
-  uv_timer_start(&x->drain, drain_done, 200, 0);
+  /* The close packets are on their way: the drain ends when they left,
+   * at most 3 s from now (protocol.md 8). */
+  eps[0] = x->ep;
+  eps[1] = x->diag_ep;
+  daemon_drain_start(&x->drain, x->loop, eps, 2, drain_done, x);
 }
 
 static void on_hup(uv_signal_t *s, int signum)
@@ -508,7 +518,15 @@ static void on_hup(uv_signal_t *s, int signum)
   struct cfg_policy *p;
   (void)signum;
 
-  if (load_tls(x, &tls) < 0 || load_policy(x, &p) < 0) {
+  if (x->draining)
+    return;
+  if (load_tls(x, &tls) < 0) {
+    metric_inc(x->mx_reload_failures);
+    log_warnx("reload failed: keeping the certificates and policy in use");
+    return;
+  }
+  if (load_policy(x, &p) < 0) {
+    tls_ctx_unref(tls); /* the certificates alone are not taken either */
     metric_inc(x->mx_reload_failures);
     log_warnx("reload failed: keeping the certificates and policy in use");
     return;
@@ -737,8 +755,7 @@ int intermediate_main(int argc, char **argv)
   uv_signal_start(&x.sigint, on_terminate, SIGINT);
   uv_signal_start(&x.sighup, on_hup, SIGHUP);
   uv_timer_init(x.loop, &x.tick);
-  uv_timer_init(x.loop, &x.drain);
-  x.tick.data = x.drain.data = &x;
+  x.tick.data = &x;
   uv_timer_start(&x.tick, on_tick, 1000, 1000);
 
   {
@@ -757,7 +774,8 @@ int intermediate_main(int argc, char **argv)
   relay_del(x.relay);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
-  uv_loop_close(x.loop);
+  if (daemon_loop_close(x.loop) < 0)
+    return 1;
   log_info("stopped");
   return 0;
 }

@@ -1427,6 +1427,11 @@ size_t quic_endpoint_conn_count(struct quic_endpoint *ep)
   return ep->nconns;
 }
 
+int quic_endpoint_idle(struct quic_endpoint *ep)
+{
+  return ep->nconns == 0 && ep->send_pending == 0;
+}
+
 size_t quic_endpoint_close_all(struct quic_endpoint *ep, uint64_t code,
                                const char *reason)
 {

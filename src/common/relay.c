@@ -22,6 +22,7 @@ static const uint8_t xlat_v6_prefix[12] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e,
 struct service {
   struct service *next;
   struct relay_client *connector; /* newest wins */
+  size_t connectors;              /* registrations, the active one too */
   size_t agents;
   size_t len;
   char id[WIRE_SERVICE_ID_MAX + 1];
@@ -29,7 +30,8 @@ struct service {
 
 struct reg {
   struct service *svc;
-  int role; /* POLICY_AGENT or POLICY_CONNECTOR */
+  int role;     /* POLICY_AGENT or POLICY_CONNECTOR */
+  uint64_t seq; /* when it (last) registered: the newest connector wins */
 };
 
 struct vip {
@@ -80,6 +82,7 @@ struct relay {
   struct session *sessions;
   size_t nsessions;
   struct relay_stats stats;
+  uint64_t reg_seq;
   uint8_t scratch[65536];
   uint8_t sigbuf[4 + WIRE_SIG_PAYLOAD_MAX];
   struct wire_sig msg;
@@ -145,7 +148,9 @@ static void svc_release(struct relay *r, struct service *s)
 {
   struct service **pp;
 
-  if (s->connector || s->agents)
+  /* A service lives as long as anything is registered to it: displaced
+   * connectors too, since their registrations point here. */
+  if (s->connectors || s->agents)
     return;
   for (pp = &r->svc[svc_hash((uint8_t *)s->id, s->len)]; *pp;
        pp = &(*pp)->next) {
@@ -242,13 +247,38 @@ static void session_free(struct relay *r, struct session *s)
   free(s);
 }
 
+/* The newest connector registration of s that remains, other than the
+ * one of except (NULL when there is none). A rare event: a scan. */
+static struct relay_client *newest_connector(struct relay *r,
+                                             struct service *s,
+                                             struct relay_client *except)
+{
+  struct relay_client *best = NULL;
+  uint64_t best_seq = 0;
+
+  for (struct relay_client *c = r->clients; c; c = c->next) {
+    if (c == except)
+      continue;
+    for (size_t i = 0; i < c->nregs; i++)
+      if (c->regs[i].svc == s && c->regs[i].role == POLICY_CONNECTOR &&
+          (!best || c->regs[i].seq > best_seq)) {
+        best = c;
+        best_seq = c->regs[i].seq;
+      }
+  }
+  return best;
+}
+
 static void unregister(struct relay *r, struct relay_client *c, size_t i)
 {
   struct service *s = c->regs[i].svc;
 
   if (c->regs[i].role == POLICY_CONNECTOR) {
+    s->connectors--;
+    /* A connector that was displaced serves again when the newer one
+     * goes. */
     if (s->connector == c)
-      s->connector = NULL;
+      s->connector = s->connectors ? newest_connector(r, s, c) : NULL;
   } else {
     s->agents--;
   }
@@ -374,9 +404,13 @@ static void on_register(struct relay *r, struct relay_client *c,
     c->nregs++;
     if (role == POLICY_AGENT)
       s->agents++;
+    else
+      s->connectors++;
   }
-  if (role == POLICY_CONNECTOR)
+  if (role == POLICY_CONNECTOR) {
+    find_reg(c, s, role)->seq = ++r->reg_seq;
     s->connector = c; /* the newest connector wins the service */
+  }
   r->stats.registrations++;
   send_status(r, c, WIRE_REG_ACK, 0, id, len);
 }

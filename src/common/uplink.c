@@ -276,7 +276,7 @@ void uplink_del(struct uplink *u, const char *reason)
 
 int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt)
 {
-  if (!u->up || !u->conn)
+  if (!u || !u->up || !u->conn)
     return ZTNA_ERR_STATE;
   return quic_conn_send_datagramv(u->conn, iov, iovcnt);
 }
@@ -286,7 +286,7 @@ int uplink_send_signal(struct uplink *u, const struct wire_sig *m)
   static uint8_t buf[4 + WIRE_SIG_PAYLOAD_MAX];
   int n, rv;
 
-  if (!u->up || !u->conn)
+  if (!u || !u->up || !u->conn)
     return ZTNA_ERR_STATE;
   n = wire_sig_frame(buf, sizeof(buf), m);
   if (n < 0)
@@ -298,12 +298,12 @@ int uplink_send_signal(struct uplink *u, const struct wire_sig *m)
 
 size_t uplink_max_datagram(struct uplink *u)
 {
-  return u->up && u->conn ? quic_conn_max_datagram(u->conn) : 0;
+  return u && u->up && u->conn ? quic_conn_max_datagram(u->conn) : 0;
 }
 
 int uplink_is_up(struct uplink *u)
 {
-  return u->up;
+  return u && u->up;
 }
 
 enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc)
@@ -330,5 +330,5 @@ const struct sockaddr_storage *uplink_server(struct uplink *u)
 
 struct quic_conn *uplink_conn(struct uplink *u)
 {
-  return u->conn;
+  return u ? u->conn : NULL;
 }

@@ -59,7 +59,9 @@ int uplink_new(struct uplink **out, uv_loop_t *loop,
                const struct uplink_config *cfg, const struct uplink_cbs *cbs,
                void *ud);
 /* Closes the connection (code 0, reason) and stops reconnecting; the
- * memory goes once the loop has run. */
+ * memory goes once the loop has run, so the caller forgets u at once.
+ * uplink_send, uplink_send_signal, uplink_is_up, uplink_max_datagram and
+ * uplink_conn take a NULL uplink (down). */
 void uplink_del(struct uplink *u, const char *reason);
 /* Sends one DATAGRAM on the current connection: 0 or ZTNA_ERR_STATE when
  * it is down, or quic_conn_send_datagramv's errors. */

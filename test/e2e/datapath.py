@@ -278,8 +278,28 @@ table ip udp_guard {
         return path
 
     def stop(self):
-        for name in ("agent", "agent2", "connector"):
-            p = self.procs.get(name)
-            if p and p.poll() is None:
-                p.terminate()
+        """SIGTERM to every daemon still running; each must exit 0 (a
+        crash, a sanitizer's report or a handle left open at exit makes it
+        fail) within a generous bound."""
+        running = [(n, p) for n, p in self.procs.items()
+                   if n.startswith(("agent", "connector"))
+                   and p.poll() is None]
+        for _, p in running:
+            p.terminate()
+        inter_running = self.inter.proc.poll() is None
         self.inter.stop()
+        bad = []
+        for name, p in running:
+            try:
+                rc = p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = "still running after 30 s"
+            if rc != 0:
+                bad.append("%s: exit %s" % (name, rc))
+        if inter_running and self.inter.proc.returncode != 0:
+            bad.append("intermediate: exit %s" % self.inter.proc.returncode)
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        assert not bad, "daemons did not stop cleanly: " + "; ".join(bad)

@@ -486,6 +486,45 @@ static void test_relay_signal_stream_garbage(void **state)
   relay_del(w.r);
 }
 
+/* Two connectors of one service; the newer one leaves with no agent
+ * registered. The older one's registration must stay valid (it used to
+ * point at the freed service: its next datagram, a policy reload or its
+ * own disconnect read freed memory), and it serves the service again. */
+static void test_relay_connector_displaced_then_newest_leaves(void **state)
+{
+  struct tls_identity ic = ident("conn2", "connector.echo.ztna", NULL);
+  struct fconn f2;
+  struct relay_client *c2;
+  struct cfg_policy *p = calloc(1, sizeof(*p));
+  const char *pol = "{\"services\": {\"echo\": {\"allow\": [\"alice\"]}}}";
+  struct world w;
+  uint8_t pkt[256], b[2048];
+  char err[256];
+  size_t n;
+  (void)state;
+
+  world(&w, NULL);
+  memset(&f2, 0, sizeof(f2));
+  c2 = relay_client_new(w.r, &f2, &ic);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  reg(w.r, c2, WIRE_REG_CONNECTOR, "echo"); /* the newest wins */
+  relay_client_del(w.r, c2);
+  n = udp4(pkt, "10.100.0.1", "100.64.1.0", "x");
+  relay_datagram(w.r, w.c, pkt, n); /* no agent: dropped, counted */
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1);
+  assert_int_equal(cfg_policy_parse(p, "p.json", pol, strlen(pol), err,
+                                    sizeof(err), NULL), 0);
+  relay_set_policy(w.r, p);
+  /* The remaining connector carries the service again. */
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  n = udp4(pkt, "100.64.0.1", "10.100.0.1", "a");
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_int_equal(w.fc.lastlen, n);
+  relay_client_del(w.r, w.c);
+  relay_client_del(w.r, w.a);
+  relay_del(w.r);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -498,6 +537,7 @@ int main(void)
     cmocka_unit_test(test_relay_sessions_expire_and_bounded),
     cmocka_unit_test(test_relay_disconnect_mid_session),
     cmocka_unit_test(test_relay_signal_stream_garbage),
+    cmocka_unit_test(test_relay_connector_displaced_then_newest_leaves),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
