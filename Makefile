@@ -194,7 +194,7 @@ SAN_BUILD := $(BUILD)/asan
 SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
   test/e2e/test_direct.py test/e2e/test_hardening.py \
   test/e2e/test_zz_sanitizer.py
-sanitize:
+sanitize: $(BUILD)/zclient
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
 	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit
 	rm -rf $(SAN_BUILD)/reports && mkdir -p $(SAN_BUILD)/reports

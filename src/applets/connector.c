@@ -218,11 +218,11 @@ struct cctx {
   uv_timer_t watch;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
       links, relinks;
-  struct metric *mx_relinks, *mx_links, *mx_ctl_limited;
+  struct metric *mx_relinks, *mx_links, *mx_ctl_limited, *mx_gone;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t punch_ok, punch_fail, ctl_limited;
+  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
@@ -345,9 +345,8 @@ static void id_free(struct cctx *x, struct agent_id *a)
   free(a);
 }
 
-/* The agent behind address addr on service s's relay connection. */
-static struct agent_id *id_get(struct csvc *s, int family,
-                               const uint8_t *addr)
+static struct agent_id *id_find(struct csvc *s, int family,
+                                const uint8_t *addr)
 {
   struct cctx *x = s->x;
   size_t h = id_hash(s, family, addr), alen = family == 4 ? 4 : 16;
@@ -357,6 +356,32 @@ static struct agent_id *id_get(struct csvc *s, int family,
     if (a->svc == s && a->family == family &&
         !memcmp(a->relay_addr, addr, alen))
       break;
+  return a;
+}
+
+/* The relay connection of s no longer carries the agent behind addr (it
+ * left the intermediate, or the connection went): its TCP and UDP state
+ * goes with it, unless it is reachable on a direct path, where it stays
+ * until it links its new relay connection. */
+static void id_relay_gone(struct cctx *x, struct agent_id *a)
+{
+  if (a->direct && a->direct->up) {
+    id_unhash(x, a);
+    a->relay_known = 0;
+    id_hash_in(x, a);
+  } else {
+    id_free(x, a);
+  }
+}
+
+/* The agent behind address addr on service s's relay connection. */
+static struct agent_id *id_get(struct csvc *s, int family,
+                               const uint8_t *addr)
+{
+  struct cctx *x = s->x;
+  size_t h = id_hash(s, family, addr), alen = family == 4 ? 4 : 16;
+  struct agent_id *a = id_find(s, family, addr);
+
   if (!a) {
     if (x->nids >= MAX_AGENT_IDS)
       return NULL;
@@ -619,6 +644,21 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
   case WIRE_KIND_IPV6:
     on_relay_packet(s, d, n);
     return;
+  case WIRE_KIND_AGENT_GONE: {
+    /* ztna: the intermediate will give this address to another agent
+     * one day; nothing of this one's may reach that one. */
+    uint8_t addr[16];
+    int family;
+    struct agent_id *a;
+    if (wire_agent_gone_decode(d, n, &family, addr) < 0) {
+      drop(s->x, D_MALFORMED);
+      return;
+    }
+    s->x->agents_gone++;
+    if ((a = id_find(s, family, addr)))
+      id_relay_gone(s->x, a);
+    return;
+  }
   default:
     drop(s->x, D_MALFORMED);
   }
@@ -639,17 +679,10 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
     struct agent_id *a = x->ids[h], *next;
     for (; a; a = next) {
       next = a->next;
-      if (a->svc != s)
-        continue;
-      if (!(a->direct && a->direct->up)) {
-        id_free(x, a);
-        continue;
-      }
       /* Its relay address may go to another agent on the next
-       * connection: reachable directly only, until it links again. */
-      id_unhash(x, a);
-      a->relay_known = 0;
-      id_hash_in(x, a);
+       * connection. */
+      if (a->svc == s)
+        id_relay_gone(x, a);
     }
   }
 }
@@ -1307,6 +1340,7 @@ static void collect(void *ud)
   metric_set(x->mx_relinks, (int64_t)x->relinks);
   metric_set(x->mx_links, (int64_t)x->links);
   metric_set(x->mx_ctl_limited, (int64_t)x->ctl_limited);
+  metric_set(x->mx_gone, (int64_t)x->agents_gone);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1415,6 +1449,10 @@ static void metrics_init(struct cctx *x)
   x->mx_ctl_limited = metrics_counter(
       m, "ztna_connector_control_limited_total", NULL,
       "Binding requests and keepalives left unanswered: over the rate");
+  x->mx_gone = metrics_counter(
+      m, "ztna_connector_agents_gone_total", NULL,
+      "Notices from the intermediate that an agent left (one per service "
+      "it used); that agent's state here was reset");
   x->mx_relinks = metrics_counter(
       m, "ztna_connector_relinks_total", NULL,
       "Direct paths whose agent came back through a new relay connection");

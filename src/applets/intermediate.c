@@ -53,6 +53,10 @@ static const char usage_text[] =
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --disable-retry  no stateless Retry for new clients\n"
     "      --max-connections N  refuse connections beyond N (4096)\n"
+    "      --max-translations N  agent addresses handed to connectors at\n"
+    "                       once (65536)\n"
+    "      --translation-quarantine S  seconds before a departed agent's\n"
+    "                       address goes to another agent (900)\n"
     "      --diag-port N    a second UDP port that only tells clients their\n"
     "                       observed address, for 'ztna diag punch' (0: off)\n"
     "  -h, --help           this text\n"
@@ -551,7 +555,8 @@ static void on_tick(uv_timer_t *t)
 
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
-  OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT
+  OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
+  OPT_MAX_XLAT, OPT_XLAT_REST
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -575,17 +580,21 @@ int intermediate_main(int argc, char **argv)
     { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
     { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
     { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
+    { "max-translations", required_argument, NULL, OPT_MAX_XLAT },
+    { "translation-quarantine", required_argument, NULL, OPT_XLAT_REST },
     { "diag-port", required_argument, NULL, OPT_DIAG_PORT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
              *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
-             *mbind = NULL, *maxconns = NULL, *dport = NULL;
+             *mbind = NULL, *maxconns = NULL, *dport = NULL,
+             *maxxlat = NULL, *xlatrest = NULL;
   int ch, check = 0, verbose = LOG_LVL_INFO, disable_retry = 0, rv;
   struct ictx x;
   struct sockaddr_storage ss;
   struct quic_endpoint_config qc = { 0 };
+  struct relay_limits lim = { 0 };
   struct relay_io rio = { relay_send_dgram, relay_send_signal, relay_drop_cb,
                           NULL };
   struct cfg_policy *pol = NULL;
@@ -608,6 +617,8 @@ int intermediate_main(int argc, char **argv)
     case OPT_METRICS_BIND: mbind = optarg; break;
     case OPT_DISABLE_RETRY: disable_retry = 1; break;
     case OPT_MAX_CONNS: maxconns = optarg; break;
+    case OPT_MAX_XLAT: maxxlat = optarg; break;
+    case OPT_XLAT_REST: xlatrest = optarg; break;
     case OPT_DIAG_PORT: dport = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
@@ -647,12 +658,25 @@ int intermediate_main(int argc, char **argv)
   if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
   if (maxconns) {
-    char *end;
-    long v = strtol(maxconns, &end, 10);
-    if (*end || end == maxconns || v < 1 || v > 1000000)
+    long v;
+    if (cfg_parse_uint(maxconns, 1, 1000000, &v) < 0)
       return usage_error("--max-connections '%s' is not a number from 1 to "
                          "1000000", maxconns);
     x.cfg.max_connections = (uint32_t)v;
+  }
+  if (maxxlat) {
+    long v;
+    if (cfg_parse_uint(maxxlat, 1, CFG_MAX_TRANSLATIONS, &v) < 0)
+      return usage_error("--max-translations '%s' is not a number from 1 "
+                         "to 4194048", maxxlat);
+    x.cfg.max_translations = (uint32_t)v;
+  }
+  if (xlatrest) {
+    long v;
+    if (cfg_parse_uint(xlatrest, 1, 86400, &v) < 0)
+      return usage_error("--translation-quarantine '%s' is not a number of "
+                         "seconds from 1 to 86400", xlatrest);
+    x.cfg.translation_quarantine_s = (uint32_t)v;
   }
   if (bind)
     snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
@@ -695,7 +719,9 @@ int intermediate_main(int argc, char **argv)
   x.loop = uv_default_loop();
   x.started_ms = uv_now(x.loop);
   rio.ud = &x;
-  if (relay_new(&x.relay, &rio, NULL) < 0)
+  lim.translations = x.cfg.max_translations;
+  lim.xlat_quarantine_ms = (uint64_t)x.cfg.translation_quarantine_s * 1000;
+  if (relay_new(&x.relay, &rio, &lim) < 0)
     fatalx("out of memory");
   relay_set_policy(x.relay, pol);
   x.m = metrics_new();

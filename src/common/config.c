@@ -643,6 +643,8 @@ void cfg_intermediate_defaults(struct cfg_intermediate *c)
   c->require_client_cert = 1;
   c->metrics_port = 9090;
   c->max_connections = 4096;
+  c->max_translations = 65536;
+  c->translation_quarantine_s = 900;
 }
 
 static int intermediate_member(struct doc *d, int key, int val, void *out)
@@ -678,6 +680,20 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
     int rv = get_uint(d, val, 1, 1000000, &v);
     if (rv == 0)
       c->max_connections = (uint32_t)v;
+    return rv;
+  }
+  if (key_is(d, key, "max_translations")) {
+    long v;
+    int rv = get_uint(d, val, 1, CFG_MAX_TRANSLATIONS, &v);
+    if (rv == 0)
+      c->max_translations = (uint32_t)v;
+    return rv;
+  }
+  if (key_is(d, key, "translation_quarantine_s")) {
+    long v;
+    int rv = get_uint(d, val, 1, 86400, &v);
+    if (rv == 0)
+      c->translation_quarantine_s = (uint32_t)v;
     return rv;
   }
   return 1;
@@ -1018,14 +1034,24 @@ int cfg_find(const char *explicit_path, const char *role, char *out,
   return ZTNA_ERR_NOT_FOUND;
 }
 
-int cfg_parse_port(const char *s, uint16_t *out, int allow_zero)
+int cfg_parse_uint(const char *s, long lo, long hi, long *out)
 {
   char *end;
-  long p;
+  long v;
 
   errno = 0;
-  p = strtol(s, &end, 10);
-  if (errno || *end || end == s || p < (allow_zero ? 0 : 1) || p > 65535)
+  v = strtol(s, &end, 10);
+  if (errno || *end || end == s || v < lo || v > hi)
+    return ZTNA_ERR_MALFORMED;
+  *out = v;
+  return 0;
+}
+
+int cfg_parse_port(const char *s, uint16_t *out, int allow_zero)
+{
+  long p;
+
+  if (cfg_parse_uint(s, allow_zero ? 0 : 1, 65535, &p) < 0)
     return ZTNA_ERR_MALFORMED;
   *out = (uint16_t)p;
   return 0;

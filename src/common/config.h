@@ -35,7 +35,13 @@ struct cfg_intermediate {
   uint16_t metrics_port;          /* 9090; 0 disables */
   uint16_t diag_port;             /* ztna: second port for diag; 0 none */
   uint32_t max_connections;       /* ztna: 4096 */
+  uint32_t max_translations;      /* ztna: agent addresses at once, 65536 */
+  uint32_t translation_quarantine_s; /* ztna: rest of a freed one, 900 */
 };
+
+/* Translated agent addresses come from 100.64.1.0 up to the end of
+ * 100.64.0.0/10. */
+#define CFG_MAX_TRANSLATIONS (4194304L - 256)
 
 struct cfg_service {
   char id[CFG_STR_MAX];
@@ -137,6 +143,8 @@ int cfg_find(const char *explicit_path, const char *role, char *out,
 /* Splits "host:port" or "[v6]:port" into host and port. */
 /* A decimal port, 1-65535 (0 too with allow_zero), nothing else. */
 int cfg_parse_port(const char *s, uint16_t *out, int allow_zero);
+/* A decimal number from lo to hi, nothing else: 0 or ZTNA_ERR_MALFORMED. */
+int cfg_parse_uint(const char *s, long lo, long hi, long *out);
 int cfg_split_hostport(const char *s, char *host, size_t hostlen,
                        uint16_t *port);
 

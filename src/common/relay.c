@@ -58,6 +58,8 @@ struct xlat {
   struct relay_client *c; /* NULL: free */
   int family;
   uint8_t orig[16];
+  int used;          /* was ever handed out */
+  uint64_t freed_ms; /* when its agent left */
 };
 
 struct session {
@@ -83,6 +85,7 @@ struct relay {
   size_t nsessions;
   struct relay_stats stats;
   uint64_t reg_seq;
+  uint64_t now_ms; /* the last time relay_expire was told */
   uint8_t scratch[65536];
   uint8_t sigbuf[4 + WIRE_SIG_PAYLOAD_MAX];
   struct wire_sig msg;
@@ -177,6 +180,7 @@ int relay_new(struct relay **out, const struct relay_io *io,
   r->lim.sessions_per_client = 16;
   r->lim.sessions_total = 4096;
   r->lim.translations = 65536;
+  r->lim.xlat_quarantine_ms = RELAY_XLAT_QUARANTINE_MS;
   if (lim) {
     if (lim->services_per_client)
       r->lim.services_per_client = lim->services_per_client;
@@ -186,6 +190,8 @@ int relay_new(struct relay **out, const struct relay_io *io,
       r->lim.sessions_total = lim->sessions_total;
     if (lim->translations)
       r->lim.translations = lim->translations;
+    if (lim->xlat_quarantine_ms)
+      r->lim.xlat_quarantine_ms = lim->xlat_quarantine_ms;
   }
   r->xlat = calloc(r->lim.translations, sizeof(*r->xlat));
   if (!r->xlat) {
@@ -292,6 +298,43 @@ static void unregister(struct relay *r, struct relay_client *c, size_t i)
   svc_release(r, s);
 }
 
+static void xlat_addr(uint32_t idx, int family, uint8_t *out);
+
+/* Tells the connectors of c's services that c's translated addresses are
+ * gone, so that they reset what they keep for them (ztna connectors; an
+ * original one ignores the message, the quarantine protects it). */
+static void tell_agent_gone(struct relay *r, struct relay_client *c)
+{
+  struct relay_client *told[16];
+  size_t ntold = 0;
+
+  for (size_t i = 0; i < c->nregs; i++) {
+    struct relay_client *to = c->regs[i].svc->connector;
+    size_t k;
+
+    if (c->regs[i].role != POLICY_AGENT || !to || to == c)
+      continue;
+    for (k = 0; k < ntold && told[k] != to; k++)
+      ;
+    if (k < ntold)
+      continue;
+    if (ntold < sizeof(told) / sizeof(told[0]))
+      told[ntold++] = to;
+    for (size_t x = 0; x < c->nxlat; x++) {
+      uint8_t addr[16], msg[WIRE_AGENT_GONE_V6_LEN];
+      struct iovec v;
+      int n, family = r->xlat[c->xlat[x]].family;
+
+      xlat_addr(c->xlat[x], family, addr);
+      n = wire_agent_gone_encode(msg, sizeof(msg), family, addr);
+      v.iov_base = msg;
+      v.iov_len = (size_t)n;
+      if (n > 0 && r->io.send_dgram(to->conn, &v, 1, r->io.ud) < 0)
+        drop(r, RELAY_DROP_QUEUE_FULL);
+    }
+  }
+}
+
 void relay_client_del(struct relay *r, struct relay_client *c)
 {
   struct session *s = r->sessions, *next;
@@ -301,10 +344,16 @@ void relay_client_del(struct relay *r, struct relay_client *c)
     if (s->agent == c || s->connector == c)
       session_free(r, s);
   }
+  if (c->nxlat)
+    tell_agent_gone(r, c);
   while (c->nregs > 0)
     unregister(r, c, c->nregs - 1);
-  for (size_t i = 0; i < c->nxlat; i++)
+  /* Its translations rest before anyone gets them again: a connector may
+   * hold state for them. */
+  for (size_t i = 0; i < c->nxlat; i++) {
     r->xlat[c->xlat[i]].c = NULL;
+    r->xlat[c->xlat[i]].freed_ms = r->now_ms;
+  }
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -482,9 +531,11 @@ static int xlat_for(struct relay *r, struct relay_client *c, int family,
   for (size_t k = 0; k < r->lim.translations; k++) {
     size_t idx = (r->xlat_next + k) % r->lim.translations;
     struct xlat *x = &r->xlat[idx];
-    if (x->c)
+    if (x->c || (x->used && r->now_ms - x->freed_ms <
+                                r->lim.xlat_quarantine_ms))
       continue;
     x->c = c;
+    x->used = 1;
     x->family = family;
     memcpy(x->orig, src, alen);
     c->xlat[c->nxlat++] = (uint32_t)idx;
@@ -857,6 +908,7 @@ void relay_expire(struct relay *r, uint64_t now_ms)
 {
   struct session *s = r->sessions, *next;
 
+  r->now_ms = now_ms;
   for (; s; s = next) {
     next = s->next;
     if (now_ms - s->created <

@@ -68,14 +68,22 @@ struct relay_io {
   void *ud;
 };
 
+/* A translated address is not handed out again for this long after its
+ * agent left: longer than a connector keeps an idle agent's state (10
+ * minutes). ztna connectors are also told at once (WIRE_AGENT_GONE) and
+ * reset that agent's state; the quarantine protects original ones. */
+#define RELAY_XLAT_QUARANTINE_MS (15 * 60 * 1000)
+
 struct relay_limits {
   size_t services_per_client; /* 64 */
   size_t sessions_per_client; /* 16 */
   size_t sessions_total;      /* 4096 */
   size_t translations;        /* 65536 agent source addresses */
+  uint64_t xlat_quarantine_ms; /* RELAY_XLAT_QUARANTINE_MS */
 };
 
-/* lim may be NULL for the defaults. Returns 0 or -ENOMEM. */
+/* lim may be NULL for the defaults; zero fields take their default too.
+ * Returns 0 or -ENOMEM. */
 int relay_new(struct relay **out, const struct relay_io *io,
               const struct relay_limits *lim);
 void relay_del(struct relay *r);
@@ -95,7 +103,8 @@ void relay_datagram(struct relay *r, struct relay_client *c,
                     const uint8_t *d, size_t n);
 void relay_signal(struct relay *r, struct relay_client *c, const uint8_t *d,
                   size_t n, uint64_t now_ms);
-/* Expires signaling sessions; call about once a second. */
+/* Expires signaling sessions and tells the relay the time (the
+ * translation quarantine counts from it); call about once a second. */
 void relay_expire(struct relay *r, uint64_t now_ms);
 
 const struct relay_stats *relay_stats(const struct relay *r);

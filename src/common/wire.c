@@ -23,12 +23,42 @@ enum wire_kind wire_classify(const uint8_t *p, size_t n)
     return WIRE_KIND_NACK;
   case WIRE_ROUTED:
     return WIRE_KIND_ROUTED;
+  case WIRE_AGENT_GONE:
+    return WIRE_KIND_AGENT_GONE;
   }
   if (p[0] >= 0x45 && p[0] <= 0x4f)
     return WIRE_KIND_IPV4;
   if ((p[0] >> 4) == 6)
     return WIRE_KIND_IPV6;
   return WIRE_KIND_UNKNOWN;
+}
+
+int wire_agent_gone_encode(uint8_t *buf, size_t cap, int family,
+                           const uint8_t *addr)
+{
+  size_t alen = family == 4 ? 4 : 16;
+
+  if (family != 4 && family != 6)
+    return ZTNA_ERR_MALFORMED;
+  if (cap < 2 + alen)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_AGENT_GONE;
+  buf[1] = (uint8_t)family;
+  memcpy(buf + 2, addr, alen);
+  return (int)(2 + alen);
+}
+
+int wire_agent_gone_decode(const uint8_t *p, size_t n, int *family,
+                           uint8_t *addr)
+{
+  if (n < 2 || p[0] != WIRE_AGENT_GONE)
+    return ZTNA_ERR_MALFORMED;
+  if (!(p[1] == 4 && n == WIRE_AGENT_GONE_V4_LEN) &&
+      !(p[1] == 6 && n == WIRE_AGENT_GONE_V6_LEN))
+    return ZTNA_ERR_MALFORMED;
+  *family = p[1];
+  memcpy(addr, p + 2, n - 2);
+  return 0;
 }
 
 int wire_utf8_valid(const uint8_t *p, size_t n)

@@ -21,6 +21,9 @@
 #define WIRE_REG_ACK 0x12
 #define WIRE_REG_NACK 0x13
 #define WIRE_ROUTED 0x2f
+/* ztna extension, intermediate to connector: the agent behind a translated
+ * address is gone (an original connector ignores the unknown type). */
+#define WIRE_AGENT_GONE 0x30
 
 #define WIRE_NACK_INVALID 0x01
 #define WIRE_NACK_DENIED 0x02
@@ -28,6 +31,8 @@
 #define WIRE_SERVICE_ID_MAX 255
 #define WIRE_QAD_V4_LEN 7
 #define WIRE_QAD_V6_LEN 19
+#define WIRE_AGENT_GONE_V4_LEN 6
+#define WIRE_AGENT_GONE_V6_LEN 18
 
 enum wire_kind {
   WIRE_KIND_UNKNOWN = 0,
@@ -38,6 +43,7 @@ enum wire_kind {
   WIRE_KIND_ROUTED,
   WIRE_KIND_IPV4,
   WIRE_KIND_IPV6,
+  WIRE_KIND_AGENT_GONE,
 };
 
 /* What a relay DATAGRAM is, from its first byte. An empty one is UNKNOWN. */
@@ -76,6 +82,14 @@ int wire_routed_encode_header(uint8_t *buf, size_t cap, const void *id,
                               size_t idlen);
 int wire_routed_decode(const uint8_t *p, size_t n, const uint8_t **id,
                        size_t *idlen, const uint8_t **pkt, size_t *pktlen);
+
+/* Agent gone 0x30: `30 | 04 | IPv4 (4)` or `30 | 06 | IPv6 (16)`, the
+ * address the intermediate translated that agent to. family is 4 or 6;
+ * decode takes the exact length only and fills addr (16 bytes room). */
+int wire_agent_gone_encode(uint8_t *buf, size_t cap, int family,
+                           const uint8_t *addr);
+int wire_agent_gone_decode(const uint8_t *p, size_t n, int *family,
+                           uint8_t *addr);
 
 /* --- P2P signaling (section 4): bincode 1.x payloads in u32 BE frames --- */
 

@@ -37,6 +37,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
   wire_register_decode(d, n, &type, &id, &idlen);
   wire_status_decode(d, n, &type, &status, &id, &idlen);
   wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen);
+  {
+    uint8_t addr[16];
+    int family;
+    if (wire_agent_gone_decode(d, n, &family, addr) == 0) {
+      int k = wire_agent_gone_encode(buf, sizeof(buf), family, addr);
+      if (k != (int)n || memcmp(buf, d, n) != 0)
+        abort(); /* one encoding */
+    }
+  }
   if (wire_ctl_decode(d, n, &ctl) == 0) {
     int k = wire_ctl_encode(buf, sizeof(buf), &ctl);
     if (k != (int)n || memcmp(buf, d, n) != 0)

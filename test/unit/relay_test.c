@@ -525,6 +525,45 @@ static void test_relay_connector_displaced_then_newest_leaves(void **state)
   relay_del(w.r);
 }
 
+/* An agent's translated address is not handed to another agent while a
+ * connector may still hold state for it, and the connector is told at
+ * once that the agent is gone. */
+static void test_relay_translation_quarantine(void **state)
+{
+  struct relay_limits lim = { .translations = 1,
+                              .xlat_quarantine_ms = 60000 };
+  struct world w;
+  uint8_t pkt[256], b[2048], gone[8];
+  size_t n;
+  (void)state;
+
+  world(&w, &lim);
+  relay_expire(w.r, 1000);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  n = udp4(pkt, "100.64.0.1", "10.100.0.1", "a");
+  relay_datagram(w.r, w.a, b, routed(b, "echo", pkt, n));
+  assert_memory_equal(w.fc.last + 12, "\x64\x40\x01\x00", 4);
+  relay_client_del(w.r, w.a);
+  /* The connector hears that 100.64.1.0 is gone. */
+  assert_int_equal(unhex("30 04 64 40 01 00", gone, sizeof(gone)), 6);
+  assert_int_equal(w.fc.lastlen, 6);
+  assert_memory_equal(w.fc.last, gone, 6);
+  /* Bob may not have that address yet: the only one is resting. */
+  relay_datagram(w.r, w.b, b, routed(b, "echo", pkt, n));
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_LIMIT], 1);
+  assert_int_equal(w.fc.lastlen, 6);
+  relay_expire(w.r, 1000 + 59999);
+  relay_datagram(w.r, w.b, b, routed(b, "echo", pkt, n));
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_LIMIT], 2);
+  relay_expire(w.r, 1000 + 60000);
+  relay_datagram(w.r, w.b, b, routed(b, "echo", pkt, n));
+  assert_int_equal(w.fc.lastlen, n);
+  assert_memory_equal(w.fc.last + 12, "\x64\x40\x01\x00", 4);
+  relay_del(w.r);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -538,6 +577,7 @@ int main(void)
     cmocka_unit_test(test_relay_disconnect_mid_session),
     cmocka_unit_test(test_relay_signal_stream_garbage),
     cmocka_unit_test(test_relay_connector_displaced_then_newest_leaves),
+    cmocka_unit_test(test_relay_translation_quarantine),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }

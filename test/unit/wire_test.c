@@ -170,6 +170,40 @@ static void test_wire_routed(void **state)
                    ZTNA_ERR_SHORT);
 }
 
+/* ztna's agent-gone extension: golden bytes, exact lengths only. */
+static void test_wire_agent_gone(void **state)
+{
+  uint8_t buf[64], in[64], addr[16], v4[4] = { 100, 64, 1, 7 };
+  uint8_t v6[16] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e, 0x61, 0, 0,
+                     0,    0,    0,    0,    0,    0,    1, 2 };
+  int family;
+  size_t n;
+  (void)state;
+
+  assert_bytes(buf, wire_agent_gone_encode(buf, sizeof(buf), 4, v4),
+               "30 04 64 40 01 07");
+  assert_bytes(buf, wire_agent_gone_encode(buf, sizeof(buf), 6, v6),
+               "30 06 fd 7a 7a 74 6e 61 00 00 00 00 00 00 00 00 01 02");
+  assert_int_equal(wire_agent_gone_encode(buf, 5, 4, v4), ZTNA_ERR_TOO_LARGE);
+  assert_int_equal(wire_agent_gone_encode(buf, sizeof(buf), 5, v4),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("30 04 64 40 01 07", in, sizeof(in));
+  assert_int_equal(wire_agent_gone_decode(in, n, &family, addr), 0);
+  assert_int_equal(family, 4);
+  assert_memory_equal(addr, v4, 4);
+  /* One byte more or less, or a family that does not fit the length. */
+  assert_int_equal(wire_agent_gone_decode(in, n - 1, &family, addr),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("30 04 64 40 01 07 00", in, sizeof(in));
+  assert_int_equal(wire_agent_gone_decode(in, n, &family, addr),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("30 06 64 40 01 07", in, sizeof(in));
+  assert_int_equal(wire_agent_gone_decode(in, n, &family, addr),
+                   ZTNA_ERR_MALFORMED);
+  assert_int_equal(wire_agent_gone_decode(in, 1, &family, addr),
+                   ZTNA_ERR_MALFORMED);
+}
+
 static void test_wire_classify(void **state)
 {
   uint8_t b[1] = { 0 };
@@ -194,6 +228,8 @@ static void test_wire_classify(void **state)
       assert_int_equal(k, WIRE_KIND_NACK);
     else if (v == 0x2f)
       assert_int_equal(k, WIRE_KIND_ROUTED);
+    else if (v == 0x30)
+      assert_int_equal(k, WIRE_KIND_AGENT_GONE);
     else
       assert_int_equal(k, WIRE_KIND_UNKNOWN);
   }
@@ -544,6 +580,7 @@ int main(void)
     cmocka_unit_test(test_wire_register),
     cmocka_unit_test(test_wire_status),
     cmocka_unit_test(test_wire_routed),
+    cmocka_unit_test(test_wire_agent_gone),
     cmocka_unit_test(test_wire_classify),
     cmocka_unit_test(test_wire_sig_golden),
     cmocka_unit_test(test_wire_sig_candidates),
