@@ -40,7 +40,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon
+COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)
@@ -91,7 +91,7 @@ $(BIN): $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 
 # --- tests -----------------------------------------------------------------
 
-UNIT := wire config metrics tls ippkt relay quic punch
+UNIT := wire config metrics tls ippkt relay quic punch tunguard
 UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
@@ -121,7 +121,7 @@ unit: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http relay punch
+FUZZ := wire config http relay punch packet
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -142,6 +142,10 @@ $(BUILD)/fuzz/fuzz_relay: test/fuzz/fuzz_relay.c src/common/relay.c \
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_punch: test/fuzz/fuzz_punch.c src/common/punch.c \
   src/common/ippkt.c src/common/wire.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_packet: test/fuzz/fuzz_packet.c src/common/tunguard.c \
+  src/common/ippkt.c src/common/err.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c

@@ -39,10 +39,12 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "p2p.h"
+#include "policy.h"
 #include "punch.h"
 #include "quic.h"
 #include "tls.h"
 #include "tun.h"
+#include "tunguard.h"
 #include "uplink.h"
 #include "wire.h"
 
@@ -78,10 +80,13 @@ static const char usage_text[] =
 
 enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
              A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_CTL_LIMITED,
-             A_COUNT };
+             A_FOREIGN_SOURCE, A_FOREIGN_DEST, A_LINK_FROM_TUN, A_COUNT };
 static const char *const adrop_names[A_COUNT] = {
   "no_service", "not_registered", "too_large", "queue_full",
   "not_connected", "malformed", "tun_full", "control_limited",
+  /* Into the TUN only from a virtual IP of a service the path carries, to
+   * our tunnel address; link requests never come from the TUN. */
+  "foreign_source", "foreign_destination", "link_from_tun",
 };
 
 struct vip {
@@ -120,6 +125,7 @@ struct actx;
 struct adirect {
   struct actx *x;
   struct quic_conn *c; /* NULL: a free slot */
+  struct tls_identity id; /* the connector's certificate, once up */
   struct sockaddr_storage peer;
   int up;
   uint32_t ka_seq;
@@ -160,6 +166,7 @@ struct actx {
   struct adirect directs[CFG_MAX_SERVICES];
   struct sockaddr_storage observed; /* QAD */
   int has_observed, no_direct;
+  struct tunguard guard;    /* what may enter the TUN */
   uv_timer_t p2p_tick;
   uint64_t direct_tx, direct_rx;
   struct punch_rate ctl_rate;
@@ -185,20 +192,13 @@ static void drop(struct actx *x, enum adrop d)
   log_debug("packet dropped: %s", adrop_names[d]);
 }
 
-static int prefix_match(const uint8_t *a, const uint8_t *b, int prefix)
-{
-  int full = prefix / 8, rest = prefix % 8;
-  if (memcmp(a, b, (size_t)full))
-    return 0;
-  return !rest || ((a[full] ^ b[full]) & (0xff << (8 - rest))) == 0;
-}
-
 static const struct vip *lookup(struct actx *x, const struct ippkt *ip)
 {
   const struct vip *best = NULL;
   for (size_t i = 0; i < x->nvips; i++) {
     const struct vip *v = &x->vips[i];
-    if (v->family == ip->version && prefix_match(v->addr, ip->dst, v->prefix)
+    if (v->family == ip->version && tunguard_prefix_match(v->addr, ip->dst,
+                                                        v->prefix)
         && (!best || v->prefix > best->prefix))
       best = v;
   }
@@ -221,6 +221,39 @@ static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
     drop(x, A_TUN_FULL);
 }
 
+/* A packet from a path (via: its direct connection, NULL for the relay,
+ * which carries every service) goes into the TUN if tunguard admits it;
+ * what it refuses is counted by reason. */
+static void to_tun(struct actx *x, const uint8_t *pkt, size_t n,
+                   const struct adirect *via)
+{
+  static const enum adrop why[] = {
+    [TUNGUARD_MALFORMED] = A_MALFORMED,
+    [TUNGUARD_FOREIGN_SOURCE] = A_FOREIGN_SOURCE,
+    [TUNGUARD_FOREIGN_DEST] = A_FOREIGN_DEST,
+  };
+  uint8_t carried[CFG_MAX_SERVICES] = { 0 };
+  enum tunguard_verdict v;
+  size_t len = 0;
+
+  if (via)
+    for (size_t i = 0; i < x->cfg.nservices; i++)
+      carried[i] = x->svcs[i].d == via;
+  v = tunguard_check(&x->guard, pkt, n, via ? carried : NULL,
+                     x->cfg.nservices, &len);
+  if (v == TUNGUARD_LINK)
+    return; /* the relay's answer to our link request: ours, not the OS's */
+  if (v != TUNGUARD_OK) {
+    drop(x, why[v]);
+    return;
+  }
+  if (via)
+    x->direct_rx++;
+  x->rx_packets++;
+  x->rx_bytes += len;
+  write_tun(x, pkt, len);
+}
+
 /* A packet the user's machine sent into the TUN. */
 static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
 {
@@ -231,8 +264,16 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   struct iovec iov[2];
   int h, rv;
 
+  uint8_t token[P2P_LINK_TOKEN_LEN];
+
   if (ippkt_parse(pkt, n, &ip) < 0) {
     drop(x, A_MALFORMED);
+    return;
+  }
+  /* Only this process links paths: a local program must not send the
+   * connector a link request of its own making. */
+  if (p2p_link_token(pkt, ip.totlen, token) >= 0) {
+    drop(x, A_LINK_FROM_TUN);
     return;
   }
   v = lookup(x, &ip);
@@ -302,23 +343,14 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
                         void *ud)
 {
   struct actx *x = ud;
-  struct ippkt ip;
   (void)u;
 
-  if ((wire_classify(d, n) != WIRE_KIND_IPV4 &&
-       wire_classify(d, n) != WIRE_KIND_IPV6) ||
-      ippkt_parse(d, n, &ip) < 0) {
+  if (wire_classify(d, n) != WIRE_KIND_IPV4 &&
+      wire_classify(d, n) != WIRE_KIND_IPV6) {
     drop(x, A_MALFORMED);
     return;
   }
-  {
-    uint8_t token[P2P_LINK_TOKEN_LEN];
-    if (p2p_link_token(d, ip.totlen, token) == 1)
-      return; /* the relay's answer to a link request: ours, not the OS's */
-  }
-  x->rx_packets++;
-  x->rx_bytes += ip.totlen;
-  write_tun(x, d, ip.totlen);
+  to_tun(x, d, n, NULL);
 }
 
 static void on_up(struct uplink *u, void *ud)
@@ -477,6 +509,7 @@ static void start_punch(struct asvc *a)
 
 static const struct quic_conn_cbs direct_cbs;
 static void begin_link(struct asvc *a);
+static int direct_grants(const struct adirect *d, const struct asvc *a);
 
 static void on_punch_done(struct p2p_client *pc, void *ud)
 {
@@ -530,6 +563,10 @@ static void on_punch_done(struct p2p_client *pc, void *ud)
         return;
       }
     }
+    if (d->up && !direct_grants(d, a)) {
+      set_relay(a, "the peer's certificate does not grant the service");
+      return;
+    }
     a->d = d;
     a->state = AP_CONNECTING;
     if (d->up)
@@ -582,11 +619,41 @@ static void begin_link(struct asvc *a)
   send_link(a);
 }
 
+/* 1 when the direct connection's certificate lets it provide a's
+ * service (connector.<service>.ztna): every connector certificate is
+ * valid for ztna-connector, so the name alone proves nothing. */
+static int direct_grants(const struct adirect *d, const struct asvc *a)
+{
+  const char *id = a->x->cfg.services[a->idx].id;
+  return policy_cert_grants(&d->id, POLICY_CONNECTOR, (const uint8_t *)id,
+                            strlen(id));
+}
+
 static void on_direct_handshake(struct quic_conn *c, void *ud)
 {
   struct adirect *d = ud;
   struct actx *x = d->x;
+  size_t granted = 0;
 
+  if (quic_conn_peer_identity(c, &d->id) < 0)
+    memset(&d->id, 0, sizeof(d->id));
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *a = &x->svcs[i];
+    if (a->d != d)
+      continue;
+    if (direct_grants(d, a)) {
+      granted++;
+      continue;
+    }
+    log_warnx("%s: the direct peer (%s) is no connector of this service",
+              x->cfg.services[i].id, d->id.cn[0] ? d->id.cn : "no name");
+    a->d = NULL;
+    set_relay(a, "the peer's certificate does not grant the service");
+  }
+  if (!granted) {
+    fail_conn(d, "not a connector of our services");
+    return;
+  }
   quic_conn_set_keepalive(c, DIRECT_PING_MS);
   d->up = 1;
   d->ka_next_ms = uv_now(x->loop) + DIRECT_KEEPALIVE_MS;
@@ -603,6 +670,7 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
   struct ippkt ip;
   uint8_t token[P2P_LINK_TOKEN_LEN];
   char addr[64];
+  int kind;
 
   if ((wire_classify(d, n) != WIRE_KIND_IPV4 &&
        wire_classify(d, n) != WIRE_KIND_IPV6) ||
@@ -610,7 +678,10 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
     drop(x, A_MALFORMED);
     return;
   }
-  if (p2p_link_token(d, ip.totlen, token) == 1) {
+  kind = p2p_link_token(d, ip.totlen, token);
+  if (kind == 0)
+    return; /* a connector does not ask us to link */
+  if (kind == 1) {
     for (size_t i = 0; i < x->cfg.nservices; i++) {
       struct asvc *a = &x->svcs[i];
       if (a->d != dc || memcmp(token, a->token, sizeof(token)))
@@ -633,10 +704,7 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
     }
     return;
   }
-  x->direct_rx++;
-  x->rx_packets++;
-  x->rx_bytes += ip.totlen;
-  write_tun(x, d, ip.totlen);
+  to_tun(x, d, n, dc);
 }
 
 static void on_direct_close(struct quic_conn *c,
@@ -1170,6 +1238,17 @@ int agent_main(int argc, char **argv)
       if (x.vips[i].family == 6)
         snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s",
                  AGENT_TUNNEL_ADDR6);
+    memcpy(x.guard.tun4, &a, 4);
+    x.guard.has_tun6 = x.cfg.tunnel_addr6[0] &&
+                       inet_pton(AF_INET6, x.cfg.tunnel_addr6,
+                                 x.guard.tun6) == 1;
+    for (size_t i = 0; i < x.nvips && i < TUNGUARD_MAX_VIPS; i++) {
+      x.guard.vips[i].family = x.vips[i].family;
+      memcpy(x.guard.vips[i].addr, x.vips[i].addr, 16);
+      x.guard.vips[i].prefix = x.vips[i].prefix;
+      x.guard.vips[i].svc = (unsigned)x.vips[i].svc;
+    }
+    x.guard.nvips = x.nvips;
   }
   if (make_tls(&x, &x.tls) < 0)
     return 1;

@@ -143,6 +143,10 @@ struct agent_id {
   int relay_known;         /* 0: its relay connection is gone; reachable
                               only directly until it links again */
   struct dconn *direct;    /* linked direct connection, or NULL */
+  /* The certificate of the first direct connection linked to it: no
+   * other certificate may link to it later. */
+  unsigned char cert_fp[32];
+  int has_cert;
   uint8_t direct_addr[16]; /* the agent's own address on it */
   uint64_t last_ms;
 };
@@ -161,6 +165,7 @@ struct dconn {
   struct dconn *next, *prev;
   struct cctx *x;
   struct quic_conn *qc;
+  unsigned char cert_fp[32]; /* the agent's certificate */
   char name[400];
   int up;
   uint8_t grants[CFG_MAX_SERVICES];
@@ -218,11 +223,12 @@ struct cctx {
   uv_timer_t watch;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
       links, relinks;
-  struct metric *mx_relinks, *mx_links, *mx_ctl_limited, *mx_gone;
+  struct metric *mx_relinks, *mx_links, *mx_ctl_limited, *mx_gone,
+      *mx_links_refused;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone;
+  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone, links_refused;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
@@ -938,7 +944,18 @@ static struct agent_id *link_direct(struct dconn *dc, size_t svc,
 
   if (n > sizeof(reply) || ippkt_parse(pkt, n, &ip) < 0)
     return a;
-  if (dc->ids[svc] && dc->ids[svc] != a && dc->ids[svc]->family == a->family) {
+  /* A token proves that whoever sent it on the relay also holds this
+   * direct connection; an identity once linked stays with the certificate
+   * that linked it. */
+  if (a->has_cert && memcmp(a->cert_fp, dc->cert_fp, sizeof(a->cert_fp))) {
+    x->links_refused++;
+    log_warnx("%s: %s: refused to link: the agent on the relay linked "
+              "another certificate before", x->svcs[svc].cfg->id, dc->name);
+    return a;
+  }
+  if (dc->ids[svc] && dc->ids[svc] != a && dc->ids[svc]->family == a->family &&
+      (!dc->ids[svc]->has_cert ||
+       !memcmp(dc->ids[svc]->cert_fp, dc->cert_fp, sizeof(dc->cert_fp)))) {
     /* The agent of this direct connection comes through a new relay
      * connection: it keeps its identity (and its TCP and UDP state), now
      * at the new relay address. */
@@ -966,6 +983,8 @@ static struct agent_id *link_direct(struct dconn *dc, size_t svc,
     dc->ids[svc]->direct = NULL;
   dc->ids[svc] = a;
   a->direct = dc;
+  memcpy(a->cert_fp, dc->cert_fp, sizeof(a->cert_fp));
+  a->has_cert = 1;
   memcpy(a->direct_addr, ip.src, ip.addrlen);
   x->links++;
   inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, addr, sizeof(addr));
@@ -1024,6 +1043,7 @@ static void direct_link_request(struct dconn *dc, size_t svc,
     if (x->rlinks[i].used && x->rlinks[i].id->svc == &x->svcs[svc] &&
         !memcmp(x->rlinks[i].token, token, P2P_LINK_TOKEN_LEN) &&
         uv_now(x->loop) - x->rlinks[i].ms < LINK_WAIT_MS) {
+      x->rlinks[i].used = 0; /* a token links once */
       link_direct(dc, svc, x->rlinks[i].id, pkt, n);
       return;
     }
@@ -1121,6 +1141,7 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
 
   memset(&id, 0, sizeof(id));
   quic_conn_peer_identity(c, &id);
+  memcpy(dc->cert_fp, id.fp, sizeof(dc->cert_fp));
   snprintf(dc->name, sizeof(dc->name), "direct %s (%s)",
            netaddr_str(quic_conn_peer(c), a, sizeof(a)),
            id.cn[0] ? id.cn : "no certificate");
@@ -1341,6 +1362,7 @@ static void collect(void *ud)
   metric_set(x->mx_links, (int64_t)x->links);
   metric_set(x->mx_ctl_limited, (int64_t)x->ctl_limited);
   metric_set(x->mx_gone, (int64_t)x->agents_gone);
+  metric_set(x->mx_links_refused, (int64_t)x->links_refused);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1449,6 +1471,9 @@ static void metrics_init(struct cctx *x)
   x->mx_ctl_limited = metrics_counter(
       m, "ztna_connector_control_limited_total", NULL,
       "Binding requests and keepalives left unanswered: over the rate");
+  x->mx_links_refused = metrics_counter(
+      m, "ztna_connector_links_refused_total", NULL,
+      "Link requests refused: the agent linked another certificate before");
   x->mx_gone = metrics_counter(
       m, "ztna_connector_agents_gone_total", NULL,
       "Notices from the intermediate that an agent left (one per service "

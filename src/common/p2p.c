@@ -172,21 +172,3 @@ void p2p_client_stop(struct p2p_client *pc, uv_close_cb close_cb)
     pc->phase = P2P_DONE;
   uv_close((uv_handle_t *)&pc->timer, close_cb);
 }
-
-int p2p_link_token(const uint8_t *pkt, size_t n, uint8_t *token)
-{
-  const uint8_t *d;
-  size_t len;
-  int kind;
-
-  /* Every packet passes here: only the two sizes a link request has (an
-   * IPv4 or IPv6 header, the echo header, the payload) are parsed. */
-  if (n != 20 + 8 + P2P_LINK_PAYLOAD_LEN && n != 40 + 8 + P2P_LINK_PAYLOAD_LEN)
-    return -1;
-  kind = ippkt_echo_payload(pkt, n, &d, &len);
-  if (kind < 0 || len != P2P_LINK_PAYLOAD_LEN ||
-      memcmp(d, P2P_LINK_MAGIC, P2P_LINK_MAGIC_LEN))
-    return -1;
-  memcpy(token, d + P2P_LINK_MAGIC_LEN, P2P_LINK_TOKEN_LEN);
-  return kind;
-}

@@ -182,6 +182,36 @@ static uint64_t priority_for(const struct punch *p, uint32_t remote)
                         : punch_pair_priority(remote, p->local_priority);
 }
 
+int punch_addr_usable(const struct sockaddr *sa)
+{
+  const uint8_t *b;
+  uint32_t a;
+
+  if (sa->sa_family == AF_INET6) {
+    static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+    static const uint8_t zero[16];
+    b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if (memcmp(b, mapped, 12)) {
+      if (!memcmp(b, zero, 15) && (b[15] == 0 || b[15] == 1))
+        return 0; /* unspecified, loopback */
+      if (b[0] == 0xff || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80))
+        return 0; /* multicast, link-local */
+      return 1;
+    }
+    b += 12; /* IPv4-mapped: judge the IPv4 address */
+  } else if (sa->sa_family == AF_INET) {
+    b = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+  } else {
+    return 0;
+  }
+  a = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+  if ((a >> 24) == 0 || (a >> 24) == 127 || (a >> 16) == 0xa9fe ||
+      (a >> 28) == 0xe || a == 0xffffffffu)
+    return 0; /* this network, loopback, link-local and metadata, multicast,
+               * broadcast */
+  return 1;
+}
+
 void punch_start(struct punch *p, const struct punch_io *io, int controlling,
                  int family, const struct wire_candidate *peer, size_t n,
                  uint64_t now_ms)
@@ -199,6 +229,10 @@ void punch_start(struct punch *p, const struct punch_io *io, int controlling,
     if (peer[i].type == WIRE_CAND_RELAY || sa->sa_family != family ||
         find_pair(p, sa) >= 0)
       continue;
+    if (!punch_addr_usable(sa)) {
+      p->refused++; /* the peer may not aim our checks at such places */
+      continue;
+    }
     if (family == AF_INET && !((const struct sockaddr_in *)sa)->sin_port)
       continue;
     if (family == AF_INET6 && !((const struct sockaddr_in6 *)sa)->sin6_port)
@@ -328,8 +362,13 @@ int punch_input(struct punch *p, const struct wire_ctl *c,
     i = find_pair(p, from);
     if (i < 0) {
       /* A peer-reflexive candidate: the peer's NAT mapped it somewhere
-       * its candidates did not say. Check it at once. */
-      if (from->sa_family != p->family)
+       * its candidates did not say. Check it at once. Not on the
+       * controlling side (the agent), whose first answered check becomes
+       * the path: a request carries no proof of who sent it, so anyone
+       * could make themselves a candidate. The agent checks only what the
+       * connector sent through the intermediate. */
+      if (from->sa_family != p->family || p->controlling ||
+          !punch_addr_usable(from))
         return 0;
       i = add_pair(p, from, WIRE_CAND_PRFLX,
                    priority_for(p, punch_cand_priority(WIRE_CAND_PRFLX,

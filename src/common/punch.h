@@ -7,8 +7,10 @@
  * binding requests from the same socket that carries its relay connection,
  * so the NAT mappings the checks open are the ones the relay uses. Both
  * sides send checks (a connector behind NAT must open its own mapping);
- * both answer the peer's requests and learn peer-reflexive candidates from
- * them. The agent controls: its first check that gets an answer wins.
+ * both answer the peer's requests; the connector (controlled) learns
+ * peer-reflexive candidates from them, the agent never does (requests are
+ * not authenticated). The agent controls: its first check that gets an
+ * answer wins.
  *
  * Checks are paced every 20 ms, retransmitted after 100 ms doubling to at
  * most 1600 ms, 5 transmissions per pair; the check list gives up after
@@ -34,6 +36,11 @@
 
 /* Same family, address and port. */
 int punch_addr_eq(const struct sockaddr *a, const struct sockaddr *b);
+/* 0 for an address checks must never go to, whoever offers it: loopback,
+ * link-local (the cloud metadata address among them), unspecified,
+ * multicast and broadcast (IPv4-mapped IPv6 judged as IPv4); host
+ * candidates on private LANs stay usable. Else 1. */
+int punch_addr_usable(const struct sockaddr *sa);
 
 /* RFC 8445 priorities (protocol.md 5). */
 uint32_t punch_cand_priority(uint32_t type, int family);
@@ -83,6 +90,7 @@ struct punch {
   struct punch_pair pairs[PUNCH_MAX_PAIRS];
   size_t npairs;
   int winner;               /* index of the pair that won, -1 none */
+  size_t refused;           /* peer candidates refused: punch_addr_usable */
   char why[160];            /* why it failed */
 };
 

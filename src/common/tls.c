@@ -8,6 +8,7 @@
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_wolfssl.h>
@@ -233,6 +234,15 @@ int tls_peer_identity(WOLFSSL *ssl, struct tls_identity *id)
   cert = wolfSSL_get_peer_certificate(ssl);
   if (!cert)
     return ZTNA_ERR_CERT;
+  {
+    int derlen = 0;
+    const unsigned char *der = wolfSSL_X509_get_der(cert, &derlen);
+    if (!der || derlen <= 0 ||
+        wc_Sha256Hash(der, (word32)derlen, id->fp) != 0) {
+      wolfSSL_X509_free(cert);
+      return ZTNA_ERR_CERT;
+    }
+  }
   subj = wolfSSL_X509_get_subject_name(cert);
   if (subj) {
     if (wolfSSL_X509_NAME_get_text_by_NID(subj, NID_commonName, id->cn,

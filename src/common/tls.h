@@ -31,6 +31,7 @@ struct tls_config {
 /* The identity a peer proved with its certificate. DNS SANs are lowercased;
  * names longer than TLS_NAME_MAX and SANs beyond TLS_MAX_SANS are ignored. */
 struct tls_identity {
+  unsigned char fp[32]; /* SHA-256 of the certificate (DER) */
   char cn[TLS_NAME_MAX + 1];
   char ou[TLS_NAME_MAX + 1];
   size_t ndns;

@@ -209,6 +209,81 @@ static void test_success_both_ways_and_prflx(void **state)
                       sizeof(struct sockaddr_in));
 }
 
+/* A stranger's binding request never becomes a pair on the agent's side
+ * (it could otherwise answer its own check and win the path). */
+static void test_controlling_learns_no_prflx(void **state)
+{
+  static struct punch a;
+  static struct wire_log wa;
+  struct punch_io ioa = { log_send, &wa };
+  struct wire_candidate cb[1];
+  struct sockaddr_storage stranger;
+  struct wire_ctl req;
+  (void)state;
+
+  memset(&wa, 0, sizeof(wa));
+  memset(&req, 0, sizeof(req));
+  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  addr(&stranger, "198.51.100.99", 5555);
+  now = 1000;
+  punch_start(&a, &ioa, 1, AF_INET, cb, 1, now);
+  assert_int_equal(a.npairs, 1);
+  req.kind = WIRE_CTL_BIND_REQ;
+  memset(req.txn, 0x55, sizeof(req.txn));
+  assert_int_equal(punch_input(&a, &req, (struct sockaddr *)&stranger, now),
+                   0);
+  assert_int_equal(a.npairs, 1);
+  assert_false(punch_addr_eq((struct sockaddr *)&a.pairs[0].remote,
+                             (struct sockaddr *)&stranger));
+}
+
+/* Candidates that aim checks at loopback, link-local, metadata,
+ * multicast or broadcast addresses are refused; a private LAN host is
+ * fine. */
+static void test_candidates_past_the_egress_guard(void **state)
+{
+  static struct punch a;
+  static struct wire_log wa;
+  struct punch_io ioa = { log_send, &wa };
+  struct wire_candidate c[9];
+  struct sockaddr_in6 *s6;
+  (void)state;
+
+  memset(&wa, 0, sizeof(wa));
+  cand(&c[0], WIRE_CAND_HOST, "127.0.0.1", 4434);
+  cand(&c[1], WIRE_CAND_HOST, "169.254.169.254", 80);
+  cand(&c[2], WIRE_CAND_HOST, "0.0.0.0", 4434);
+  cand(&c[3], WIRE_CAND_HOST, "224.0.0.1", 4434);
+  cand(&c[4], WIRE_CAND_HOST, "255.255.255.255", 4434);
+  cand(&c[5], WIRE_CAND_HOST, "127.8.9.10", 4434);
+  cand(&c[6], WIRE_CAND_HOST, "169.254.1.1", 4434);
+  cand(&c[7], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  cand(&c[8], WIRE_CAND_HOST, "192.168.1.10", 4434);
+  punch_start(&a, &ioa, 0, AF_INET, c, 9, 1000);
+  assert_int_equal(a.npairs, 2);
+  assert_int_equal(a.refused, 7);
+  /* IPv6: loopback, link-local, multicast, IPv4-mapped loopback. */
+  memset(c, 0, sizeof(c));
+  for (int i = 0; i < 5; i++) {
+    s6 = (struct sockaddr_in6 *)&c[i].addr;
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(4434);
+    c[i].type = WIRE_CAND_HOST;
+  }
+  inet_pton(AF_INET6, "::1", &((struct sockaddr_in6 *)&c[0].addr)->sin6_addr);
+  inet_pton(AF_INET6, "fe80::1",
+            &((struct sockaddr_in6 *)&c[1].addr)->sin6_addr);
+  inet_pton(AF_INET6, "ff02::1",
+            &((struct sockaddr_in6 *)&c[2].addr)->sin6_addr);
+  inet_pton(AF_INET6, "::ffff:127.0.0.1",
+            &((struct sockaddr_in6 *)&c[3].addr)->sin6_addr);
+  inet_pton(AF_INET6, "2001:db8::5",
+            &((struct sockaddr_in6 *)&c[4].addr)->sin6_addr);
+  punch_start(&a, &ioa, 0, AF_INET6, c, 5, 1000);
+  assert_int_equal(a.npairs, 1);
+  assert_int_equal(a.refused, 4);
+}
+
 static void test_answers_that_do_not_count(void **state)
 {
   static struct punch a;
@@ -272,6 +347,8 @@ int main(void)
     cmocka_unit_test(test_priorities),
     cmocka_unit_test(test_pacing_and_retransmission),
     cmocka_unit_test(test_success_both_ways_and_prflx),
+    cmocka_unit_test(test_controlling_learns_no_prflx),
+    cmocka_unit_test(test_candidates_past_the_egress_guard),
     cmocka_unit_test(test_answers_that_do_not_count),
     cmocka_unit_test(test_no_candidates),
   };
