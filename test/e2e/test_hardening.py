@@ -178,6 +178,204 @@ def test_half_close_gets_everything_and_nobody_else_does(world):
         world.procs["agent2"].wait(10)
 
 
+UDP_SINK = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + float(sys.argv[2])
+got = []
+while time.time() < end:
+    try:
+        d, a = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    got.append("%s@%s" % (d.decode(errors="replace"), a[0]))
+print(" ".join(got))
+"""
+
+UDP_ECHO_ONCE = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for _ in range(10):
+    s.sendto(sys.argv[2].encode(), (sys.argv[1], 7))
+    try:
+        print(s.recvfrom(2048)[0].decode())
+        break
+    except socket.timeout:
+        pass
+"""
+
+
+def drops(world, reason):
+    return world.metric(world.agent_ns, 9092,
+                        'ztna_agent_drops_total{reason="%s"}' % reason) or 0
+
+
+def test_connector_cannot_inject_foreign_packets(world):
+    """Item 7: the agent wrote whatever a path delivered into its TUN. A
+    connector (here one that took over the echo service at the
+    intermediate) sends the agent one packet from the service's virtual IP
+    and one from an internet address: only the first arrives. When it
+    leaves, the displaced real connector serves the service again
+    (item 3, end to end)."""
+    from ztna import Client, parse_udp4, udp4
+    echo_vip = SERVICES["echo"][0]
+    world.block_direct()
+    rogue = None
+    try:
+        wait_for(lambda: world.path("echo") == "relay", timeout=30,
+                 what="relay path")
+        rogue = Client("198.51.100.10:4433", world.pki, cert=world.conn_cert,
+                       ns=world.inet)
+        rogue.expect("up ", timeout=20)
+        rogue.send("reg connector echo")
+        rogue.expect("ack", timeout=20)
+        # The agent's next packet for echo reaches the rogue: it learns
+        # the address the intermediate gave the agent.
+        world.run([sys.executable, "-c", UDP_ECHO_ONCE, echo_vip, "probe"],
+                  check=False, timeout=30)
+        src = parse_udp4(bytes.fromhex(rogue.expect("dgram ").split()[1]))[0]
+        sink = world.net.popen(world.agent_ns, [sys.executable, "-c",
+                                                UDP_SINK, "45555", "4"],
+                               stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        foreign0 = drops(world, "foreign_source")
+        rogue.send("raw " + udp4("203.0.113.77", src, 7, 45555,
+                                 b"foreign").hex())
+        rogue.send("raw " + udp4(echo_vip, src, 7, 45555, b"legit").hex())
+        got = sink.communicate(timeout=30)[0].split()
+        assert got == ["legit@" + echo_vip], got
+        assert drops(world, "foreign_source") > foreign0
+    finally:
+        if rogue:
+            rogue.close()
+        world.unblock_direct()
+    # The real connector carries echo again (it was only displaced).
+    p = world.run([sys.executable, "-c", UDP_ECHO_ONCE, echo_vip, "again"],
+                  check=False, timeout=60)
+    assert p.stdout.strip() == "again", p.stdout
+
+
+LINK_PING = r"""
+import os, socket, struct, sys, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.5)
+payload = sys.argv[2].encode() + os.urandom(16) if sys.argv[2] else b"x" * 28
+h = struct.pack("!BBHHH", 8, 0, 0, 0x7a74, 1)
+h = struct.pack("!BBHHH", 8, 0, csum(h + payload), 0x7a74, 1)
+replies = 0
+for _ in range(5):
+    s.sendto(h + payload, (sys.argv[1], 0))
+    try:
+        d = s.recv(2048)
+        if d[20] == 0:
+            replies += 1
+    except socket.timeout:
+        pass
+print(replies)
+"""
+
+
+def test_link_requests_never_come_from_the_tun(world):
+    """Item 9: any local program could send the connector a link request
+    (an ICMP echo with the link magic) through the TUN. Now the agent
+    drops it; an ordinary ping of the same size still gets its answers."""
+    vip = SERVICES["web"][0]
+    before = drops(world, "link_from_tun")
+    p = world.run([sys.executable, "-c", LINK_PING, vip, "ztna-link-v1"])
+    assert p.stdout.strip() == "0", p.stdout
+    assert drops(world, "link_from_tun") >= before + 5
+    p = world.run([sys.executable, "-c", LINK_PING, vip, ""])
+    assert int(p.stdout) >= 4, p.stdout
+
+
+def forget_agent_flows(world):
+    """The connector's NAT forgets the flows between the agent's public
+    address and the connector (new rules apply to the next packet)."""
+    for flag in ("-s", "-d"):
+        world.net.exec(world.nat_c, ["conntrack", "-D", flag,
+                                     "198.51.100.2"], check=False)
+
+
+def test_rogue_connector_certificate_never_becomes_the_path(world):
+    """Item 6: the agent dialled its direct path with SNI ztna-connector,
+    which every connector certificate carries, and never checked that the
+    peer may provide the service. Here a router on the connector's side
+    sends the agent's checks and direct connection to a rogue ztna
+    connector whose certificate is valid, for another service. The agent
+    refuses it at the handshake, never links it and stays on the relay."""
+    net = world.net
+    rogue_ns = net.ns("rogue")
+    net.link(rogue_ns, "192.0.2.98/28", world.nat_c, "192.0.2.97/28")
+    net.route(rogue_ns, "default", "192.0.2.97")
+    cert, key = world.pki.issue("connector", "rogue", "--service", "other")
+    cfg = os.path.join(world.tmp, "rogue.json")
+    with open(cfg, "w") as f:
+        f.write('{"intermediate_server": {"host": "203.0.113.10", '
+                '"port": 4433}, "services": [{"id": "web", "backend": '
+                '"192.0.2.34:80", "protocol": "tcp"}], "cert": "%s", '
+                '"key": "%s", "ca_cert": "%s", "metrics_port": 9096}'
+                % (cert, key, world.pki.ca))
+    log = open(os.path.join(world.tmp, "rogue.log"), "w+")
+    from datapath import ZTNA
+    # Its own port, so that its relay connection does not take the real
+    # connector's public mapping at the NAT.
+    rogue = net.popen(rogue_ns, [ZTNA, "connector", "-c", cfg, "-v",
+                                 "-p", "5555"], stdout=log, stderr=log)
+    rules = """
+table ip rogue {
+ chain pre {
+  type nat hook prerouting priority -100;
+  ip saddr 198.51.100.2 udp dport 4434 dnat to 192.0.2.98:5555
+ }
+ chain block_legit {
+  type filter hook forward priority 0;
+  ip saddr 192.0.2.18 ip daddr 198.51.100.2 drop
+ }
+}
+"""
+    net.exec(world.nat_c, ["nft", "-f", "-"], input=rules)
+    forget_agent_flows(world)
+    label = 'ztna_agent_direct_failures_total{service="web",reason="%s"}'
+    try:
+        wait_for(lambda: world.metric(rogue_ns, 9096,
+                                      "ztna_connector_uptime_seconds")
+                 is not None, what="rogue connector up")
+        # A new agent punches at once: its checks meet the rogue.
+        world.procs["agent"].terminate()
+        assert world.procs["agent"].wait(30) == 0
+        world.start_agent("agent", world.agent_ns, "alice")
+        wait_for(lambda: (world.metric(world.agent_ns, 9092,
+                                       label % "handshake") or 0) >= 1,
+                 timeout=60, what="the agent refusing the rogue")
+        assert (world.metric(rogue_ns, 9096,
+                             "ztna_connector_direct_connections_total")
+                or 0) >= 1, "the rogue never saw the agent's connection"
+        assert (world.metric(world.agent_ns, 9092, label % "link") or 0) == 0
+        assert world.path() != "direct"
+        with open(world.procs["agent"].log.name) as f:
+            assert "is no connector of this service" in f.read()
+        p = world.run(["curl", "-s", "-m", "20", "-o", "/dev/null", "-w",
+                       "%{http_code}", "http://%s/whoami"
+                       % SERVICES["web"][0]],
+                      check=False)
+        assert p.stdout == "200"
+    finally:
+        net.exec(world.nat_c, ["nft", "delete", "table", "ip", "rogue"],
+                 check=False)
+        forget_agent_flows(world)
+        rogue.terminate()
+        assert rogue.wait(30) == 0
+
+
 # Counts TCP segments from port 80 arriving on a TUN.
 SNIFF_TCP80 = r"""
 import socket, sys, time
