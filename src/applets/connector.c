@@ -1763,6 +1763,7 @@ int connector_main(int argc, char **argv)
     uv_ip4_addr("0.0.0.0", x.cfg.p2p_port, (struct sockaddr_in *)&bind_addr);
   qc.keepalive_ms = 10000;
   qc.server_tls = x.srv_tls; /* direct connections from agents */
+  qc.retry = 1; /* they prove their address before we keep any state */
   qc.cbs = &ep_cbs;
   qc.ud = &x;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);

@@ -67,6 +67,8 @@ struct quic_conn {
   struct sockaddr_storage remote;
   struct sockaddr_storage observed;
   int server, handshake_done, dying, in_ngtcp2;
+  int half_open;        /* counted in ep->half_open and ep->srcs */
+  uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
   int rotate_pending;   /* server: read the next packet on the other label */
   uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
@@ -85,6 +87,14 @@ struct quic_conn {
   struct quic_close_info info;
 };
 
+/* Half-open (server, handshake not done) connections per source address. */
+#define SRC_BUCKETS 1024
+struct src_count {
+  struct src_count *next;
+  uint8_t addr[16];
+  size_t n;
+};
+
 struct quic_endpoint {
   uv_loop_t *loop;
   uv_udp_t udp;
@@ -98,6 +108,8 @@ struct quic_endpoint {
   struct cident *map[CIDMAP_BUCKETS];
   struct quic_conn *conns;
   size_t nconns;
+  size_t half_open; /* of nconns: servers' handshakes in progress */
+  struct src_count *srcs[SRC_BUCKETS];
   size_t send_pending;
   struct quic_stats stats;
   uint64_t reset_window_ms; /* stateless resets: at most 100 a second */
@@ -358,8 +370,18 @@ static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
  * handshake completes, on a client only when the server confirms it. In TLS
  * 1.3 a client finishes before the server has judged its certificate, so
  * "completed" alone would report connections the server then refuses. */
+static void half_open_done(struct quic_conn *c);
+
 static int conn_up(struct quic_conn *c)
 {
+  half_open_done(c);
+  if (c->server &&
+      c->ep->nconns - c->ep->half_open > c->ep->cfg.max_conns) {
+    /* Established connections have max_conns slots of their own. */
+    c->ep->stats.refused_limit++;
+    c->info.err = ZTNA_ERR_LIMIT;
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
   c->handshake_done = 1;
   c->rotate_at = now_ns() + c->ep->cfg.cid_rotate_ms * NGTCP2_MILLISECONDS;
   sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
@@ -540,12 +562,17 @@ static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s)
 static void params_init(struct quic_endpoint *ep, ngtcp2_transport_params *p)
 {
   ngtcp2_transport_params_default(p);
-  p->initial_max_data = 10 * 1024 * 1024;
-  p->initial_max_stream_data_bidi_local = 1024 * 1024;
-  p->initial_max_stream_data_bidi_remote = 1024 * 1024;
-  p->initial_max_stream_data_uni = 1024 * 1024;
-  p->initial_max_streams_bidi = 100;
-  p->initial_max_streams_uni = 100;
+  /* What a peer may make us buffer: the protocol has one signaling stream
+   * whose messages are at most 64 KiB (its frames 4 more), and user data
+   * travels in DATAGRAMs, which flow control does not cover. The
+   * original's 10 MB / 1 MB / 100+100 streams let every peer park
+   * megabytes here. Windows grow again as data is consumed. */
+  p->initial_max_data = 256 * 1024;
+  p->initial_max_stream_data_bidi_local = 128 * 1024;
+  p->initial_max_stream_data_bidi_remote = 128 * 1024;
+  p->initial_max_stream_data_uni = 0;
+  p->initial_max_streams_bidi = 4;
+  p->initial_max_streams_uni = 0;
   p->max_idle_timeout = ep->cfg.idle_timeout_ms * NGTCP2_MILLISECONDS;
   p->max_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
   p->max_datagram_frame_size = 65536;
@@ -695,6 +722,84 @@ static void conn_free_cb(uv_handle_t *h)
 
 /* Takes the connection out of the endpoint, tells the application, and
  * frees it once the timer handle is closed. */
+/* --- half-open handshakes ---------------------------------------------- */
+
+/* The address bytes a source is counted under (IPv4 as IPv4-mapped). */
+static void src_key(const struct sockaddr *sa, uint8_t *key)
+{
+  memset(key, 0, 16);
+  if (sa->sa_family == AF_INET6) {
+    memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+  } else {
+    key[10] = key[11] = 0xff;
+    memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+  }
+}
+
+static struct src_count **src_slot(struct quic_endpoint *ep,
+                                   const uint8_t *key)
+{
+  uint32_t h = ep->hash_seed;
+  struct src_count **pp;
+
+  for (int i = 0; i < 16; i++)
+    h = (h ^ key[i]) * 16777619u;
+  for (pp = &ep->srcs[h % SRC_BUCKETS]; *pp; pp = &(*pp)->next)
+    if (!memcmp((*pp)->addr, key, 16))
+      break;
+  return pp;
+}
+
+/* 1 when a new handshake from this source may start: under the
+ * endpoint's and the source's bounds for half-open connections. */
+static int half_open_allowed(struct quic_endpoint *ep,
+                             const struct sockaddr *from)
+{
+  uint8_t key[16];
+  struct src_count *s;
+
+  if (ep->half_open >= ep->cfg.max_half_open)
+    return 0;
+  src_key(from, key);
+  s = *src_slot(ep, key);
+  return !s || s->n < ep->cfg.max_half_open_per_source;
+}
+
+static int half_open_start(struct quic_conn *c, const struct sockaddr *from)
+{
+  struct quic_endpoint *ep = c->ep;
+  struct src_count **pp;
+
+  src_key(from, c->src_key);
+  pp = src_slot(ep, c->src_key);
+  if (!*pp) {
+    *pp = calloc(1, sizeof(**pp));
+    if (!*pp)
+      return -ENOMEM;
+    memcpy((*pp)->addr, c->src_key, 16);
+  }
+  (*pp)->n++;
+  ep->half_open++;
+  c->half_open = 1;
+  return 0;
+}
+
+static void half_open_done(struct quic_conn *c)
+{
+  struct src_count **pp, *s;
+
+  if (!c->half_open)
+    return;
+  c->half_open = 0;
+  c->ep->half_open--;
+  pp = src_slot(c->ep, c->src_key);
+  s = *pp;
+  if (s && --s->n == 0) {
+    *pp = s->next;
+    free(s);
+  }
+}
+
 static void conn_destroy(struct quic_conn *c)
 {
   struct quic_endpoint *ep = c->ep;
@@ -702,6 +807,7 @@ static void conn_destroy(struct quic_conn *c)
   if (c->dying)
     return;
   c->dying = 1;
+  half_open_done(c);
   while (c->ncids > 0)
     cidmap_remove(c, &c->cids[c->ncids - 1]);
   if (c->prev)
@@ -1142,7 +1248,7 @@ static void accept_conn(struct quic_endpoint *ep, const uint8_t *d, size_t n,
   if (ngtcp2_accept(&hd, d, n) != 0)
     return;
   sa_copy(&ss, from);
-  if (ep->nconns >= ep->cfg.max_conns) {
+  if (ep->nconns - ep->half_open >= ep->cfg.max_conns) {
     ep->stats.refused_limit++;
     send_close_stateless(ep, &hd, from, NGTCP2_CONNECTION_REFUSED);
     return;
@@ -1175,10 +1281,20 @@ static void accept_conn(struct quic_endpoint *ep, const uint8_t *d, size_t n,
     return;
   }
 
+  /* Handshakes in progress have bounds of their own, overall and per
+   * source (a source is proven by the Retry token when Retry is on), so
+   * that nobody can fill the table with handshakes that never finish. */
+  if (!half_open_allowed(ep, from)) {
+    ep->stats.refused_half_open++;
+    send_close_stateless(ep, &hd, from, NGTCP2_CONNECTION_REFUSED);
+    return;
+  }
   c = conn_alloc(ep, from);
   if (!c)
     return;
   c->server = 1;
+  if (half_open_start(c, from) < 0)
+    goto fail;
   settings_init(ep, &settings);
   settings.token = hd.token;
   settings.tokenlen = hd.tokenlen;
@@ -1339,7 +1455,11 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   if (!ep->cfg.idle_timeout_ms)
     ep->cfg.idle_timeout_ms = 30000;
   if (!ep->cfg.handshake_timeout_ms)
-    ep->cfg.handshake_timeout_ms = 10000;
+    ep->cfg.handshake_timeout_ms = ep->cfg.server_tls ? 4000 : 10000;
+  if (!ep->cfg.max_half_open)
+    ep->cfg.max_half_open = 256;
+  if (!ep->cfg.max_half_open_per_source)
+    ep->cfg.max_half_open_per_source = 16;
   if (!ep->cfg.cid_rotate_ms)
     ep->cfg.cid_rotate_ms = QUIC_CID_ROTATE_MS;
   if (cfg->server_tls)

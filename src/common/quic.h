@@ -76,10 +76,14 @@ struct quic_endpoint_cbs {
 struct quic_endpoint_config {
   struct tls_ctx *server_tls; /* NULL: client role only (a ref is taken) */
   int retry;                  /* stateless Retry for new clients */
-  size_t max_conns;           /* 0: 4096 */
+  size_t max_conns;           /* established connections, 0: 4096 */
+  /* Server handshakes in progress, apart from max_conns: at most
+   * max_half_open (0: 256), max_half_open_per_source from one address
+   * (0: 16); the handshake timeout bounds how long each may last. */
+  size_t max_half_open, max_half_open_per_source;
   uint64_t idle_timeout_ms;   /* 0: 30000 */
   uint64_t keepalive_ms;      /* client PING interval, 0: none */
-  uint64_t handshake_timeout_ms; /* 0: 10000 */
+  uint64_t handshake_timeout_ms; /* 0: 4000 with server_tls, else 10000 */
   uint64_t cid_rotate_ms;        /* move to a new CID, 0: QUIC_CID_ROTATE_MS */
   /* 32 bytes for Retry and stateless-reset tokens; NULL: random. A secret
    * that survives restarts lets a restarted server reset the connections
@@ -97,6 +101,7 @@ struct quic_stats {
   uint64_t retry_sent, retry_ok, retry_fail;
   uint64_t vn_sent;
   uint64_t refused_limit;       /* connections refused by max_conns */
+  uint64_t refused_half_open;   /* by the half-open bounds */
   uint64_t dgram_too_large;     /* datagrams refused: do not fit */
   uint64_t dgram_queue_full;    /* datagrams refused: queue full */
   uint64_t dgram_rejected;      /* datagrams ngtcp2 refused when sending */

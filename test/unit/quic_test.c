@@ -246,6 +246,8 @@ static int tls_make(struct tls_ctx **out, int server, const char *crt,
   return rv;
 }
 
+static size_t max_conns_cfg, half_per_source_cfg; /* for world_init */
+
 static void world_init(struct world *w, int retry, uint64_t idle_ms)
 {
   struct quic_endpoint_config cfg = { 0 };
@@ -264,6 +266,8 @@ static void world_init(struct world *w, int retry, uint64_t idle_ms)
   cfg.retry = retry;
   cfg.idle_timeout_ms = idle_ms;
   cfg.cid_rotate_ms = rotate_ms;
+  cfg.max_conns = max_conns_cfg;
+  cfg.max_half_open_per_source = half_per_source_cfg;
   cfg.cbs = &server_cbs;
   cfg.ud = w;
   assert_int_equal(quic_endpoint_new(&w->server_ep, &w->loop,
@@ -411,6 +415,58 @@ static void test_quic_transfer(void **state)
   assert_int_equal(w.srv.info.app, 1);
   assert_int_equal(w.srv.info.code, 7);
   assert_string_equal(w.srv.info.reason, "bye");
+  world_free(&w);
+}
+
+/* One source starts many handshakes and never finishes them: it gets at
+ * most max_half_open_per_source of them, they do not count against the
+ * established connections, and a client from elsewhere still gets in. */
+static struct quic_endpoint *flood_ep;
+
+static int flood_started(struct world *w)
+{
+  return quic_endpoint_stats(w->server_ep)->refused_half_open > 0;
+}
+
+static void test_quic_half_open_flood(void **state)
+{
+  struct quic_endpoint_config cfg = { 0 };
+  struct sockaddr_storage srv;
+  struct sockaddr_in a;
+  struct quic_conn *c;
+  struct world w;
+  (void)state;
+
+  max_conns_cfg = 8;
+  half_per_source_cfg = 4;
+  world_init(&w, 0, 0);
+  max_conns_cfg = half_per_source_cfg = 0;
+  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
+           cert("ca.crt"), NULL);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  assert_int_equal(quic_endpoint_new(&flood_ep, &w.loop,
+                                     (struct sockaddr *)&a, &cfg), 0);
+  for (int i = 0; i < 40; i++)
+    assert_int_equal(quic_connect(&c, flood_ep, w.client_tls,
+                                  (struct sockaddr *)&srv, "ztna-server",
+                                  NULL, NULL), 0);
+  assert_true(run_until(&w, flood_started));
+  /* The flooder goes silent: its handshakes stay half-open until the
+   * server's handshake timeout. */
+  quic_endpoint_del(flood_ep);
+  assert_true(quic_endpoint_conn_count(w.server_ep) <= 4);
+  /* A client from another address is served at once. */
+  quic_endpoint_del(w.client_ep);
+  uv_ip4_addr("127.0.0.2", 0, &a);
+  memset(&cfg, 0, sizeof(cfg));
+  assert_int_equal(quic_endpoint_new(&w.client_ep, &w.loop,
+                                     (struct sockaddr *)&a, &cfg), 0);
+  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
+                                (struct sockaddr *)&srv, "ztna-server",
+                                &side_cbs, &w.cli), 0);
+  assert_true(run_until(&w, both_up));
+  assert_true(w.cli.handshake && w.srv.handshake);
   world_free(&w);
 }
 
@@ -915,6 +971,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_retry),
+    cmocka_unit_test(test_quic_half_open_flood),
     cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_cid_rotation),
     cmocka_unit_test(test_quic_silence),
