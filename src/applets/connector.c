@@ -50,7 +50,9 @@
 #define MAX_UDP_PER_AGENT 512   /* one agent may not take every flow */
 #define MAX_TCP_SESSIONS 1024
 #define MAX_TCP_PER_AGENT 256   /* nor every TCP session */
-#define P2P_MAX_SESSIONS 32
+/* The intermediate lets one agent hold 16 signaling sessions: one agent
+ * alone cannot take every slot. */
+#define P2P_MAX_SESSIONS 128
 #define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
 #define CTL_ANSWERS_PER_SEC 200
 #define MAX_AGENT_IDS 4096
@@ -143,6 +145,7 @@ struct agent_id {
   int relay_known;         /* 0: its relay connection is gone; reachable
                               only directly until it links again */
   struct dconn *direct;    /* linked direct connection, or NULL */
+  size_t nflows;           /* its UDP flows (MAX_UDP_PER_AGENT) */
   /* The certificate of the first direct connection linked to it: no
    * other certificate may link to it later. */
   unsigned char cert_fp[32];
@@ -173,8 +176,11 @@ struct dconn {
   struct link_pending pend[4];
 };
 
+#define FLOW_BUCKETS 4096 /* a power of two */
+
 struct uflow {
   struct uflow *next, *prev;
+  struct uflow *hnext; /* x->flow_hash chain */
   struct agent_id *id;
   struct csvc *svc;
   int family;
@@ -196,6 +202,7 @@ struct cctx {
   struct csvc svcs[CFG_MAX_SERVICES];
   size_t nsvcs;
   struct uflow *flows;
+  struct uflow *flow_hash[FLOW_BUCKETS];
   size_t nflows;
   struct metrics *m;
   struct metrics_http *http;
@@ -336,7 +343,7 @@ static void id_free(struct cctx *x, struct agent_id *a)
   id_unhash(x, a);
   x->nids--;
   netstack_conn_gone(x->ns, a);
-  for (f = x->flows; f; f = next) {
+  for (f = x->flows; f && a->nflows; f = next) {
     next = f->next;
     if (f->id == a)
       flow_free(x, f);
@@ -414,8 +421,30 @@ static void flow_closed(uv_handle_t *h)
   free(h->data);
 }
 
+static size_t flow_bucket(const struct agent_id *a, int family,
+                          const uint8_t *agent, const uint8_t *vip,
+                          uint16_t aport, uint16_t vport)
+{
+  uintptr_t p = (uintptr_t)a;
+  uint32_t h = 2166136261u ^ (uint32_t)p ^ (uint32_t)(p >> 32) ^
+               (uint32_t)family ^ ((uint32_t)aport << 16 | vport);
+  size_t alen = family == 4 ? 4 : 16;
+
+  for (size_t i = 0; i < alen; i++)
+    h = (h ^ agent[i] ^ (uint32_t)vip[i] << 8) * 16777619u;
+  return h & (FLOW_BUCKETS - 1);
+}
+
 static void flow_free(struct cctx *x, struct uflow *f)
 {
+  struct uflow **pp = &x->flow_hash[flow_bucket(f->id, f->family, f->agent,
+                                                f->vip, f->aport, f->vport)];
+
+  while (*pp && *pp != f)
+    pp = &(*pp)->hnext;
+  if (*pp)
+    *pp = f->hnext;
+  f->id->nflows--;
   if (f->prev)
     f->prev->next = f->next;
   else
@@ -465,16 +494,18 @@ static void on_udp(struct agent_id *a, const struct ippkt *ip,
   struct cctx *x = s->x;
   uint16_t aport = (uint16_t)(l4[0] << 8 | l4[1]);
   uint16_t vport = (uint16_t)(l4[2] << 8 | l4[3]);
+  size_t h = flow_bucket(a, ip->version, ip->src, ip->dst, aport, vport);
   struct uflow *f;
   uv_buf_t b;
 
-  for (f = x->flows; f; f = f->next)
+  for (f = x->flow_hash[h]; f; f = f->hnext)
     if (f->id == a && f->family == ip->version && f->aport == aport &&
         f->vport == vport && !memcmp(f->agent, ip->src, ip->addrlen) &&
         !memcmp(f->vip, ip->dst, ip->addrlen))
       break;
   if (!f) {
-    if (x->nflows >= MAX_UDP_FLOWS) {
+    /* Each flow is a socket: one agent may not take them all. */
+    if (x->nflows >= MAX_UDP_FLOWS || a->nflows >= MAX_UDP_PER_AGENT) {
       drop(x, D_FLOW_LIMIT);
       return;
     }
@@ -501,6 +532,9 @@ static void on_udp(struct agent_id *a, const struct ippkt *ip,
       x->flows->prev = f;
     x->flows = f;
     x->nflows++;
+    f->hnext = x->flow_hash[h];
+    x->flow_hash[h] = f;
+    a->nflows++;
   }
   f->last = uv_now(x->loop);
   b = uv_buf_init((char *)(uintptr_t)(l4 + 8), (unsigned)(l4len - 8));
@@ -537,8 +571,7 @@ static void sweep_cb(uv_timer_t *t)
       an = a->next;
       if (now - a->last_ms < AGENT_ID_IDLE_MS || a->direct)
         continue;
-      for (f = x->flows; f && !busy; f = f->next)
-        busy = f->id == a;
+      busy = a->nflows > 0;
       if (!busy && !netstack_conn_sessions(x->ns, a))
         id_free(x, a);
     }

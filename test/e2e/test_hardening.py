@@ -376,6 +376,88 @@ table ip rogue {
         assert rogue.wait(30) == 0
 
 
+UDP_FLOWS = r"""
+import select, socket, sys, time
+n, vip = int(sys.argv[1]), sys.argv[2]
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    socks.append(s)
+answered = set()
+end = time.time() + 8
+while time.time() < end and len(answered) < n:
+    for i, s in enumerate(socks):
+        if i not in answered:
+            s.sendto(b"x", (vip, 7))
+    t = time.time() + 1
+    while time.time() < t:
+        r, _, _ = select.select(socks, [], [], 0.1)
+        for s in r:
+            try:
+                s.recv(64)
+                answered.add(socks.index(s))
+            except OSError:
+                pass
+print(len(answered))
+"""
+
+TCP_HOLD = r"""
+import socket, sys, time
+n, vip = int(sys.argv[1]), sys.argv[2]
+held = []
+for i in range(n):
+    try:
+        held.append(socket.create_connection((vip, 6379), timeout=3))
+    except OSError:
+        pass
+ok = 0
+for s in held:
+    try:
+        s.sendall(b"PING\r\n")
+        s.settimeout(3)
+        ok += s.recv(16).startswith(b"+PONG")
+    except OSError:
+        pass
+print(ok, flush=True)
+sys.stdin.readline()  # hold them until told
+"""
+
+
+def test_one_agent_cannot_starve_another(world):
+    """Item 11: UDP flows (each a socket), TCP sessions and the SYN limit
+    were connector-wide, so one agent could take them all. Agent A is
+    pushed past its share of each; agent B is still served."""
+    net = world.net
+    ns5 = net.ns("agent5")
+    net.link(ns5, "192.0.2.114/28", world.nat_a, "192.0.2.113/28")
+    net.route(ns5, "default", "192.0.2.113")
+    world.start_agent("agent5", ns5, "bob", tunnel="100.64.0.1", port=9097)
+    hold = None
+    try:
+        p = world.run([sys.executable, "-c", UDP_FLOWS, "700",
+                       SERVICES["echo"][0]], timeout=60)
+        assert 0 < int(p.stdout) <= 512, p.stdout
+        p = net.exec(ns5, [sys.executable, "-c", UDP_FLOWS, "5",
+                           SERVICES["echo"][0]], timeout=60)
+        assert int(p.stdout) == 5, "agent B's UDP flows: " + p.stdout
+        hold = net.popen(world.agent_ns, [sys.executable, "-c", TCP_HOLD,
+                                          "300", SERVICES["redis"][0]],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+        got = int(hold.stdout.readline())
+        assert 0 < got <= 256, got
+        p = net.exec(ns5, ["redis-cli", "-h", SERVICES["redis"][0], "ping"],
+                     check=False, timeout=30)
+        assert p.stdout.strip() == "PONG", p.stdout + p.stderr
+    finally:
+        if hold:
+            hold.stdin.close()
+            hold.wait(30)
+        world.procs["agent5"].terminate()
+        world.procs["agent5"].wait(30)
+
+
 # Counts TCP segments from port 80 arriving on a TUN.
 SNIFF_TCP80 = r"""
 import socket, sys, time
