@@ -613,9 +613,13 @@ static void send_link(struct asvc *a)
 
 static void begin_link(struct asvc *a)
 {
+  /* The token is the link's only proof: never a predictable one. */
+  if (uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL) < 0) {
+    fail_direct(a, "no random bytes for the link token");
+    return;
+  }
   a->state = AP_LINKING;
   a->link_tries = 0;
-  uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL);
   send_link(a);
 }
 
@@ -861,9 +865,10 @@ static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
    * our connections and can still fall back to the relay. */
   if (r == UPLINK_REG_OK && x->svcs[svc].state == AP_DIRECT) {
     struct asvc *a = &x->svcs[svc];
-    a->relink = LINK_TRIES;
     a->link_tries = 0;
-    uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL);
+    a->relink = uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL)
+                    ? 0 /* no token: the next punch links anew */
+                    : LINK_TRIES;
   }
 }
 

@@ -673,7 +673,8 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
     /* ztna: a wrapped packet is taken wherever it arrives, for this
      * connection's service only. */
     if (wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen) < 0 ||
-        idlen != strlen(s->cfg->id) || memcmp(id, s->cfg->id, idlen)) {
+        idlen != strlen(s->cfg->id) ||
+        strncasecmp((const char *)id, s->cfg->id, idlen)) {
       drop(s->x, D_MALFORMED);
       return;
     }
@@ -1122,7 +1123,7 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
     }
     for (size_t i = 0; i < x->nsvcs; i++)
       if (strlen(x->svcs[i].cfg->id) == idlen &&
-          !memcmp(x->svcs[i].cfg->id, id, idlen))
+          !strncasecmp(x->svcs[i].cfg->id, (const char *)id, idlen))
         svc = i;
     break;
   case WIRE_KIND_IPV4:

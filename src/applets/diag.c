@@ -420,7 +420,10 @@ static void next_step(struct dctx *x)
     if (!x->alt.got && !x->alt.failed)
       return;
     x->step = S_HAIRPIN;
-    uv_random(NULL, NULL, &x->hairpin_seq, sizeof(x->hairpin_seq), 0, NULL);
+    /* Only tells our own echo apart from others: no secret. */
+    if (uv_random(NULL, NULL, &x->hairpin_seq, sizeof(x->hairpin_seq), 0,
+                  NULL) < 0)
+      x->hairpin_seq = (uint32_t)uv_hrtime();
     send_hairpin(x);
     uv_timer_start(&x->timer, timer_cb, HAIRPIN_WAIT_MS / HAIRPIN_TRIES, 0);
     return;

@@ -211,7 +211,8 @@ static void set_date(byte *out, int *outsz, time_t t)
 static int write_file(const char *path, const void *d, size_t n, mode_t mode,
                       int force)
 {
-  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC |
+  /* --force replaces a file, never what a symbolic link points at. */
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                           (force ? O_TRUNC : O_EXCL), mode);
   const uint8_t *p = d;
 
@@ -219,6 +220,9 @@ static int write_file(const char *path, const void *d, size_t n, mode_t mode,
     if (errno == EEXIST)
       fprintf(stderr, "ztna keygen: %s exists; use --force to overwrite "
               "it\n", path);
+    else if (errno == ELOOP)
+      fprintf(stderr, "ztna keygen: %s is a symbolic link; not followed "
+              "(remove it to write there)\n", path);
     else
       fprintf(stderr, "ztna keygen: cannot write %s: %s\n", path,
               strerror(errno));
@@ -467,10 +471,21 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     nnames++;
   }
   for (int i = 0; i < kg->ndns; i++) {
+    size_t dl = strlen(kg->dns[i]);
     if (!valid_dns(kg->dns[i]))
       return bad("--dns '%s' is not a DNS name (labels of [A-Za-z0-9_-], "
                  "an optional leading '*.', at most 253 characters)",
                  kg->dns[i]);
+    /* The names ztna grants by are made from --role and --service only:
+     * a connector certificate that also said ztna-server could pose as
+     * the intermediate. */
+    if (!strcasecmp(kg->dns[i], "ztna-server") ||
+        !strcasecmp(kg->dns[i], "ztna-connector"))
+      return bad("--dns '%s' is reserved: --role gives each certificate "
+                 "the name its role may carry", kg->dns[i]);
+    if (dl >= 5 && !strcasecmp(kg->dns[i] + dl - 5, ".ztna"))
+      return bad("--dns '%s' is reserved: names under .ztna grant roles "
+                 "and come from --role and --service", kg->dns[i]);
     snprintf(names[nnames++], 256, "%s", kg->dns[i]);
   }
 

@@ -24,17 +24,23 @@ int log_verbosity(void)
 static void emit(const char *tag, const char *fmt, va_list ap,
                  const char *suffix)
 {
-  char ts[32];
+  char ts[32], msg[2048];
   struct timespec now;
   struct tm tm;
 
   clock_gettime(CLOCK_REALTIME, &now);
   gmtime_r(&now.tv_sec, &tm);
   strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  /* Lines often carry what a peer sent (close reasons, error texts, names
+   * from certificates): no control character of theirs reaches a terminal
+   * or forges a line of its own. */
+  for (char *p = msg; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      *p = '?';
   flockfile(stderr);
-  fprintf(stderr, "%s.%03ldZ %s %s: ", ts, now.tv_nsec / 1000000, log_name,
-          tag);
-  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "%s.%03ldZ %s %s: %s", ts, now.tv_nsec / 1000000, log_name,
+          tag, msg);
   if (suffix)
     fprintf(stderr, ": %s", suffix);
   fputc('\n', stderr);

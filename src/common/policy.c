@@ -39,7 +39,8 @@ int policy_file_allows(const struct cfg_policy *p,
   for (size_t i = 0; i < p->nservices; i++) {
     const struct cfg_policy_service *ps = &p->services[i];
 
-    if (strlen(ps->id) != len || memcmp(ps->id, svc, len) != 0)
+    /* Service ids ignore ASCII case, like the SANs that grant them. */
+    if (strlen(ps->id) != len || strncasecmp(ps->id, (const char *)svc, len))
       continue;
     for (size_t k = 0; k < ps->nallow; k++) {
       const char *a = ps->allow[k];

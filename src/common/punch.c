@@ -138,10 +138,11 @@ size_t punch_gather(struct wire_candidate *cand, size_t max, int family,
 
 /* --- the check list ------------------------------------------------------------ */
 
-static void new_txn(uint8_t *txn)
+/* A check's transaction id must be unpredictable: its answer is the only
+ * proof that the peer saw the check. Returns 0 or -1. */
+static int new_txn(uint8_t *txn)
 {
-  if (getrandom(txn, 12, 0) != 12)
-    memset(txn, 0x5a, 12); /* never on Linux >= 3.17 */
+  return getrandom(txn, 12, 0) == 12 ? 0 : -1;
 }
 
 static int find_pair(const struct punch *p, const struct sockaddr *sa)
@@ -158,20 +159,21 @@ static int add_pair(struct punch *p, const struct sockaddr *sa, uint32_t type,
                     uint64_t prio, uint64_t now_ms)
 {
   size_t at = p->npairs;
+  uint8_t txn[12];
 
-  if (p->npairs >= PUNCH_MAX_PAIRS)
-    return -1;
+  if (p->npairs >= PUNCH_MAX_PAIRS || new_txn(txn) < 0)
+    return -1; /* full, or no randomness: no check */
   while (at > 0 && p->pairs[at - 1].priority < prio)
     at--;
   memmove(&p->pairs[at + 1], &p->pairs[at],
           (p->npairs - at) * sizeof(p->pairs[0]));
   memset(&p->pairs[at], 0, sizeof(p->pairs[0]));
+  memcpy(p->pairs[at].txn, txn, sizeof(txn));
   memcpy(&p->pairs[at].remote, sa, sa_size(sa));
   p->pairs[at].remote_type = type;
   p->pairs[at].priority = prio;
   p->pairs[at].state = PAIR_WAITING;
   p->pairs[at].next_ms = now_ms;
-  new_txn(p->pairs[at].txn);
   p->npairs++;
   return (int)at;
 }

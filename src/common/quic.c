@@ -150,8 +150,11 @@ static void fill_random(void *p, size_t n)
       if (errno == EINTR)
         continue;
       /* getrandom cannot fail on Linux >= 3.17 with a valid buffer; fall
-       * back to wolfSSL's RNG rather than leave bytes unset. */
-      wolfSSL_RAND_bytes(b, (int)n);
+       * back to wolfSSL's RNG rather than leave bytes unset, and say so
+       * if that fails too (CIDs and tokens would be predictable). */
+      if (wolfSSL_RAND_bytes(b, (int)n) != 1)
+        log_warnx("no random bytes from getrandom or wolfSSL: %s",
+                  strerror(errno));
       return;
     }
     b += r;

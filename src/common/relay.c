@@ -113,18 +113,33 @@ static void drop(struct relay *r, enum relay_drop why)
 
 /* --- services ------------------------------------------------------------ */
 
+/* Service ids compare as the SAN names that grant them do: ASCII case
+ * does not matter (policy_cert_grants, the policy file). */
+static uint8_t fold(uint8_t c)
+{
+  return c >= 'A' && c <= 'Z' ? (uint8_t)(c - 'A' + 'a') : c;
+}
+
 static uint32_t svc_hash(const uint8_t *id, size_t len)
 {
   uint32_t h = 2166136261u;
   for (size_t i = 0; i < len; i++)
-    h = (h ^ id[i]) * 16777619u;
+    h = (h ^ fold(id[i])) * 16777619u;
   return h & (SVC_BUCKETS - 1);
+}
+
+static int svc_id_eq(const uint8_t *a, const uint8_t *b, size_t len)
+{
+  for (size_t i = 0; i < len; i++)
+    if (fold(a[i]) != fold(b[i]))
+      return 0;
+  return 1;
 }
 
 static struct service *svc_find(struct relay *r, const uint8_t *id, size_t len)
 {
   for (struct service *s = r->svc[svc_hash(id, len)]; s; s = s->next)
-    if (s->len == len && memcmp(s->id, id, len) == 0)
+    if (s->len == len && svc_id_eq((const uint8_t *)s->id, id, len))
       return s;
   return NULL;
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <wolfssl/options.h>
@@ -14,6 +15,7 @@
 #include <ngtcp2/ngtcp2_crypto_wolfssl.h>
 
 #include "err.h"
+#include "log.h"
 #include "pki.h"
 #include "tls.h"
 
@@ -52,6 +54,17 @@ static int readable(const char *what, const char *path, char *err,
     return 0;
   snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
   return -errno;
+}
+
+/* A private key others on the machine can read is a key they may hold. */
+static void warn_if_exposed(const char *path)
+{
+  struct stat st;
+
+  if (stat(path, &st) == 0 && (st.st_mode & 077))
+    log_warnx("private key %s is readable by %s (mode %04o): chmod 600 it",
+              path, st.st_mode & 007 ? "everyone" : "its group",
+              (unsigned)(st.st_mode & 07777));
 }
 
 int tls_ctx_new(struct tls_ctx **out, int server, const struct tls_config *cfg,
@@ -128,6 +141,7 @@ int tls_ctx_new(struct tls_ctx **out, int server, const struct tls_config *cfg,
     rv = pki_key_matches_cert(cfg->key_file, cfg->cert_file, err, errlen);
     if (rv < 0)
       goto fail;
+    warn_if_exposed(cfg->key_file);
   }
   if (cfg->ca_file &&
       wolfSSL_CTX_load_verify_locations(t->ctx, cfg->ca_file, NULL) !=

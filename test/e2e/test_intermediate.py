@@ -432,3 +432,18 @@ def test_bad_addresses_are_explained(pki):
                        text=True)
     assert p.returncode == 1
     assert "bind address '1.2.3' is not an IPv4 or IPv6 address" in p.stderr
+
+
+def test_peer_text_never_writes_control_characters_to_the_log(lone, pki,
+                                                               inter,
+                                                               clients):
+    """A peer's close reason is logged; its escape sequences and line
+    breaks must not reach the log (a terminal, a forged line)."""
+    a = client(clients, pki, lone, pki.agent)
+    a.send("reg agent echo")
+    assert a.expect("ack") == "ack echo"
+    a.send("close 0 bye\x1b[2J\rforged\x07 line")
+    wait_for(lambda: "forged" in inter.logtext(), what="the close logged")
+    log = inter.logtext()
+    assert "\x1b" not in log and "\r" not in log and "\x07" not in log
+    assert "bye?[2J?forged? line" in log

@@ -132,6 +132,15 @@ def test_validity(ztna, ca, tmp_path):
      "is not a DNS name"),
     (["--role", "agent", "--name", "x", "--service", "s", "--days", "0"],
      "--days"),
+    # Names that grant roles come from --role and --service alone.
+    (["--role", "connector", "--name", "x", "--service", "s", "--dns",
+      "ztna-server"], "is reserved"),
+    (["--role", "agent", "--name", "x", "--service", "s", "--dns",
+      "ZTNA-Connector"], "is reserved"),
+    (["--role", "agent", "--name", "x", "--service", "s", "--dns",
+      "connector.web.ztna"], "is reserved"),
+    (["--role", "intermediate", "--name", "x", "--dns", "agent.web.ztna"],
+     "is reserved"),
 ])
 def test_bad_input(ztna, tmp_path, args, msg):
     d = tmp_path / "ca"
@@ -140,3 +149,32 @@ def test_bad_input(ztna, tmp_path, args, msg):
              str(tmp_path / "o")] + args)
     assert p.returncode == 1
     assert msg in p.stderr
+
+
+def test_force_does_not_follow_symlinks(ztna, ca, tmp_path):
+    """--force replaces files; a symbolic link planted where a key goes
+    must not make keygen write through it."""
+    d, _ = ca
+    out = tmp_path / "o"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (out / "a.key").symlink_to(victim)
+    p = run([ztna, "keygen", "issue", "--ca", str(d), "--out", str(out),
+             "--role", "agent", "--name", "a", "--service", "s", "--force"])
+    assert p.returncode == 1
+    assert "symbolic link" in p.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_daemon_warns_of_a_readable_key(ztna, ca, tmp_path):
+    d, _ = ca
+    issue(ztna, d, tmp_path, "--role", "agent", "--name", "a", "--service",
+          "s")
+    key = tmp_path / "a.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    p = run([ztna, "agent", "-n", "--server", "127.0.0.1:4433", "--service",
+             "s=10.100.0.2", "--cert", str(tmp_path / "a.crt"), "--key",
+             str(key), "--ca", str(d / "ca.crt")])
+    assert "readable by everyone" in p.stderr, p.stderr

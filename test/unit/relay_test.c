@@ -120,6 +120,20 @@ static size_t routed(uint8_t *b, const char *svc, const uint8_t *pkt,
   return (size_t)h + n;
 }
 
+static void count_cb(const char *id, size_t len, int has_connector,
+                     size_t agents, void *ud)
+{
+  (void)id, (void)len, (void)has_connector, (void)agents;
+  ++*(int *)ud;
+}
+
+static int count_services(struct relay *r)
+{
+  int n = 0;
+  relay_foreach_service(r, count_cb, &n);
+  return n;
+}
+
 struct world {
   struct relay *r;
   struct fconn fa, fb, fc;
@@ -154,6 +168,8 @@ static void test_relay_registration_and_policy(void **state)
   assert_int_equal(last_status(&w.fa), 0);
   reg(w.r, w.a, WIRE_REG_AGENT, "ECHO"); /* SANs are case-insensitive */
   assert_int_equal(last_status(&w.fa), 0);
+  /* ... and so is the registry: ECHO is the service echo. */
+  assert_int_equal(count_services(w.r), 1);
   reg(w.r, w.a, WIRE_REG_CONNECTOR, "echo"); /* not a connector */
   assert_int_equal(last_status(&w.fa), 2);
   reg(w.r, w.a, WIRE_REG_AGENT, "web");
@@ -177,6 +193,9 @@ static void test_relay_registration_and_policy(void **state)
   /* The policy does not restrict connectors. */
   reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
   assert_int_equal(last_status(&w.fc), 0);
+  /* The policy file names services without regard to case either. */
+  reg(w.r, w.b, WIRE_REG_AGENT, "Echo");
+  assert_int_equal(last_status(&w.fb), 0);
   relay_set_policy(w.r, NULL);
   relay_del(w.r);
 }
