@@ -262,9 +262,8 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   const char *id;
   uint8_t hdr[2 + WIRE_SERVICE_ID_MAX];
   struct iovec iov[2];
-  int h, rv;
-
   uint8_t token[P2P_LINK_TOKEN_LEN];
+  int h, rv;
 
   if (ippkt_parse(pkt, n, &ip) < 0) {
     drop(x, A_MALFORMED);

@@ -85,6 +85,7 @@ struct ictx {
   struct metric *mx_active, *mx_uptime, *mx_bytes, *mx_regs, *mx_rejects,
       *mx_relayed, *mx_sessions, *mx_retry_ok, *mx_retry_fail, *mx_qad,
       *mx_diag, *mx_sessions_active, *mx_sig_errors, *mx_limit, *mx_refused,
+      *mx_hs_refused, *mx_hs_active,
       *mx_invalid_regs, *mx_drops[RELAY_DROP_COUNT], *mx_reloads,
       *mx_reload_failures;
 };
@@ -331,6 +332,8 @@ static void collect(void *ud)
   metric_set(x->mx_retry_ok, (int64_t)qs->retry_ok);
   metric_set(x->mx_retry_fail, (int64_t)qs->retry_fail);
   metric_set(x->mx_refused, (int64_t)qs->refused_limit);
+  metric_set(x->mx_hs_refused, (int64_t)qs->refused_half_open);
+  metric_set(x->mx_hs_active, (int64_t)quic_endpoint_half_open(x->ep));
   metric_set(x->mx_qad, (int64_t)x->qad_sent);
   metric_set(x->mx_diag, (int64_t)x->diag_conns);
   for (int i = 0; i < RELAY_DROP_COUNT; i++)
@@ -374,6 +377,12 @@ static void metrics_init(struct ictx *x)
                                      "Retry tokens refused");
   x->mx_refused = metrics_counter(m, "ztna_connections_refused_total", NULL,
                                   "Connections refused at the limit");
+  x->mx_hs_refused = metrics_counter(
+      m, "ztna_handshakes_refused_total", NULL,
+      "New handshakes refused: too many in progress (overall or from one "
+      "address)");
+  x->mx_hs_active = metrics_gauge(m, "ztna_handshakes_in_progress", NULL,
+                                  "Handshakes started and not finished");
   x->mx_qad = metrics_counter(m, "ztna_qad_sent_total", NULL,
                               "Observed-address messages sent");
   x->mx_diag = metrics_counter(m, "ztna_diag_connections_total", NULL,
@@ -564,6 +573,25 @@ static int usage_error(const char *fmt, const char *arg)
   return applet_usage_error("intermediate", fmt, arg);
 }
 
+/* A numeric option from 1 to hi (val NULL: not given). */
+static int num_option(const char *name, const char *val, long hi,
+                      uint32_t *out)
+{
+  char what[64];
+  long v;
+
+  if (!val)
+    return 0;
+  if (cfg_parse_uint(val, 1, hi, &v) < 0) {
+    snprintf(what, sizeof(what), "%s '%%s' is not a number from 1 to %ld",
+             name, hi);
+    usage_error(what, val);
+    return -1;
+  }
+  *out = (uint32_t)v;
+  return 0;
+}
+
 int intermediate_main(int argc, char **argv)
 {
   static const struct option opts[] = {
@@ -657,27 +685,13 @@ int intermediate_main(int argc, char **argv)
                        dport ? dport : "(diag_port)");
   if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
-  if (maxconns) {
-    long v;
-    if (cfg_parse_uint(maxconns, 1, 1000000, &v) < 0)
-      return usage_error("--max-connections '%s' is not a number from 1 to "
-                         "1000000", maxconns);
-    x.cfg.max_connections = (uint32_t)v;
-  }
-  if (maxxlat) {
-    long v;
-    if (cfg_parse_uint(maxxlat, 1, CFG_MAX_TRANSLATIONS, &v) < 0)
-      return usage_error("--max-translations '%s' is not a number from 1 "
-                         "to 4194048", maxxlat);
-    x.cfg.max_translations = (uint32_t)v;
-  }
-  if (xlatrest) {
-    long v;
-    if (cfg_parse_uint(xlatrest, 1, 86400, &v) < 0)
-      return usage_error("--translation-quarantine '%s' is not a number of "
-                         "seconds from 1 to 86400", xlatrest);
-    x.cfg.translation_quarantine_s = (uint32_t)v;
-  }
+  if (num_option("--max-connections", maxconns, 1000000,
+                 &x.cfg.max_connections) < 0 ||
+      num_option("--max-translations", maxxlat, CFG_MAX_TRANSLATIONS,
+                 &x.cfg.max_translations) < 0 ||
+      num_option("--translation-quarantine", xlatrest, 86400,
+                 &x.cfg.translation_quarantine_s) < 0)
+    return 1;
   if (bind)
     snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
   if (mbind)

@@ -75,6 +75,7 @@ struct session {
   size_t synlen;
   int handles;
   int agent_fin, backend_eof, backend_shut, lwip_fin, reading;
+  err_t lwip_err;  /* what lwIP reported as it let go of the pcb */
   size_t inflight; /* bytes handed to the backend, not yet written */
   uint8_t *pending; /* backend bytes lwIP has not taken yet */
   size_t pendlen;
@@ -109,6 +110,7 @@ struct netstack {
 };
 
 static struct netstack *the; /* lwIP is global; so is its one user */
+static u8_t ext_id = LWIP_TCP_PCB_NUM_EXT_ARG_ID_INVALID; /* our pcb slot */
 
 static void schedule(struct netstack *ns);
 
@@ -414,6 +416,7 @@ static void detach_pcb(struct session *s)
   tcp_sent(s->pcb, NULL);
   tcp_err(s->pcb, NULL);
   tcp_poll(s->pcb, NULL, 0);
+  tcp_ext_arg_set(s->pcb, ext_id, NULL);
   s->pcb = NULL;
 }
 
@@ -438,6 +441,8 @@ static void session_abort(struct session *s)
  * unacknowledged: the retransmissions would lose their way.
  * Returns 1 when it aborted the pcb (inside an lwIP callback the caller
  * must then return ERR_ABRT). */
+static void session_timer(uv_timer_t *t);
+
 static int maybe_finish(struct session *s)
 {
   struct tcp_pcb *pcb = s->pcb;
@@ -445,8 +450,15 @@ static int maybe_finish(struct session *s)
   if (s->state != S_OPEN || !s->agent_fin || !s->lwip_fin ||
       s->inflight > 0 || s->pendlen > 0)
     return 0;
-  if (pcb && pcb->state != TIME_WAIT && pcb->state != CLOSED)
-    return 0; /* our data or FIN still unacknowledged: wait */
+  if (pcb && pcb->state != TIME_WAIT && pcb->state != CLOSED) {
+    /* Our data or FIN is still unacknowledged: wait. CLOSING moves to
+     * TIME_WAIT without a callback when only our FIN was outstanding, so
+     * look again now and then (lwIP keeps a TIME_WAIT pcb for minutes,
+     * far longer than this). */
+    if (!uv_is_active((uv_handle_t *)&s->timer))
+      uv_timer_start(&s->timer, session_timer, 200, 200);
+    return 0;
+  }
   detach_pcb(s);
   if (pcb)
     tcp_abort(pcb); /* TIME_WAIT: freed at once, no RST */
@@ -667,23 +679,33 @@ static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
   return ERR_OK;
 }
 
+/* lwIP let go of the pcb. Its two ways of saying so (the err callback:
+ * ERR_CLSD when LAST_ACK ended normally, else an RST or lwIP giving up;
+ * and the ext-arg destroy callback, which also covers a TIME_WAIT pcb
+ * reused under pressure) come in either order within one lwIP call, so
+ * neither frees the session: the session timer does, from the loop. */
+static void pcb_gone(struct session *s, err_t err)
+{
+  s->pcb = NULL;
+  if (err != ERR_OK)
+    s->lwip_err = err;
+  uv_timer_start(&s->timer, session_timer, 0, 0);
+}
+
 static void lwip_err(void *arg, err_t err)
 {
-  struct session *s = arg;
-
-  /* lwIP already freed the pcb: ERR_CLSD when LAST_ACK ended normally
-   * (every byte and our FIN acknowledged), otherwise an RST from the
-   * agent or lwIP giving up. */
-  if (!s)
-    return;
-  s->pcb = NULL;
-  if (err == ERR_CLSD && s->agent_fin && s->lwip_fin) {
-    session_free(s, 0);
-    return;
-  }
-  s->ns->st.resets++;
-  session_free(s, 1);
+  if (arg)
+    pcb_gone(arg, err);
 }
+
+static void pcb_destroyed(u8_t id, void *data)
+{
+  (void)id;
+  if (data)
+    pcb_gone(data, ERR_OK);
+}
+
+static const struct tcp_ext_arg_callbacks ext_cbs = { pcb_destroyed, NULL };
 
 /* The mapping index behind a synthetic source address of lwIP's. */
 static int synth_index(struct netstack *ns, const ip_addr_t *a, uint32_t *idx)
@@ -723,6 +745,8 @@ static err_t lwip_accept(void *arg, struct tcp_pcb *pcb, err_t err)
   tcp_sent(pcb, lwip_sent);
   tcp_err(pcb, lwip_err);
   tcp_poll(pcb, lwip_poll, 1);
+  tcp_ext_arg_set_callbacks(pcb, ext_id, &ext_cbs);
+  tcp_ext_arg_set(pcb, ext_id, s);
   tcp_nagle_disable(pcb);
   ns->st.sessions_total++;
   start_reading(s);
@@ -784,11 +808,23 @@ static void refuse(struct session *s)
     to_agent(s->ns, rst, (size_t)n);
 }
 
-static void connect_timeout(uv_timer_t *t)
+/* The session's one timer: the backend's connect timeout, the agent's
+ * handshake timeout, and the wait for lwIP to finish a closed session. */
+static void session_timer(uv_timer_t *t)
 {
   struct session *s = t->data;
 
-  if (s->state == S_PENDING) {
+  if (s->state == S_OPEN && !s->pcb) {
+    /* lwIP is done with it: cleanly when both sides closed and LAST_ACK
+     * ended (ERR_CLSD) or a TIME_WAIT pcb was reused; else a reset. */
+    int clean = s->agent_fin && s->lwip_fin &&
+                (s->lwip_err == ERR_CLSD || s->lwip_err == ERR_OK);
+    if (!clean)
+      s->ns->st.resets++;
+    session_free(s, !clean);
+  } else if (s->state == S_OPEN) {
+    (void)maybe_finish(s); /* outside lwIP: aborting is fine */
+  } else if (s->state == S_PENDING) {
     /* The backend did not answer: the agent hears RST. */
     s->ns->st.timeouts++;
     refuse(s);
@@ -823,7 +859,7 @@ static void backend_connected(uv_connect_t *req, int status)
   }
   /* Now lwIP may answer the SYN; the agent has 5 s to complete. */
   s->state = S_CONNECTED;
-  uv_timer_start(&s->timer, connect_timeout, NETSTACK_CONNECT_TIMEOUT_MS, 0);
+  uv_timer_start(&s->timer, session_timer, NETSTACK_CONNECT_TIMEOUT_MS, 0);
   feed(ns, s->syn, s->synlen);
   free(s->syn);
   s->syn = NULL;
@@ -976,7 +1012,7 @@ void netstack_input(struct netstack *ns, void *conn,
     session_free(s, 0);
     return;
   }
-  uv_timer_start(&s->timer, connect_timeout, NETSTACK_CONNECT_TIMEOUT_MS, 0);
+  uv_timer_start(&s->timer, session_timer, NETSTACK_CONNECT_TIMEOUT_MS, 0);
 }
 
 void netstack_conn_gone(struct netstack *ns, void *conn)
@@ -1055,6 +1091,7 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   the = ns;
   if (!lwip_ready) {
     lwip_init();
+    ext_id = tcp_ext_arg_alloc_id();
     lwip_ready = 1;
   }
   addr.addr = htonl(LOCAL_ADDR);

@@ -1550,6 +1550,11 @@ size_t quic_endpoint_conn_count(struct quic_endpoint *ep)
   return ep->nconns;
 }
 
+size_t quic_endpoint_half_open(struct quic_endpoint *ep)
+{
+  return ep->half_open;
+}
+
 int quic_endpoint_idle(struct quic_endpoint *ep)
 {
   return ep->nconns == 0 && ep->send_pending == 0;

@@ -126,6 +126,8 @@ void quic_endpoint_set_server_tls(struct quic_endpoint *ep,
                                   struct tls_ctx *tls);
 const struct quic_stats *quic_endpoint_stats(struct quic_endpoint *ep);
 size_t quic_endpoint_conn_count(struct quic_endpoint *ep);
+/* Server handshakes in progress. */
+size_t quic_endpoint_half_open(struct quic_endpoint *ep);
 /* 1 when the endpoint has no connection and no send queued in libuv
  * (close packets included): what a shutdown drain waits for. */
 int quic_endpoint_idle(struct quic_endpoint *ep);

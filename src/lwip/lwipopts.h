@@ -18,6 +18,9 @@
 #define LWIP_IPV4 1
 #define LWIP_IPV6 1
 #define LWIP_TCP 1
+/* One slot: the connector hears when lwIP frees a pcb, whatever the path
+ * (TIME_WAIT reuse among them, which has no other callback). */
+#define LWIP_TCP_PCB_NUM_EXT_ARGS 1
 #define LWIP_UDP 0
 #define LWIP_ICMP 0
 #define LWIP_ICMP6 1

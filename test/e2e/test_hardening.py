@@ -4,15 +4,13 @@ agent's packets reaching another, and daemons that touch freed memory
 when signals arrive during shutdown."""
 import os
 import signal
-import socket  # noqa: F401
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from datapath import BACKEND, SERVICES, World, sha256  # noqa: F401
+from datapath import SERVICES, World
 from netns import Net
 from ztna import wait_for
 
@@ -120,14 +118,15 @@ for i in range(rounds):
 print(bad)
 """
 
-# Watches a TUN for TCP payload bytes of a tag that is not its own.
+# Counts the packets arriving on a TUN that match: "tcp-from-80" (TCP
+# segments from port 80) or TAG (a payload with 64 TAG bytes in a row).
 SNIFF = r"""
 import socket, sys, time
-foreign = sys.argv[1].encode() * 64
+ifname, seconds, what = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
-s.bind((sys.argv[2], 0))
+s.bind((ifname, 0))
 s.settimeout(0.2)
-end = time.time() + float(sys.argv[3])
+end = time.time() + seconds
 seen = 0
 print("ready", flush=True)
 while time.time() < end:
@@ -135,8 +134,11 @@ while time.time() < end:
         d = s.recv(65536)
     except socket.timeout:
         continue
-    if foreign in d:
-        seen += 1
+    if what == "tcp-from-80":
+        ihl = (d[0] & 15) * 4
+        seen += d[0] >> 4 == 4 and d[9] == 6 and d[ihl:ihl + 2] == b"\0P"
+    else:
+        seen += what.encode() * 64 in d
 print(seen)
 """
 
@@ -154,8 +156,8 @@ def test_half_close_gets_everything_and_nobody_else_does(world):
     vip = SERVICES["hc"][0]
     sniff = None
     try:
-        sniff = net.popen(ns2, [sys.executable, "-c", SNIFF, "A", "ztna0",
-                                "40"], stdout=subprocess.PIPE, text=True)
+        sniff = net.popen(ns2, [sys.executable, "-c", SNIFF, "ztna0", "40",
+                                "A"], stdout=subprocess.PIPE, text=True)
         assert sniff.stdout.readline().strip() == "ready"
         pa = net.popen(world.agent_ns, [sys.executable, "-c", HALF_CLIENT,
                                         "A", vip, "15"],
@@ -295,6 +297,69 @@ def test_link_requests_never_come_from_the_tun(world):
     assert drops(world, "link_from_tun") >= before + 5
     p = world.run([sys.executable, "-c", LINK_PING, vip, ""])
     assert int(p.stdout) >= 4, p.stdout
+
+
+def link_request(src, dst, token, seq=1):
+    """An ICMP echo request carrying the link magic and token (as the
+    agent sends on both paths to tie a direct connection to its relay
+    identity)."""
+    import socket as so
+    import struct
+    from ztna import csum
+    payload = b"ztna-link-v1" + token
+    h = struct.pack("!BBHHH", 8, 0, 0, 0x7a74, seq)
+    h = struct.pack("!BBHHH", 8, 0, csum(h + payload), 0x7a74, seq)
+    ih = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(h + payload), 1,
+                     0x4000, 64, 1, 0, so.inet_aton(src), so.inet_aton(dst))
+    ih = ih[:10] + struct.pack("!H", csum(ih)) + ih[12:]
+    return ih + h + payload
+
+
+def test_a_link_token_links_once_and_one_certificate(world):
+    """Item 9: a token seen on the relay from one agent linked any direct
+    connection that presented it, as often as it was presented. Here alice
+    links her direct connection with a token; bob (another certificate,
+    also granted the service) then presents the same token on his own
+    direct connection: it links nothing and he hears nothing back."""
+    from ztna import Client
+    token = os.urandom(16)
+    vip = SERVICES["web"][0]
+    clients = []
+    try:
+        relay = Client("198.51.100.10:4433", world.pki,
+                       cert=world.agent_certs["alice"], ns=world.agent_ns)
+        clients.append(relay)
+        relay.expect("up ", timeout=20)
+        relay.send("reg agent web")
+        relay.expect("ack", timeout=20)
+        relay.send("routed web " + link_request("100.64.0.9", vip,
+                                                token).hex())
+        relay.expect("dgram ", timeout=20)  # the connector answers the ping
+        links0 = world.metric(world.conn_ns, 9091,
+                              "ztna_connector_links_total")
+        mine = Client("192.0.2.18:4434", world.pki,
+                      cert=world.agent_certs["alice"], ns=world.conn_ns,
+                      sni="ztna-connector")
+        clients.append(mine)
+        mine.expect("up ", timeout=20)
+        mine.send("routed web " + link_request("100.64.0.9", vip, token,
+                                               2).hex())
+        mine.expect("dgram ", timeout=20)  # linked: the answer comes here
+        assert world.metric(world.conn_ns, 9091,
+                            "ztna_connector_links_total") == links0 + 1
+        theirs = Client("192.0.2.18:4434", world.pki,
+                        cert=world.agent_certs["bob"], ns=world.conn_ns,
+                        sni="ztna-connector")
+        clients.append(theirs)
+        theirs.expect("up ", timeout=20)
+        theirs.send("routed web " + link_request("100.64.0.9", vip, token,
+                                                 3).hex())
+        theirs.quiet("dgram", 3.0)
+        assert world.metric(world.conn_ns, 9091,
+                            "ztna_connector_links_total") == links0 + 1
+    finally:
+        for c in clients:
+            c.close()
 
 
 def forget_agent_flows(world):
@@ -458,28 +523,6 @@ def test_one_agent_cannot_starve_another(world):
         world.procs["agent5"].wait(30)
 
 
-# Counts TCP segments from port 80 arriving on a TUN.
-SNIFF_TCP80 = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
-s.bind((sys.argv[1], 0))
-s.settimeout(0.2)
-end = time.time() + float(sys.argv[2])
-seen = 0
-print("ready", flush=True)
-while time.time() < end:
-    try:
-        d = s.recv(65536)
-    except socket.timeout:
-        continue
-    if d[0] >> 4 == 4 and d[9] == 6:
-        ihl = (d[0] & 15) * 4
-        if d[ihl] == 0 and d[ihl + 1] == 80:
-            seen += 1
-print(seen)
-"""
-
-
 def test_departed_agents_address_carries_nothing_of_it(world):
     """Item 8: the intermediate handed a departed agent's translated
     address to the next agent while the connector still held that agent's
@@ -527,8 +570,9 @@ def test_departed_agents_address_carries_nothing_of_it(world):
         net.link(ns4, "192.0.2.82/28", world.nat_a, "192.0.2.81/28")
         net.route(ns4, "default", "192.0.2.81")
         world.start_agent("agent4", ns4, "bob", port=9095)
-        sniff = net.popen(ns4, [sys.executable, "-c", SNIFF_TCP80, "ztna0",
-                                "6"], stdout=subprocess.PIPE, text=True)
+        sniff = net.popen(ns4, [sys.executable, "-c", SNIFF, "ztna0", "6",
+                                "tcp-from-80"], stdout=subprocess.PIPE,
+                          text=True)
         assert sniff.stdout.readline().strip() == "ready"
         # B's first packet takes the one translation there is: A's.
         p = net.exec(ns4, ["ping", "-c", "3", "-W", "2",
