@@ -74,7 +74,9 @@ static const char usage_text[] =
     "      --tunnel-addr A  this agent's address on the TUN (100.64.0.1)\n"
     "      --tunnel-addr6 A its IPv6 address on the TUN, needed for IPv6\n"
     "                       virtual IPs (" AGENT_TUNNEL_ADDR6 ")\n"
-    "      --metrics-port N Prometheus /metrics and /healthz (0: off)\n"
+    "      --metrics-port N Prometheus /metrics, /healthz and /readyz\n"
+    "                       (0: off)\n"
+    "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --no-direct      never punch: all traffic through the relay\n"
     "  -h, --help           this text\n";
 
@@ -953,6 +955,28 @@ static void collect(void *ud)
   metric_set(x->mx_reconn, (int64_t)uplink_reconnects(x->up));
 }
 
+/* /readyz: connected, and every service registered. */
+static int ready(void *ud, char *why, size_t cap)
+{
+  struct actx *x = ud;
+
+  if (x->stopping) {
+    snprintf(why, cap, "shutting down");
+    return 0;
+  }
+  if (!uplink_is_up(x->up)) {
+    snprintf(why, cap, "not connected to the intermediate");
+    return 0;
+  }
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (uplink_reg_state(x->up, i) != UPLINK_REG_OK) {
+      snprintf(why, cap, "service '%s': not registered",
+               x->cfg.services[i].id);
+      return 0;
+    }
+  return 1;
+}
+
 static void metrics_init(struct actx *x)
 {
   char labels[64];
@@ -981,6 +1005,7 @@ static void metrics_init(struct actx *x)
   x->mx_reconn = metrics_counter(x->m, "ztna_agent_reconnections_total",
                                  NULL, "Reconnections to the intermediate");
   metrics_set_collect(x->m, collect, x);
+  metrics_set_ready(x->m, ready, x);
 }
 
 static void close_handle(uv_handle_t *h)
@@ -1108,7 +1133,8 @@ static void warn_cb(const char *msg)
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
-       OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT };
+       OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT,
+       OPT_METRICS_BIND };
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -1131,13 +1157,14 @@ int agent_main(int argc, char **argv)
     { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
     { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
     { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   static struct actx x;
   const char *config = NULL, *server = NULL, *cert = NULL, *key = NULL,
              *ca = NULL, *tun = NULL, *taddr = NULL, *taddr6 = NULL,
-             *mport = NULL;
+             *mport = NULL, *mbind = NULL;
   const char *svcargs[CFG_MAX_SERVICES];
   size_t nsvcargs = 0;
   int ch, check = 0, verbose = LOG_LVL_INFO, rv, no_direct = 0;
@@ -1165,6 +1192,7 @@ int agent_main(int argc, char **argv)
     case OPT_TUNNEL_ADDR6: taddr6 = optarg; break;
     case OPT_NO_DIRECT: no_direct = 1; break;
     case OPT_METRICS_PORT: mport = optarg; break;
+    case OPT_METRICS_BIND: mbind = optarg; break;
     case 'h':
       fputs(usage_text, stdout);
       return 0;
@@ -1214,6 +1242,8 @@ int agent_main(int argc, char **argv)
   x.no_direct = no_direct || !x.cfg.direct;
   if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
+  if (mbind)
+    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
   if (!x.cfg.server_host[0])
     return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
                        "serverHost in the configuration)");
@@ -1339,7 +1369,8 @@ int agent_main(int argc, char **argv)
     fatalx("out of memory");
   metrics_init(&x);
   if (x.cfg.metrics_port &&
-      metrics_http_listen(&x.http, x.loop, "127.0.0.1", x.cfg.metrics_port,
+      metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind,
+                          x.cfg.metrics_port,
                           x.m, err, sizeof(err)) < 0)
     log_warnx("%s", err);
   uv_signal_init(x.loop, &x.sigterm);

@@ -194,7 +194,6 @@ struct cctx {
   uv_loop_t *loop;
   struct cfg_connector cfg;
   char config_path[CFG_PATH_MAX];
-  char metrics_bind[64];
   const char *cert, *key;
   struct tls_ctx *tls;
   struct quic_endpoint *ep;
@@ -1451,6 +1450,32 @@ static void collect(void *ud)
   }
 }
 
+/* /readyz: every service registered with the intermediate. */
+static int ready(void *ud, char *why, size_t cap)
+{
+  static const char *const states[] = { "registering", "registered",
+                                        "refused", "invalid",
+                                        "no answer" };
+  struct cctx *x = ud;
+
+  if (x->stopping) {
+    snprintf(why, cap, "shutting down");
+    return 0;
+  }
+  for (size_t i = 0; i < x->nsvcs; i++) {
+    enum uplink_reg r = uplink_is_up(x->svcs[i].up)
+                            ? uplink_reg_state(x->svcs[i].up, 0)
+                            : UPLINK_REG_PENDING;
+    if (r != UPLINK_REG_OK) {
+      snprintf(why, cap, "service '%s': %s", x->svcs[i].cfg->id,
+               uplink_is_up(x->svcs[i].up) ? states[r]
+                                            : "not connected");
+      return 0;
+    }
+  }
+  return 1;
+}
+
 static void metrics_init(struct cctx *x)
 {
   struct metrics *m = x->m;
@@ -1522,6 +1547,7 @@ static void metrics_init(struct cctx *x)
       m, "ztna_connector_direct_packets_sent_total", NULL,
       "Packets sent on direct connections");
   metrics_set_collect(m, collect, x);
+  metrics_set_ready(m, ready, x);
 }
 
 static void close_handle(uv_handle_t *h)
@@ -1707,7 +1733,6 @@ int connector_main(int argc, char **argv)
     return usage_error("unexpected argument '%s'", argv[optind]);
   log_init("connector", verbose);
   cfg_connector_defaults(&x.cfg);
-  snprintf(x.metrics_bind, sizeof(x.metrics_bind), "127.0.0.1");
   /* The short form needs no file; otherwise the lookup order applies. */
   if ((config || !service) &&
       cfg_find(config, "connector", x.config_path, sizeof(x.config_path)) ==
@@ -1753,7 +1778,7 @@ int connector_main(int argc, char **argv)
   if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port", mport);
   if (mbind)
-    snprintf(x.metrics_bind, sizeof(x.metrics_bind), "%s", mbind);
+    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
   x.cert = cert ? cert : x.cfg.cert[0] ? x.cfg.cert : x.cfg.p2p_cert;
   x.key = key ? key : x.cfg.key[0] ? x.cfg.key : x.cfg.p2p_key;
   if (!x.cfg.server_host[0])
@@ -1836,7 +1861,7 @@ int connector_main(int argc, char **argv)
                                                            : "tcp");
   }
   if (x.cfg.metrics_port &&
-      metrics_http_listen(&x.http, x.loop, x.metrics_bind, x.cfg.metrics_port,
+      metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind, x.cfg.metrics_port,
                           x.m, err, sizeof(err)) < 0) {
     fprintf(stderr, "ztna connector: %s\n", err);
     return 1;

@@ -68,7 +68,6 @@ struct ictx {
   uv_loop_t *loop;
   struct cfg_intermediate cfg;
   char config_path[CFG_PATH_MAX];
-  char metrics_bind[64];
   struct tls_ctx *tls;
   struct quic_endpoint *ep;
   struct quic_endpoint *diag_ep; /* diag_port: QAD only */
@@ -343,6 +342,17 @@ static void collect(void *ud)
   relay_foreach_service(x->relay, service_gauge, x);
 }
 
+/* /readyz: listening and not shutting down. */
+static int ready(void *ud, char *why, size_t cap)
+{
+  struct ictx *x = ud;
+
+  if (!x->draining)
+    return 1;
+  snprintf(why, cap, "shutting down");
+  return 0;
+}
+
 static void metrics_init(struct ictx *x)
 {
   struct metrics *m = x->m;
@@ -397,6 +407,7 @@ static void metrics_init(struct ictx *x)
                                      "Datagrams dropped, by reason");
   }
   metrics_set_collect(m, collect, x);
+  metrics_set_ready(m, ready, x);
 }
 
 /* --- configuration --------------------------------------------------------- */
@@ -662,7 +673,6 @@ int intermediate_main(int argc, char **argv)
 
   memset(&x, 0, sizeof(x));
   cfg_intermediate_defaults(&x.cfg);
-  snprintf(x.metrics_bind, sizeof(x.metrics_bind), "127.0.0.1");
   if (cfg_find(config, "intermediate", x.config_path,
                sizeof(x.config_path)) == 0) {
     rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
@@ -695,7 +705,7 @@ int intermediate_main(int argc, char **argv)
   if (bind)
     snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
   if (mbind)
-    snprintf(x.metrics_bind, sizeof(x.metrics_bind), "%s", mbind);
+    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
   if (cert)
     snprintf(x.cfg.cert_path, sizeof(x.cfg.cert_path), "%s", cert);
   if (key)
@@ -782,7 +792,7 @@ int intermediate_main(int argc, char **argv)
                                               sizeof(a)));
   }
   if (x.cfg.metrics_port &&
-      metrics_http_listen(&x.http, x.loop, x.metrics_bind, x.cfg.metrics_port,
+      metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind, x.cfg.metrics_port,
                           x.m, err, sizeof(err)) < 0) {
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
@@ -807,7 +817,7 @@ int intermediate_main(int argc, char **argv)
              x.cfg.policy_path[0] ? ", policy " : "",
              x.cfg.policy_path);
     if (x.http)
-      log_info("metrics on http://%s:%d/metrics", x.metrics_bind,
+      log_info("metrics on http://%s:%d/metrics", x.cfg.metrics_bind,
                metrics_http_port(x.http));
   }
   uv_run(x.loop, UV_RUN_DEFAULT);

@@ -1,4 +1,5 @@
 /* config.c - jsmn-based JSON loading with precise error messages. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -240,6 +241,19 @@ static int get_ostr(struct doc *d, int t, char *out, size_t cap)
     return 0;
   }
   return get_str(d, t, out, cap);
+}
+
+/* A string that must be an IPv4 or IPv6 address literal. */
+static int get_ip(struct doc *d, int t, char *out, size_t cap)
+{
+  unsigned char buf[16];
+  int rv = get_str(d, t, out, cap);
+
+  if (rv == 0 && inet_pton(AF_INET, out, buf) != 1 &&
+      inet_pton(AF_INET6, out, buf) != 1)
+    return fail(d, t, "'%s' is not an IP address (0.0.0.0 or :: listens "
+                "on every address)", out);
+  return rv;
 }
 
 static void set_path(struct doc *d, const char *prefix, int keytok)
@@ -642,6 +656,7 @@ void cfg_intermediate_defaults(struct cfg_intermediate *c)
   c->verify_peer = 1;
   c->require_client_cert = 1;
   c->metrics_port = 9090;
+  snprintf(c->metrics_bind, sizeof(c->metrics_bind), "127.0.0.1");
   c->max_connections = 4096;
   c->max_translations = 65536;
   c->translation_quarantine_s = 900;
@@ -673,6 +688,8 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
     return get_bool(d, val, &c->disable_retry);
   if (key_is(d, key, "metrics_port"))
     return get_port(d, val, &c->metrics_port, 1);
+  if (key_is(d, key, "metrics_bind"))
+    return get_ip(d, val, c->metrics_bind, sizeof(c->metrics_bind));
   if (key_is(d, key, "diag_port"))
     return get_port(d, val, &c->diag_port, 1);
   if (key_is(d, key, "max_connections")) {
@@ -720,6 +737,7 @@ void cfg_connector_defaults(struct cfg_connector *c)
   c->p2p_port = 4434;
   c->verify_peer = 1;
   c->metrics_port = 9091;
+  snprintf(c->metrics_bind, sizeof(c->metrics_bind), "127.0.0.1");
 }
 
 static int connector_member(struct doc *d, int key, int val, void *out)
@@ -748,6 +766,8 @@ static int connector_member(struct doc *d, int key, int val, void *out)
     return get_bool(d, val, &c->verify_peer);
   if (key_is(d, key, "metrics_port"))
     return get_port(d, val, &c->metrics_port, 1);
+  if (key_is(d, key, "metrics_bind"))
+    return get_ip(d, val, c->metrics_bind, sizeof(c->metrics_bind));
   return 1;
 }
 
@@ -783,6 +803,7 @@ void cfg_agent_defaults(struct cfg_agent *c)
   c->verify_peer = 1;
   snprintf(c->tun_name, sizeof(c->tun_name), "ztna0");
   snprintf(c->tunnel_addr, sizeof(c->tunnel_addr), "100.64.0.1");
+  snprintf(c->metrics_bind, sizeof(c->metrics_bind), "127.0.0.1");
   c->direct = 1;
 }
 
@@ -855,6 +876,8 @@ static int agent_member(struct doc *d, int key, int val, void *out)
     return get_str(d, val, c->tunnel_addr6, sizeof(c->tunnel_addr6));
   if (key_is(d, key, "metrics_port"))
     return get_port(d, val, &c->metrics_port, 1);
+  if (key_is(d, key, "metrics_bind"))
+    return get_ip(d, val, c->metrics_bind, sizeof(c->metrics_bind));
   return 1;
 }
 

@@ -33,6 +33,7 @@ struct cfg_intermediate {
   int require_client_cert;        /* 1 (ztna; the original defaulted to 0) */
   int disable_retry;              /* 0 */
   uint16_t metrics_port;          /* 9090; 0 disables */
+  char metrics_bind[CFG_STR_MAX]; /* ztna: "127.0.0.1" */
   uint16_t diag_port;             /* ztna: second port for diag; 0 none */
   uint32_t max_connections;       /* ztna: 4096 */
   uint32_t max_translations;      /* ztna: agent addresses at once, 65536 */
@@ -63,6 +64,7 @@ struct cfg_connector {
   char key[CFG_PATH_MAX];
   int verify_peer;              /* 1 */
   uint16_t metrics_port;        /* 9091 */
+  char metrics_bind[CFG_STR_MAX]; /* ztna: "127.0.0.1" */
 };
 
 struct cfg_agent {
@@ -79,6 +81,7 @@ struct cfg_agent {
   char tunnel_addr6[CFG_STR_MAX]; /* "": AGENT_TUNNEL_ADDR6 if needed */
   int direct;                   /* 1: punch for direct paths */
   uint16_t metrics_port;        /* 0: off */
+  char metrics_bind[CFG_STR_MAX]; /* "127.0.0.1" */
 };
 
 /* Policy file: which agent identities may reach which service.

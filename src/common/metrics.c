@@ -13,6 +13,8 @@ struct metrics {
   struct metric *overflow_count;
   void (*collect)(void *);
   void *collect_ud;
+  int (*ready)(void *ud, char *why, size_t cap);
+  void *ready_ud;
 };
 
 struct metrics *metrics_new(void)
@@ -109,6 +111,13 @@ void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud)
 {
   m->collect = fn;
   m->collect_ud = ud;
+}
+
+void metrics_set_ready(struct metrics *m,
+                       int (*fn)(void *ud, char *why, size_t cap), void *ud)
+{
+  m->ready = fn;
+  m->ready_ud = ud;
 }
 
 char *metrics_render(struct metrics *m, size_t *len)
@@ -322,6 +331,18 @@ static void handle_request(struct client *c)
     free(body);
   } else if (!strcmp(path, "/healthz")) {
     respond(c, 200, "OK", "text/plain", "ok\n", 3, head);
+  } else if (!strcmp(path, "/readyz")) {
+    char why[240];
+    struct metrics *m = c->h->m;
+    int n;
+    if (!m->ready || m->ready(m->ready_ud, why, sizeof(why) - 1)) {
+      respond(c, 200, "OK", "text/plain", "ready\n", 6, head);
+      return;
+    }
+    n = (int)strnlen(why, sizeof(why) - 1);
+    why[n++] = '\n';
+    respond(c, 503, "Service Unavailable", "text/plain", why, (size_t)n,
+            head);
   } else {
     respond(c, 404, "Not Found", "text/plain", "not found\n", 10, head);
   }

@@ -56,6 +56,12 @@ char *metrics_label_escape(char *out, size_t cap, const char *v, size_t len);
 /* Called before each rendering so gauges can be brought up to date. */
 void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud);
 
+/* What GET /readyz answers: fn returns 1 when the daemon does its job
+ * (200 "ready"), else 0 after writing why into why (503 and that text).
+ * Without fn, /readyz answers like /healthz. */
+void metrics_set_ready(struct metrics *m,
+                       int (*fn)(void *ud, char *why, size_t cap), void *ud);
+
 /* Renders the Prometheus text format into a malloc'd buffer; the caller
  * frees it. Returns NULL on allocation failure. */
 char *metrics_render(struct metrics *m, size_t *len);

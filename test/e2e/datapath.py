@@ -200,7 +200,9 @@ http {
                  what="connector registered")
 
     def start_agent(self, name, ns, who, tunnel="100.64.0.1", port=9092,
-                    services=None):
+                    services=None, extra=None, metrics_from=None):
+        """extra: more configuration keys; metrics_from: (namespace,
+        address) to reach its metrics from, when not its own loopback."""
         import json
         key = who
         services = services or {k: v[0] for k, v in SERVICES.items()}
@@ -211,6 +213,7 @@ http {
                "key": self.agent_certs[key][1], "ca_cert": self.pki.ca,
                "tun_name": "ztna0", "tunnel_addr": tunnel,
                "metrics_port": port}
+        cfg.update(extra or {})
         path = os.path.join(self.tmp, name + ".json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -222,7 +225,9 @@ http {
         p.log = log
         p.ns = ns
         p.port = port
-        wait_for(lambda: self.metric(ns, port, "ztna_agent_connected") == 1,
+        m_ns, m_host = metrics_from or (ns, "127.0.0.1")
+        wait_for(lambda: self.metric(m_ns, port, "ztna_agent_connected",
+                                     host=m_host) == 1,
                  what="agent %s connected" % name)
         return p
 
@@ -254,9 +259,9 @@ table ip udp_guard {
                 return path
         return None
 
-    def metric(self, ns, port, name):
+    def metric(self, ns, port, name, host="127.0.0.1"):
         p = self.net.exec(ns, ["curl", "-s", "-m", "5",
-                               "http://127.0.0.1:%d/metrics" % port],
+                               "http://%s:%d/metrics" % (host, port)],
                           check=False)
         for line in p.stdout.splitlines():
             if line.startswith(name + " "):

@@ -329,3 +329,35 @@ def test_curl_50mb_with_5_percent_loss(world):
         assert sha256(out) == sha256(src)
     finally:
         net.exec(world.nat_a, ["nft", "delete", "table", "inet", "loss"])
+
+
+def readyz(world, ns, host, port):
+    p = world.run(["curl", "-s", "-m", "5", "-w", " %{http_code}",
+                   "http://%s:%d/readyz" % (host, port)], ns=ns, check=False)
+    return p.stdout
+
+
+def test_readyz_and_metrics_bind(world):
+    """/readyz says whether a daemon does its job (registered), beside
+    /healthz; metrics_bind puts the endpoint where a prober can reach it
+    (a container's or pod's address) instead of loopback."""
+    assert readyz(world, world.conn_ns, "127.0.0.1", 9091) == "ready\n 200"
+    assert readyz(world, world.agent_ns, "127.0.0.1", 9092) == "ready\n 200"
+    assert world.inter.http("/readyz") == "ready\n"
+    net = world.net
+    ns6 = net.ns("agent6")
+    net.link(ns6, "192.0.2.130/28", world.nat_a, "192.0.2.129/28")
+    net.route(ns6, "default", "192.0.2.129")
+    # eve's certificate grants nothing here: connected, never ready.
+    world.start_agent("agent6", ns6, "eve", port=9098,
+                      services={"web": "10.100.0.2"},
+                      extra={"metrics_bind": "192.0.2.130"},
+                      metrics_from=(world.nat_a, "192.0.2.130"))
+    try:
+        got = readyz(world, world.nat_a, "192.0.2.130", 9098)
+        assert got == "service 'web': not registered\n 503", got
+        # Not on its loopback any more.
+        assert world.metric(ns6, 9098, "ztna_agent_connected") is None
+    finally:
+        world.procs["agent6"].terminate()
+        world.procs["agent6"].wait(30)

@@ -150,6 +150,39 @@ static void test_config_errors(void **state)
   expect_error("{\"cert_path\": \"\\u0000\"}", "\\u0000 is not allowed");
   expect_error("{\"cert_path\": \"\xc3\x28\"}", "not valid UTF-8");
   expect_error("{\"port\": 1, \"x\": \"\0\"}", "");
+  expect_error("{\n \"metrics_bind\": \"localhost\"}",
+               "x.json:2:18: metrics_bind: 'localhost' is not an IP address");
+}
+
+/* metrics_bind for every daemon (containers need more than loopback). */
+static void test_config_metrics_bind(void **state)
+{
+  struct cfg_intermediate i;
+  struct cfg_connector *c = malloc(sizeof(*c));
+  struct cfg_agent *a = malloc(sizeof(*a));
+  const char *ti = "{\"metrics_bind\": \"0.0.0.0\"}";
+  const char *tc = "{\"metrics_bind\": \"::\"}";
+  const char *ta = "{\"metrics_bind\": \"192.0.2.2\"}";
+  char err[512];
+  (void)state;
+
+  cfg_intermediate_defaults(&i);
+  cfg_connector_defaults(c);
+  cfg_agent_defaults(a);
+  assert_string_equal(i.metrics_bind, "127.0.0.1");
+  assert_string_equal(c->metrics_bind, "127.0.0.1");
+  assert_string_equal(a->metrics_bind, "127.0.0.1");
+  assert_int_equal(cfg_intermediate_parse(&i, "i.json", ti, strlen(ti), err,
+                                          sizeof(err), NULL), 0);
+  assert_int_equal(cfg_connector_parse(c, "c.json", tc, strlen(tc), err,
+                                       sizeof(err), NULL), 0);
+  assert_int_equal(cfg_agent_parse(a, "a.json", ta, strlen(ta), err,
+                                   sizeof(err), NULL), 0);
+  assert_string_equal(i.metrics_bind, "0.0.0.0");
+  assert_string_equal(c->metrics_bind, "::");
+  assert_string_equal(a->metrics_bind, "192.0.2.2");
+  free(c);
+  free(a);
 }
 
 static void test_config_connector_errors(void **state)
@@ -260,6 +293,7 @@ int main(void)
     cmocka_unit_test(test_config_unknown_keys_warn),
     cmocka_unit_test(test_config_escapes_and_agent_forms),
     cmocka_unit_test(test_config_hostport),
+    cmocka_unit_test(test_config_metrics_bind),
   };
   return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

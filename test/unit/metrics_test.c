@@ -196,6 +196,16 @@ static struct req *request(uv_loop_t *loop, int port, const char *part1,
   return r;
 }
 
+static int ready_flag;
+
+static int not_ready(void *ud, char *why, size_t cap)
+{
+  if (*(int *)ud)
+    return 1;
+  snprintf(why, cap, "service 'web': not registered");
+  return 0;
+}
+
 static void test_metrics_http_live(void **state)
 {
   uv_loop_t loop;
@@ -226,6 +236,24 @@ static void test_metrics_http_live(void **state)
               NULL);
   assert_non_null(strstr(r->resp, "200 OK"));
   assert_non_null(strstr(r->resp, "\r\n\r\nok\n"));
+  free(r);
+
+  /* /readyz: like /healthz until the daemon says what ready means. */
+  r = request(&loop, metrics_http_port(h), "GET /readyz HTTP/1.1\r\n\r\n",
+              NULL);
+  assert_non_null(strstr(r->resp, "200 OK"));
+  assert_non_null(strstr(r->resp, "\r\n\r\nready\n"));
+  free(r);
+  metrics_set_ready(m, not_ready, &ready_flag);
+  r = request(&loop, metrics_http_port(h), "GET /readyz HTTP/1.1\r\n\r\n",
+              NULL);
+  assert_non_null(strstr(r->resp, "503 Service Unavailable"));
+  assert_non_null(strstr(r->resp, "\r\n\r\nservice 'web': not registered\n"));
+  free(r);
+  ready_flag = 1;
+  r = request(&loop, metrics_http_port(h), "GET /readyz HTTP/1.1\r\n\r\n",
+              NULL);
+  assert_non_null(strstr(r->resp, "200 OK"));
   free(r);
 
   r = request(&loop, metrics_http_port(h), "HEAD /metrics HTTP/1.1\r\n\r\n",
