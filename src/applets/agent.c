@@ -1338,6 +1338,8 @@ int agent_main(int argc, char **argv)
   uc.ep = x.ep;
   uc.tls = x.tls;
   uc.server = server_addr;
+  uc.host = x.cfg.server_host; /* looked up again on every reconnect */
+  uc.port = x.cfg.server_port;
   uc.sni = "ztna-server";
   uc.role = WIRE_REG_AGENT;
   for (size_t i = 0; i < x.cfg.nservices; i++)

@@ -1847,6 +1847,8 @@ int connector_main(int argc, char **argv)
     uc.ep = x.ep;
     uc.tls = x.tls;
     uc.server = server_addr;
+    uc.host = x.cfg.server_host; /* looked up again on every reconnect */
+    uc.port = x.cfg.server_port;
     uc.sni = NULL; /* protocol.md 1: none toward the intermediate */
     uc.role = WIRE_REG_CONNECTOR;
     uc.services[0] = x.cfg.services[i].id;

@@ -5,6 +5,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "netaddr.h"
 #include "quic.h"
 #include "tls.h"
 #include "uplink.h"
@@ -25,7 +26,17 @@ struct uplink {
   int attempts;
   int64_t sig_sid; /* the signaling stream, -1 none yet */
   struct wire_sigbuf sig;
+  char host[256], port[8];
+  uv_getaddrinfo_t gai;
+  int resolving;
 };
+
+static void uplink_free(struct uplink *u)
+{
+  tls_ctx_unref(u->cfg.tls);
+  wire_sigbuf_free(&u->sig);
+  free(u);
+}
 
 static void connect_now(struct uplink *u);
 static void send_registrations(struct uplink *u);
@@ -33,6 +44,15 @@ static void send_registrations(struct uplink *u);
 static void retry_cb(uv_timer_t *t)
 {
   connect_now(t->data);
+}
+
+/* The next attempt after the backoff, which doubles up to its cap. */
+static void retry_later(struct uplink *u)
+{
+  uv_timer_start(&u->retry, retry_cb, u->backoff_ms, 0);
+  u->backoff_ms *= 2;
+  if (u->backoff_ms > UPLINK_BACKOFF_MAX_MS)
+    u->backoff_ms = UPLINK_BACKOFF_MAX_MS;
 }
 
 static void regt_cb(uv_timer_t *t)
@@ -189,10 +209,7 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *i,
     return;
   log_info("%s: reconnecting in %llu ms", u->cfg.name,
            (unsigned long long)u->backoff_ms);
-  uv_timer_start(&u->retry, retry_cb, u->backoff_ms, 0);
-  u->backoff_ms *= 2;
-  if (u->backoff_ms > UPLINK_BACKOFF_MAX_MS)
-    u->backoff_ms = UPLINK_BACKOFF_MAX_MS;
+  retry_later(u);
 }
 
 static const struct quic_conn_cbs conn_cbs = {
@@ -202,12 +219,10 @@ static const struct quic_conn_cbs conn_cbs = {
   .close_cb = on_close,
 };
 
-static void connect_now(struct uplink *u)
+static void dial(struct uplink *u)
 {
   int rv;
 
-  if (u->closing || u->conn)
-    return;
   if (u->reconnects++ > 0)
     log_debug("%s: connecting (attempt %llu)", u->cfg.name,
               (unsigned long long)u->reconnects);
@@ -217,8 +232,70 @@ static void connect_now(struct uplink *u)
   if (rv < 0) {
     u->conn = NULL;
     log_warnx("%s: cannot connect: %s", u->cfg.name, ztna_strerror(rv));
-    uv_timer_start(&u->retry, retry_cb, u->backoff_ms, 0);
+    retry_later(u);
   }
+}
+
+static void resolved_cb(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res)
+{
+  struct uplink *u = req->data;
+  char was[64], now[64];
+
+  u->resolving = 0;
+  if (--u->handles == 0) { /* deleted meanwhile, timers closed */
+    uv_freeaddrinfo(res);
+    uplink_free(u);
+    return;
+  }
+  if (u->closing || u->conn) {
+    uv_freeaddrinfo(res);
+    return;
+  }
+  if (status < 0 || !res) {
+    log_warnx("%s: cannot resolve %s: %s; trying again in %llu ms",
+              u->cfg.name, u->host, uv_strerror(status),
+              (unsigned long long)u->backoff_ms);
+    uv_freeaddrinfo(res);
+    retry_later(u);
+    return;
+  }
+  netaddr_str((struct sockaddr *)&u->cfg.server, was, sizeof(was));
+  memset(&u->cfg.server, 0, sizeof(u->cfg.server));
+  memcpy(&u->cfg.server, res->ai_addr,
+         res->ai_addrlen < sizeof(u->cfg.server) ? res->ai_addrlen
+                                                 : sizeof(u->cfg.server));
+  uv_freeaddrinfo(res);
+  netaddr_str((struct sockaddr *)&u->cfg.server, now, sizeof(now));
+  if (strcmp(was, now))
+    log_info("%s: %s is at %s now (was %s)", u->cfg.name, u->host, now,
+             was);
+  dial(u);
+}
+
+/* Connects, after looking the intermediate's name up again when it has
+ * one (off the loop: uv_getaddrinfo runs in libuv's thread pool). */
+static void connect_now(struct uplink *u)
+{
+  struct addrinfo hints;
+
+  if (u->closing || u->conn || u->resolving)
+    return;
+  if (!u->host[0]) {
+    dial(u);
+    return;
+  }
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = u->cfg.server.ss_family; /* our socket's family */
+  hints.ai_socktype = SOCK_DGRAM;
+  u->gai.data = u;
+  if (uv_getaddrinfo(u->loop, &u->gai, resolved_cb, u->host, u->port,
+                     &hints) < 0) {
+    dial(u); /* the last address it had */
+    return;
+  }
+  u->resolving = 1;
+  u->handles++;
 }
 
 int uplink_new(struct uplink **out, uv_loop_t *loop,
@@ -236,6 +313,11 @@ int uplink_new(struct uplink **out, uv_loop_t *loop,
   u->loop = loop;
   u->cfg = *cfg;
   u->cbs = *cbs;
+  if (cfg->host && strlen(cfg->host) < sizeof(u->host)) {
+    snprintf(u->host, sizeof(u->host), "%s", cfg->host);
+    snprintf(u->port, sizeof(u->port), "%u", (unsigned)cfg->port);
+  }
+  u->cfg.host = NULL; /* ours is u->host */
   u->ud = ud;
   tls_ctx_ref(u->cfg.tls);
   u->backoff_ms = UPLINK_BACKOFF_MIN_MS;
@@ -255,11 +337,8 @@ int uplink_new(struct uplink **out, uv_loop_t *loop,
 static void timer_closed(uv_handle_t *h)
 {
   struct uplink *u = h->data;
-  if (--u->handles == 0) {
-    tls_ctx_unref(u->cfg.tls);
-    wire_sigbuf_free(&u->sig);
-    free(u);
-  }
+  if (--u->handles == 0)
+    uplink_free(u);
 }
 
 void uplink_del(struct uplink *u, const char *reason)
@@ -270,6 +349,8 @@ void uplink_del(struct uplink *u, const char *reason)
   if (u->conn)
     quic_conn_close(u->conn, 0, reason);
   u->conn = NULL;
+  if (u->resolving)
+    uv_cancel((uv_req_t *)&u->gai); /* its callback still comes */
   uv_close((uv_handle_t *)&u->retry, timer_closed);
   uv_close((uv_handle_t *)&u->regt, timer_closed);
 }

@@ -4,7 +4,8 @@
  * connection; a NACK is final until the next connection), reports the
  * observed address (QAD), hands every other DATAGRAM to the owner, and
  * reconnects with exponential backoff (1 s doubling to 30 s, reset only
- * after a handshake completes) without ever blocking the loop.
+ * after a handshake completes) without ever blocking the loop, looking
+ * the intermediate's name up again before each attempt.
  */
 #ifndef ZTNA_UPLINK_H
 #define ZTNA_UPLINK_H
@@ -48,6 +49,12 @@ struct uplink_config {
   struct quic_endpoint *ep;
   struct tls_ctx *tls;           /* a reference is taken */
   struct sockaddr_storage server;
+  /* When set, the intermediate's name: resolved again (asynchronously,
+   * /etc/hosts and DNS) before every connection attempt, so a relay that
+   * moved to another address is found; server is the first address and
+   * the family to keep. Copied. */
+  const char *host;
+  uint16_t port;
   const char *sni;               /* NULL: none */
   uint8_t role;                  /* WIRE_REG_AGENT or WIRE_REG_CONNECTOR */
   const char *services[UPLINK_MAX_SERVICES]; /* not copied: must outlive */
@@ -75,7 +82,7 @@ enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc);
 void uplink_set_tls(struct uplink *u, struct tls_ctx *tls);
 uint64_t uplink_reconnects(struct uplink *u);
 struct quic_conn *uplink_conn(struct uplink *u);
-/* The intermediate's address. */
+/* The intermediate's address (the last one its name resolved to). */
 const struct sockaddr_storage *uplink_server(struct uplink *u);
 
 #endif
