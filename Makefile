@@ -55,11 +55,12 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
-        distclean format demo bench sanitize lint
+        distclean format demo bench sanitize lint tools unit-run
 all: ztna
 
 deps: $(STAMP)
-$(STAMP): third_party/deps.sh third_party/debian-packages
+$(STAMP): third_party/deps.sh third_party/debian-packages \
+  third_party/packages.sh
 	@third_party/deps.sh $(DEPS)
 	@test -f $(STAMP)
 
@@ -117,7 +118,14 @@ $(BUILD)/test/certs/.done: $(BIN)
 	  --service echo --out $(@D)/other >/dev/null
 	touch $@
 
-unit: $(UNIT_BIN) $(BUILD)/test/certs/.done
+# What the tests, the demo and the benchmark need beyond a build.
+tools:
+	@third_party/packages.sh test/debian-packages
+
+unit: tools
+	@$(MAKE) --no-print-directory unit-run
+
+unit-run: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
@@ -165,10 +173,12 @@ define run_fuzz
 	done
 endef
 
-fuzz-short: $(FUZZ_BIN)
+fuzz-short: tools
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
 	$(call run_fuzz,10)
 
-fuzz: $(FUZZ_BIN)
+fuzz: tools
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
 	$(call run_fuzz,$(FUZZ_SECONDS))
 
 # The e2e tests' client, built on the project's own modules.
@@ -178,7 +188,7 @@ $(BUILD)/zclient: test/tools/zclient.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
 
 PYTEST := /usr/bin/python3 -m pytest
-e2e: ztna $(BUILD)/zclient
+e2e: tools ztna $(BUILD)/zclient
 	$(PYTEST) -v test/e2e
 
 check: ztna
@@ -198,9 +208,9 @@ SAN_BUILD := $(BUILD)/asan
 SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
   test/e2e/test_direct.py test/e2e/test_hardening.py \
   test/e2e/test_zz_sanitizer.py
-sanitize: $(BUILD)/zclient
+sanitize: tools $(BUILD)/zclient
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
-	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit
+	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit-run
 	rm -rf $(SAN_BUILD)/reports && mkdir -p $(SAN_BUILD)/reports
 	ZTNA_BIN=$(CURDIR)/$(SAN_BUILD)/ztna \
 	ZTNA_SAN_REPORTS=$(CURDIR)/$(SAN_BUILD)/reports \
@@ -218,12 +228,12 @@ lint:
 	  exit 1; fi
 
 # The main job, shown on this machine (root: namespaces and a TUN).
-demo: ztna
+demo: tools ztna
 	/usr/bin/python3 examples/demo.py
 
 # Throughput and latency of the direct and relay paths against a baseline
 # measured in the same run (BENCH_SECONDS per iperf3 run, default 5).
-bench: ztna
+bench: tools ztna
 	/usr/bin/python3 test/bench/bench.py
 
 # --- install ---------------------------------------------------------------

@@ -11,7 +11,7 @@
 # and points PREFIX_LINK at the result.
 set -euo pipefail
 
-link=${1:?usage: deps.sh PREFIX_LINK}
+link=${1:?usage: deps.sh PREFIX_LINK | --print-archive}
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${ZTNA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ztna}
 suite=${ZTNA_SUITE:-trixie}
@@ -20,33 +20,47 @@ jobs=$(nproc 2>/dev/null || echo 2)
 step() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
-# -- Debian packages ---------------------------------------------------------
-pkgs=$(sed -e 's/#.*//' "$here/debian-packages")
-missing=""
-for p in $pkgs; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    die "missing Debian packages; run as root:
-  apt-get update && apt-get install -y --no-install-recommends$missing"
-  fi
-  step "installing Debian packages:$missing"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2 || die "apt-get update failed (is the archive reachable?)"
-  apt-get install -y -qq --no-install-recommends $missing >&2 \
-    || die "apt-get install$missing failed"
-fi
+# -- Debian packages (the build's only; tests install theirs) ----------------
+"$here/packages.sh" "$here/debian-packages"
 
 # -- Source packages through a private apt configuration ---------------------
+# The archive's URI and key come from the system's apt sources, in either
+# form Debian 12 uses: deb822 (/etc/apt/sources.list.d/debian.sources) or a
+# one-line sources.list; ZTNA_DEBIAN_URI (and ZTNA_DEBIAN_KEY) override.
+archive_from_system() {
+  local d822=${ZTNA_APT_DEB822:-/etc/apt/sources.list.d/debian.sources}
+  local list=${ZTNA_APT_LIST:-/etc/apt/sources.list} line
+  uri=${ZTNA_DEBIAN_URI:-}
+  key=${ZTNA_DEBIAN_KEY:-}
+  if [ -z "$uri" ] && [ -r "$d822" ]; then
+    # Only the main archive's stanza: its URIs and Signed-By.
+    uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$d822")
+    [ -n "$key" ] || key=$(awk '/^Signed-By:/ {print $2; exit}' "$d822")
+  fi
+  if [ -z "$uri" ] && [ -r "$list" ]; then
+    # deb [options] URI suite components...: the first non-security one.
+    line=$(grep -E '^[[:space:]]*deb[[:space:]]' "$list" | grep -v security \
+           | head -1) || true
+    line=${line#*deb}
+    if [[ $line =~ \[([^]]*)\] ]]; then
+      [ -n "$key" ] || key=$(printf '%s\n' "${BASH_REMATCH[1]}" | tr ' ' '\n' \
+                             | sed -n 's/^signed-by=//p' | head -1)
+      line=${line#*]}
+    fi
+    uri=$(printf '%s\n' "$line" | awk '{print $1}')
+  fi
+  [ -n "$key" ] || key=/usr/share/keyrings/debian-archive-keyring.gpg
+}
+archive_from_system
+[ -n "$uri" ] || die "no Debian archive found in the apt sources (deb822 or
+  sources.list); set ZTNA_DEBIAN_URI to your Debian mirror's URI (and
+  ZTNA_DEBIAN_KEY to its keyring if not Debian's own)"
+if [ "${1:-}" = --print-archive ]; then
+  printf '%s %s\n' "$uri" "$key"
+  exit 0
+fi
 apt_dir=$cache/apt-$suite
 mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$cache/src"
-sys=/etc/apt/sources.list.d/debian.sources
-[ -r "$sys" ] || die "$sys not found: cannot derive the archive URI"
-# Only the main archive's stanza: its URIs and Signed-By.
-uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$sys")
-key=$(awk '/^Signed-By:/ {print $2; exit}' "$sys")
-[ -n "$uri" ] || die "no archive URI in $sys"
 cat > "$apt_dir/parts/ztna-src.sources" <<SRC
 Types: deb-src
 URIs: $uri
