@@ -243,6 +243,17 @@ static int get_ostr(struct doc *d, int t, char *out, size_t cap)
   return get_str(d, t, out, cap);
 }
 
+/* A whole number from 1 to hi. */
+static int get_u32(struct doc *d, int t, long hi, uint32_t *out)
+{
+  long v;
+  int rv = get_uint(d, t, 1, hi, &v);
+
+  if (rv == 0)
+    *out = (uint32_t)v;
+  return rv;
+}
+
 /* A string that must be an IPv4 or IPv6 address literal. */
 static int get_ip(struct doc *d, int t, char *out, size_t cap)
 {
@@ -692,27 +703,12 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
     return get_ip(d, val, c->metrics_bind, sizeof(c->metrics_bind));
   if (key_is(d, key, "diag_port"))
     return get_port(d, val, &c->diag_port, 1);
-  if (key_is(d, key, "max_connections")) {
-    long v;
-    int rv = get_uint(d, val, 1, 1000000, &v);
-    if (rv == 0)
-      c->max_connections = (uint32_t)v;
-    return rv;
-  }
-  if (key_is(d, key, "max_translations")) {
-    long v;
-    int rv = get_uint(d, val, 1, CFG_MAX_TRANSLATIONS, &v);
-    if (rv == 0)
-      c->max_translations = (uint32_t)v;
-    return rv;
-  }
-  if (key_is(d, key, "translation_quarantine_s")) {
-    long v;
-    int rv = get_uint(d, val, 1, 86400, &v);
-    if (rv == 0)
-      c->translation_quarantine_s = (uint32_t)v;
-    return rv;
-  }
+  if (key_is(d, key, "max_connections"))
+    return get_u32(d, val, 1000000, &c->max_connections);
+  if (key_is(d, key, "max_translations"))
+    return get_u32(d, val, CFG_MAX_TRANSLATIONS, &c->max_translations);
+  if (key_is(d, key, "translation_quarantine_s"))
+    return get_u32(d, val, 86400, &c->translation_quarantine_s);
   return 1;
 }
 

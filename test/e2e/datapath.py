@@ -10,6 +10,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from netns import Net
 from ztna import ZCLIENT, ZTNA, Intermediate, Pki, wait_for  # noqa: F401
 
 BACKEND = "192.0.2.34"
@@ -308,3 +311,23 @@ table ip udp_guard {
             if p.poll() is None:
                 p.terminate()
         assert not bad, "daemons did not stop cleanly: " + "; ".join(bad)
+
+
+def world_fixture(tag):
+    """A module-scoped pytest fixture: one World for the module's tests,
+    in namespaces tagged tag, stopped (every daemon must exit 0) and
+    removed afterwards, pass or fail."""
+    @pytest.fixture(scope="module")
+    def world(tmp_path_factory):
+        if os.geteuid() != 0:
+            pytest.skip("needs root for namespaces and TUN devices")
+        net = Net(tag=tag)
+        w = None
+        try:
+            w = World(net, tmp_path_factory.mktemp(tag))
+            yield w
+        finally:
+            if w:
+                w.stop()
+            net.cleanup()
+    return world

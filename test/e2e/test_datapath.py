@@ -4,32 +4,16 @@ backends behind the connector."""
 import json
 import os
 import signal
-import socket  # noqa: F401
-import struct  # noqa: F401
 import subprocess
 import sys
 import time
 
-import pytest
 
-from datapath import SERVICES, World, sha256
-from netns import Net
+from datapath import SERVICES, sha256, world_fixture
 from ztna import wait_for
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces and TUN devices")
-    net = Net(tag="dp")
-    w = None
-    try:
-        w = World(net, tmp_path_factory.mktemp("datapath"))
-        yield w
-    finally:
-        if w:
-            w.stop()
-        net.cleanup()
+world = world_fixture("dp")
 
 
 def test_ping_100_without_loss(world):

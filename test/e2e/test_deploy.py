@@ -3,26 +3,12 @@ and found again when it moves to another address."""
 import os
 import shutil
 
-import pytest
 
-from datapath import SERVICES, World
-from netns import Net
+from datapath import SERVICES, world_fixture
 from ztna import Intermediate, wait_for
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces and TUN devices")
-    net = Net(tag="dep")
-    w = None
-    try:
-        w = World(net, tmp_path_factory.mktemp("deploy"))
-        yield w
-    finally:
-        if w:
-            w.stop()
-        net.cleanup()
+world = world_fixture("dep")
 
 
 def test_agent_finds_a_relay_that_moved(world):

@@ -9,25 +9,11 @@ import os
 import subprocess
 import time
 
-import pytest
 
-from datapath import World, sha256
-from netns import Net
+from datapath import sha256, world_fixture
 from ztna import Client, udp4, wait_for
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces and TUN devices")
-    net = Net(tag="direct")
-    w = None
-    try:
-        w = World(net, tmp_path_factory.mktemp("direct"))
-        yield w
-    finally:
-        if w:
-            w.stop()
-        net.cleanup()
+world = world_fixture("direct")
 
 
 def relayed(w):

@@ -10,24 +10,11 @@ import time
 
 import pytest
 
-from datapath import SERVICES, World
-from netns import Net
+from datapath import SERVICES, world_fixture
 from ztna import wait_for
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces and TUN devices")
-    net = Net(tag="hd")
-    w = None
-    try:
-        w = World(net, tmp_path_factory.mktemp("hardening"))
-        yield w
-    finally:
-        if w:
-            w.stop()
-        net.cleanup()
+world = world_fixture("hd")
 
 
 def rss_kb(pid):
