@@ -1460,9 +1460,9 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   if (!ep->cfg.handshake_timeout_ms)
     ep->cfg.handshake_timeout_ms = ep->cfg.server_tls ? 4000 : 10000;
   if (!ep->cfg.max_half_open)
-    ep->cfg.max_half_open = 256;
+    ep->cfg.max_half_open = 1024;
   if (!ep->cfg.max_half_open_per_source)
-    ep->cfg.max_half_open_per_source = 16;
+    ep->cfg.max_half_open_per_source = 64;
   if (!ep->cfg.cid_rotate_ms)
     ep->cfg.cid_rotate_ms = QUIC_CID_ROTATE_MS;
   if (cfg->server_tls)

@@ -78,8 +78,9 @@ struct quic_endpoint_config {
   int retry;                  /* stateless Retry for new clients */
   size_t max_conns;           /* established connections, 0: 4096 */
   /* Server handshakes in progress, apart from max_conns: at most
-   * max_half_open (0: 256), max_half_open_per_source from one address
-   * (0: 16); the handshake timeout bounds how long each may last. */
+   * max_half_open (0: 1024), max_half_open_per_source from one address
+   * (0: 64, room for a crowd behind one NAT reconnecting at once); the
+   * handshake timeout bounds how long each may last. */
   size_t max_half_open, max_half_open_per_source;
   uint64_t idle_timeout_ms;   /* 0: 30000 */
   uint64_t keepalive_ms;      /* client PING interval, 0: none */
