@@ -110,9 +110,11 @@ def main():
                 print("  " + line)
         print("\nDemo done; tearing down.")
     finally:
-        if w:
-            w.stop()
-        net.cleanup()
+        try:
+            if w:
+                w.stop()  # asserts every daemon exited 0
+        finally:
+            net.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -401,9 +401,11 @@ static void session_free(struct session *s, int reset_backend)
   ns->st.sessions_active = ns->nsessions;
   map_unref(ns, s->map); /* may free the owner */
   uv_close((uv_handle_t *)&s->timer, handle_closed);
-  if (reset_backend && uv_is_active((uv_handle_t *)&s->backend))
-    uv_tcp_close_reset(&s->backend, handle_closed);
-  else
+  /* uv_tcp_close_reset refuses a handle that is shutting down (the
+   * agent's FIN was passed on) and then closes nothing: close it plainly
+   * then, or the handle and the session would stay for good. */
+  if (!reset_backend || !uv_is_active((uv_handle_t *)&s->backend) ||
+      uv_tcp_close_reset(&s->backend, handle_closed) < 0)
     uv_close((uv_handle_t *)&s->backend, handle_closed);
 }
 

@@ -67,9 +67,11 @@ def main():
         time.sleep(1)
         rows.append(measure(w, "ztna relay path", w.agent_ns, vip))
     finally:
-        if w:
-            w.stop()
-        net.cleanup()
+        try:
+            if w:
+                w.stop()  # asserts every daemon exited 0
+        finally:
+            net.cleanup()
     base = rows[0]
 
     def mbit(v):

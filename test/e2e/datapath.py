@@ -42,9 +42,10 @@ while True:
 
 # Reads a request until the client's FIN, then answers 100,000 copies of
 # the request's first byte and closes: a client that half-closes must get
-# every byte, and nobody else any.
+# every byte, and nobody else any. A request of "H..." is held open,
+# unanswered, for a minute instead.
 HALF_CLOSE = r"""
-import socket, sys, threading
+import socket, sys, threading, time
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 9000))
@@ -58,7 +59,9 @@ def serve(c):
             if not d:
                 break
             req += d
-        if req:
+        if req[:1] == b"H":
+            time.sleep(60)
+        elif req:
             c.sendall(req[:1] * 100000)
 while True:
     c, _ = s.accept()
@@ -327,7 +330,9 @@ def world_fixture(tag):
             w = World(net, tmp_path_factory.mktemp(tag))
             yield w
         finally:
-            if w:
-                w.stop()
-            net.cleanup()
+            try:
+                if w:
+                    w.stop()  # asserts every daemon exited 0
+            finally:
+                net.cleanup()
     return world

@@ -579,6 +579,16 @@ def test_departed_agents_address_carries_nothing_of_it(world):
             world.start_agent("agent", world.agent_ns, "alice")
 
 
+HOLD = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9000), timeout=10)
+s.sendall(b"H")
+s.shutdown(socket.SHUT_WR)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_zz_sigterm_then_sighup_exits_cleanly(world):
     """Item 4: for a while after SIGTERM the agent and the connector used
     freed uplinks (SIGHUP reloaded into them and unreferenced a TLS
@@ -588,6 +598,15 @@ def test_zz_sigterm_then_sighup_exits_cleanly(world):
     procs = [("agent", world.procs["agent"]),
              ("connector", world.procs["connector"]),
              ("intermediate", world.inter.proc)]
+    # A TCP session the agent has half-closed and the backend holds open
+    # when the connector stops: it too must end with every handle closed.
+    held = world.net.popen(world.agent_ns, [sys.executable, "-c", HOLD,
+                                            SERVICES["hc"][0]],
+                           stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "held"
+    wait_for(lambda: (world.metric(world.conn_ns, 9091,
+                                   "ztna_connector_tcp_sessions_active")
+                      or 0) >= 1, what="the held session")
     for _, p in procs:
         p.send_signal(signal.SIGTERM)
     time.sleep(0.05)

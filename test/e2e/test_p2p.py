@@ -58,9 +58,11 @@ def world(request, tmp_path):
         w = World(net, tmp_path, nat_a=nat_a, nat_c=nat_c)
         yield w
     finally:
-        if w:
-            w.stop()
-        net.cleanup()
+        try:
+            if w:
+                w.stop()  # asserts every daemon exited 0
+        finally:
+            net.cleanup()
 
 
 @pytest.mark.parametrize("world", [("easy", "easy")], indirect=True,
