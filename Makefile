@@ -201,7 +201,10 @@ check: ztna
 # The sanitizer pass: the unit tests, and the data-path, direct-path and
 # hardening e2e suites with every daemon built with ASan+UBSan. Reports go
 # to files (ASAN_OPTIONS log_path); the e2e session fails on any of them,
-# leaks at exit included. The fuzz targets are sanitized already.
+# leaks at exit included. The fuzz targets are sanitized already. The 50 MB
+# transfer under 5% loss is left to the plain pass: a throughput test whose
+# 300 s bound an ASan build (several times slower per packet) does not
+# meet reliably on a 2-core machine.
 SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
   -fno-sanitize-recover=undefined
 SAN_BUILD := $(BUILD)/asan
@@ -216,7 +219,7 @@ sanitize: tools $(BUILD)/zclient
 	ZTNA_SAN_REPORTS=$(CURDIR)/$(SAN_BUILD)/reports \
 	ASAN_OPTIONS=log_path=$(CURDIR)/$(SAN_BUILD)/reports/asan:detect_leaks=1 \
 	UBSAN_OPTIONS=log_path=$(CURDIR)/$(SAN_BUILD)/reports/ubsan:print_stacktrace=1 \
-	  $(PYTEST) -v $(SAN_E2E)
+	  $(PYTEST) -v $(SAN_E2E) -k "not 5_percent_loss"
 
 # Mistakes of a kind that only a fresh machine would show: paths of
 # installed files looked up while make parses this file (before deps.sh
