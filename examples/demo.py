@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "test"
                        / "e2e"))
-from datapath import SERVICES, World, sha256  # noqa: E402
+from datapath import SERVICES, World, sha256, stop_world  # noqa: E402
 from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
 
@@ -110,11 +110,7 @@ def main():
                 print("  " + line)
         print("\nDemo done; tearing down.")
     finally:
-        try:
-            if w:
-                w.stop()  # asserts every daemon exited 0
-        finally:
-            net.cleanup()
+        stop_world(w, net)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
-from datapath import BACKEND, SERVICES, World  # noqa: E402
+from datapath import BACKEND, SERVICES, World, stop_world  # noqa: E402
 from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
 
@@ -67,11 +67,7 @@ def main():
         time.sleep(1)
         rows.append(measure(w, "ztna relay path", w.agent_ns, vip))
     finally:
-        try:
-            if w:
-                w.stop()  # asserts every daemon exited 0
-        finally:
-            net.cleanup()
+        stop_world(w, net)
     base = rows[0]
 
     def mbit(v):

@@ -316,6 +316,16 @@ table ip udp_guard {
         assert not bad, "daemons did not stop cleanly: " + "; ".join(bad)
 
 
+def stop_world(w, net):
+    """Stops w (None: never made; its daemons must exit 0) and removes
+    net's namespaces, those even when a daemon did not stop cleanly."""
+    try:
+        if w:
+            w.stop()
+    finally:
+        net.cleanup()
+
+
 def world_fixture(tag):
     """A module-scoped pytest fixture: one World for the module's tests,
     in namespaces tagged tag, stopped (every daemon must exit 0) and
@@ -330,9 +340,5 @@ def world_fixture(tag):
             w = World(net, tmp_path_factory.mktemp(tag))
             yield w
         finally:
-            try:
-                if w:
-                    w.stop()  # asserts every daemon exited 0
-            finally:
-                net.cleanup()
+            stop_world(w, net)
     return world

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from datapath import World
+from datapath import World, stop_world
 from netns import Net
 from ztna import ZTNA, netns_prefix, wait_for
 
@@ -58,11 +58,7 @@ def world(request, tmp_path):
         w = World(net, tmp_path, nat_a=nat_a, nat_c=nat_c)
         yield w
     finally:
-        try:
-            if w:
-                w.stop()  # asserts every daemon exited 0
-        finally:
-            net.cleanup()
+        stop_world(w, net)
 
 
 @pytest.mark.parametrize("world", [("easy", "easy")], indirect=True,
