@@ -78,7 +78,14 @@ static const char usage_text[] =
     "                       (0: off)\n"
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --no-direct      never punch: all traffic through the relay\n"
-    "  -h, --help           this text\n";
+    "      --log-format F   text or json (one JSON object per line)\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "Every option but --help and --check can also come from the\n"
+    "environment as ZTNA_<OPTION> (ZTNA_SERVICE=web=10.0.0.1,db=10.0.0.2);\n"
+    "flags win over the configuration file, which wins over the\n"
+    "environment. The original's --ca-cert and --service ID --service-ip IP\n"
+    "are accepted.\n";
 
 enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
              A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_CTL_LIMITED,
@@ -1134,116 +1141,191 @@ static void warn_cb(const char *msg)
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
        OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT,
-       OPT_METRICS_BIND };
+       OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_SERVICE_IP };
+
+static const struct option opts[] = {
+  { "config", required_argument, NULL, 'c' },
+  { "check", no_argument, NULL, 'n' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "server", required_argument, NULL, OPT_SERVER },
+  { "service", required_argument, NULL, OPT_SERVICE },
+  { "cert", required_argument, NULL, OPT_CERT },
+  { "key", required_argument, NULL, OPT_KEY },
+  { "ca", required_argument, NULL, OPT_CA },
+  { "tun", required_argument, NULL, OPT_TUN },
+  { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
+  { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
+  { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
+  { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+  { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
+  { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+  { "help", no_argument, NULL, 'h' },
+  /* The original's spellings (docs/migrating.md): --service ID
+   * --service-ip IP is --service ID=IP. */
+  { "ca-cert", required_argument, NULL, OPT_CA },
+  { "service-ip", required_argument, NULL, OPT_SERVICE_IP },
+  { NULL, 0, NULL, 0 },
+};
+#define N_ENV_OPTS 16 /* the entries above before the original's */
+
+struct aopts {
+  const char *config, *server, *cert, *key, *ca, *tun, *taddr, *taddr6,
+      *mport, *mbind, *logfmt;
+  const char *svc[CFG_MAX_SERVICES];
+  const char *svcip[CFG_MAX_SERVICES]; /* --service-ip of svc[i] or NULL */
+  size_t nsvc;
+  int check, verbose, help, no_direct;
+};
+
+static const char *env_note = "";
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  return applet_usage_error("agent", fmt, arg);
+  char f[256];
+  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
+  return applet_usage_error("agent", f, arg);
+}
+
+/* 0, or -1 after saying why. */
+static int parse_opts(int argc, char **argv, struct aopts *o)
+{
+  int ch;
+
+  daemon_getopt_reset();
+  while ((ch = getopt_long(argc, argv, "c:nvh", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': o->config = optarg; break;
+    case 'n': o->check = 1; break;
+    case 'v': o->verbose++; break;
+    case OPT_SERVER: o->server = optarg; break;
+    case OPT_SERVICE:
+      if (o->nsvc >= CFG_MAX_SERVICES) {
+        usage_error("%s", "too many --service options");
+        return -1;
+      }
+      o->svcip[o->nsvc] = NULL;
+      o->svc[o->nsvc++] = optarg;
+      break;
+    case OPT_SERVICE_IP:
+      if (!o->nsvc || o->svcip[o->nsvc - 1] ||
+          strchr(o->svc[o->nsvc - 1], '=')) {
+        usage_error("--service-ip '%s' must follow a --service ID without "
+                    "an address", optarg);
+        return -1;
+      }
+      o->svcip[o->nsvc - 1] = optarg;
+      break;
+    case OPT_CERT: o->cert = optarg; break;
+    case OPT_KEY: o->key = optarg; break;
+    case OPT_CA: o->ca = optarg; break;
+    case OPT_TUN: o->tun = optarg; break;
+    case OPT_TUNNEL_ADDR: o->taddr = optarg; break;
+    case OPT_TUNNEL_ADDR6: o->taddr6 = optarg; break;
+    case OPT_NO_DIRECT: o->no_direct = 1; break;
+    case OPT_METRICS_PORT: o->mport = optarg; break;
+    case OPT_METRICS_BIND: o->mbind = optarg; break;
+    case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case 'h': o->help = 1; break;
+    default:
+      fputs(usage_text, stderr);
+      return -1;
+    }
+  }
+  if (optind < argc) {
+    usage_error("unexpected argument '%s'", argv[optind]);
+    return -1;
+  }
+  return 0;
+}
+
+static int apply_opts(struct actx *x, const struct aopts *o)
+{
+  if (o->logfmt && log_set_format(o->logfmt) < 0)
+    return usage_error("--log-format '%s' is not text or json", o->logfmt);
+  if (o->server && cfg_split_hostport(o->server, x->cfg.server_host,
+                                      sizeof(x->cfg.server_host),
+                                      &x->cfg.server_port) < 0)
+    return usage_error("--server '%s' is not HOST:PORT", o->server);
+  if (o->nsvc)
+    x->cfg.nservices = 0;
+  for (size_t i = 0; i < o->nsvc; i++) {
+    struct cfg_service *s = &x->cfg.services[x->cfg.nservices++];
+    const char *arg = o->svc[i], *eq = strchr(arg, '=');
+    size_t idlen = eq ? (size_t)(eq - arg) : strlen(arg);
+    const char *ip = eq ? eq + 1 : o->svcip[i];
+
+    memset(s, 0, sizeof(*s));
+    if (!idlen || !ip || !*ip || idlen >= sizeof(s->id))
+      return usage_error("--service '%s' is not ID=VIRTUAL_IP", arg);
+    memcpy(s->id, arg, idlen);
+    snprintf(s->virtual_ip, sizeof(s->virtual_ip), "%s", ip);
+  }
+  if (o->cert)
+    snprintf(x->cfg.cert, sizeof(x->cfg.cert), "%s", o->cert);
+  if (o->key)
+    snprintf(x->cfg.key, sizeof(x->cfg.key), "%s", o->key);
+  if (o->ca)
+    snprintf(x->cfg.ca_cert, sizeof(x->cfg.ca_cert), "%s", o->ca);
+  if (o->tun)
+    snprintf(x->cfg.tun_name, sizeof(x->cfg.tun_name), "%s", o->tun);
+  if (o->taddr)
+    snprintf(x->cfg.tunnel_addr, sizeof(x->cfg.tunnel_addr), "%s", o->taddr);
+  if (o->taddr6)
+    snprintf(x->cfg.tunnel_addr6, sizeof(x->cfg.tunnel_addr6), "%s",
+             o->taddr6);
+  if (o->no_direct)
+    x->cfg.direct = 0;
+  if (o->mport && cfg_parse_port(o->mport, &x->cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port (0-65535)",
+                       o->mport);
+  if (o->mbind)
+    snprintf(x->cfg.metrics_bind, sizeof(x->cfg.metrics_bind), "%s",
+             o->mbind);
+  return 0;
 }
 
 int agent_main(int argc, char **argv)
 {
-  static const struct option opts[] = {
-    { "config", required_argument, NULL, 'c' },
-    { "check", no_argument, NULL, 'n' },
-    { "verbose", no_argument, NULL, 'v' },
-    { "server", required_argument, NULL, OPT_SERVER },
-    { "service", required_argument, NULL, OPT_SERVICE },
-    { "cert", required_argument, NULL, OPT_CERT },
-    { "key", required_argument, NULL, OPT_KEY },
-    { "ca", required_argument, NULL, OPT_CA },
-    { "tun", required_argument, NULL, OPT_TUN },
-    { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
-    { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
-    { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
-    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
-    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
-    { "help", no_argument, NULL, 'h' },
-    { NULL, 0, NULL, 0 },
-  };
+  static const char *const repeat[] = { "service", NULL };
   static struct actx x;
-  const char *config = NULL, *server = NULL, *cert = NULL, *key = NULL,
-             *ca = NULL, *tun = NULL, *taddr = NULL, *taddr6 = NULL,
-             *mport = NULL, *mbind = NULL;
-  const char *svcargs[CFG_MAX_SERVICES];
-  size_t nsvcargs = 0;
-  int ch, check = 0, verbose = LOG_LVL_INFO, rv, no_direct = 0;
+  static struct daemon_env env;
+  static struct aopts eo, o;
+  const char *config;
+  int rv;
   char err[512];
   struct sockaddr_storage server_addr, bind_addr;
   struct quic_endpoint_config qc = { 0 };
   struct uplink_config uc = { 0 };
 
-  while ((ch = getopt_long(argc, argv, "c:nvh", opts, NULL)) != -1) {
-    switch (ch) {
-    case 'c': config = optarg; break;
-    case 'n': check = 1; break;
-    case 'v': verbose++; break;
-    case OPT_SERVER: server = optarg; break;
-    case OPT_SERVICE:
-      if (nsvcargs >= CFG_MAX_SERVICES)
-        return usage_error("%s", "too many --service options");
-      svcargs[nsvcargs++] = optarg;
-      break;
-    case OPT_CERT: cert = optarg; break;
-    case OPT_KEY: key = optarg; break;
-    case OPT_CA: ca = optarg; break;
-    case OPT_TUN: tun = optarg; break;
-    case OPT_TUNNEL_ADDR: taddr = optarg; break;
-    case OPT_TUNNEL_ADDR6: taddr6 = optarg; break;
-    case OPT_NO_DIRECT: no_direct = 1; break;
-    case OPT_METRICS_PORT: mport = optarg; break;
-    case OPT_METRICS_BIND: mbind = optarg; break;
-    case 'h':
-      fputs(usage_text, stdout);
-      return 0;
-    default:
-      fputs(usage_text, stderr);
-      return 1;
-    }
+  if (parse_opts(argc, argv, &o) < 0)
+    return 1;
+  if (o.help) {
+    fputs(usage_text, stdout);
+    return 0;
   }
-  if (optind < argc)
-    return usage_error("unexpected argument '%s'", argv[optind]);
-  log_init("agent", verbose);
+  if (daemon_env_args(&env, "agent", opts, N_ENV_OPTS, repeat, err,
+                      sizeof(err)) < 0) {
+    fprintf(stderr, "ztna agent: %s\n", err);
+    return 1;
+  }
+  env_note = " (in the ZTNA_* environment)";
+  if (parse_opts(env.argc, env.argv, &eo) < 0)
+    return 1;
+  log_init("agent", LOG_LVL_INFO + (o.verbose ? o.verbose : eo.verbose));
   cfg_agent_defaults(&x.cfg);
-  if ((config || !nsvcargs) &&
+  if (apply_opts(&x, &eo))
+    return 1;
+  env_note = "";
+  config = o.config ? o.config : eo.config;
+  if ((config || !(o.nsvc || eo.nsvc)) &&
       cfg_agent_load(&x.cfg, config, x.config_path, sizeof(x.config_path),
                      err, sizeof(err), warn_cb) < 0) {
     fprintf(stderr, "ztna agent: %s\n", err);
     return 1;
   }
-  if (server && cfg_split_hostport(server, x.cfg.server_host,
-                                   sizeof(x.cfg.server_host),
-                                   &x.cfg.server_port) < 0)
-    return usage_error("--server '%s' is not HOST:PORT", server);
-  if (nsvcargs)
-    x.cfg.nservices = 0;
-  for (size_t i = 0; i < nsvcargs; i++) {
-    struct cfg_service *s = &x.cfg.services[x.cfg.nservices++];
-    const char *eq = strchr(svcargs[i], '=');
-    memset(s, 0, sizeof(*s));
-    if (!eq || eq == svcargs[i] || !eq[1] ||
-        (size_t)(eq - svcargs[i]) >= sizeof(s->id))
-      return usage_error("--service '%s' is not ID=VIRTUAL_IP", svcargs[i]);
-    memcpy(s->id, svcargs[i], (size_t)(eq - svcargs[i]));
-    snprintf(s->virtual_ip, sizeof(s->virtual_ip), "%s", eq + 1);
-  }
-  if (cert)
-    snprintf(x.cfg.cert, sizeof(x.cfg.cert), "%s", cert);
-  if (key)
-    snprintf(x.cfg.key, sizeof(x.cfg.key), "%s", key);
-  if (ca)
-    snprintf(x.cfg.ca_cert, sizeof(x.cfg.ca_cert), "%s", ca);
-  if (tun)
-    snprintf(x.cfg.tun_name, sizeof(x.cfg.tun_name), "%s", tun);
-  if (taddr)
-    snprintf(x.cfg.tunnel_addr, sizeof(x.cfg.tunnel_addr), "%s", taddr);
-  if (taddr6)
-    snprintf(x.cfg.tunnel_addr6, sizeof(x.cfg.tunnel_addr6), "%s", taddr6);
-  x.no_direct = no_direct || !x.cfg.direct;
-  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
-    return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
-  if (mbind)
-    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
+  if (apply_opts(&x, &o))
+    return 1;
+  x.no_direct = !x.cfg.direct;
   if (!x.cfg.server_host[0])
     return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
                        "serverHost in the configuration)");
@@ -1294,7 +1376,7 @@ int agent_main(int argc, char **argv)
       return 1;
     }
   }
-  if (check) {
+  if (o.check) {
     printf("configuration OK\n");
     return 0;
   }

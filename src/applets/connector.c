@@ -87,7 +87,14 @@ static const char usage_text[] =
     "  -p, --port N         local UDP port (4434)\n"
     "      --metrics-port N Prometheus /metrics and /healthz (9091; 0 off)\n"
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
+    "      --log-format F   text or json (one JSON object per line)\n"
     "  -h, --help           this text\n"
+    "\n"
+    "Every option but --help and --check can also come from the\n"
+    "environment as ZTNA_<OPTION> (ZTNA_METRICS_BIND=0.0.0.0); flags win over\n"
+    "the configuration file, which wins over the environment. The original\n"
+    "connector's --p2p-cert, --p2p-key, --ca-cert, --p2p-port and its\n"
+    "INTERMEDIATE_SERVER, SERVICE_HOST, SERVICE_PORT variables are accepted.\n"
     "\n"
     "Backends on loopback are served only when configured as a loopback\n"
     "address; link-local and metadata addresses and the connector's own\n"
@@ -1668,73 +1675,185 @@ static void warn_cb(const char *msg)
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
-       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND };
+       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT };
+
+static const struct option opts[] = {
+  { "config", required_argument, NULL, 'c' },
+  { "check", no_argument, NULL, 'n' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "port", required_argument, NULL, 'p' },
+  { "server", required_argument, NULL, OPT_SERVER },
+  { "service", required_argument, NULL, OPT_SERVICE },
+  { "forward", required_argument, NULL, OPT_FORWARD },
+  { "protocol", required_argument, NULL, OPT_PROTOCOL },
+  { "cert", required_argument, NULL, OPT_CERT },
+  { "key", required_argument, NULL, OPT_KEY },
+  { "ca", required_argument, NULL, OPT_CA },
+  { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+  { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
+  { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+  { "help", no_argument, NULL, 'h' },
+  /* The original connector's flags (docs/migrating.md); not read from
+   * the environment under these names. */
+  { "p2p-cert", required_argument, NULL, OPT_CERT },
+  { "p2p-key", required_argument, NULL, OPT_KEY },
+  { "ca-cert", required_argument, NULL, OPT_CA },
+  { "p2p-port", required_argument, NULL, 'p' },
+  { NULL, 0, NULL, 0 },
+};
+#define N_ENV_OPTS 15 /* the entries above before the original's */
+
+struct copts {
+  const char *config, *server, *service, *forward, *proto, *cert, *key, *ca,
+      *port, *mport, *mbind, *logfmt;
+  int check, verbose, help;
+};
+
+static const char *env_note = "";
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  return applet_usage_error("connector", fmt, arg);
+  char f[256];
+  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
+  return applet_usage_error("connector", f, arg);
 }
 
+/* 0, or -1 after printing the usage (unknown option). */
+static int parse_opts(int argc, char **argv, struct copts *o)
+{
+  int ch;
+
+  daemon_getopt_reset();
+  while ((ch = getopt_long(argc, argv, "c:nvp:h", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': o->config = optarg; break;
+    case 'n': o->check = 1; break;
+    case 'v': o->verbose++; break;
+    case 'p': o->port = optarg; break;
+    case OPT_SERVER: o->server = optarg; break;
+    case OPT_SERVICE: o->service = optarg; break;
+    case OPT_FORWARD: o->forward = optarg; break;
+    case OPT_PROTOCOL: o->proto = optarg; break;
+    case OPT_CERT: o->cert = optarg; break;
+    case OPT_KEY: o->key = optarg; break;
+    case OPT_CA: o->ca = optarg; break;
+    case OPT_METRICS_PORT: o->mport = optarg; break;
+    case OPT_METRICS_BIND: o->mbind = optarg; break;
+    case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case 'h': o->help = 1; break;
+    default:
+      fputs(usage_text, stderr);
+      return -1;
+    }
+  }
+  if (optind < argc) {
+    usage_error("unexpected argument '%s'", argv[optind]);
+    return -1;
+  }
+  return 0;
+}
+
+/* The environment: ZTNA_* (daemon.h), then the original connector's
+ * INTERMEDIATE_SERVER, SERVICE_HOST and SERVICE_PORT where no ZTNA_*
+ * variable says the same. */
+static int env_opts(struct daemon_env *e, struct copts *o)
+{
+  static char fwd[CFG_STR_MAX + 8];
+  const char *h = getenv("SERVICE_HOST"), *p = getenv("SERVICE_PORT");
+  char err[256];
+
+  if (daemon_env_args(e, "connector", opts, N_ENV_OPTS, NULL, err,
+                      sizeof(err)) < 0) {
+    fprintf(stderr, "ztna connector: %s\n", err);
+    return -1;
+  }
+  if (parse_opts(e->argc, e->argv, o) < 0)
+    return -1;
+  if (!o->server)
+    o->server = getenv("INTERMEDIATE_SERVER");
+  if (!o->forward && h && *h) {
+    snprintf(fwd, sizeof(fwd), strchr(h, ':') ? "[%s]:%s" : "%s:%s", h,
+             p && *p ? p : "");
+    o->forward = fwd;
+  }
+  return 0;
+}
+
+/* Lays options over x->cfg: those of the environment before the
+ * configuration file is read, those of the command line after it. */
+static int apply_opts(struct cctx *x, const struct copts *o)
+{
+  if (o->logfmt && log_set_format(o->logfmt) < 0)
+    return usage_error("--log-format '%s' is not text or json", o->logfmt);
+  if (o->server && cfg_split_hostport(o->server, x->cfg.server_host,
+                                      sizeof(x->cfg.server_host),
+                                      &x->cfg.server_port) < 0)
+    return usage_error("--server '%s' is not HOST:PORT", o->server);
+  if (o->service || o->forward) {
+    struct cfg_service *s = &x->cfg.services[0];
+    if (!o->service || !o->forward)
+      return usage_error("%s", "--service and --forward go together");
+    memset(s, 0, sizeof(*s));
+    snprintf(s->id, sizeof(s->id), "%s", o->service);
+    snprintf(s->backend, sizeof(s->backend), "%s", o->forward);
+    s->protocol = CFG_PROTO_BOTH;
+    x->cfg.nservices = 1;
+  }
+  if (o->proto) {
+    int p = !strcmp(o->proto, "udp") ? CFG_PROTO_UDP
+            : !strcmp(o->proto, "tcp") ? CFG_PROTO_TCP
+            : !strcmp(o->proto, "both") ? CFG_PROTO_BOTH : 0;
+    if (!p)
+      return usage_error("--protocol '%s' is not udp, tcp or both", o->proto);
+    for (size_t i = 0; i < x->cfg.nservices; i++)
+      x->cfg.services[i].protocol = p;
+  }
+  if (o->cert)
+    snprintf(x->cfg.cert, sizeof(x->cfg.cert), "%s", o->cert);
+  if (o->key)
+    snprintf(x->cfg.key, sizeof(x->cfg.key), "%s", o->key);
+  if (o->ca)
+    snprintf(x->cfg.ca_cert, sizeof(x->cfg.ca_cert), "%s", o->ca);
+  if (o->port && cfg_parse_port(o->port, &x->cfg.p2p_port, 1) < 0)
+    return usage_error("--port '%s' is not a port", o->port);
+  if (o->mport && cfg_parse_port(o->mport, &x->cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port", o->mport);
+  if (o->mbind)
+    snprintf(x->cfg.metrics_bind, sizeof(x->cfg.metrics_bind), "%s",
+             o->mbind);
+  return 0;
+}
 
 int connector_main(int argc, char **argv)
 {
-  static const struct option opts[] = {
-    { "config", required_argument, NULL, 'c' },
-    { "check", no_argument, NULL, 'n' },
-    { "verbose", no_argument, NULL, 'v' },
-    { "port", required_argument, NULL, 'p' },
-    { "server", required_argument, NULL, OPT_SERVER },
-    { "service", required_argument, NULL, OPT_SERVICE },
-    { "forward", required_argument, NULL, OPT_FORWARD },
-    { "protocol", required_argument, NULL, OPT_PROTOCOL },
-    { "cert", required_argument, NULL, OPT_CERT },
-    { "key", required_argument, NULL, OPT_KEY },
-    { "ca", required_argument, NULL, OPT_CA },
-    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
-    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
-    { "help", no_argument, NULL, 'h' },
-    { NULL, 0, NULL, 0 },
-  };
   static struct cctx x;
-  const char *config = NULL, *server = NULL, *service = NULL, *forward = NULL,
-             *proto = NULL, *cert = NULL, *key = NULL, *ca = NULL,
-             *port = NULL, *mport = NULL, *mbind = NULL;
-  int ch, check = 0, verbose = LOG_LVL_INFO, rv;
+  static struct daemon_env env;
+  struct copts eo = { 0 }, o = { 0 };
+  const char *config;
+  int rv;
   char err[512], *text;
   size_t len;
   struct sockaddr_storage server_addr, bind_addr;
   struct quic_endpoint_config qc = { 0 };
   struct netstack_io nio = { netstack_send, NULL };
 
-  while ((ch = getopt_long(argc, argv, "c:nvp:h", opts, NULL)) != -1) {
-    switch (ch) {
-    case 'c': config = optarg; break;
-    case 'n': check = 1; break;
-    case 'v': verbose++; break;
-    case 'p': port = optarg; break;
-    case OPT_SERVER: server = optarg; break;
-    case OPT_SERVICE: service = optarg; break;
-    case OPT_FORWARD: forward = optarg; break;
-    case OPT_PROTOCOL: proto = optarg; break;
-    case OPT_CERT: cert = optarg; break;
-    case OPT_KEY: key = optarg; break;
-    case OPT_CA: ca = optarg; break;
-    case OPT_METRICS_PORT: mport = optarg; break;
-    case OPT_METRICS_BIND: mbind = optarg; break;
-    case 'h':
-      fputs(usage_text, stdout);
-      return 0;
-    default:
-      fputs(usage_text, stderr);
-      return 1;
-    }
+  if (parse_opts(argc, argv, &o) < 0)
+    return 1;
+  if (o.help) {
+    fputs(usage_text, stdout);
+    return 0;
   }
-  if (optind < argc)
-    return usage_error("unexpected argument '%s'", argv[optind]);
-  log_init("connector", verbose);
+  if (env_opts(&env, &eo) < 0)
+    return 1;
+  log_init("connector", LOG_LVL_INFO + (o.verbose ? o.verbose : eo.verbose));
   cfg_connector_defaults(&x.cfg);
+  env_note = " (in the ZTNA_* environment)";
+  if (apply_opts(&x, &eo))
+    return 1;
+  env_note = "";
   /* The short form needs no file; otherwise the lookup order applies. */
-  if ((config || !service) &&
+  config = o.config ? o.config : eo.config;
+  if ((config || !(o.service || eo.service)) &&
       cfg_find(config, "connector", x.config_path, sizeof(x.config_path)) ==
           0) {
     rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
@@ -1748,39 +1867,10 @@ int connector_main(int argc, char **argv)
       return 1;
     }
   }
-  if (server && cfg_split_hostport(server, x.cfg.server_host,
-                                   sizeof(x.cfg.server_host),
-                                   &x.cfg.server_port) < 0)
-    return usage_error("--server '%s' is not HOST:PORT", server);
-  if (service || forward) {
-    struct cfg_service *s = &x.cfg.services[0];
-    if (!service || !forward)
-      return usage_error("%s", "--service and --forward go together");
-    memset(s, 0, sizeof(*s));
-    snprintf(s->id, sizeof(s->id), "%s", service);
-    snprintf(s->backend, sizeof(s->backend), "%s", forward);
-    s->protocol = CFG_PROTO_BOTH;
-    x.cfg.nservices = 1;
-  }
-  if (proto) {
-    int p = !strcmp(proto, "udp") ? CFG_PROTO_UDP
-            : !strcmp(proto, "tcp") ? CFG_PROTO_TCP
-            : !strcmp(proto, "both") ? CFG_PROTO_BOTH : 0;
-    if (!p)
-      return usage_error("--protocol '%s' is not udp, tcp or both", proto);
-    for (size_t i = 0; i < x.cfg.nservices; i++)
-      x.cfg.services[i].protocol = p;
-  }
-  if (ca)
-    snprintf(x.cfg.ca_cert, sizeof(x.cfg.ca_cert), "%s", ca);
-  if (port && cfg_parse_port(port, &x.cfg.p2p_port, 1) < 0)
-    return usage_error("--port '%s' is not a port", port);
-  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
-    return usage_error("--metrics-port '%s' is not a port", mport);
-  if (mbind)
-    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
-  x.cert = cert ? cert : x.cfg.cert[0] ? x.cfg.cert : x.cfg.p2p_cert;
-  x.key = key ? key : x.cfg.key[0] ? x.cfg.key : x.cfg.p2p_key;
+  if (apply_opts(&x, &o))
+    return 1;
+  x.cert = x.cfg.cert[0] ? x.cfg.cert : x.cfg.p2p_cert;
+  x.key = x.cfg.key[0] ? x.cfg.key : x.cfg.p2p_key;
   if (!x.cfg.server_host[0])
     return usage_error("%s", "no intermediate: give --server HOST:PORT (or "
                        "intermediate_server in the configuration)");
@@ -1808,7 +1898,7 @@ int connector_main(int argc, char **argv)
       return 1;
     }
   }
-  if (check) {
+  if (o.check) {
     printf("configuration OK\n");
     return 0;
   }

@@ -58,7 +58,8 @@ static const char usage_text[] =
     "  -c, --config FILE    take the server and certificates from an agent\n"
     "                       configuration (default: the agent's, if any)\n"
     "      --server H:P     the intermediate\n"
-    "      --diag-port N    its diag port (default: the server's port + 1)\n"
+    "      --diag-port N    its diag port (default: the server's port + 2,\n"
+    "                       4435 beside 4433; + 1 is the connector's 4434)\n"
     "      --cert FILE      an agent certificate (the intermediate requires\n"
     "      --key FILE       client certificates)\n"
     "      --ca FILE        CA the intermediate's certificate chains to\n"
@@ -814,7 +815,8 @@ static int punch_main(int argc, char **argv)
     if (cfg_parse_port(dport, &alt_port, 0) < 0)
       return usage_error("--diag-port '%s' is not a port (1-65535)", dport);
   } else {
-    alt_port = cfg->server_port == 65535 ? 65534 : cfg->server_port + 1;
+    alt_port = cfg->server_port >= 65534 ? cfg->server_port - 2
+                                         : cfg->server_port + 2;
   }
   if (cert)
     snprintf(cfg->cert, sizeof(cfg->cert), "%s", cert);

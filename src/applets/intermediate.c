@@ -59,10 +59,16 @@ static const char usage_text[] =
     "                       address goes to another agent (900)\n"
     "      --diag-port N    a second UDP port that only tells clients their\n"
     "                       observed address, for 'ztna diag punch' (0: off)\n"
+    "      --log-format F   text or json (one JSON object per line)\n"
     "  -h, --help           this text\n"
     "\n"
-    "Command-line options override the configuration file. Signals: HUP\n"
-    "reloads certificates and policy, TERM and INT shut down.\n";
+    "Every option but --help and --check can also come from the\n"
+    "environment as ZTNA_<OPTION> (ZTNA_METRICS_BIND=0.0.0.0); flags win over\n"
+    "the configuration file, which wins over the environment. The original's\n"
+    "form 'intermediate PORT [CERT KEY]' and --ca-cert are accepted;\n"
+    "--external-ip and external_ip are accepted and not used (a warning\n"
+    "says why). Signals: HUP reloads certificates and policy, TERM and INT\n"
+    "shut down.\n";
 
 struct ictx {
   uv_loop_t *loop;
@@ -576,12 +582,48 @@ static void on_tick(uv_timer_t *t)
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
   OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
-  OPT_MAX_XLAT, OPT_XLAT_REST
+  OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_EXTERNAL_IP
 };
+
+static const struct option opts[] = {
+  { "config", required_argument, NULL, 'c' },
+  { "check", no_argument, NULL, 'n' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "port", required_argument, NULL, 'p' },
+  { "bind", required_argument, NULL, 'b' },
+  { "cert", required_argument, NULL, OPT_CERT },
+  { "key", required_argument, NULL, OPT_KEY },
+  { "ca", required_argument, NULL, OPT_CA },
+  { "policy", required_argument, NULL, OPT_POLICY },
+  { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
+  { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
+  { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
+  { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
+  { "max-translations", required_argument, NULL, OPT_MAX_XLAT },
+  { "translation-quarantine", required_argument, NULL, OPT_XLAT_REST },
+  { "diag-port", required_argument, NULL, OPT_DIAG_PORT },
+  { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+  { "external-ip", required_argument, NULL, OPT_EXTERNAL_IP },
+  { "help", no_argument, NULL, 'h' },
+  /* The original's spellings (docs/migrating.md). */
+  { "ca-cert", required_argument, NULL, OPT_CA },
+  { NULL, 0, NULL, 0 },
+};
+#define N_ENV_OPTS 19 /* the entries above before the original's */
+
+struct iopts {
+  const char *config, *port, *bind, *cert, *key, *ca, *policy, *mport,
+      *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip;
+  int check, verbose, help, disable_retry;
+};
+
+static const char *env_note = "";
 
 static int usage_error(const char *fmt, const char *arg)
 {
-  return applet_usage_error("intermediate", fmt, arg);
+  char f[256];
+  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
+  return applet_usage_error("intermediate", f, arg);
 }
 
 /* A numeric option from 1 to hi (val NULL: not given). */
@@ -603,33 +645,99 @@ static int num_option(const char *name, const char *val, long hi,
   return 0;
 }
 
+/* 0, or -1 after saying why. The original's form, "PORT [CERT KEY]"
+ * as operands, is taken too. */
+static int parse_opts(int argc, char **argv, struct iopts *o)
+{
+  int ch;
+
+  daemon_getopt_reset();
+  while ((ch = getopt_long(argc, argv, "c:nvp:b:h", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c': o->config = optarg; break;
+    case 'n': o->check = 1; break;
+    case 'v': o->verbose++; break;
+    case 'p': o->port = optarg; break;
+    case 'b': o->bind = optarg; break;
+    case OPT_CERT: o->cert = optarg; break;
+    case OPT_KEY: o->key = optarg; break;
+    case OPT_CA: o->ca = optarg; break;
+    case OPT_POLICY: o->policy = optarg; break;
+    case OPT_METRICS_PORT: o->mport = optarg; break;
+    case OPT_METRICS_BIND: o->mbind = optarg; break;
+    case OPT_DISABLE_RETRY: o->disable_retry = 1; break;
+    case OPT_MAX_CONNS: o->maxconns = optarg; break;
+    case OPT_MAX_XLAT: o->maxxlat = optarg; break;
+    case OPT_XLAT_REST: o->xlatrest = optarg; break;
+    case OPT_DIAG_PORT: o->dport = optarg; break;
+    case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case OPT_EXTERNAL_IP: o->extip = optarg; break;
+    case 'h': o->help = 1; break;
+    default:
+      fputs(usage_text, stderr);
+      return -1;
+    }
+  }
+  if (argc - optind == 1 || argc - optind == 3) {
+    o->port = argv[optind++];
+    if (optind < argc) {
+      o->cert = argv[optind++];
+      o->key = argv[optind++];
+    }
+  }
+  if (optind < argc) {
+    usage_error("unexpected argument '%s' (operands are PORT [CERT KEY])",
+                argv[optind]);
+    return -1;
+  }
+  return 0;
+}
+
+static int apply_opts(struct ictx *x, const struct iopts *o)
+{
+  if (o->logfmt && log_set_format(o->logfmt) < 0)
+    return usage_error("--log-format '%s' is not text or json", o->logfmt);
+  if (o->port && cfg_parse_port(o->port, &x->cfg.port, 0) < 0)
+    return usage_error("--port '%s' is not a port (1-65535)", o->port);
+  if (o->dport && cfg_parse_port(o->dport, &x->cfg.diag_port, 1) < 0)
+    return usage_error("--diag-port '%s' is not a port (0-65535)", o->dport);
+  if (o->mport && cfg_parse_port(o->mport, &x->cfg.metrics_port, 1) < 0)
+    return usage_error("--metrics-port '%s' is not a port (0-65535)",
+                       o->mport);
+  if (num_option("--max-connections", o->maxconns, 1000000,
+                 &x->cfg.max_connections) < 0 ||
+      num_option("--max-translations", o->maxxlat, CFG_MAX_TRANSLATIONS,
+                 &x->cfg.max_translations) < 0 ||
+      num_option("--translation-quarantine", o->xlatrest, 86400,
+                 &x->cfg.translation_quarantine_s) < 0)
+    return 1;
+  if (o->bind)
+    snprintf(x->cfg.bind_addr, sizeof(x->cfg.bind_addr), "%s", o->bind);
+  if (o->mbind)
+    snprintf(x->cfg.metrics_bind, sizeof(x->cfg.metrics_bind), "%s",
+             o->mbind);
+  if (o->cert)
+    snprintf(x->cfg.cert_path, sizeof(x->cfg.cert_path), "%s", o->cert);
+  if (o->key)
+    snprintf(x->cfg.key_path, sizeof(x->cfg.key_path), "%s", o->key);
+  if (o->ca)
+    snprintf(x->cfg.ca_cert_path, sizeof(x->cfg.ca_cert_path), "%s", o->ca);
+  if (o->policy)
+    snprintf(x->cfg.policy_path, sizeof(x->cfg.policy_path), "%s",
+             o->policy);
+  if (o->extip)
+    snprintf(x->cfg.external_ip, sizeof(x->cfg.external_ip), "%s",
+             o->extip);
+  if (o->disable_retry)
+    x->cfg.disable_retry = 1;
+  return 0;
+}
+
 int intermediate_main(int argc, char **argv)
 {
-  static const struct option opts[] = {
-    { "config", required_argument, NULL, 'c' },
-    { "check", no_argument, NULL, 'n' },
-    { "verbose", no_argument, NULL, 'v' },
-    { "port", required_argument, NULL, 'p' },
-    { "bind", required_argument, NULL, 'b' },
-    { "cert", required_argument, NULL, OPT_CERT },
-    { "key", required_argument, NULL, OPT_KEY },
-    { "ca", required_argument, NULL, OPT_CA },
-    { "policy", required_argument, NULL, OPT_POLICY },
-    { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
-    { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
-    { "disable-retry", no_argument, NULL, OPT_DISABLE_RETRY },
-    { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
-    { "max-translations", required_argument, NULL, OPT_MAX_XLAT },
-    { "translation-quarantine", required_argument, NULL, OPT_XLAT_REST },
-    { "diag-port", required_argument, NULL, OPT_DIAG_PORT },
-    { "help", no_argument, NULL, 'h' },
-    { NULL, 0, NULL, 0 },
-  };
-  const char *config = NULL, *port = NULL, *bind = NULL, *cert = NULL,
-             *key = NULL, *ca = NULL, *policy = NULL, *mport = NULL,
-             *mbind = NULL, *maxconns = NULL, *dport = NULL,
-             *maxxlat = NULL, *xlatrest = NULL;
-  int ch, check = 0, verbose = LOG_LVL_INFO, disable_retry = 0, rv;
+  static struct daemon_env env;
+  struct iopts eo = { 0 }, o = { 0 };
+  int rv;
   struct ictx x;
   struct sockaddr_storage ss;
   struct quic_endpoint_config qc = { 0 };
@@ -641,40 +749,30 @@ int intermediate_main(int argc, char **argv)
   char err[512], *text;
   size_t len;
 
-  while ((ch = getopt_long(argc, argv, "c:nvp:b:h", opts, NULL)) != -1) {
-    switch (ch) {
-    case 'c': config = optarg; break;
-    case 'n': check = 1; break;
-    case 'v': verbose++; break;
-    case 'p': port = optarg; break;
-    case 'b': bind = optarg; break;
-    case OPT_CERT: cert = optarg; break;
-    case OPT_KEY: key = optarg; break;
-    case OPT_CA: ca = optarg; break;
-    case OPT_POLICY: policy = optarg; break;
-    case OPT_METRICS_PORT: mport = optarg; break;
-    case OPT_METRICS_BIND: mbind = optarg; break;
-    case OPT_DISABLE_RETRY: disable_retry = 1; break;
-    case OPT_MAX_CONNS: maxconns = optarg; break;
-    case OPT_MAX_XLAT: maxxlat = optarg; break;
-    case OPT_XLAT_REST: xlatrest = optarg; break;
-    case OPT_DIAG_PORT: dport = optarg; break;
-    case 'h':
-      fputs(usage_text, stdout);
-      return 0;
-    default:
-      fputs(usage_text, stderr);
-      return 1;
-    }
+  if (parse_opts(argc, argv, &o) < 0)
+    return 1;
+  if (o.help) {
+    fputs(usage_text, stdout);
+    return 0;
   }
-  if (optind < argc)
-    return usage_error("unexpected argument '%s'", argv[optind]);
-  log_init("intermediate", verbose);
+  if (daemon_env_args(&env, "intermediate", opts, N_ENV_OPTS, NULL, err,
+                      sizeof(err)) < 0) {
+    fprintf(stderr, "ztna intermediate: %s\n", err);
+    return 1;
+  }
+  env_note = " (in the ZTNA_* environment)";
+  if (parse_opts(env.argc, env.argv, &eo) < 0)
+    return 1;
+  log_init("intermediate",
+           LOG_LVL_INFO + (o.verbose ? o.verbose : eo.verbose));
 
   memset(&x, 0, sizeof(x));
   cfg_intermediate_defaults(&x.cfg);
-  if (cfg_find(config, "intermediate", x.config_path,
-               sizeof(x.config_path)) == 0) {
+  if (apply_opts(&x, &eo))
+    return 1;
+  env_note = "";
+  if (cfg_find(o.config ? o.config : eo.config, "intermediate",
+               x.config_path, sizeof(x.config_path)) == 0) {
     rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
     if (rv == 0) {
       rv = cfg_intermediate_parse(&x.cfg, x.config_path, text, len, err,
@@ -686,36 +784,16 @@ int intermediate_main(int argc, char **argv)
       return 1;
     }
   }
-  if (port && cfg_parse_port(port, &x.cfg.port, 0) < 0)
-    return usage_error("--port '%s' is not a port (1-65535)", port);
-  if (dport && cfg_parse_port(dport, &x.cfg.diag_port, 1) < 0)
-    return usage_error("--diag-port '%s' is not a port (0-65535)", dport);
+  if (apply_opts(&x, &o))
+    return 1;
   if (x.cfg.diag_port && x.cfg.diag_port == x.cfg.port)
     return usage_error("the diag port %s must differ from the main port",
-                       dport ? dport : "(diag_port)");
-  if (mport && cfg_parse_port(mport, &x.cfg.metrics_port, 1) < 0)
-    return usage_error("--metrics-port '%s' is not a port (0-65535)", mport);
-  if (num_option("--max-connections", maxconns, 1000000,
-                 &x.cfg.max_connections) < 0 ||
-      num_option("--max-translations", maxxlat, CFG_MAX_TRANSLATIONS,
-                 &x.cfg.max_translations) < 0 ||
-      num_option("--translation-quarantine", xlatrest, 86400,
-                 &x.cfg.translation_quarantine_s) < 0)
-    return 1;
-  if (bind)
-    snprintf(x.cfg.bind_addr, sizeof(x.cfg.bind_addr), "%s", bind);
-  if (mbind)
-    snprintf(x.cfg.metrics_bind, sizeof(x.cfg.metrics_bind), "%s", mbind);
-  if (cert)
-    snprintf(x.cfg.cert_path, sizeof(x.cfg.cert_path), "%s", cert);
-  if (key)
-    snprintf(x.cfg.key_path, sizeof(x.cfg.key_path), "%s", key);
-  if (ca)
-    snprintf(x.cfg.ca_cert_path, sizeof(x.cfg.ca_cert_path), "%s", ca);
-  if (policy)
-    snprintf(x.cfg.policy_path, sizeof(x.cfg.policy_path), "%s", policy);
-  if (disable_retry)
-    x.cfg.disable_retry = 1;
+                       o.dport ? o.dport : "(diag_port)");
+  if (x.cfg.external_ip[0])
+    log_warnx("external_ip '%s' is not used: clients learn their own "
+              "address from the intermediate (QUIC address discovery) and "
+              "reach it at the name or address they were given; remove the "
+              "setting", x.cfg.external_ip);
   if (!x.cfg.cert_path[0] || !x.cfg.key_path[0]) {
     fprintf(stderr, "ztna intermediate: no certificate: give --cert and "
             "--key (or cert_path and key_path in %s)\n",
@@ -732,7 +810,7 @@ int intermediate_main(int argc, char **argv)
               "may connect (they can register nothing)");
   if (load_tls(&x, &x.tls) < 0 || load_policy(&x, &pol) < 0)
     return 1;
-  if (check) {
+  if (o.check) {
     printf("configuration OK\n");
     tls_ctx_unref(x.tls);
     cfg_policy_free(pol);

@@ -1,4 +1,11 @@
-/* daemon.c - the shutdown drain and the final loop check. */
+/* daemon.c - the shutdown drain, the final loop check, options from the
+ * environment. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include "daemon.h"
 #include "log.h"
 #include "quic.h"
@@ -55,4 +62,98 @@ int daemon_loop_close(uv_loop_t *loop)
     return 0;
   uv_walk(loop, walk_cb, NULL);
   return -1;
+}
+
+static int listed(const char *name, const char *const *list)
+{
+  for (; list && *list; list++)
+    if (!strcmp(*list, name))
+      return 1;
+  return 0;
+}
+
+/* argv[argc++] = s, or -1 when full. */
+static int push(struct daemon_env *e, char *s)
+{
+  if (e->argc >= DAEMON_ENV_MAX_ARGS)
+    return -1;
+  e->argv[e->argc++] = s;
+  e->argv[e->argc] = NULL;
+  return 0;
+}
+
+int daemon_env_args(struct daemon_env *e, const char *prog,
+                    const struct option *opts, size_t nopts,
+                    const char *const *repeat, char *err, size_t errlen)
+{
+  memset(e, 0, sizeof(*e));
+  snprintf(e->names[0], sizeof(e->names[0]), "%s", prog);
+  e->argv[e->argc++] = e->names[0];
+  for (const struct option *o = opts; o < opts + nopts && o->name; o++) {
+    char var[64], *flag, *val;
+    size_t n = strlen(o->name);
+
+    if (!strcmp(o->name, "help") || !strcmp(o->name, "check") ||
+        n + 6 > sizeof(var) || n + 3 > sizeof(e->names[0]))
+      continue;
+    snprintf(var, sizeof(var), "ZTNA_%s", o->name);
+    for (char *p = var + 5; *p; p++)
+      *p = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+    val = getenv(var);
+    if (!val)
+      continue;
+    if (e->argc >= DAEMON_ENV_MAX_ARGS)
+      goto full;
+    flag = e->names[e->argc];
+    snprintf(flag, sizeof(e->names[0]), "--%s", o->name);
+    if (o->has_arg == no_argument) {
+      long count;
+      char *end;
+      if (!strcasecmp(val, "true") || !strcasecmp(val, "yes"))
+        count = 1;
+      else if (!*val || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
+        count = 0;
+      else if ((count = strtol(val, &end, 10)) < 0 || count > 8 || *end ||
+               !isdigit((unsigned char)*val)) {
+        snprintf(err, errlen, "%s='%s': a switch takes 1, true, yes, 0, "
+                 "false or no", var, val);
+        return -1;
+      }
+      while (count-- > 0)
+        if (push(e, flag) < 0)
+          goto full;
+      continue;
+    }
+    if (!listed(o->name, repeat)) {
+      if (push(e, flag) < 0 || push(e, val) < 0)
+        goto full;
+      continue;
+    }
+    /* NAME=a,b,c: one option per value, empty values skipped. */
+    for (const char *p = val; *p;) {
+      size_t len = strcspn(p, ",");
+      if (len) {
+        char *copy = e->values + e->used;
+        if (e->used + len + 1 > sizeof(e->values))
+          goto full;
+        memcpy(copy, p, len);
+        copy[len] = '\0';
+        e->used += len + 1;
+        if (push(e, flag) < 0 || push(e, copy) < 0)
+          goto full;
+      }
+      p += len;
+      if (*p == ',')
+        p++;
+    }
+  }
+  return 0;
+full:
+  snprintf(err, errlen, "too many options in ZTNA_* environment variables");
+  return -1;
+}
+
+void daemon_getopt_reset(void)
+{
+  optind = 0; /* glibc: 0 reinitializes getopt completely */
 }

@@ -9,6 +9,7 @@
 #ifndef ZTNA_DAEMON_H
 #define ZTNA_DAEMON_H
 
+#include <getopt.h>
 #include <stddef.h>
 
 #include <uv.h>
@@ -37,5 +38,31 @@ void daemon_drain_start(struct daemon_drain *d, uv_loop_t *loop,
 /* uv_loop_close; on failure logs every handle still open. Returns 0 or
  * -1. */
 int daemon_loop_close(uv_loop_t *loop);
+
+/* Options from the environment, for containers. Every long option NAME of
+ * a daemon (the first nopts of opts, but help and check) can be given as ZTNA_NAME, upper case with
+ * '-' as '_': ZTNA_METRICS_BIND=0.0.0.0 is --metrics-bind 0.0.0.0. A
+ * switch takes 1/true/yes (on), 0/false/no/empty (off) or a count (-v).
+ * Options listed in repeat take several values separated by ','. The
+ * result is an argv (argv[0] = prog) for the daemon's own getopt loop, so
+ * the environment is checked by the same code as the command line; the
+ * daemon applies it below its configuration file, which is below its
+ * flags. */
+#define DAEMON_ENV_MAX_ARGS 256
+struct daemon_env {
+  int argc;
+  char *argv[DAEMON_ENV_MAX_ARGS + 1];
+  char names[DAEMON_ENV_MAX_ARGS][48];
+  char values[8192];
+  size_t used;
+};
+
+/* Returns 0, or -1 with err filled (a bad switch value, too many values). */
+int daemon_env_args(struct daemon_env *e, const char *prog,
+                    const struct option *opts, size_t nopts,
+                    const char *const *repeat, char *err, size_t errlen);
+
+/* Runs getopt_long from the start over argv (resets its state). */
+void daemon_getopt_reset(void);
 
 #endif

@@ -9,11 +9,40 @@
 
 static const char *log_name = "ztna";
 static int log_level = LOG_LVL_INFO;
+static int log_json;
 
 void log_init(const char *name, int verbosity)
 {
   log_name = name;
   log_level = verbosity;
+}
+
+int log_set_format(const char *name)
+{
+  if (!strcmp(name, "text"))
+    log_json = 0;
+  else if (!strcmp(name, "json"))
+    log_json = 1;
+  else
+    return -1;
+  return 0;
+}
+
+/* One JSON string: quotes, backslashes and every byte that is not
+ * printable ASCII escaped, so a line is valid JSON whatever the message
+ * carried (names from certificates, close reasons from peers). */
+static void json_str(const char *s)
+{
+  fputc('"', stderr);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      fprintf(stderr, "\\%c", *p);
+    else if (*p < 0x20 || *p >= 0x7f)
+      fprintf(stderr, "\\u%04x", *p);
+    else
+      fputc(*p, stderr);
+  }
+  fputc('"', stderr);
 }
 
 int log_verbosity(void)
@@ -39,11 +68,24 @@ static void emit(const char *tag, const char *fmt, va_list ap,
     if ((unsigned char)*p < 0x20 || *p == 0x7f)
       *p = '?';
   flockfile(stderr);
-  fprintf(stderr, "%s.%03ldZ %s %s: %s", ts, now.tv_nsec / 1000000, log_name,
-          tag, msg);
-  if (suffix)
-    fprintf(stderr, ": %s", suffix);
-  fputc('\n', stderr);
+  if (log_json) {
+    fprintf(stderr, "{\"ts\":\"%s.%03ldZ\",\"app\":", ts,
+            now.tv_nsec / 1000000);
+    json_str(log_name);
+    fprintf(stderr, ",\"level\":\"%s\",\"msg\":", tag);
+    json_str(msg);
+    if (suffix) {
+      fputs(",\"error\":", stderr);
+      json_str(suffix);
+    }
+    fputs("}\n", stderr);
+  } else {
+    fprintf(stderr, "%s.%03ldZ %s %s: %s", ts, now.tv_nsec / 1000000,
+            log_name, tag, msg);
+    if (suffix)
+      fprintf(stderr, ": %s", suffix);
+    fputc('\n', stderr);
+  }
   funlockfile(stderr);
 }
 

@@ -16,6 +16,10 @@ enum log_level { LOG_LVL_WARN = 0, LOG_LVL_INFO = 1, LOG_LVL_DEBUG = 2,
  * 1 info, 2 debug, 3 trace). The name is not copied. */
 void log_init(const char *name, int verbosity);
 int log_verbosity(void);
+/* "text" (the default: time, applet, level, message) or "json" (one JSON
+ * object per line: ts, app, level, msg and error). Returns 0 or -1 for an
+ * unknown name. */
+int log_set_format(const char *name);
 
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2);

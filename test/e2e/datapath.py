@@ -122,7 +122,7 @@ class World:
         self.start_backends()
         self.certs()
         self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp,
-                                  extra=("--diag-port", "4434"))
+                                  extra=("--diag-port", "4435"))
         self.start_connector()
         self.agent = self.start_agent("agent", self.agent_ns, "alice")
 

@@ -9,7 +9,7 @@ import pytest
 
 from ztna import ZTNA, Intermediate, Pki, netns_prefix
 
-DIAG_PORT = 4434
+DIAG_PORT = 4435
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ table ip relay_guard {
     world.inter.proc.wait()
     from ztna import Intermediate
     world.inter = Intermediate(world.pki, ns=world.inet, logdir=world.tmp,
-                               extra=("--diag-port", "4434"))
+                               extra=("--diag-port", "4435"))
     # Another agent (bob, from the intermediate's own network) is the first
     # to be relayed, so it gets the address alice had.
     bob = Client("198.51.100.10:4433", world.pki,

@@ -520,7 +520,7 @@ def test_departed_agents_address_carries_nothing_of_it(world):
     net = world.net
     world.inter.stop()
     world.inter = Intermediate(world.pki, ns=world.inet, logdir=world.tmp,
-                               extra=("--diag-port", "4434",
+                               extra=("--diag-port", "4435",
                                       "--max-translations", "1",
                                       "--translation-quarantine", "1"))
     world.block_direct()
