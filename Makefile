@@ -55,7 +55,8 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
-        distclean format demo bench sanitize lint tools unit-run
+        distclean format demo bench sanitize lint tools unit-run release \
+        image deb
 all: ztna
 
 deps: $(STAMP)
@@ -89,6 +90,40 @@ $(BUILD)/liblwip.a: $(LWIP_OBJ)
 $(BIN): $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 	$(CC) $(LDFLAGS) -o $@ $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) \
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
+
+# --- release ---------------------------------------------------------------
+# The release artefact: one static, stripped binary (glibc's resolver
+# reads /etc/hosts and /etc/resolv.conf by itself, so it runs in an empty
+# root), built with fixed flags from paths relative to the tree: the same
+# tree and toolchain give the same bytes. At most RELEASE_MAX bytes.
+RELEASE := $(BUILD)/release/ztna
+RELEASE_MAX := 2500000
+RELEASE_CFLAGS := -Os -ffunction-sections -fdata-sections \
+  -fno-asynchronous-unwind-tables -fno-unwind-tables \
+  -ffile-prefix-map=$(CURDIR)=. -fdebug-prefix-map=$(CURDIR)=.
+RELEASE_LDFLAGS := -static -Wl,--gc-sections -Wl,-z,noseparate-code \
+  -Wl,--build-id=none
+release: $(STAMP)
+	@mkdir -p $(BUILD)/release; \
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/release/obj \
+	  BIN=$(BUILD)/release/ztna.full CFLAGS="$(RELEASE_CFLAGS)" \
+	  LDFLAGS="$(RELEASE_LDFLAGS)" $(BUILD)/release/ztna.full \
+	  2>$(BUILD)/release/build.log; rc=$$?; \
+	grep -v 'statically linked applications requires\|in function' \
+	  $(BUILD)/release/build.log >&2; exit $$rc
+	strip --strip-all -R .comment -R .note.ABI-tag -R .note.stapsdt \
+	  -o $(RELEASE) $(BUILD)/release/ztna.full
+	@size=$$(stat -c %s $(RELEASE)); \
+	echo "release: $(RELEASE), static, $$size bytes, sha256 $$(sha256sum $(RELEASE) | cut -c1-16)"; \
+	if [ $$size -gt $(RELEASE_MAX) ]; then \
+	  echo "release: larger than $(RELEASE_MAX) bytes"; exit 1; fi
+
+# The container image (packaging/Containerfile, FROM scratch) around the
+# release binary, with podman.
+IMAGE ?= localhost/ztna:latest
+image: release
+	podman build --isolation chroot -f packaging/Containerfile \
+	  --build-arg BIN=$(RELEASE) -t $(IMAGE) .
 
 # --- tests -----------------------------------------------------------------
 
@@ -241,10 +276,27 @@ bench: tools ztna
 
 # --- install ---------------------------------------------------------------
 
+# Paths systemd searches, under PREFIX (/usr/local: /usr/local/lib/systemd/
+# system; the Debian package uses PREFIX=/usr).
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR ?= $(PREFIX)/share/doc/ztna
 install: ztna
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
 	install -m 0755 ztna $(DESTDIR)$(PREFIX)/bin/ztna
 	for a in $(APPLETS); do ln -sf ztna $(DESTDIR)$(PREFIX)/bin/$$a; done
+	for u in packaging/systemd/*.service.in; do \
+	  sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $$u \
+	    > $(DESTDIR)$(UNITDIR)/$$(basename $$u .in) && \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u .in) || exit 1; done
+	install -m 0644 packaging/systemd/ztna.sysusers \
+	  $(DESTDIR)$(SYSUSERSDIR)/ztna.conf
+	install -m 0644 README COPYING docs/*.md $(DESTDIR)$(DOCDIR)
+	install -m 0644 examples/*.json $(DESTDIR)$(DOCDIR)/examples
+	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
+	  systemd-sysusers $(SYSUSERSDIR)/ztna.conf; \
+	  echo "install: user ztna ready; keys: chown ztna: /etc/ztna/*.key"; fi
 
 format:
 	clang-format -i src/*.c src/*.h src/common/*.c src/common/*.h \

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -66,6 +67,16 @@ static int install_links(const char *dir)
     return 1;
   }
   self[n] = '\0';
+  /* Beside the binary: relative links, which survive a move of the
+   * directory (an image's layer, a package's staging root). */
+  {
+    char real[PATH_MAX];
+    const char *slash = strrchr(self, '/');
+    if (slash && realpath(dir, real) &&
+        strlen(real) == (size_t)(slash - self) &&
+        !strncmp(real, self, (size_t)(slash - self)))
+      memmove(self, slash + 1, strlen(slash + 1) + 1);
+  }
   for (size_t i = 0; i < sizeof(applets) / sizeof(applets[0]); i++) {
     int w = snprintf(path, sizeof(path), "%s/%s", dir, applets[i].name);
     if (w < 0 || (size_t)w >= sizeof(path)) {

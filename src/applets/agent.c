@@ -79,6 +79,7 @@ static const char usage_text[] =
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --no-direct      never punch: all traffic through the relay\n"
     "      --log-format F   text or json (one JSON object per line)\n"
+    "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -1141,7 +1142,7 @@ static void warn_cb(const char *msg)
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
        OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT,
-       OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_SERVICE_IP };
+       OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER, OPT_SERVICE_IP };
 
 static const struct option opts[] = {
   { "config", required_argument, NULL, 'c' },
@@ -1159,6 +1160,7 @@ static const struct option opts[] = {
   { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
   { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+  { "user", required_argument, NULL, OPT_USER },
   { "help", no_argument, NULL, 'h' },
   /* The original's spellings (docs/migrating.md): --service ID
    * --service-ip IP is --service ID=IP. */
@@ -1166,11 +1168,11 @@ static const struct option opts[] = {
   { "service-ip", required_argument, NULL, OPT_SERVICE_IP },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 16 /* the entries above before the original's */
+#define N_ENV_OPTS 17 /* the entries above before the original's */
 
 struct aopts {
   const char *config, *server, *cert, *key, *ca, *tun, *taddr, *taddr6,
-      *mport, *mbind, *logfmt;
+      *mport, *mbind, *logfmt, *user;
   const char *svc[CFG_MAX_SERVICES];
   const char *svcip[CFG_MAX_SERVICES]; /* --service-ip of svc[i] or NULL */
   size_t nsvc;
@@ -1225,6 +1227,7 @@ static int parse_opts(int argc, char **argv, struct aopts *o)
     case OPT_METRICS_PORT: o->mport = optarg; break;
     case OPT_METRICS_BIND: o->mbind = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case OPT_USER: o->user = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1464,6 +1467,11 @@ int agent_main(int argc, char **argv)
   uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
   uv_signal_start(&x.sigint, on_terminate, SIGINT);
   uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  /* Everything that needed privileges is done (sockets bound, keys
+   * read, the TUN up: it keeps CAP_NET_ADMIN for its MTU and routes); SIGHUP later reads the files as this user. */
+  if (daemon_drop_privileges(o.user ? o.user : eo.user, DAEMON_CAP_NET_ADMIN, err,
+                             sizeof(err)) < 0)
+    fatalx("%s", err);
   uv_run(x.loop, UV_RUN_DEFAULT);
   close(x.tun_fd);
   metrics_del(x.m);

@@ -88,6 +88,7 @@ static const char usage_text[] =
     "      --metrics-port N Prometheus /metrics and /healthz (9091; 0 off)\n"
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
+    "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -1675,7 +1676,7 @@ static void warn_cb(const char *msg)
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
-       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT };
+       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER };
 
 static const struct option opts[] = {
   { "config", required_argument, NULL, 'c' },
@@ -1692,6 +1693,7 @@ static const struct option opts[] = {
   { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
   { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+  { "user", required_argument, NULL, OPT_USER },
   { "help", no_argument, NULL, 'h' },
   /* The original connector's flags (docs/migrating.md); not read from
    * the environment under these names. */
@@ -1701,11 +1703,11 @@ static const struct option opts[] = {
   { "p2p-port", required_argument, NULL, 'p' },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 15 /* the entries above before the original's */
+#define N_ENV_OPTS 16 /* the entries above before the original's */
 
 struct copts {
   const char *config, *server, *service, *forward, *proto, *cert, *key, *ca,
-      *port, *mport, *mbind, *logfmt;
+      *port, *mport, *mbind, *logfmt, *user;
   int check, verbose, help;
 };
 
@@ -1740,6 +1742,7 @@ static int parse_opts(int argc, char **argv, struct copts *o)
     case OPT_METRICS_PORT: o->mport = optarg; break;
     case OPT_METRICS_BIND: o->mbind = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case OPT_USER: o->user = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1971,6 +1974,11 @@ int connector_main(int argc, char **argv)
   uv_timer_init(x.loop, &x.watch);
   x.watch.data = &x;
   uv_timer_start(&x.watch, watch_cb, 250, 250);
+  /* Everything that needed privileges is done (sockets bound, keys
+   * read); SIGHUP later reads the files as this user. */
+  if (daemon_drop_privileges(o.user ? o.user : eo.user, 0, err,
+                             sizeof(err)) < 0)
+    fatalx("%s", err);
   uv_run(x.loop, UV_RUN_DEFAULT);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);

@@ -60,6 +60,7 @@ static const char usage_text[] =
     "      --diag-port N    a second UDP port that only tells clients their\n"
     "                       observed address, for 'ztna diag punch' (0: off)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
+    "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -582,7 +583,7 @@ static void on_tick(uv_timer_t *t)
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
   OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
-  OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_EXTERNAL_IP
+  OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_USER, OPT_EXTERNAL_IP
 };
 
 static const struct option opts[] = {
@@ -604,16 +605,17 @@ static const struct option opts[] = {
   { "diag-port", required_argument, NULL, OPT_DIAG_PORT },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
   { "external-ip", required_argument, NULL, OPT_EXTERNAL_IP },
+  { "user", required_argument, NULL, OPT_USER },
   { "help", no_argument, NULL, 'h' },
   /* The original's spellings (docs/migrating.md). */
   { "ca-cert", required_argument, NULL, OPT_CA },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 19 /* the entries above before the original's */
+#define N_ENV_OPTS 20 /* the entries above before the original's */
 
 struct iopts {
   const char *config, *port, *bind, *cert, *key, *ca, *policy, *mport,
-      *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip;
+      *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip, *user;
   int check, verbose, help, disable_retry;
 };
 
@@ -671,6 +673,7 @@ static int parse_opts(int argc, char **argv, struct iopts *o)
     case OPT_XLAT_REST: o->xlatrest = optarg; break;
     case OPT_DIAG_PORT: o->dport = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
+    case OPT_USER: o->user = optarg; break;
     case OPT_EXTERNAL_IP: o->extip = optarg; break;
     case 'h': o->help = 1; break;
     default:
@@ -898,6 +901,11 @@ int intermediate_main(int argc, char **argv)
       log_info("metrics on http://%s:%d/metrics", x.cfg.metrics_bind,
                metrics_http_port(x.http));
   }
+  /* Everything that needed privileges is done (sockets bound, keys
+   * read); SIGHUP later reads the files as this user. */
+  if (daemon_drop_privileges(o.user ? o.user : eo.user, 0, err,
+                             sizeof(err)) < 0)
+    fatalx("%s", err);
   uv_run(x.loop, UV_RUN_DEFAULT);
   relay_del(x.relay);
   metrics_del(x.m);

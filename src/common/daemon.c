@@ -1,6 +1,13 @@
 /* daemon.c - the shutdown drain, the final loop check, options from the
  * environment. */
 #include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,4 +163,116 @@ full:
 void daemon_getopt_reset(void)
 {
   optind = 0; /* glibc: 0 reinitializes getopt completely */
+}
+
+/* "UID[:GID]" or a name from the passwd database. */
+static int lookup_user(const char *user, uid_t *uid, gid_t *gid)
+{
+  char *end;
+  unsigned long u, g;
+  struct passwd *pw;
+
+  u = strtoul(user, &end, 10);
+  if (end != user && isdigit((unsigned char)*user) && (!*end || *end == ':')) {
+    g = u;
+    if (*end == ':') {
+      const char *gs = end + 1;
+      g = strtoul(gs, &end, 10);
+      if (end == gs || *end || !isdigit((unsigned char)*gs))
+        return -1;
+    }
+    if (u >= 0xffffffffUL || g >= 0xffffffffUL)
+      return -1;
+    *uid = (uid_t)u;
+    *gid = (gid_t)g;
+    return 0;
+  }
+  pw = getpwnam(user);
+  if (!pw)
+    return -1;
+  *uid = pw->pw_uid;
+  *gid = pw->pw_gid;
+  return 0;
+}
+
+int daemon_drop_privileges(const char *user, uint64_t keep, char *err,
+                           size_t errlen)
+{
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  struct __user_cap_data_struct data[2];
+  uid_t uid = 0;
+  gid_t gid = 0;
+
+  /* The bounding set first, while CAP_SETPCAP is still effective (a
+   * daemon that never had it, under systemd say, gets EPERM: its unit's
+   * CapabilityBoundingSet does this job). */
+  for (int c = 0; c <= CAP_LAST_CAP; c++)
+    if (!(keep & (1ULL << c)) && prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1 &&
+        prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EPERM) {
+      snprintf(err, errlen, "cannot drop capability %d: %s", c,
+               strerror(errno));
+      return -1;
+    }
+  if (user && *user) {
+    if (lookup_user(user, &uid, &gid) < 0) {
+      snprintf(err, errlen, "user '%s' is neither UID[:GID] nor a known "
+               "user name", user);
+      return -1;
+    }
+    /* Keep the permitted capabilities across setuid; trimmed below. */
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 ||
+        setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+      snprintf(err, errlen, "cannot become user '%s': %s", user,
+               strerror(errno));
+      return -1;
+    }
+    prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+  }
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  memset(data, 0, sizeof(data));
+  if (syscall(SYS_capget, &hdr, data) < 0) {
+    snprintf(err, errlen, "capget: %s", strerror(errno));
+    return -1;
+  }
+  {
+    int change = 0;
+    for (int i = 0; i < 2; i++) {
+      uint32_t k = (uint32_t)(keep >> (32 * i));
+      change |= (data[i].permitted & ~k) || data[i].inheritable ||
+                data[i].effective != (data[i].permitted & k);
+      data[i].permitted &= k;
+      data[i].effective = data[i].permitted;
+      data[i].inheritable = 0;
+    }
+    /* Nothing to give up (a service manager did it): no capset, which a
+     * seccomp filter may forbid. */
+    if (!change)
+      goto caps_done;
+  }
+  if (syscall(SYS_capset, &hdr, data) < 0) {
+    snprintf(err, errlen, "capset: %s", strerror(errno));
+    return -1;
+  }
+caps_done:
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+    snprintf(err, errlen, "no_new_privs: %s", strerror(errno));
+    return -1;
+  }
+  if (user && *user && uid != 0 && setuid(0) == 0) {
+    snprintf(err, errlen, "still able to become root after dropping to "
+             "'%s'", user);
+    return -1;
+  }
+  if (getuid() == 0 || geteuid() == 0)
+    log_warnx("running as root (with only the capabilities it needs); "
+              "give --user to run as an unprivileged user");
+  {
+    uint64_t have = data[0].permitted | (uint64_t)data[1].permitted << 32;
+    log_info("privileges dropped: uid %u, gid %u, capabilities %s",
+             (unsigned)getuid(), (unsigned)getgid(),
+             !have ? "none"
+             : have == 1ULL << CAP_NET_ADMIN ? "net_admin (for the TUN)"
+                                              : "other");
+  }
+  return 0;
 }

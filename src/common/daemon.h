@@ -11,6 +11,7 @@
 
 #include <getopt.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -61,6 +62,17 @@ struct daemon_env {
 int daemon_env_args(struct daemon_env *e, const char *prog,
                     const struct option *opts, size_t nopts,
                     const char *const *repeat, char *err, size_t errlen);
+
+/* Gives up privileges once a daemon holds what needed them (its sockets,
+ * its TUN): with user ("NAME" or "UID[:GID]") it becomes that user (its
+ * groups too); then it keeps only the capabilities in keep (a mask of
+ * 1 << CAP_*), in its permitted, effective and bounding sets, clears the
+ * inheritable and ambient ones and sets no_new_privs. Root without a user
+ * keeps uid 0 with those capabilities (and is warned about). Returns 0 or
+ * -1 with err filled. */
+#define DAEMON_CAP_NET_ADMIN (1ULL << 12) /* CAP_NET_ADMIN */
+int daemon_drop_privileges(const char *user, uint64_t keep, char *err,
+                           size_t errlen);
 
 /* Runs getopt_long from the start over argv (resets its state). */
 void daemon_getopt_reset(void);
