@@ -125,6 +125,36 @@ image: release
 	podman build --isolation chroot -f packaging/Containerfile \
 	  --build-arg BIN=$(RELEASE) -t $(IMAGE) .
 
+# The Debian package: the release binary, its applet links, the systemd
+# units and sysusers file, documents, examples and manual pages made from
+# the applets' --help. No unit is enabled on installation.
+DEB_ROOT := $(BUILD)/deb/root
+deb: release
+	rm -rf $(BUILD)/deb && mkdir -p $(DEB_ROOT)/DEBIAN
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) \
+	  PREFIX=/usr ZTNA_INSTALL_BIN=$(RELEASE)
+	install -d $(DEB_ROOT)/usr/share/man/man1
+	for a in ztna $(APPLETS); do \
+	  packaging/debian/manpage $(RELEASE) $$a \
+	    | gzip -9n > $(DEB_ROOT)/usr/share/man/man1/$$( [ $$a = ztna ] \
+	      && echo ztna || echo ztna-$$a).1.gz || exit 1; done
+	install -m 0644 packaging/debian/copyright $(DEB_ROOT)/usr/share/doc/ztna/
+	install -D -m 0644 packaging/debian/lintian-overrides \
+	  $(DEB_ROOT)/usr/share/lintian/overrides/ztna
+	printf 'ztna (%s) unstable; urgency=medium\n\n  * Built from the ztna tree.\n\n -- The ztna authors <ztna@example.org>  %s\n' \
+	  "$$(sed -n 's/.*ZTNA_VERSION "\(.*\)"/\1/p' src/version.h)" \
+	  "$$(date -R -d @$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)})" \
+	  | gzip -9n > $(DEB_ROOT)/usr/share/doc/ztna/changelog.gz
+	install -m 0755 packaging/debian/postinst $(DEB_ROOT)/DEBIAN/postinst
+	sed -e "s/@VERSION@/$$(sed -n 's/.*ZTNA_VERSION "\(.*\)"/\1/p' src/version.h)/" \
+	  -e "s/@ARCH@/$$(dpkg --print-architecture)/" \
+	  -e "s/@SIZE@/$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)/" \
+	  packaging/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	cd $(DEB_ROOT) && find usr -type f -exec md5sum {} + | sort -k2 \
+	  > DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(BUILD)/ztna.deb
+	@echo "deb: $(BUILD)/ztna.deb"
+
 # --- tests -----------------------------------------------------------------
 
 UNIT := wire config metrics tls ippkt relay quic punch tunguard
@@ -281,18 +311,21 @@ bench: tools ztna
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DOCDIR ?= $(PREFIX)/share/doc/ztna
-install: ztna
+# ZTNA_INSTALL_BIN: the binary to install (make deb: the release one). The
+# applets are linked as ztna-<applet> (ztna-agent runs the agent).
+ZTNA_INSTALL_BIN ?= ztna
+install: $(ZTNA_INSTALL_BIN)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) \
 	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
-	install -m 0755 ztna $(DESTDIR)$(PREFIX)/bin/ztna
-	for a in $(APPLETS); do ln -sf ztna $(DESTDIR)$(PREFIX)/bin/$$a; done
+	install -m 0755 $(ZTNA_INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/ztna
+	for a in $(APPLETS); do ln -sf ztna $(DESTDIR)$(PREFIX)/bin/ztna-$$a; done
 	for u in packaging/systemd/*.service.in; do \
 	  sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $$u \
 	    > $(DESTDIR)$(UNITDIR)/$$(basename $$u .in) && \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u .in) || exit 1; done
 	install -m 0644 packaging/systemd/ztna.sysusers \
 	  $(DESTDIR)$(SYSUSERSDIR)/ztna.conf
-	install -m 0644 README COPYING docs/*.md $(DESTDIR)$(DOCDIR)
+	install -m 0644 README docs/*.md $(DESTDIR)$(DOCDIR)
 	install -m 0644 examples/*.json $(DESTDIR)$(DOCDIR)/examples
 	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
 	  systemd-sysusers $(SYSUSERSDIR)/ztna.conf; \
