@@ -206,9 +206,10 @@ http {
                  what="connector registered")
 
     def start_agent(self, name, ns, who, tunnel="100.64.0.1", port=9092,
-                    services=None, extra=None, metrics_from=None):
+                    services=None, extra=None, metrics_from=None, args=()):
         """extra: more configuration keys; metrics_from: (namespace,
-        address) to reach its metrics from, when not its own loopback."""
+        address) to reach its metrics from, when not its own loopback;
+        args: more command-line options."""
         import json
         key = who
         services = services or {k: v[0] for k, v in SERVICES.items()}
@@ -225,8 +226,8 @@ http {
             json.dump(cfg, f)
         log = open(os.path.join(self.tmp, name + ".log"), "w+")
         wrap = os.environ.get("ZTNA_AGENT_WRAP", "").split()
-        p = self.net.popen(ns, wrap + [ZTNA, "agent", "-c", path, "-v"],
-                           stdout=log, stderr=log)
+        p = self.net.popen(ns, wrap + [ZTNA, "agent", "-c", path, "-v"] +
+                           list(args), stdout=log, stderr=log)
         self.procs[name] = p
         p.log = log
         p.ns = ns

@@ -345,3 +345,58 @@ def test_readyz_and_metrics_bind(world):
     finally:
         world.procs["agent6"].terminate()
         world.procs["agent6"].wait(30)
+
+
+def exported(world):
+    """{metric name: set of label names} over the three daemons' /metrics
+    (after the traffic of the tests above)."""
+    texts = [world.inter.http("/metrics")]
+    for ns, port in ((world.conn_ns, 9091), (world.agent_ns, 9092)):
+        texts.append(world.net.exec(ns, ["curl", "-s", "-m", "5",
+                                         "http://127.0.0.1:%d/metrics"
+                                         % port]).stdout)
+    names = {}
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                names.setdefault(line.split()[2], set())
+            elif line and not line.startswith("#"):
+                series = line.rsplit(" ", 1)[0]
+                name, _, labels = series.partition("{")
+                names.setdefault(name, set()).update(
+                    kv.split("=", 1)[0] for kv in
+                    labels.rstrip("}").split(",") if "=" in kv)
+    return names
+
+
+def test_dashboard_and_alerts_use_exported_metrics(world):
+    """Every metric and label the Grafana dashboard and the alert rules
+    in packaging/monitoring use is one the daemons export."""
+    import re
+    import yaml
+    mon = os.path.join(os.path.dirname(__file__), "..", "..", "packaging",
+                       "monitoring")
+    names = exported(world)
+    dash = json.load(open(os.path.join(mon, "grafana-dashboard.json")))
+    exprs = [(t["expr"], t.get("legendFormat", ""))
+             for p in dash["panels"] for t in p["targets"]]
+    rules = yaml.safe_load(open(os.path.join(mon, "ztna-alerts.yml")))
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            exprs.append((r["expr"], r["annotations"]["summary"]))
+    assert yaml.safe_load(open(os.path.join(mon, "prometheus.yml")))[
+        "rule_files"] == ["ztna-alerts.yml"]
+    used = 0
+    for expr, legend in exprs:
+        for m in re.findall(r"\bztna_[a-z_]+", expr):
+            assert m in names, (m, expr)
+            used += 1
+            labels = set(re.findall(r"by \(([a-z_, ]+)\)", expr))
+            labels = {x.strip() for group in labels for x in group.split(",")}
+            labels |= set(re.findall(r"\{\{ ?\$?(?:labels\.)?(\w+) ?\}\}",
+                                     legend))
+            labels -= {"instance", "job"}  # Prometheus adds those
+            for lab in labels:
+                assert any(lab in names[n] for n in
+                           re.findall(r"\bztna_[a-z_]+", expr)), (lab, expr)
+    assert used >= 25
