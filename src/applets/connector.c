@@ -1901,6 +1901,9 @@ int connector_main(int argc, char **argv)
       return 1;
     }
   }
+  if (!x.cfg.verify_peer)
+    log_warnx("verify_peer is off: the intermediate's certificate and agents' certificates on direct connections are not checked; anyone on the path can pose as "
+              "them (set it to true with a CA)");
   if (o.check) {
     printf("configuration OK\n");
     return 0;

@@ -138,6 +138,42 @@ static void relay_drop_cb(void *conn, enum relay_drop why, void *ud)
             relay_drop_name(why));
 }
 
+static void relay_refused_cb(void *conn, const char *role, const uint8_t *id,
+                             size_t len, const char *why, void *ud)
+{
+  /* At most 20 such lines a second, whatever clients send; the rest are
+   * counted (ztna_registration_rejections_total) and summed up. */
+  static uint64_t window;
+  static unsigned logged, skipped;
+  struct ictx *x = ud;
+  struct iconn *ic = conn;
+  uint64_t now = uv_now(x->loop) / 1000;
+
+  if (now != window) {
+    if (skipped)
+      log_info("%u more refused registrations not logged", skipped);
+    window = now;
+    logged = skipped = 0;
+  }
+  if (++logged > 20) {
+    skipped++;
+    return;
+  }
+  /* The id as the peer sent it (at most WIRE_SERVICE_ID_MAX bytes), with
+   * every byte outside printable ASCII as \xNN. */
+  char shown[4 * WIRE_SERVICE_ID_MAX + 1];
+  size_t k = 0;
+  for (size_t i = 0; id && i < len && i < WIRE_SERVICE_ID_MAX; i++) {
+    if (id[i] >= 0x20 && id[i] < 0x7f && id[i] != '\\')
+      shown[k++] = (char)id[i];
+    else
+      k += (size_t)snprintf(shown + k, sizeof(shown) - k, "\\x%02x", id[i]);
+  }
+  shown[k] = '\0';
+  log_info("%s: registration as %s for '%s' refused: %s",
+           ic ? ic->name : "?", role, shown, why);
+}
+
 /* --- connections --------------------------------------------------------- */
 
 static void send_qad(struct iconn *ic)
@@ -746,7 +782,7 @@ int intermediate_main(int argc, char **argv)
   struct quic_endpoint_config qc = { 0 };
   struct relay_limits lim = { 0 };
   struct relay_io rio = { relay_send_dgram, relay_send_signal, relay_drop_cb,
-                          NULL };
+                          NULL, relay_refused_cb };
   struct cfg_policy *pol = NULL;
   uint8_t secret[32];
   char err[512], *text;

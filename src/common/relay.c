@@ -425,6 +425,14 @@ static struct reg *find_reg(struct relay_client *c, const struct service *s,
   return NULL;
 }
 
+static void refused(struct relay *r, struct relay_client *c, int role,
+                    const uint8_t *id, size_t len, const char *why)
+{
+  if (r->io.refused_cb)
+    r->io.refused_cb(c->conn, role == POLICY_AGENT ? "agent" : "connector",
+                     id, len, why, r->io.ud);
+}
+
 static void on_register(struct relay *r, struct relay_client *c,
                         const uint8_t *d, size_t n)
 {
@@ -438,15 +446,21 @@ static void on_register(struct relay *r, struct relay_client *c,
     drop(r, RELAY_DROP_MALFORMED);
     return;
   }
+  role = type == WIRE_REG_AGENT ? POLICY_AGENT : POLICY_CONNECTOR;
   if (rv < 0) {
     r->stats.invalid_regs++;
     send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+    refused(r, c, role, id, len, "not a valid service id");
     return;
   }
-  role = type == WIRE_REG_AGENT ? POLICY_AGENT : POLICY_CONNECTOR;
   if (!policy_allows(r->policy, &c->id, role, id, len)) {
     r->stats.rejections++;
     send_status(r, c, WIRE_REG_NACK, WIRE_NACK_DENIED, id, len);
+    refused(r, c, role, id, len,
+            !policy_cert_grants(&c->id, role, id, len)
+                ? "its certificate has no SAN granting it "
+                  "(<role>.<service>.ztna)"
+                : "the policy file does not list this identity for it");
     return;
   }
   s = svc_find(r, id, len);
@@ -455,12 +469,14 @@ static void on_register(struct relay *r, struct relay_client *c,
       r->stats.limit_hits++;
       r->stats.invalid_regs++;
       send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+      refused(r, c, role, id, len, "too many services on one connection");
       return;
     }
     s = svc_get(r, id, len);
     if (!s) {
       r->stats.invalid_regs++;
       send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+      refused(r, c, role, id, len, "the service table is full");
       return;
     }
     c->regs[c->nregs].svc = s;

@@ -66,6 +66,10 @@ struct relay_io {
   /* Optional: a datagram from conn was dropped (for debug logs). */
   void (*drop_cb)(void *conn, enum relay_drop why, void *ud);
   void *ud;
+  /* Optional: a registration of conn was refused (NACK sent); why says
+   * what to fix, id/len is the service id as received. */
+  void (*refused_cb)(void *conn, const char *role, const uint8_t *id,
+                     size_t len, const char *why, void *ud);
 };
 
 /* A translated address is not handed out again for this long after its

@@ -3,6 +3,7 @@ after the NAT rebinds), registration, deny by default, relay with per-agent
 translation, signaling, Retry, SIGHUP, SIGTERM and metrics.
 
 Every test runs in namespaces of its own, so ports never collide."""
+import re
 import signal
 import struct
 import subprocess
@@ -89,6 +90,13 @@ def test_registration(lone, pki, inter, clients):
     assert m['ztna_drops_total{reason="malformed"}'] == 1
     assert m['ztna_service_agents{service="echo"}'] == 1
     assert m['ztna_service_connector_present{service="echo"}'] == 0
+    # Each refusal is explained in the log, with what to fix.
+    log = inter.logtext()
+    assert re.search(r"registration as connector for 'echo' refused: its "
+                     r"certificate has no SAN granting it", log), log
+    assert "registration as agent for 'other' refused: its certificate" in log
+    assert "registration as agent for '' refused: not a valid service" in log
+    assert "registration as agent for 'a\\xc3(' refused" in log
 
 
 def test_server_certificate_is_no_client_certificate(lone, pki, inter,
@@ -404,6 +412,9 @@ def test_policy_file_and_reload(lone, pki, tmp_path, clients):
         assert a.expect("ack") == "ack echo"
         b.send("reg agent echo")
         assert b.expect("nack") == "nack 2 " + b"echo".hex()
+        wait_for(lambda: "registration as agent for 'echo' refused: the "
+                 "policy file does not list this identity" in
+                 inter.logtext(), what="the refusal in the log")
         # Now bob (by group: his OU is "agent") and not alice.
         policy.write_text('{"services": {"echo": {"allow": ["group:agent"]}}}')
         inter.signal(signal.SIGHUP)
