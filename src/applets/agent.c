@@ -188,7 +188,7 @@ struct actx {
   struct metrics_http *http;
   struct metric *mx_drops[A_COUNT], *mx_tx, *mx_rx, *mx_txb, *mx_rxb,
       *mx_up, *mx_reconn;
-  uv_signal_t sigterm, sigint, sighup;
+  struct daemon_signals sig;
   struct daemon_drain drain;
   int stopping;
   uint8_t buf[65536];
@@ -1029,17 +1029,12 @@ static void stop_done(void *ud)
 
   quic_endpoint_del(x->ep);
   x->ep = NULL;
-  close_handle((uv_handle_t *)&x->sigterm);
-  close_handle((uv_handle_t *)&x->sigint);
-  close_handle((uv_handle_t *)&x->sighup);
-  /* A reload asked for from now on is moot: ignore it rather than die of
-   * SIGHUP's default action. */
-  signal(SIGHUP, SIG_IGN);
+  daemon_signals_close(&x->sig);
 }
 
-static void on_terminate(uv_signal_t *s, int signum)
+static void on_terminate(void *ud, int signum)
 {
-  struct actx *x = s->data;
+  struct actx *x = ud;
 
   if (x->stopping)
     return;
@@ -1091,11 +1086,10 @@ static int make_tls(struct actx *x, struct tls_ctx **out)
   return rv;
 }
 
-static void on_hup(uv_signal_t *s, int signum)
+static void on_hup(void *ud)
 {
-  struct actx *x = s->data;
+  struct actx *x = ud;
   struct tls_ctx *tls;
-  (void)signum;
 
   if (x->stopping)
     return;
@@ -1133,11 +1127,6 @@ static int parse_vip(const char *s, struct vip *v)
     v->prefix = (int)p;
   }
   return 0;
-}
-
-static void warn_cb(const char *msg)
-{
-  log_warnx("%s", msg);
 }
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
@@ -1321,11 +1310,9 @@ int agent_main(int argc, char **argv)
   env_note = "";
   config = o.config ? o.config : eo.config;
   if ((config || !(o.nsvc || eo.nsvc)) &&
-      cfg_agent_load(&x.cfg, config, x.config_path, sizeof(x.config_path),
-                     err, sizeof(err), warn_cb) < 0) {
-    fprintf(stderr, "ztna agent: %s\n", err);
+      daemon_config_load("agent", config, x.config_path,
+                         sizeof(x.config_path), &x.cfg) < 0)
     return 1;
-  }
   if (apply_opts(&x, &o))
     return 1;
   x.no_direct = !x.cfg.direct;
@@ -1462,14 +1449,8 @@ int agent_main(int argc, char **argv)
       metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind,
                           x.cfg.metrics_port,
                           x.m, err, sizeof(err)) < 0)
-    log_warnx("%s", err);
-  uv_signal_init(x.loop, &x.sigterm);
-  uv_signal_init(x.loop, &x.sigint);
-  uv_signal_init(x.loop, &x.sighup);
-  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
-  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
-  uv_signal_start(&x.sigint, on_terminate, SIGINT);
-  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+    return daemon_fail("agent", "%s", err);
+  daemon_signals_start(&x.sig, x.loop, on_terminate, on_hup, &x);
   /* Everything that needed privileges is done (sockets bound, keys
    * read, the TUN up: it keeps CAP_NET_ADMIN for its MTU and routes); SIGHUP later reads the files as this user. */
   if (daemon_drop_privileges(o.user ? o.user : eo.user, DAEMON_CAP_NET_ADMIN, err,

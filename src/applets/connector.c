@@ -213,7 +213,7 @@ struct cctx {
   size_t nflows;
   struct metrics *m;
   struct metrics_http *http;
-  uv_signal_t sigterm, sigint, sighup;
+  struct daemon_signals sig;
   uv_timer_t sweep;
   struct daemon_drain drain;
   uint64_t started_ms;
@@ -1571,17 +1571,12 @@ static void stop_done(void *ud)
 
   quic_endpoint_del(x->ep);
   x->ep = NULL;
-  close_handle((uv_handle_t *)&x->sigterm);
-  close_handle((uv_handle_t *)&x->sigint);
-  close_handle((uv_handle_t *)&x->sighup);
-  /* A reload asked for from now on is moot: ignore it rather than die of
-   * SIGHUP's default action. */
-  signal(SIGHUP, SIG_IGN);
+  daemon_signals_close(&x->sig);
 }
 
-static void on_terminate(uv_signal_t *sig, int signum)
+static void on_terminate(void *ud, int signum)
 {
-  struct cctx *x = sig->data;
+  struct cctx *x = ud;
   struct dconn *dc, *next;
 
   if (x->stopping)
@@ -1641,11 +1636,10 @@ static int make_tls(struct cctx *x, struct tls_ctx **out)
   return make_tls_role(x, out, 0);
 }
 
-static void on_hup(uv_signal_t *sig, int signum)
+static void on_hup(void *ud)
 {
-  struct cctx *x = sig->data;
+  struct cctx *x = ud;
   struct tls_ctx *tls, *srv;
-  (void)signum;
 
   if (x->stopping)
     return;
@@ -1669,11 +1663,6 @@ static void on_hup(uv_signal_t *sig, int signum)
 }
 
 /* --- main ---------------------------------------------------------------------------- */
-
-static void warn_cb(const char *msg)
-{
-  log_warnx("%s", msg);
-}
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
        OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER };
@@ -1834,8 +1823,7 @@ int connector_main(int argc, char **argv)
   struct copts eo = { 0 }, o = { 0 };
   const char *config;
   int rv;
-  char err[512], *text;
-  size_t len;
+  char err[512];
   struct sockaddr_storage server_addr, bind_addr;
   struct quic_endpoint_config qc = { 0 };
   struct netstack_io nio = { netstack_send, NULL };
@@ -1857,19 +1845,9 @@ int connector_main(int argc, char **argv)
   /* The short form needs no file; otherwise the lookup order applies. */
   config = o.config ? o.config : eo.config;
   if ((config || !(o.service || eo.service)) &&
-      cfg_find(config, "connector", x.config_path, sizeof(x.config_path)) ==
-          0) {
-    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
-    if (rv == 0) {
-      rv = cfg_connector_parse(&x.cfg, x.config_path, text, len, err,
-                               sizeof(err), warn_cb);
-      free(text);
-    }
-    if (rv < 0) {
-      fprintf(stderr, "ztna connector: %s\n", err);
-      return 1;
-    }
-  }
+      daemon_config_load("connector", config, x.config_path,
+                         sizeof(x.config_path), &x.cfg) < 0)
+    return 1;
   if (apply_opts(&x, &o))
     return 1;
   x.cert = x.cfg.cert[0] ? x.cfg.cert : x.cfg.p2p_cert;
@@ -1964,13 +1942,7 @@ int connector_main(int argc, char **argv)
     fprintf(stderr, "ztna connector: %s\n", err);
     return 1;
   }
-  uv_signal_init(x.loop, &x.sigterm);
-  uv_signal_init(x.loop, &x.sigint);
-  uv_signal_init(x.loop, &x.sighup);
-  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
-  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
-  uv_signal_start(&x.sigint, on_terminate, SIGINT);
-  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  daemon_signals_start(&x.sig, x.loop, on_terminate, on_hup, &x);
   uv_timer_init(x.loop, &x.sweep);
   x.sweep.data = &x;
   uv_timer_start(&x.sweep, sweep_cb, 5000, 5000);

@@ -82,7 +82,7 @@ struct ictx {
   struct relay *relay;
   struct metrics *m;
   struct metrics_http *http;
-  uv_signal_t sigterm, sigint, sighup;
+  struct daemon_signals sig;
   uv_timer_t tick;
   struct daemon_drain drain;
   uint64_t started_ms;
@@ -546,17 +546,12 @@ static void drain_done(void *ud)
   if (x->diag_ep)
     quic_endpoint_del(x->diag_ep);
   x->diag_ep = NULL;
-  close_handle((uv_handle_t *)&x->sigterm);
-  close_handle((uv_handle_t *)&x->sigint);
-  close_handle((uv_handle_t *)&x->sighup);
-  /* A reload asked for from now on is moot: ignore it rather than die of
-   * SIGHUP's default action. */
-  signal(SIGHUP, SIG_IGN);
+  daemon_signals_close(&x->sig);
 }
 
-static void on_terminate(uv_signal_t *s, int signum)
+static void on_terminate(void *ud, int signum)
 {
-  struct ictx *x = s->data;
+  struct ictx *x = ud;
   struct quic_endpoint *eps[2];
   size_t n;
 
@@ -578,12 +573,11 @@ static void on_terminate(uv_signal_t *s, int signum)
   daemon_drain_start(&x->drain, x->loop, eps, 2, drain_done, x);
 }
 
-static void on_hup(uv_signal_t *s, int signum)
+static void on_hup(void *ud)
 {
-  struct ictx *x = s->data;
+  struct ictx *x = ud;
   struct tls_ctx *tls;
   struct cfg_policy *p;
-  (void)signum;
 
   if (x->draining)
     return;
@@ -785,8 +779,7 @@ int intermediate_main(int argc, char **argv)
                           NULL, relay_refused_cb };
   struct cfg_policy *pol = NULL;
   uint8_t secret[32];
-  char err[512], *text;
-  size_t len;
+  char err[512];
 
   if (parse_opts(argc, argv, &o) < 0)
     return 1;
@@ -810,19 +803,9 @@ int intermediate_main(int argc, char **argv)
   if (apply_opts(&x, &eo))
     return 1;
   env_note = "";
-  if (cfg_find(o.config ? o.config : eo.config, "intermediate",
-               x.config_path, sizeof(x.config_path)) == 0) {
-    rv = cfg_read_file(x.config_path, &text, &len, err, sizeof(err));
-    if (rv == 0) {
-      rv = cfg_intermediate_parse(&x.cfg, x.config_path, text, len, err,
-                                  sizeof(err), warn_cb);
-      free(text);
-    }
-    if (rv < 0) {
-      fprintf(stderr, "ztna intermediate: %s\n", err);
-      return 1;
-    }
-  }
+  if (daemon_config_load("intermediate", o.config ? o.config : eo.config,
+                         x.config_path, sizeof(x.config_path), &x.cfg) < 0)
+    return 1;
   if (apply_opts(&x, &o))
     return 1;
   if (x.cfg.diag_port && x.cfg.diag_port == x.cfg.port)
@@ -914,13 +897,7 @@ int intermediate_main(int argc, char **argv)
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
   }
-  uv_signal_init(x.loop, &x.sigterm);
-  uv_signal_init(x.loop, &x.sigint);
-  uv_signal_init(x.loop, &x.sighup);
-  x.sigterm.data = x.sigint.data = x.sighup.data = &x;
-  uv_signal_start(&x.sigterm, on_terminate, SIGTERM);
-  uv_signal_start(&x.sigint, on_terminate, SIGINT);
-  uv_signal_start(&x.sighup, on_hup, SIGHUP);
+  daemon_signals_start(&x.sig, x.loop, on_terminate, on_hup, &x);
   uv_timer_init(x.loop, &x.tick);
   x.tick.data = &x;
   uv_timer_start(&x.tick, on_tick, 1000, 1000);

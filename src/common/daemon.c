@@ -1,6 +1,8 @@
 /* daemon.c - the shutdown drain, the final loop check, options from the
  * environment. */
 #include <ctype.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <grp.h>
 #include <linux/capability.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "config.h"
 #include "daemon.h"
 #include "log.h"
 #include "quic.h"
@@ -273,6 +276,102 @@ caps_done:
              !have ? "none"
              : have == 1ULL << CAP_NET_ADMIN ? "net_admin (for the TUN)"
                                               : "other");
+  }
+  return 0;
+}
+
+static void term_cb(uv_signal_t *h, int signum)
+{
+  struct daemon_signals *s = h->data;
+
+  if (s->stopping)
+    return;
+  s->stopping = 1;
+  s->stop(s->ud, signum);
+}
+
+static void hup_cb(uv_signal_t *h, int signum)
+{
+  struct daemon_signals *s = h->data;
+  (void)signum;
+
+  if (!s->stopping && s->reload)
+    s->reload(s->ud);
+}
+
+void daemon_signals_start(struct daemon_signals *s, uv_loop_t *loop,
+                          void (*stop)(void *ud, int signum),
+                          void (*reload)(void *ud), void *ud)
+{
+  s->stop = stop;
+  s->reload = reload;
+  s->ud = ud;
+  s->stopping = 0;
+  uv_signal_init(loop, &s->term);
+  uv_signal_init(loop, &s->intr);
+  uv_signal_init(loop, &s->hup);
+  s->term.data = s->intr.data = s->hup.data = s;
+  uv_signal_start(&s->term, term_cb, SIGTERM);
+  uv_signal_start(&s->intr, term_cb, SIGINT);
+  uv_signal_start(&s->hup, hup_cb, SIGHUP);
+}
+
+void daemon_signals_close(struct daemon_signals *s)
+{
+  uv_handle_t *hs[3] = { (uv_handle_t *)&s->term, (uv_handle_t *)&s->intr,
+                         (uv_handle_t *)&s->hup };
+
+  s->stopping = 1;
+  for (int i = 0; i < 3; i++)
+    if (!uv_is_closing(hs[i]))
+      uv_close(hs[i], NULL);
+  signal(SIGHUP, SIG_IGN);
+}
+
+int daemon_fail(const char *applet, const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf(stderr, "ztna %s: ", applet);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return 1;
+}
+
+static void config_warn(const char *msg)
+{
+  log_warnx("%s", msg);
+}
+
+int daemon_config_load(const char *applet, const char *explicit_path,
+                       char *path, size_t pathlen, void *cfg)
+{
+  char err[512], *text;
+  size_t len;
+  int rv;
+
+  if (cfg_find(explicit_path, applet, path, pathlen) < 0) {
+    path[0] = '\0';
+    return 1;
+  }
+  rv = cfg_read_file(path, &text, &len, err, sizeof(err));
+  if (rv == 0) {
+    if (!strcmp(applet, "intermediate"))
+      rv = cfg_intermediate_parse(cfg, path, text, len, err, sizeof(err),
+                                  config_warn);
+    else if (!strcmp(applet, "connector"))
+      rv = cfg_connector_parse(cfg, path, text, len, err, sizeof(err),
+                               config_warn);
+    else
+      rv = cfg_agent_parse(cfg, path, text, len, err, sizeof(err),
+                           config_warn);
+    free(text);
+  }
+  if (rv < 0) {
+    daemon_fail(applet, "%s", err);
+    return -1;
   }
   return 0;
 }

@@ -40,6 +40,37 @@ void daemon_drain_start(struct daemon_drain *d, uv_loop_t *loop,
  * -1. */
 int daemon_loop_close(uv_loop_t *loop);
 
+/* SIGTERM and SIGINT call stop(ud, signum) once; SIGHUP calls
+ * reload(ud) until stop was called. daemon_signals_close closes the
+ * handles (at the end of the drain) and ignores SIGHUP from then on, so a
+ * late reload request cannot kill a daemon that is on its way out. */
+struct daemon_signals {
+  uv_signal_t term, intr, hup;
+  void (*stop)(void *ud, int signum);
+  void (*reload)(void *ud);
+  void *ud;
+  int stopping;
+};
+void daemon_signals_start(struct daemon_signals *s, uv_loop_t *loop,
+                          void (*stop)(void *ud, int signum),
+                          void (*reload)(void *ud), void *ud);
+void daemon_signals_close(struct daemon_signals *s);
+
+/* Start-up failures, the same way in every daemon: "ztna APPLET: what"
+ * on stderr; returns 1, the exit code. */
+int daemon_fail(const char *applet, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The daemon's configuration file: explicit (--config, ZTNA_CONFIG), else
+ * /etc/ztna/<applet>.json, else ./<applet>.json (cfg_find). cfg is the
+ * applet's struct cfg_<applet>, with what lies below the file (defaults,
+ * the environment) in it already; the file is read over it and its path
+ * goes into path (empty when none). Unknown keys are warned about in the
+ * log. Returns 0, 1 when there is no file and none was named, or -1 after
+ * daemon_fail said why. */
+int daemon_config_load(const char *applet, const char *explicit_path,
+                       char *path, size_t pathlen, void *cfg);
+
 /* Options from the environment, for containers. Every long option NAME of
  * a daemon (the first nopts of opts, but help and check) can be given as ZTNA_NAME, upper case with
  * '-' as '_': ZTNA_METRICS_BIND=0.0.0.0 is --metrics-bind 0.0.0.0. A

@@ -105,4 +105,12 @@ def test_make_install(ztna, tmp_path):
     assert p.returncode == 0, p.stderr
     assert os.access(tmp_path / "usr/bin/ztna", os.X_OK)
     for a in APPLETS:
-        assert os.readlink(tmp_path / "usr/bin" / a) == "ztna"
+        link = tmp_path / "usr/bin" / ("ztna-" + a)
+        assert os.readlink(link) == "ztna"
+        out = run([str(link), "--help"])
+        assert out.returncode == 0 and "Usage: ztna %s" % a in out.stdout
+    for unit in ("ztna-intermediate.service", "ztna-agent.service",
+                 "ztna-connector@.service"):
+        text = (tmp_path / "usr/lib/systemd/system" / unit).read_text()
+        assert "ExecStart=/usr/bin/ztna " in text
+    assert (tmp_path / "usr/lib/sysusers.d/ztna.conf").exists()

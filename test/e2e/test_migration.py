@@ -33,8 +33,8 @@ def metrics(port):
         return ""
 
 
-def test_original_deployment_moves_to_ztna(tmp_path):
-    os.chdir(tmp_path)  # the original files name certs/... relatively
+def test_original_deployment_moves_to_ztna(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the original files say certs/...
     for f in ("intermediate.json", "connector.json", "agent.json"):
         shutil.copy(os.path.join(ORIG, f), f)
     # step 1: certificates with the SANs ztna needs
@@ -97,10 +97,11 @@ def test_original_deployment_moves_to_ztna(tmp_path):
     assert rcs == [0] * len(procs), text[-3000:]
 
 
-def test_original_files_without_changes_say_what_to_do(tmp_path):
+def test_original_files_without_changes_say_what_to_do(tmp_path,
+                                                       monkeypatch):
     """Unchanged, the original intermediate.json runs with verification off
     (as it asked) and says what that means."""
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     shutil.copy(os.path.join(ORIG, "intermediate.json"), "intermediate.json")
     subprocess.run([os.path.join(ORIG, "make-certs.sh"), "certs"],
                    check=True)

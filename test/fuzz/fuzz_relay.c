@@ -41,7 +41,8 @@ static struct tls_identity ident(const char *cn, const char *san)
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 {
-  static const struct relay_io io = { send_dgram, send_signal, NULL, NULL };
+  static const struct relay_io io = { send_dgram, send_signal, NULL, NULL,
+                                      NULL };
   struct relay_limits lim = { 4, 4, 16, 8 };
   struct tls_identity ids[3] = { ident("a", "agent.echo.ztna"),
                                  ident("b", "agent.*.ztna"),

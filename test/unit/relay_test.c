@@ -57,8 +57,20 @@ static int f_send_signal(void *conn, const uint8_t *d, size_t n, void *ud)
   return 0;
 }
 
+/* The last refusal the relay reported, "role id: why". */
+static char refused_last[512];
+
+static void f_refused(void *conn, const char *role, const uint8_t *id,
+                      size_t len, const char *why, void *ud)
+{
+  (void)conn;
+  (void)ud;
+  snprintf(refused_last, sizeof(refused_last), "%s %.*s: %s", role, (int)len,
+           (const char *)id, why);
+}
+
 static const struct relay_io fio = { f_send_dgram, f_send_signal, NULL,
-                                     NULL };
+                                     NULL, f_refused };
 
 static struct tls_identity ident(const char *cn, const char *san1,
                                  const char *san2)
@@ -172,8 +184,12 @@ static void test_relay_registration_and_policy(void **state)
   assert_int_equal(count_services(w.r), 1);
   reg(w.r, w.a, WIRE_REG_CONNECTOR, "echo"); /* not a connector */
   assert_int_equal(last_status(&w.fa), 2);
+  assert_string_equal(refused_last, "connector echo: its certificate has no "
+                      "SAN granting it (<role>.<service>.ztna)");
   reg(w.r, w.a, WIRE_REG_AGENT, "web");
   assert_int_equal(last_status(&w.fa), 2);
+  assert_string_equal(refused_last, "agent web: its certificate has no SAN "
+                      "granting it (<role>.<service>.ztna)");
   reg(w.r, w.b, WIRE_REG_AGENT, "anything"); /* wildcard */
   assert_int_equal(last_status(&w.fb), 0);
   assert_int_equal(relay_stats(w.r)->registrations, 3);
@@ -186,6 +202,8 @@ static void test_relay_registration_and_policy(void **state)
   relay_set_policy(w.r, p);
   reg(w.r, w.a, WIRE_REG_AGENT, "echo");
   assert_int_equal(last_status(&w.fa), 2);
+  assert_string_equal(refused_last, "agent echo: the policy file does not "
+                      "list this identity for it");
   reg(w.r, w.b, WIRE_REG_AGENT, "echo");
   assert_int_equal(last_status(&w.fb), 0);
   reg(w.r, w.b, WIRE_REG_AGENT, "other"); /* not in the policy: denied */
