@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The first `make` on a fresh Debian 12 machine, checked in a debootstrap
+# root (minbase: no compiler, no libraries, not even ca-certificates):
+# make installs the build packages, fetches and builds the dependencies
+# from Debian's source packages into an empty cache, and links ./ztna,
+# which then runs. Not part of `make check` (it downloads a Debian system
+# and takes several minutes); run it as root:
+#
+#   test/fresh-machine.sh [WORKDIR]
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/ztna-fresh}
+mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' \
+  /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+root=$work/root
+cleanup() {
+  for m in dev/pts dev proc sys; do umount -l "$root/$m" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+if [ ! -x "$root/bin/bash" ]; then
+  rm -rf "$root"; mkdir -p "$root"
+  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work.debootstrap.log"
+fi
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount -t sysfs sys "$root/sys"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+rm -rf "$root/src"
+git clone -q "$here" "$root/src"
+chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+  HOME=/root LANG=C.UTF-8 bash -c '
+    set -e
+    cd /src
+    # a fresh apt: nothing but the archive in sources.list (one-line form)
+    apt-get update -qq
+    # make and git are what a user needs to get here; make does the rest
+    apt-get install -y -qq --no-install-recommends make >/dev/null
+    make
+    ./ztna --version
+    make release
+  '
+echo "fresh machine: make, ./ztna and make release work"
