@@ -1,5 +1,6 @@
 /* relay.c - registration, routing, translation and signaling, sans-IO. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,7 +44,10 @@ struct vip {
 struct relay_client {
   struct relay_client *next, *prev;
   void *conn;
-  struct tls_identity id;
+  /* The peer's identity, allocated to the SANs it has: the fixed struct
+   * has room for TLS_MAX_SANS of the longest names (8 KB), and nothing
+   * here reads id->dns past id->ndns. */
+  struct tls_identity *id;
   struct reg *regs;
   size_t nregs;
   uint32_t xlat[MAX_SOURCES]; /* indexes into relay.xlat */
@@ -233,17 +237,21 @@ struct relay_client *relay_client_new(struct relay *r, void *conn,
                                       const struct tls_identity *id)
 {
   struct relay_client *c = calloc(1, sizeof(*c));
+  size_t idsize = offsetof(struct tls_identity, dns) +
+                  id->ndns * sizeof(id->dns[0]);
 
   if (!c)
     return NULL;
   c->regs = calloc(r->lim.services_per_client, sizeof(*c->regs));
-  if (!c->regs || wire_sigbuf_init(&c->sig) < 0) {
+  c->id = malloc(idsize);
+  if (!c->regs || !c->id || wire_sigbuf_init(&c->sig) < 0) {
     free(c->regs);
+    free(c->id);
     free(c);
     return NULL;
   }
+  memcpy(c->id, id, idsize);
   c->conn = conn;
-  c->id = *id;
   c->next = r->clients;
   if (r->clients)
     r->clients->prev = c;
@@ -378,6 +386,7 @@ void relay_client_del(struct relay *r, struct relay_client *c)
   r->nclients--;
   wire_sigbuf_free(&c->sig);
   free(c->regs);
+  free(c->id);
   free(c);
 }
 
@@ -391,7 +400,7 @@ void relay_set_policy(struct relay *r, struct cfg_policy *p)
   for (struct relay_client *c = r->clients; c; c = c->next)
     for (size_t i = 0; i < c->nregs;) {
       struct service *s = c->regs[i].svc;
-      if (!policy_allows(p, &c->id, c->regs[i].role, (uint8_t *)s->id,
+      if (!policy_allows(p, c->id, c->regs[i].role, (uint8_t *)s->id,
                          s->len))
         unregister(r, c, i);
       else
@@ -453,11 +462,11 @@ static void on_register(struct relay *r, struct relay_client *c,
     refused(r, c, role, id, len, "not a valid service id");
     return;
   }
-  if (!policy_allows(r->policy, &c->id, role, id, len)) {
+  if (!policy_allows(r->policy, c->id, role, id, len)) {
     r->stats.rejections++;
     send_status(r, c, WIRE_REG_NACK, WIRE_NACK_DENIED, id, len);
     refused(r, c, role, id, len,
-            !policy_cert_grants(&c->id, role, id, len)
+            !policy_cert_grants(c->id, role, id, len)
                 ? "its certificate has no SAN granting it "
                   "(<role>.<service>.ztna)"
                 : "the policy file does not list this identity for it");
@@ -654,7 +663,7 @@ static void on_routed(struct relay *r, struct relay_client *c,
   }
   s = svc_find(r, id, idlen);
   if (!s || !find_reg(c, s, POLICY_AGENT)) {
-    drop(r, policy_allows(r->policy, &c->id, POLICY_AGENT, id, idlen)
+    drop(r, policy_allows(r->policy, c->id, POLICY_AGENT, id, idlen)
                 ? RELAY_DROP_NOT_REGISTERED
                 : RELAY_DROP_DENIED);
     return;

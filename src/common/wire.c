@@ -552,10 +552,33 @@ int wire_sig_decode(const uint8_t *p, size_t n, struct wire_sig *m)
 
 int wire_sigbuf_init(struct wire_sigbuf *sb)
 {
-  sb->len = 0;
+  sb->buf = NULL;
+  sb->len = sb->cap = 0;
   sb->failed = 0;
-  sb->buf = malloc(4 + WIRE_SIG_PAYLOAD_MAX);
-  return sb->buf ? 0 : -12; /* -ENOMEM */
+  return 0;
+}
+
+/* Room for want bytes (at most the largest frame). */
+static int sigbuf_reserve(struct wire_sigbuf *sb, size_t want)
+{
+  const size_t max = 4 + WIRE_SIG_PAYLOAD_MAX;
+  size_t cap = sb->cap ? sb->cap : 512;
+  uint8_t *b;
+
+  if (want > max)
+    want = max;
+  if (want <= sb->cap)
+    return 0;
+  while (cap < want)
+    cap *= 2;
+  if (cap > max)
+    cap = max;
+  b = realloc(sb->buf, cap);
+  if (!b)
+    return -12; /* -ENOMEM */
+  sb->buf = b;
+  sb->cap = cap;
+  return 0;
 }
 
 void wire_sigbuf_free(struct wire_sigbuf *sb)
@@ -564,7 +587,7 @@ void wire_sigbuf_free(struct wire_sigbuf *sb)
     return;
   free(sb->buf);
   sb->buf = NULL;
-  sb->len = 0;
+  sb->len = sb->cap = 0;
 }
 
 int wire_sigbuf_feed(struct wire_sigbuf *sb, const uint8_t *p, size_t n,
@@ -574,8 +597,10 @@ int wire_sigbuf_feed(struct wire_sigbuf *sb, const uint8_t *p, size_t n,
   struct wire_sig *m;
   int rv = 0;
 
-  if (sb->failed || !sb->buf)
+  if (sb->failed)
     return ZTNA_ERR_STATE;
+  if (n == 0 && sb->len < 4)
+    return 0;
   m = malloc(sizeof(*m));
   if (!m)
     return -12;
@@ -583,6 +608,10 @@ int wire_sigbuf_feed(struct wire_sigbuf *sb, const uint8_t *p, size_t n,
     size_t take = cap - sb->len < n ? cap - sb->len : n;
     uint32_t flen;
 
+    if (sigbuf_reserve(sb, sb->len + take) < 0) {
+      rv = -12;
+      break;
+    }
     memcpy(sb->buf + sb->len, p, take);
     sb->len += take;
     p += take;
@@ -611,6 +640,11 @@ int wire_sigbuf_feed(struct wire_sigbuf *sb, const uint8_t *p, size_t n,
   if (rv < 0) {
     sb->failed = 1;
     sb->len = 0;
+  }
+  if (sb->len == 0 && sb->cap > 4096) {
+    free(sb->buf); /* an idle stream keeps no large buffer */
+    sb->buf = NULL;
+    sb->cap = 0;
   }
   return rv;
 }

@@ -168,9 +168,13 @@ int wire_sig_decode(const uint8_t *p, size_t n, struct wire_sig *m);
 /* Stream reassembly: bounded to one maximal frame. After an error (frame
  * over WIRE_SIG_PAYLOAD_MAX, payload that does not decode) the buffer is
  * closed and every later feed returns ZTNA_ERR_STATE. */
+/* The reassembly buffer of one signaling stream. It holds nothing until
+ * bytes arrive, grows to what the message being assembled needs (at most
+ * 4 + WIRE_SIG_PAYLOAD_MAX) and gives a large buffer back once it is
+ * empty again: an idle connection costs no buffer. */
 struct wire_sigbuf {
   uint8_t *buf;
-  size_t len;
+  size_t len, cap;
   int failed;
 };
 

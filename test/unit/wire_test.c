@@ -472,8 +472,10 @@ static void test_wire_sigbuf(void **state)
     n += (size_t)wire_sig_frame(stream + n, sizeof(stream) - n, m);
   }
   free(m);
-  /* Byte by byte. */
+  /* Byte by byte; an idle buffer holds no memory. */
   assert_int_equal(wire_sigbuf_init(&sb), 0);
+  assert_null(sb.buf);
+  assert_int_equal(sb.cap, 0);
   for (size_t i = 0; i < n; i++)
     assert_int_equal(wire_sigbuf_feed(&sb, stream + i, 1, collect_cb, &col),
                      0);
@@ -500,6 +502,24 @@ static void test_wire_sigbuf(void **state)
   assert_int_equal(wire_sigbuf_feed(&sb, stream, n, collect_cb, &col),
                    ZTNA_ERR_STATE);
   wire_sigbuf_free(&sb);
+
+  /* The buffer grows to what the frame being assembled needs, up to the
+   * largest frame, in pieces, and is given back once empty. */
+  {
+    static uint8_t junk[4 + WIRE_SIG_PAYLOAD_MAX];
+    size_t half = sizeof(junk) / 2;
+    assert_int_equal(wire_sigbuf_init(&sb), 0);
+    memset(junk, 0xee, sizeof(junk));
+    junk[0] = 0x00, junk[1] = 0x01, junk[2] = 0x00, junk[3] = 0x00;
+    assert_int_equal(wire_sigbuf_feed(&sb, junk, half, collect_cb, &col), 0);
+    assert_true(sb.cap >= half && sb.cap <= sizeof(junk));
+    assert_int_equal(wire_sigbuf_feed(&sb, junk + half, sizeof(junk) - half,
+                                      collect_cb, &col),
+                     ZTNA_ERR_MALFORMED);
+    assert_null(sb.buf);
+    assert_int_equal(sb.cap, 0);
+    wire_sigbuf_free(&sb);
+  }
 }
 
 /* --- section 5: control packets ----------------------------------------- */
