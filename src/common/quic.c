@@ -5,10 +5,13 @@
  * the write loop and re-arm the connection's timer to ngtcp2's expiry.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <ngtcp2/ngtcp2.h>
@@ -67,6 +70,8 @@ struct quic_conn {
   struct sockaddr_storage remote;
   struct sockaddr_storage observed;
   int server, handshake_done, dying, in_ngtcp2;
+  int wqueued;          /* on ep->wq: written at the end of this round */
+  struct quic_conn *wnext;
   int half_open;        /* counted in ep->half_open and ep->srcs */
   uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
@@ -111,6 +116,13 @@ struct quic_endpoint {
   size_t half_open; /* of nconns: servers' handshakes in progress */
   struct src_count *srcs[SRC_BUCKETS];
   size_t send_pending;
+  /* Connections to write once this loop round's I/O is handled (uv_check):
+   * what a burst of reads queued leaves in one write, in as few packets
+   * and sends as the congestion controller allows. */
+  uv_check_t flush;
+  struct quic_conn *wq;
+  int open_handles;
+  int gso_off; /* the kernel refused UDP_SEGMENT once: per packet */
   struct quic_stats stats;
   uint64_t reset_window_ms; /* stateless resets: at most 100 a second */
   unsigned resets_in_window;
@@ -125,6 +137,7 @@ struct send_req {
 
 static void conn_destroy(struct quic_conn *c);
 static int conn_write(struct quic_conn *c);
+static void conn_write_soon(struct quic_conn *c);
 static void fill_close_info(struct quic_conn *c, int rv);
 static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc);
 
@@ -322,6 +335,110 @@ static int ep_send(struct quic_endpoint *ep, const struct sockaddr *to,
   ep->stats.tx_packets++;
   ep->stats.tx_bytes += n;
   return 0;
+}
+
+/* Packets of one connection's write burst, sent with one sendmsg and UDP
+ * generic segmentation offload (UDP_SEGMENT): equal-sized segments, the
+ * last one possibly shorter, to one address. The kernel carries the burst
+ * as one buffer through the stack (and through veths, bridges, NAT and
+ * forwarding) and cuts it into datagrams at the end, which costs a
+ * fraction of one send per packet. A kernel or device that refuses it
+ * turns it off for the endpoint; a socket that is full, or libuv holding
+ * queued sends (order must be kept), gets the packets one by one. */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 65000
+
+struct gso_batch {
+  struct sockaddr_storage to;
+  size_t off, seg, count;
+  uint8_t buf[GSO_MAX_BYTES];
+};
+
+static void gso_flush(struct quic_endpoint *ep, struct gso_batch *b)
+{
+  const struct sockaddr *to = (const struct sockaddr *)&b->to;
+  size_t done = 0;
+
+  if (!b->count)
+    return;
+  if (b->count > 1 && !ep->gso_off && !ep->send_pending) {
+    char cbuf[CMSG_SPACE(sizeof(uint16_t))];
+    struct iovec iov = { b->buf, b->off };
+    struct msghdr mh;
+    struct cmsghdr *cm;
+    uv_os_fd_t fd;
+    uint16_t seg = (uint16_t)b->seg;
+    ssize_t w;
+
+    memset(&mh, 0, sizeof(mh));
+    memset(cbuf, 0, sizeof(cbuf));
+    mh.msg_name = (void *)(uintptr_t)to;
+    mh.msg_namelen = to->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(seg));
+    memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+    if (uv_fileno((uv_handle_t *)&ep->udp, &fd) == 0) {
+      do
+        w = sendmsg(fd, &mh, MSG_DONTWAIT);
+      while (w < 0 && errno == EINTR);
+      if (w == (ssize_t)b->off) {
+        ep->stats.tx_packets += b->count;
+        ep->stats.tx_bytes += b->off;
+        ep->stats.gso_sends++;
+        b->off = b->count = 0;
+        return;
+      }
+      if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+          errno != ENOBUFS) {
+        log_info("UDP segmentation offload refused (%s): sending packet "
+                 "by packet", strerror(errno));
+        ep->gso_off = 1;
+      }
+    }
+  }
+  while (done < b->off) {
+    size_t n = b->off - done < b->seg ? b->off - done : b->seg;
+    ep_send(ep, to, b->buf + done, n);
+    done += n;
+  }
+  b->off = b->count = 0;
+}
+
+/* Takes the packet of n bytes just written at b->buf + b->off, bound for
+ * to: sends what it cannot join first, and the batch once it is full or
+ * ends with a short packet. */
+static void gso_add(struct quic_endpoint *ep, struct gso_batch *b,
+                    const struct sockaddr *to, size_t n)
+{
+  size_t alen = to->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                          : sizeof(struct sockaddr_in);
+
+  if (b->count && (n > b->seg || memcmp(&b->to, to, alen))) {
+    uint8_t *pkt = b->buf + b->off;
+    /* Send the others, then this one starts a batch of its own. */
+    gso_flush(ep, b);
+    memmove(b->buf, pkt, n);
+  }
+  if (!b->count) {
+    memset(&b->to, 0, sizeof(b->to));
+    memcpy(&b->to, to, alen);
+    b->seg = n;
+  }
+  b->off += n;
+  b->count++;
+  if (n < b->seg || b->count >= GSO_MAX_SEGS ||
+      sizeof(b->buf) - b->off < QUIC_MAX_UDP_PAYLOAD)
+    gso_flush(ep, b);
 }
 
 int quic_endpoint_send_raw(struct quic_endpoint *ep, const struct sockaddr *to,
@@ -810,6 +927,14 @@ static void conn_destroy(struct quic_conn *c)
   if (c->dying)
     return;
   c->dying = 1;
+  if (c->wqueued) {
+    struct quic_conn **pp = &ep->wq;
+    while (*pp && *pp != c)
+      pp = &(*pp)->wnext;
+    if (*pp)
+      *pp = c->wnext;
+    c->wqueued = 0;
+  }
   half_open_done(c);
   while (c->ncids > 0)
     cidmap_remove(c, &c->cids[c->ncids - 1]);
@@ -922,7 +1047,7 @@ static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc)
       !ngtcp2_conn_in_draining_period(c->conn)) {
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, buf,
-                                           sizeof(buf), cc, now_ns());
+                                           QUIC_MAX_UDP_PAYLOAD, cc, now_ns());
     if (n > 0)
       ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
   }
@@ -963,6 +1088,18 @@ static void do_app_close(struct quic_conn *c)
 {
   ngtcp2_ccerr cc;
 
+  /* What was queued before the close goes out before it. */
+  if (c->wqueued) {
+    struct quic_conn **pp = &c->ep->wq;
+    while (*pp && *pp != c)
+      pp = &(*pp)->wnext;
+    if (*pp)
+      *pp = c->wnext;
+    c->wqueued = 0;
+    conn_write(c);
+    if (c->dying)
+      return;
+  }
   ngtcp2_ccerr_default(&cc);
   ngtcp2_ccerr_set_application_error(&cc, c->close_code,
                                      (const uint8_t *)c->close_reason,
@@ -1020,10 +1157,34 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
     do_app_close(c);
     return;
   }
-  conn_write(c);
+  conn_write_soon(c);
 }
 
 /* --- write loop --------------------------------------------------------- */
+
+static void conn_write_soon(struct quic_conn *c)
+{
+  struct quic_endpoint *ep = c->ep;
+
+  if (c->dying || c->wqueued)
+    return;
+  c->wqueued = 1;
+  c->wnext = ep->wq;
+  ep->wq = c;
+}
+
+static void flush_cb(uv_check_t *h)
+{
+  struct quic_endpoint *ep = h->data;
+
+  while (ep->wq) {
+    struct quic_conn *c = ep->wq;
+    ep->wq = c->wnext;
+    c->wqueued = 0;
+    c->wnext = NULL;
+    conn_write(c);
+  }
+}
 
 static struct qstream *next_stream(struct quic_conn *c)
 {
@@ -1073,7 +1234,11 @@ static void note_waiting(struct quic_conn *c)
 
 static int conn_write(struct quic_conn *c)
 {
-  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  /* Packets are written into the batch where they will be sent from. */
+  static struct gso_batch batch_mem[4];
+  static unsigned depth;
+  struct gso_batch *b;
+  uint8_t *buf;
   ngtcp2_path_storage ps;
   ngtcp2_pkt_info pi;
   uint64_t ts = now_ns();
@@ -1084,12 +1249,17 @@ static int conn_write(struct quic_conn *c)
     return ZTNA_ERR_CLOSED;
   if (c->in_ngtcp2)
     return 0; /* runs when ngtcp2 returns */
+  if (depth >= sizeof(batch_mem) / sizeof(batch_mem[0]))
+    return 0; /* never nests this deep; the timer writes later */
+  b = &batch_mem[depth++];
+  b->off = b->count = 0;
   ngtcp2_path_storage_zero(&ps);
   for (struct qstream *s = c->streams; s; s = s->next)
     s->skip = 0;
 
   for (;;) {
     struct dgram *d = dgram_ok ? c->dq_head : NULL;
+    buf = b->buf + b->off;
     struct qstream *s = d ? NULL : next_stream(c);
     ngtcp2_ssize ndatalen = -1;
 
@@ -1098,7 +1268,7 @@ static int conn_write(struct quic_conn *c)
       int accepted = 0;
 
       n = ngtcp2_conn_writev_datagram(c->conn, &ps.path, &pi, buf,
-                                      sizeof(buf), &accepted,
+                                      QUIC_MAX_UDP_PAYLOAD, &accepted,
                                       NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
                                       1, ts);
       if (n == NGTCP2_ERR_WRITE_MORE) {
@@ -1126,7 +1296,7 @@ static int conn_write(struct quic_conn *c)
       }
       if (s->fin && (!s->cur || !s->cur->next))
         flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
-      n = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf, sizeof(buf),
+      n = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf, QUIC_MAX_UDP_PAYLOAD,
                                     &ndatalen, flags, s->id, &v,
                                     v.len ? 1 : 0, ts);
       if (n == NGTCP2_ERR_WRITE_MORE) {
@@ -1150,20 +1320,24 @@ static int conn_write(struct quic_conn *c)
       if (n == 0)
         break;
     } else {
-      n = ngtcp2_conn_write_pkt(c->conn, &ps.path, &pi, buf, sizeof(buf), ts);
+      n = ngtcp2_conn_write_pkt(c->conn, &ps.path, &pi, buf, QUIC_MAX_UDP_PAYLOAD, ts);
       if (n < 0)
         goto fail;
       if (n == 0)
         break;
     }
-    ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
+    gso_add(c->ep, b, ps.path.remote.addr, (size_t)n);
   }
+  gso_flush(c->ep, b);
+  depth--;
   note_waiting(c);
   arm_timer(c);
   return 0;
 
 fail: {
   ngtcp2_ccerr cc;
+  gso_flush(c->ep, b); /* what was written is in flight for ngtcp2 */
+  depth--;
   c->info.local = 1;
   c->info.err = ZTNA_ERR_QUIC;
   snprintf(c->info.reason, sizeof(c->info.reason), "%s",
@@ -1435,9 +1609,12 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
 
 /* --- public API ---------------------------------------------------------- */
 
+/* The socket and the flush handle: freed when both closed. */
 static void ep_free_cb(uv_handle_t *h)
 {
-  free(h->data);
+  struct quic_endpoint *ep = h->data;
+  if (--ep->open_handles == 0)
+    free(ep);
 }
 
 int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
@@ -1474,6 +1651,11 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   fill_random(&ep->hash_seed, sizeof(ep->hash_seed));
   uv_udp_init(loop, &ep->udp);
   ep->udp.data = ep;
+  uv_check_init(loop, &ep->flush);
+  ep->flush.data = ep;
+  uv_check_start(&ep->flush, flush_cb);
+  uv_unref((uv_handle_t *)&ep->flush); /* keeps no loop alive */
+  ep->open_handles = 2;
   rv = uv_udp_bind(&ep->udp, bind, 0);
   if (rv < 0)
     goto fail;
@@ -1498,6 +1680,7 @@ fail:
   tls_ctx_unref(ep->server_tls);
   ep->server_tls = NULL;
   ep->cfg.cbs = NULL;
+  uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
   return rv;
 }
@@ -1522,6 +1705,7 @@ void quic_endpoint_del(struct quic_endpoint *ep)
   tls_ctx_unref(ep->server_tls);
   ep->server_tls = NULL;
   uv_udp_recv_stop(&ep->udp);
+  uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
 }
 
@@ -1763,7 +1947,7 @@ int quic_conn_send_datagramv(struct quic_conn *c, const struct iovec *iov,
     c->dq_head = d;
   c->dq_tail = d;
   c->dq_len++;
-  conn_write(c);
+  conn_write_soon(c);
   return 0;
 }
 

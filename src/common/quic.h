@@ -110,6 +110,7 @@ struct quic_stats {
   uint64_t resets_sent;         /* stateless resets sent */
   uint64_t cid_rotations;       /* timed moves to a new CID */
   uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
+  uint64_t gso_sends;           /* sendmsg calls that carried a burst */
 };
 
 /* Creates an endpoint bound to bind (port 0 picks one). Returns 0 or
