@@ -20,6 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from datapath import BACKEND, SERVICES, World, stop_world  # noqa: E402
 from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
+import conn_memory  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 def iperf(w, ns, host, reverse=False):
@@ -76,6 +77,14 @@ def main():
     def ratio(v, b):
         return "%5.2f" % (v / b) if v and b else "    -"
 
+    mem = conn_memory.measure(int(os.environ.get("BENCH_CLIENTS", "200")))
+    out = {"seconds": SECONDS, "paths": [
+        {"path": n, "up_bps": u, "down_bps": d, "rtt_ms": r}
+        for n, u, d, r in rows], "intermediate_memory": mem}
+    json_path = os.environ.get("BENCH_JSON", "build/bench.json")
+    os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(out, f, indent=2)
     print("\nztna bench (%d s per iperf3 run, this machine, this run)" %
           SECONDS)
     print("%-28s %9s %6s %9s %6s %9s" % ("path", "up Mbit/s", "ratio",
@@ -84,6 +93,10 @@ def main():
         print("%-28s %9s %6s %9s %6s %9s" % (
             name, mbit(up), ratio(up, base[1]), mbit(down),
             ratio(down, base[2]), "%.3f" % rtt if rtt else "-"))
+    print("\nintermediate memory: %d KB idle, %.1f KB per idle connection "
+          "(%d clients connected and registered)" % (
+              mem["idle_kb"], mem["per_connection_kb"], mem["clients"]))
+    print("figures also in %s" % json_path)
 
 
 if __name__ == "__main__":
