@@ -4,6 +4,10 @@ measured in the same run, on the data-path topology of the e2e tests.
 
   baseline  iperf3 and ping over the connector's own LAN to the backend
             (kernel TCP on a veth: what the machine can do at all)
+  wg-go     wireguard-go (Debian's package) between the agent's and the
+            connector's namespaces through the same two NATs (a port
+            forward on the connector's NAT stands in for the punch), to
+            the same backend: the userspace tunnel to compare with
   direct    agent -> connector over the punched direct QUIC path
   relay     the same through the intermediate (the direct path blocked)
 
@@ -12,12 +16,14 @@ same run are what to compare between versions. Needs root."""
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
-from datapath import BACKEND, SERVICES, World, stop_world  # noqa: E402
+from datapath import (BACKEND, SERVICES, World, stop_world,  # noqa: E402
+                      unwireguard, wireguard)
 from netns import Net  # noqa: E402
 from ztna import wait_for  # noqa: E402
 import conn_memory  # noqa: E402
@@ -61,6 +67,11 @@ def main():
         vip = SERVICES["iperf"][0]
         rows.append(measure(w, "baseline (LAN, no tunnel)", w.conn_ns,
                             BACKEND))
+        wg = wireguard(w, tmp)
+        try:
+            rows.append(measure(w, "wireguard-go", w.agent_ns, BACKEND))
+        finally:
+            unwireguard(w, wg)
         wait_for(lambda: w.path("iperf") == "direct", timeout=30, what="direct")
         rows.append(measure(w, "ztna direct path", w.agent_ns, vip))
         w.block_direct()
@@ -70,6 +81,7 @@ def main():
     finally:
         stop_world(w, net)
     base = rows[0]
+    wgrow = rows[1]
 
     def mbit(v):
         return "%8.0f" % (v / 1e6) if v else "  failed"
@@ -87,12 +99,12 @@ def main():
         json.dump(out, f, indent=2)
     print("\nztna bench (%d s per iperf3 run, this machine, this run)" %
           SECONDS)
-    print("%-28s %9s %6s %9s %6s %9s" % ("path", "up Mbit/s", "ratio",
-                                          "down Mb/s", "ratio", "rtt ms"))
+    print("%-28s %9s %6s %9s %6s %9s" % ("path", "up Mbit/s", "/wg-go",
+                                          "down Mb/s", "/wg-go", "rtt ms"))
     for name, up, down, rtt in rows:
         print("%-28s %9s %6s %9s %6s %9s" % (
-            name, mbit(up), ratio(up, base[1]), mbit(down),
-            ratio(down, base[2]), "%.3f" % rtt if rtt else "-"))
+            name, mbit(up), ratio(up, wgrow[1]), mbit(down),
+            ratio(down, wgrow[2]), "%.3f" % rtt if rtt else "-"))
     print("\nintermediate memory: %d KB idle, %.1f KB per idle connection "
           "(%d clients connected and registered)" % (
               mem["idle_kb"], mem["per_connection_kb"], mem["clients"]))

@@ -317,6 +317,77 @@ table ip udp_guard {
         assert not bad, "daemons did not stop cleanly: " + "; ".join(bad)
 
 
+WG_PORT = 51820
+
+
+def wireguard(w, tmp):
+    """wireguard-go (Debian's) in the agent's and the connector's
+    namespaces, through the same NATs (a port forward on the connector's
+    NAT instead of a punch), routing the backend; the processes to stop
+    with unwireguard. The userspace tunnel make bench compares with."""
+    net = w.net
+    keys = {}
+    for side in ("a", "c"):
+        priv = net.exec(w.agent_ns, ["wg", "genkey"]).stdout.strip()
+        pub = net.exec(w.agent_ns, ["wg", "pubkey"], input=priv).stdout.strip()
+        path = os.path.join(tmp, "wg-%s.key" % side)
+        with open(path, "w") as f:
+            f.write(priv + "\n")
+        os.chmod(path, 0o600)
+        keys[side] = (path, pub)
+    procs = []
+    env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
+    # (one name per side: wireguard-go's control socket is named after the
+    # interface, in a /var/run that namespaces share)
+    for ns, dev in ((w.agent_ns, "wga0"), (w.conn_ns, "wgc0")):
+        procs.append(net.popen(ns, ["wireguard-go", dev], env=env,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL))
+        wait_for(lambda ns=ns, dev=dev: net.exec(
+            ns, ["ip", "link", "show", dev], check=False).returncode == 0,
+            what="wireguard-go's interface")
+    # the connector's side: its NAT forwards the port, it routes to the
+    # backend from its own address, as the ztna connector does
+    net.exec(w.nat_c, ["nft", "-f", "-"], input=(
+        "table ip wgfwd {\n chain pre {\n"
+        "  type nat hook prerouting priority -100;\n"
+        "  udp dport %d dnat to 192.0.2.18:%d\n }\n}\n" % (WG_PORT, WG_PORT)))
+    net.exec(w.conn_ns, ["wg", "set", "wgc0", "private-key", keys["c"][0],
+                         "listen-port", str(WG_PORT), "peer", keys["a"][1],
+                         "allowed-ips", "10.200.0.1/32"])
+    net.exec(w.conn_ns, ["ip", "addr", "add", "10.200.0.2/24", "dev", "wgc0"])
+    net.exec(w.conn_ns, ["ip", "link", "set", "wgc0", "up"])
+    net.exec(w.conn_ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    net.exec(w.conn_ns, ["nft", "-f", "-"], input=(
+        "table ip wgnat {\n chain post {\n"
+        "  type nat hook postrouting priority 100;\n"
+        "  ip saddr 10.200.0.0/24 ip daddr %s masquerade\n }\n}\n" % BACKEND))
+    net.exec(w.agent_ns, ["wg", "set", "wga0", "private-key", keys["a"][0],
+                          "peer", keys["c"][1], "allowed-ips",
+                          "10.200.0.2/32,%s/32" % BACKEND, "endpoint",
+                          "203.0.113.2:%d" % WG_PORT,
+                          "persistent-keepalive", "25"])
+    net.exec(w.agent_ns, ["ip", "addr", "add", "10.200.0.1/24", "dev", "wga0"])
+    net.exec(w.agent_ns, ["ip", "link", "set", "wga0", "up"])
+    net.exec(w.agent_ns, ["ip", "route", "add", BACKEND + "/32", "dev",
+                          "wga0"])
+    wait_for(lambda: net.exec(w.agent_ns, ["ping", "-c", "1", "-W", "1",
+                                           BACKEND], check=False)
+             .returncode == 0, what="the backend through wireguard-go")
+    return procs
+
+
+def unwireguard(w, procs):
+    w.net.exec(w.agent_ns, ["ip", "route", "del", BACKEND + "/32"],
+               check=False)
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def stop_world(w, net):
     """Stops w (None: never made; its daemons must exit 0) and removes
     net's namespaces, those even when a daemon did not stop cleanly."""
