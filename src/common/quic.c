@@ -126,8 +126,13 @@ struct quic_endpoint {
   struct quic_stats stats;
   uint64_t reset_window_ms; /* stateless resets: at most 100 a second */
   unsigned resets_in_window;
-  uint8_t rbuf[65536];
+  /* Receive buffer: libuv reads up to RECV_BATCH datagrams with one
+   * recvmmsg, each into a 64 KiB slice (only the pages a datagram lands on
+   * are ever touched). */
+  uint8_t *rbuf;
 };
+
+#define RECV_BATCH 16
 
 struct send_req {
   uv_udp_send_t req;
@@ -1594,7 +1599,7 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
   struct quic_endpoint *ep = h->data;
   (void)hint;
-  *buf = uv_buf_init((char *)ep->rbuf, sizeof(ep->rbuf));
+  *buf = uv_buf_init((char *)ep->rbuf, RECV_BATCH * 65536);
 }
 
 static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
@@ -1613,8 +1618,10 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
 static void ep_free_cb(uv_handle_t *h)
 {
   struct quic_endpoint *ep = h->data;
-  if (--ep->open_handles == 0)
+  if (--ep->open_handles == 0) {
+    free(ep->rbuf);
     free(ep);
+  }
 }
 
 int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
@@ -1649,7 +1656,13 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   else
     fill_random(ep->secret, sizeof(ep->secret));
   fill_random(&ep->hash_seed, sizeof(ep->hash_seed));
-  uv_udp_init(loop, &ep->udp);
+  ep->rbuf = malloc(RECV_BATCH * 65536);
+  if (!ep->rbuf) {
+    tls_ctx_unref(ep->server_tls);
+    free(ep);
+    return -ENOMEM;
+  }
+  uv_udp_init_ex(loop, &ep->udp, AF_UNSPEC | UV_UDP_RECVMMSG);
   ep->udp.data = ep;
   uv_check_init(loop, &ep->flush);
   ep->flush.data = ep;
