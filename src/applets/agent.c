@@ -1168,13 +1168,9 @@ struct aopts {
   int check, verbose, help, no_direct;
 };
 
-static const char *env_note = "";
-
 static int usage_error(const char *fmt, const char *arg)
 {
-  char f[256];
-  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
-  return applet_usage_error("agent", f, arg);
+  return daemon_usage_error("agent", fmt, arg);
 }
 
 /* 0, or -1 after saying why. */
@@ -1296,18 +1292,16 @@ int agent_main(int argc, char **argv)
     return 0;
   }
   if (daemon_env_args(&env, "agent", opts, N_ENV_OPTS, repeat, err,
-                      sizeof(err)) < 0) {
-    fprintf(stderr, "ztna agent: %s\n", err);
-    return 1;
-  }
-  env_note = " (in the ZTNA_* environment)";
+                      sizeof(err)) < 0)
+    return daemon_fail("agent", "%s", err);
+  daemon_env_phase(1);
   if (parse_opts(env.argc, env.argv, &eo) < 0)
     return 1;
   log_init("agent", LOG_LVL_INFO + (o.verbose ? o.verbose : eo.verbose));
   cfg_agent_defaults(&x.cfg);
   if (apply_opts(&x, &eo))
     return 1;
-  env_note = "";
+  daemon_env_phase(0);
   config = o.config ? o.config : eo.config;
   if ((config || !(o.nsvc || eo.nsvc)) &&
       daemon_config_load("agent", config, x.config_path,

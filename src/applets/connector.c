@@ -1700,13 +1700,9 @@ struct copts {
   int check, verbose, help;
 };
 
-static const char *env_note = "";
-
 static int usage_error(const char *fmt, const char *arg)
 {
-  char f[256];
-  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
-  return applet_usage_error("connector", f, arg);
+  return daemon_usage_error("connector", fmt, arg);
 }
 
 /* 0, or -1 after printing the usage (unknown option). */
@@ -1756,7 +1752,7 @@ static int env_opts(struct daemon_env *e, struct copts *o)
 
   if (daemon_env_args(e, "connector", opts, N_ENV_OPTS, NULL, err,
                       sizeof(err)) < 0) {
-    fprintf(stderr, "ztna connector: %s\n", err);
+    daemon_fail("connector", "%s", err);
     return -1;
   }
   if (parse_opts(e->argc, e->argv, o) < 0)
@@ -1834,14 +1830,14 @@ int connector_main(int argc, char **argv)
     fputs(usage_text, stdout);
     return 0;
   }
+  daemon_env_phase(1);
   if (env_opts(&env, &eo) < 0)
     return 1;
   log_init("connector", LOG_LVL_INFO + (o.verbose ? o.verbose : eo.verbose));
   cfg_connector_defaults(&x.cfg);
-  env_note = " (in the ZTNA_* environment)";
   if (apply_opts(&x, &eo))
     return 1;
-  env_note = "";
+  daemon_env_phase(0);
   /* The short form needs no file; otherwise the lookup order applies. */
   config = o.config ? o.config : eo.config;
   if ((config || !(o.service || eo.service)) &&

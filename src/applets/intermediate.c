@@ -649,13 +649,9 @@ struct iopts {
   int check, verbose, help, disable_retry;
 };
 
-static const char *env_note = "";
-
 static int usage_error(const char *fmt, const char *arg)
 {
-  char f[256];
-  snprintf(f, sizeof(f), "%s%s", fmt, env_note);
-  return applet_usage_error("intermediate", f, arg);
+  return daemon_usage_error("intermediate", fmt, arg);
 }
 
 /* A numeric option from 1 to hi (val NULL: not given). */
@@ -788,11 +784,9 @@ int intermediate_main(int argc, char **argv)
     return 0;
   }
   if (daemon_env_args(&env, "intermediate", opts, N_ENV_OPTS, NULL, err,
-                      sizeof(err)) < 0) {
-    fprintf(stderr, "ztna intermediate: %s\n", err);
-    return 1;
-  }
-  env_note = " (in the ZTNA_* environment)";
+                      sizeof(err)) < 0)
+    return daemon_fail("intermediate", "%s", err);
+  daemon_env_phase(1);
   if (parse_opts(env.argc, env.argv, &eo) < 0)
     return 1;
   log_init("intermediate",
@@ -802,7 +796,7 @@ int intermediate_main(int argc, char **argv)
   cfg_intermediate_defaults(&x.cfg);
   if (apply_opts(&x, &eo))
     return 1;
-  env_note = "";
+  daemon_env_phase(0);
   if (daemon_config_load("intermediate", o.config ? o.config : eo.config,
                          x.config_path, sizeof(x.config_path), &x.cfg) < 0)
     return 1;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../applets.h"
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
@@ -161,6 +162,22 @@ int daemon_env_args(struct daemon_env *e, const char *prog,
 full:
   snprintf(err, errlen, "too many options in ZTNA_* environment variables");
   return -1;
+}
+
+static int in_env;
+
+void daemon_env_phase(int on)
+{
+  in_env = on;
+}
+
+int daemon_usage_error(const char *applet, const char *fmt, const char *arg)
+{
+  char f[256];
+
+  snprintf(f, sizeof(f), "%s%s", fmt,
+           in_env ? " (in the ZTNA_* environment)" : "");
+  return applet_usage_error(applet, f, arg);
 }
 
 void daemon_getopt_reset(void)

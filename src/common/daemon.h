@@ -105,6 +105,12 @@ int daemon_env_args(struct daemon_env *e, const char *prog,
 int daemon_drop_privileges(const char *user, uint64_t keep, char *err,
                            size_t errlen);
 
+/* A usage error of applet, "ztna APPLET: " fmt (with one %s for arg) and
+ * a pointer to --help, exit code 1 returned; while daemon_env_phase(1)
+ * is on, it adds that the option came from the environment. */
+int daemon_usage_error(const char *applet, const char *fmt, const char *arg);
+void daemon_env_phase(int on);
+
 /* Runs getopt_long from the start over argv (resets its state). */
 void daemon_getopt_reset(void);
 
