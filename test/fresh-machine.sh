@@ -6,9 +6,13 @@
 # which then runs. Not part of `make check` (it downloads a Debian system
 # and takes several minutes); run it as root:
 #
-#   test/fresh-machine.sh [WORKDIR]
+#   test/fresh-machine.sh [--demo] [WORKDIR]
+#
+# --demo: then `make demo` there too (it installs the test tools first).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+demo=0
+if [ "${1:-}" = --demo ]; then demo=1; shift; fi
 work=${1:-/tmp/ztna-fresh}
 mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' \
   /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -25,11 +29,12 @@ fi
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount -t sysfs sys "$root/sys"
+mkdir -p "$root/run/netns"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 rm -rf "$root/src"
 git clone -q "$here" "$root/src"
 chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-  HOME=/root LANG=C.UTF-8 bash -c '
+  HOME=/root LANG=C.UTF-8 DEMO=$demo bash -c '
     set -e
     cd /src
     # a fresh apt: nothing but the archive in sources.list (one-line form)
@@ -39,5 +44,6 @@ chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     make
     ./ztna --version
     make release
+    if [ "$DEMO" = 1 ]; then make demo; fi
   '
-echo "fresh machine: make, ./ztna and make release work"
+echo "fresh machine: make, ./ztna and make release work$([ $demo = 1 ] && echo ', and make demo')"

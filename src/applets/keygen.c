@@ -66,7 +66,12 @@ static const char usage_text[] =
     "  --days N     validity in days (default 365; CA 3650)\n"
     "  --not-before DATE  start of validity (default: an hour ago)\n"
     "  --force      overwrite existing files\n"
-    "  -h, --help   this text\n";
+    "  -h, --help   this text\n"
+    "\n"
+    "Keys are written with mode 0600 for the user running keygen. A daemon\n"
+    "that runs as another user (the systemd units' ztna, --user, a\n"
+    "container's 65532) must own its key: chown ztna: DIR/NAME.key. Keep\n"
+    "ca.key off the machines that run daemons.\n";
 
 struct keygen {
   const char *cmd, *out, *ca, *role, *name, *type;
