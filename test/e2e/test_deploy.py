@@ -50,6 +50,11 @@ def test_agent_finds_a_relay_that_moved(world):
             what="the agent at the intermediate's new address")
         with open(agent.log.name) as f:
             assert "relay.test is at 198.51.100.11:4433 now" in f.read()
+        # The connector reconnects to the new process on its own schedule
+        # (it kept its address, 203.0.113.10); traffic needs both.
+        wait_for(lambda: world.inter.metric(
+            'ztna_service_connector_present{service="web"}') == 1,
+            timeout=90, what="the connector at the new intermediate")
         p = net.exec(ns, ["ping", "-c", "3", "-W", "2",
                           SERVICES["web"][0]], check=False)
         assert " 0% packet loss" in p.stdout, p.stdout
