@@ -15,7 +15,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../applets.h"
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
@@ -171,13 +170,18 @@ void daemon_env_phase(int on)
   in_env = on;
 }
 
+/* The format of main.c's applet_usage_error, which the unit tests (they
+ * link the modules without main.c) cannot call. */
 int daemon_usage_error(const char *applet, const char *fmt, const char *arg)
 {
   char f[256];
 
   snprintf(f, sizeof(f), "%s%s", fmt,
            in_env ? " (in the ZTNA_* environment)" : "");
-  return applet_usage_error(applet, f, arg);
+  fprintf(stderr, "ztna %s: ", applet);
+  fprintf(stderr, f, arg);
+  fprintf(stderr, "\nRun 'ztna %s --help' for usage.\n", applet);
+  return 1;
 }
 
 void daemon_getopt_reset(void)

@@ -118,8 +118,10 @@ struct quic_endpoint {
   size_t send_pending;
   /* Connections to write once this loop round's I/O is handled (uv_check):
    * what a burst of reads queued leaves in one write, in as few packets
-   * and sends as the congestion controller allows. */
+   * and sends as the congestion controller allows. What timers queued is
+   * written before the loop waits for I/O again (uv_prepare). */
   uv_check_t flush;
+  uv_prepare_t flush_pre;
   struct quic_conn *wq;
   int open_handles;
   int gso_off; /* the kernel refused UDP_SEGMENT once: per packet */
@@ -1185,10 +1187,8 @@ static void conn_write_soon(struct quic_conn *c)
   ep->wq = c;
 }
 
-static void flush_cb(uv_check_t *h)
+static void flush_all(struct quic_endpoint *ep)
 {
-  struct quic_endpoint *ep = h->data;
-
   while (ep->wq) {
     struct quic_conn *c = ep->wq;
     ep->wq = c->wnext;
@@ -1196,6 +1196,16 @@ static void flush_cb(uv_check_t *h)
     c->wnext = NULL;
     conn_write(c);
   }
+}
+
+static void flush_cb(uv_check_t *h)
+{
+  flush_all(h->data);
+}
+
+static void flush_pre_cb(uv_prepare_t *h)
+{
+  flush_all(h->data);
 }
 
 static struct qstream *next_stream(struct quic_conn *c)
@@ -1621,7 +1631,7 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
 
 /* --- public API ---------------------------------------------------------- */
 
-/* The socket and the flush handle: freed when both closed. */
+/* The socket and the two flush handles: freed when all are closed. */
 static void ep_free_cb(uv_handle_t *h)
 {
   struct quic_endpoint *ep = h->data;
@@ -1675,7 +1685,11 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   ep->flush.data = ep;
   uv_check_start(&ep->flush, flush_cb);
   uv_unref((uv_handle_t *)&ep->flush); /* keeps no loop alive */
-  ep->open_handles = 2;
+  uv_prepare_init(loop, &ep->flush_pre);
+  ep->flush_pre.data = ep;
+  uv_prepare_start(&ep->flush_pre, flush_pre_cb);
+  uv_unref((uv_handle_t *)&ep->flush_pre);
+  ep->open_handles = 3;
   rv = uv_udp_bind(&ep->udp, bind, 0);
   if (rv < 0)
     goto fail;
@@ -1701,6 +1715,7 @@ fail:
   ep->server_tls = NULL;
   ep->cfg.cbs = NULL;
   uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
+  uv_close((uv_handle_t *)&ep->flush_pre, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
   return rv;
 }
@@ -1726,6 +1741,7 @@ void quic_endpoint_del(struct quic_endpoint *ep)
   ep->server_tls = NULL;
   uv_udp_recv_stop(&ep->udp);
   uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
+  uv_close((uv_handle_t *)&ep->flush_pre, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
 }
 
