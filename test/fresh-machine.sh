@@ -19,13 +19,20 @@ mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' \
 mirror=${mirror:-http://deb.debian.org/debian}
 root=$work/root
 cleanup() {
-  for m in dev/pts dev proc sys; do umount -l "$root/$m" 2>/dev/null || true; done
+  for m in dev/pts dev proc sys run/netns; do
+    umount -l "$root/$m" 2>/dev/null || true
+  done
+  umount -l "$root" 2>/dev/null || true
 }
 trap cleanup EXIT
 if [ ! -x "$root/bin/bash" ]; then
   rm -rf "$root"; mkdir -p "$root"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work.debootstrap.log"
 fi
+# "/" must be a mount point in there, as on a machine (ip netns exec
+# remounts it)
+mount --bind "$root" "$root"
+mount --make-private "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount -t sysfs sys "$root/sys"
