@@ -25,6 +25,7 @@ cleanup() {
   umount -l "$root" 2>/dev/null || true
 }
 trap cleanup EXIT
+command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
 if [ ! -x "$root/bin/bash" ]; then
   rm -rf "$root"; mkdir -p "$root"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work.debootstrap.log"
