@@ -145,6 +145,21 @@ struct send_req {
 static void conn_destroy(struct quic_conn *c);
 static int conn_write(struct quic_conn *c);
 static void conn_write_soon(struct quic_conn *c);
+
+/* Takes c off its endpoint's list of connections to write this round. */
+static void wq_remove(struct quic_conn *c)
+{
+  struct quic_conn **pp = &c->ep->wq;
+
+  if (!c->wqueued)
+    return;
+  while (*pp && *pp != c)
+    pp = &(*pp)->wnext;
+  if (*pp)
+    *pp = c->wnext;
+  c->wqueued = 0;
+  c->wnext = NULL;
+}
 static void fill_close_info(struct quic_conn *c, int rv);
 static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc);
 
@@ -941,14 +956,7 @@ static void conn_destroy(struct quic_conn *c)
   if (c->dying)
     return;
   c->dying = 1;
-  if (c->wqueued) {
-    struct quic_conn **pp = &ep->wq;
-    while (*pp && *pp != c)
-      pp = &(*pp)->wnext;
-    if (*pp)
-      *pp = c->wnext;
-    c->wqueued = 0;
-  }
+  wq_remove(c);
   half_open_done(c);
   while (c->ncids > 0)
     cidmap_remove(c, &c->cids[c->ncids - 1]);
@@ -1104,12 +1112,7 @@ static void do_app_close(struct quic_conn *c)
 
   /* What was queued before the close goes out before it. */
   if (c->wqueued) {
-    struct quic_conn **pp = &c->ep->wq;
-    while (*pp && *pp != c)
-      pp = &(*pp)->wnext;
-    if (*pp)
-      *pp = c->wnext;
-    c->wqueued = 0;
+    wq_remove(c);
     conn_write(c);
     if (c->dying)
       return;

@@ -14,7 +14,8 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
-from ztna import Client, Intermediate, Pki, wait_for  # noqa: E402
+from ztna import (Client, Intermediate, Pki, free_port,  # noqa: E402
+                  wait_for)
 
 
 def rss_kb(pid):
@@ -25,23 +26,12 @@ def rss_kb(pid):
     return None
 
 
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def measure(n):
     tmp = tempfile.mkdtemp(prefix="ztna-mem-")
     pki = Pki(os.path.join(tmp, "pki"))
     cert = pki.issue("agent", "a", "--service", "echo")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    mport = s.getsockname()[1]
-    s.close()
-    port = free_udp_port()
+    mport = free_port()
+    port = free_port(socket.SOCK_DGRAM)
     inter = Intermediate(pki, port=port, metrics_port=mport, bind="127.0.0.1",
                          extra=("--max-connections", str(max(n, 4096))))
     clients = []

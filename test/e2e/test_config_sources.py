@@ -8,7 +8,7 @@ import subprocess
 import time
 import urllib.request
 
-from ztna import ZTNA, Pki, wait_for
+from ztna import ZTNA, Pki, free_port, wait_for
 
 
 def run(args, env=None, **kw):
@@ -16,14 +16,6 @@ def run(args, env=None, **kw):
     e.update(env or {})
     return subprocess.run(args, capture_output=True, text=True, env=e,
                           timeout=30, **kw)
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def healthy(port):

@@ -9,19 +9,11 @@ import socket
 import subprocess
 import urllib.request
 
-from ztna import ZTNA, wait_for
+from ztna import ZTNA, free_port, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 ORIG = os.path.join(ROOT, "examples", "original")
-
-
-def free_port(kind):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def metrics(port):

@@ -16,6 +16,16 @@ ZTNA = os.environ.get("ZTNA_BIN") or str(ROOT / "ztna")
 ZCLIENT = str(ROOT / "build" / "zclient")
 
 
+def free_port(kind=socket.SOCK_STREAM):
+    """A port on 127.0.0.1 that nothing holds now (TCP, or UDP with
+    socket.SOCK_DGRAM)."""
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def wait_for(cond, timeout=20.0, what="condition"):
     """Polls cond() until it is true; fails after a generous timeout."""
     end = time.time() + timeout
