@@ -286,10 +286,13 @@ def test_intermediate_killed_and_restarted(world):
              and world.metric(world.agent_ns, 9092,
                               "ztna_agent_connected") == 1,
              timeout=45, what="agent back")
-    wait_for(lambda: world.metric(world.conn_ns, 9091,
-                                  'ztna_connector_service_up'
-                                  '{service="web"}') == 1,
-             timeout=45, what="connector back")
+    # The new intermediate is the one to ask: the connector's own gauge
+    # stays 1 until it notices the old connection is gone, and traffic
+    # can flow on the direct path meanwhile.
+    for svc in SERVICES:
+        wait_for(lambda svc=svc: world.inter.metric(
+            'ztna_service_connector_present{service="%s"}' % svc) == 1,
+            timeout=90, what="connector of %s back" % svc)
     wait_for(lambda: world.run(["curl", "-s", "-m", "3", "-o", "/dev/null",
                                 "-w", "%{http_code}",
                                 "http://10.100.0.2/whoami"],
@@ -325,8 +328,11 @@ def test_readyz_and_metrics_bind(world):
     """/readyz says whether a daemon does its job (registered), beside
     /healthz; metrics_bind puts the endpoint where a prober can reach it
     (a container's or pod's address) instead of loopback."""
-    assert readyz(world, world.conn_ns, "127.0.0.1", 9091) == "ready\n 200"
-    assert readyz(world, world.agent_ns, "127.0.0.1", 9092) == "ready\n 200"
+    # (ready again after the earlier tests' restarts, within the backoff)
+    for ns, port in ((world.conn_ns, 9091), (world.agent_ns, 9092)):
+        wait_for(lambda ns=ns, port=port: readyz(
+            world, ns, "127.0.0.1", port) == "ready\n 200", timeout=60,
+            what="/readyz 200")
     assert world.inter.http("/readyz") == "ready\n"
     net = world.net
     ns6 = net.ns("agent6")
