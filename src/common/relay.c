@@ -16,6 +16,7 @@
 #define MAX_SOURCES 4   /* source addresses translated per agent */
 #define MAX_VIPS 64     /* virtual IPs learned per agent */
 #define XLAT_OFFSET 256 /* translated addresses start at 100.64.1.0 */
+#define RSESS_BUCKETS 4096 /* a power of two */
 
 static const uint8_t xlat_v6_prefix[12] = { 0xfd, 0x7a, 0x7a, 0x74, 0x6e,
                                             0x61, 0, 0, 0, 0, 0, 0 };
@@ -56,6 +57,17 @@ struct relay_client {
   size_t nvips;
   struct wire_sigbuf sig;
   size_t nsessions;
+  size_t nrsess;      /* relay sessions it holds (as agent or connector) */
+  int takes_sessions; /* a connector that announced relay sessions */
+};
+
+/* A relay session: one agent connection, one connector connection. */
+struct rsess {
+  struct rsess *next; /* hash chain */
+  uint64_t id;
+  uint32_t req;       /* the agent's request number */
+  struct relay_client *agent, *connector;
+  struct service *svc;
 };
 
 struct xlat {
@@ -87,6 +99,9 @@ struct relay {
   size_t xlat_next;
   struct session *sessions;
   size_t nsessions;
+  struct rsess *rs[RSESS_BUCKETS];
+  size_t nrsess;
+  uint64_t rsess_next;
   struct relay_stats stats;
   uint64_t reg_seq;
   uint64_t now_ms; /* the last time relay_expire was told */
@@ -200,7 +215,14 @@ int relay_new(struct relay **out, const struct relay_io *io,
   r->lim.sessions_total = 4096;
   r->lim.translations = 65536;
   r->lim.xlat_quarantine_ms = RELAY_XLAT_QUARANTINE_MS;
+  r->lim.rsessions_per_client = 64;
+  r->lim.rsessions_total = 65536;
   if (lim) {
+    if (lim->rsessions_per_client)
+      r->lim.rsessions_per_client = lim->rsessions_per_client;
+    if (lim->rsessions_total)
+      r->lim.rsessions_total = lim->rsessions_total;
+    r->rsess_next = lim->rsession_base;
     if (lim->services_per_client)
       r->lim.services_per_client = lim->services_per_client;
     if (lim->sessions_per_client)
@@ -276,6 +298,216 @@ static void session_free(struct relay *r, struct session *s)
   free(s);
 }
 
+/* --- relay sessions -------------------------------------------------------- */
+
+static struct rsess **rsess_slot(struct relay *r, uint64_t id)
+{
+  uint64_t h = id * 0x9e3779b97f4a7c15ull;
+  return &r->rs[(h >> 40) & (RSESS_BUCKETS - 1)];
+}
+
+static struct rsess *rsess_find(struct relay *r, uint64_t id)
+{
+  struct rsess *s = *rsess_slot(r, id);
+  while (s && s->id != id)
+    s = s->next;
+  return s;
+}
+
+static void send_closed(struct relay *r, struct relay_client *to, uint64_t id,
+                        uint8_t reason)
+{
+  uint8_t msg[WIRE_SESSION_CLOSED_LEN];
+  struct iovec v = { msg, sizeof(msg) };
+
+  wire_session_closed_encode(msg, sizeof(msg), id, reason);
+  if (r->io.send_dgram(to->conn, &v, 1, r->io.ud) < 0)
+    drop(r, RELAY_DROP_QUEUE_FULL);
+}
+
+/* Ends a relay session, telling each side whose connection is not the
+ * one going away (skip) why. */
+static void rsess_end(struct relay *r, struct rsess *s, uint8_t reason,
+                      struct relay_client *skip)
+{
+  struct rsess **pp = rsess_slot(r, s->id);
+
+  while (*pp && *pp != s)
+    pp = &(*pp)->next;
+  if (*pp)
+    *pp = s->next;
+  if (s->agent != skip)
+    send_closed(r, s->agent, s->id, reason);
+  if (s->connector != skip)
+    send_closed(r, s->connector, s->id, reason);
+  s->agent->nrsess--;
+  s->connector->nrsess--;
+  r->nrsess--;
+  r->stats.rsessions_closed++;
+  free(s);
+}
+
+/* Ends every relay session that involves c (as agent or connector) and,
+ * if svc is set, is for that service. A scan: connections come and go
+ * far less often than packets. */
+static void rsess_end_all(struct relay *r, struct relay_client *c,
+                          const struct service *svc, uint8_t reason,
+                          struct relay_client *skip)
+{
+  if (!c->nrsess)
+    return;
+  for (size_t b = 0; b < RSESS_BUCKETS && c->nrsess; b++)
+    for (struct rsess *s = r->rs[b], *next; s; s = next) {
+      next = s->next;
+      if ((s->agent == c || s->connector == c) && (!svc || s->svc == svc))
+        rsess_end(r, s, reason, skip);
+    }
+}
+
+static void send_opened(struct relay *r, struct relay_client *c, uint32_t req,
+                        uint8_t status, uint64_t id)
+{
+  uint8_t msg[WIRE_SESSION_OPENED_LEN];
+  struct iovec v = { msg, sizeof(msg) };
+
+  if (status != WIRE_SESSION_OK)
+    r->stats.rsessions_refused++;
+  wire_session_opened_encode(msg, sizeof(msg), req, status, id);
+  if (r->io.send_dgram(c->conn, &v, 1, r->io.ud) < 0)
+    drop(r, RELAY_DROP_QUEUE_FULL);
+}
+
+static struct reg *find_reg(struct relay_client *c, const struct service *s,
+                            int role);
+
+static void on_session_open(struct relay *r, struct relay_client *c,
+                            const uint8_t *d, size_t n)
+{
+  const uint8_t *id;
+  size_t len;
+  uint32_t req;
+  struct service *svc;
+  struct rsess *s;
+
+  if (wire_session_open_decode(d, n, &req, &id, &len) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  /* Defence in depth: the connector authenticates the agent again. */
+  if (!policy_allows(r->policy, c->id, POLICY_AGENT, id, len)) {
+    send_opened(r, c, req, WIRE_SESSION_DENIED, 0);
+    return;
+  }
+  svc = svc_find(r, id, len);
+  if (!svc || !find_reg(c, svc, POLICY_AGENT)) {
+    send_opened(r, c, req, WIRE_SESSION_INVALID, 0);
+    return;
+  }
+  if (!svc->connector) {
+    send_opened(r, c, req, WIRE_SESSION_NO_CONNECTOR, 0);
+    return;
+  }
+  if (!svc->connector->takes_sessions) {
+    send_opened(r, c, req, WIRE_SESSION_UNSUPPORTED, 0);
+    return;
+  }
+  /* A repeated request (the answer was lost) gets the same session. */
+  for (size_t b = 0; b < RSESS_BUCKETS && c->nrsess; b++)
+    for (s = r->rs[b]; s; s = s->next)
+      if (s->agent == c && s->req == req && s->svc == svc &&
+          s->connector == svc->connector) {
+        send_opened(r, c, req, WIRE_SESSION_OK, s->id);
+        return;
+      }
+  if (c->nrsess >= r->lim.rsessions_per_client ||
+      r->nrsess >= r->lim.rsessions_total ||
+      svc->connector->nrsess >= r->lim.rsessions_total) {
+    r->stats.limit_hits++;
+    send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  s = calloc(1, sizeof(*s));
+  if (!s) {
+    send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  /* Never 0 (the "no session" of a refusal), never handed out twice. */
+  do
+    s->id = r->rsess_next++;
+  while (s->id == 0 || rsess_find(r, s->id));
+  s->req = req;
+  s->agent = c;
+  s->connector = svc->connector;
+  s->svc = svc;
+  s->next = *rsess_slot(r, s->id);
+  *rsess_slot(r, s->id) = s;
+  c->nrsess++;
+  s->connector->nrsess++;
+  r->nrsess++;
+  r->stats.rsessions_opened++;
+  send_opened(r, c, req, WIRE_SESSION_OK, s->id);
+}
+
+/* Forwards the frame as it is: header and an end-to-end encrypted packet
+ * that the relay cannot read. */
+static void on_session_data(struct relay *r, struct relay_client *c,
+                            const uint8_t *d, size_t n)
+{
+  const uint8_t *pkt;
+  size_t len;
+  uint64_t id;
+  struct rsess *s;
+  struct relay_client *to;
+  struct iovec v = { (void *)(uintptr_t)d, n };
+  int rv;
+
+  if (wire_session_data_decode(d, n, &id, &pkt, &len) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  s = rsess_find(r, id);
+  if (!s || (s->agent != c && s->connector != c)) {
+    /* Tell the sender once in a while: it may hold a session that ended
+     * while the CLOSED was lost. Not a stranger's session: its id is
+     * not confirmed or denied beyond "not yours". */
+    drop(r, RELAY_DROP_NO_ROUTE);
+    send_closed(r, c, id, WIRE_SESSION_UNKNOWN);
+    return;
+  }
+  to = s->agent == c ? s->connector : s->agent;
+  rv = r->io.send_dgram(to->conn, &v, 1, r->io.ud);
+  if (rv == 0) {
+    r->stats.relayed_dgrams++;
+    r->stats.relayed_bytes += n;
+    r->stats.rsession_dgrams++;
+    r->stats.rsession_bytes += n;
+  } else {
+    drop(r, rv == ZTNA_ERR_TOO_LARGE ? RELAY_DROP_TOO_LARGE
+                                      : RELAY_DROP_QUEUE_FULL);
+  }
+}
+
+static void on_session_closed(struct relay *r, struct relay_client *c,
+                              const uint8_t *d, size_t n)
+{
+  uint64_t id;
+  uint8_t reason;
+  struct rsess *s;
+
+  if (wire_session_closed_decode(d, n, &id, &reason) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  s = rsess_find(r, id);
+  if (s && (s->agent == c || s->connector == c))
+    rsess_end(r, s, WIRE_SESSION_CLOSED_BY_PEER, c);
+}
+
+size_t relay_rsession_count(const struct relay *r)
+{
+  return r->nrsess;
+}
+
 /* The newest connector registration of s that remains, other than the
  * one of except (NULL when there is none). A rare event: a scan. */
 static struct relay_client *newest_connector(struct relay *r,
@@ -298,10 +530,13 @@ static struct relay_client *newest_connector(struct relay *r,
   return best;
 }
 
-static void unregister(struct relay *r, struct relay_client *c, size_t i)
+static void unregister(struct relay *r, struct relay_client *c, size_t i,
+                       uint8_t reason)
 {
   struct service *s = c->regs[i].svc;
 
+  /* Its relay sessions for the service end with the registration. */
+  rsess_end_all(r, c, s, reason, NULL);
   if (c->regs[i].role == POLICY_CONNECTOR) {
     s->connectors--;
     /* A connector that was displaced serves again when the newer one
@@ -369,8 +604,9 @@ void relay_client_del(struct relay *r, struct relay_client *c)
   }
   if (c->nxlat)
     tell_agent_gone(r, c);
+  rsess_end_all(r, c, NULL, WIRE_SESSION_GONE, c);
   while (c->nregs > 0)
-    unregister(r, c, c->nregs - 1);
+    unregister(r, c, c->nregs - 1, WIRE_SESSION_GONE);
   /* Its translations rest before anyone gets them again: a connector may
    * hold state for them. */
   for (size_t i = 0; i < c->nxlat; i++) {
@@ -402,7 +638,7 @@ void relay_set_policy(struct relay *r, struct cfg_policy *p)
       struct service *s = c->regs[i].svc;
       if (!policy_allows(p, c->id, c->regs[i].role, (uint8_t *)s->id,
                          s->len))
-        unregister(r, c, i);
+        unregister(r, c, i, WIRE_SESSION_REVOKED);
       else
         i++;
     }
@@ -498,6 +734,12 @@ static void on_register(struct relay *r, struct relay_client *c,
   }
   if (role == POLICY_CONNECTOR) {
     find_reg(c, s, role)->seq = ++r->reg_seq;
+    if (wire_register_flags(d, n) & WIRE_REG_FLAG_SESSIONS)
+      c->takes_sessions = 1;
+    /* The sessions of a displaced connector end: their agents open new
+     * ones to the connector that serves now. */
+    if (s->connector && s->connector != c)
+      rsess_end_all(r, s->connector, s, WIRE_SESSION_REPLACED, NULL);
     s->connector = c; /* the newest connector wins the service */
   }
   r->stats.registrations++;
@@ -754,6 +996,15 @@ void relay_datagram(struct relay *r, struct relay_client *c,
   case WIRE_KIND_IPV4:
   case WIRE_KIND_IPV6:
     on_raw(r, c, d, n);
+    break;
+  case WIRE_KIND_SESSION_DATA:
+    on_session_data(r, c, d, n);
+    break;
+  case WIRE_KIND_SESSION_OPEN:
+    on_session_open(r, c, d, n);
+    break;
+  case WIRE_KIND_SESSION_CLOSED:
+    on_session_closed(r, c, d, n);
     break;
   default:
     drop(r, RELAY_DROP_UNEXPECTED);

@@ -6,7 +6,12 @@
  * through relay_io; it never touches sockets or clocks (time comes in as
  * milliseconds). Every datagram it cannot deliver is counted by reason.
  *
- * Address translation: each agent connection's source address gets a
+ * Relay sessions (protocol.md 10): an agent's end-to-end QUIC connection
+ * to a connector crosses the relay as opaque packets, forwarded by session
+ * id between the one agent and the one connector connection it was opened
+ * for; the relay reads the header and nothing else.
+ *
+ * Address translation (original peers' raw IP): each agent connection's source address gets a
  * distinct address from 100.64.0.0/10 (IPv6: fd7a:7a74:6e61::/96) on its
  * way to a connector, and replies are routed back by that address, so
  * agents that share a tunnel address never see each other's traffic.
@@ -53,6 +58,10 @@ struct relay_stats {
   uint64_t sessions_expired;
   uint64_t sig_errors;      /* signaling messages refused or streams closed */
   uint64_t limit_hits;      /* a bound was reached */
+  uint64_t rsessions_opened;   /* relay sessions made */
+  uint64_t rsessions_refused;  /* OPENED with a failure status */
+  uint64_t rsessions_closed;   /* relay sessions ended */
+  uint64_t rsession_dgrams, rsession_bytes; /* forwarded, opaque */
   uint64_t drops[RELAY_DROP_COUNT];
 };
 
@@ -84,6 +93,12 @@ struct relay_limits {
   size_t sessions_total;      /* 4096 */
   size_t translations;        /* 65536 agent source addresses */
   uint64_t xlat_quarantine_ms; /* RELAY_XLAT_QUARANTINE_MS */
+  size_t rsessions_per_client; /* relay sessions one agent holds: 64 */
+  size_t rsessions_total;      /* 65536 */
+  /* The first relay session id; ids count up from it and are never
+   * handed out twice. The intermediate starts from a random value so
+   * that a restart does not hand out its previous life's ids. */
+  uint64_t rsession_base;
 };
 
 /* lim may be NULL for the defaults; zero fields take their default too.
@@ -114,6 +129,7 @@ void relay_expire(struct relay *r, uint64_t now_ms);
 const struct relay_stats *relay_stats(const struct relay *r);
 size_t relay_session_count(const struct relay *r);
 size_t relay_client_count(const struct relay *r);
+size_t relay_rsession_count(const struct relay *r);
 /* Calls fn for every known service. */
 void relay_foreach_service(struct relay *r,
                            void (*fn)(const char *id, size_t len,

@@ -62,7 +62,7 @@ static void regt_cb(uv_timer_t *t)
 
 static void send_registrations(struct uplink *u)
 {
-  uint8_t buf[2 + WIRE_SERVICE_ID_MAX];
+  uint8_t buf[4 + WIRE_SERVICE_ID_MAX];
   int pending = 0;
 
   for (size_t i = 0; i < u->cfg.nservices; i++) {
@@ -80,6 +80,10 @@ static void send_registrations(struct uplink *u)
     }
     n = wire_register_encode(buf, sizeof(buf), u->cfg.role,
                              u->cfg.services[i], strlen(u->cfg.services[i]));
+    if (n > 0 && u->cfg.reg_flags && (size_t)n + 2 <= sizeof(buf)) {
+      buf[n++] = WIRE_REG_EXT_MAGIC;
+      buf[n++] = u->cfg.reg_flags;
+    }
     if (n > 0)
       quic_conn_send_datagram(u->conn, buf, (size_t)n);
     pending = 1;

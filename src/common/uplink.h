@@ -60,6 +60,8 @@ struct uplink_config {
   const char *services[UPLINK_MAX_SERVICES]; /* not copied: must outlive */
   size_t nservices;
   const char *name;              /* for logs */
+  /* Appended to every registration (wire_register_flags), 0: none. */
+  uint8_t reg_flags;
 };
 
 int uplink_new(struct uplink **out, uv_loop_t *loop,

@@ -25,6 +25,14 @@ enum wire_kind wire_classify(const uint8_t *p, size_t n)
     return WIRE_KIND_ROUTED;
   case WIRE_AGENT_GONE:
     return WIRE_KIND_AGENT_GONE;
+  case WIRE_SESSION_OPEN:
+    return WIRE_KIND_SESSION_OPEN;
+  case WIRE_SESSION_OPENED:
+    return WIRE_KIND_SESSION_OPENED;
+  case WIRE_SESSION_DATA:
+    return WIRE_KIND_SESSION_DATA;
+  case WIRE_SESSION_CLOSED:
+    return WIRE_KIND_SESSION_CLOSED;
   }
   if (p[0] >= 0x45 && p[0] <= 0x4f)
     return WIRE_KIND_IPV4;
@@ -58,6 +66,131 @@ int wire_agent_gone_decode(const uint8_t *p, size_t n, int *family,
     return ZTNA_ERR_MALFORMED;
   *family = p[1];
   memcpy(addr, p + 2, n - 2);
+  return 0;
+}
+
+static void put_u32(uint8_t *b, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    b[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static void put_u64(uint8_t *b, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    b[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *b)
+{
+  return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 |
+         b[3];
+}
+
+static uint64_t get_u64(const uint8_t *b)
+{
+  return (uint64_t)get_u32(b) << 32 | get_u32(b + 4);
+}
+
+uint8_t wire_register_flags(const uint8_t *p, size_t n)
+{
+  size_t end;
+
+  if (n < 2 || (p[0] != WIRE_REG_AGENT && p[0] != WIRE_REG_CONNECTOR))
+    return 0;
+  end = 2 + (size_t)p[1];
+  if (n < end + 2 || p[end] != WIRE_REG_EXT_MAGIC)
+    return 0;
+  return p[end + 1];
+}
+
+int wire_session_open_encode(uint8_t *buf, size_t cap, uint32_t req,
+                             const void *id, size_t idlen)
+{
+  if (idlen == 0 || idlen > WIRE_SERVICE_ID_MAX)
+    return ZTNA_ERR_MALFORMED;
+  if (cap < 6 + idlen)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_SESSION_OPEN;
+  put_u32(buf + 1, req);
+  buf[5] = (uint8_t)idlen;
+  memcpy(buf + 6, id, idlen);
+  return (int)(6 + idlen);
+}
+
+int wire_session_open_decode(const uint8_t *p, size_t n, uint32_t *req,
+                             const uint8_t **id, size_t *idlen)
+{
+  if (n < 6 || p[0] != WIRE_SESSION_OPEN || p[5] == 0 ||
+      n != 6 + (size_t)p[5] || !wire_utf8_valid(p + 6, p[5]))
+    return ZTNA_ERR_MALFORMED;
+  *req = get_u32(p + 1);
+  *id = p + 6;
+  *idlen = p[5];
+  return 0;
+}
+
+int wire_session_opened_encode(uint8_t *buf, size_t cap, uint32_t req,
+                               uint8_t status, uint64_t sid)
+{
+  if (cap < WIRE_SESSION_OPENED_LEN)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_SESSION_OPENED;
+  put_u32(buf + 1, req);
+  buf[5] = status;
+  put_u64(buf + 6, sid);
+  return WIRE_SESSION_OPENED_LEN;
+}
+
+int wire_session_opened_decode(const uint8_t *p, size_t n, uint32_t *req,
+                               uint8_t *status, uint64_t *sid)
+{
+  if (n != WIRE_SESSION_OPENED_LEN || p[0] != WIRE_SESSION_OPENED)
+    return ZTNA_ERR_MALFORMED;
+  *req = get_u32(p + 1);
+  *status = p[5];
+  *sid = get_u64(p + 6);
+  return 0;
+}
+
+int wire_session_data_header(uint8_t *buf, size_t cap, uint64_t sid)
+{
+  if (cap < WIRE_SESSION_HDR_LEN)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_SESSION_DATA;
+  put_u64(buf + 1, sid);
+  return WIRE_SESSION_HDR_LEN;
+}
+
+int wire_session_data_decode(const uint8_t *p, size_t n, uint64_t *sid,
+                             const uint8_t **pkt, size_t *pktlen)
+{
+  if (n <= WIRE_SESSION_HDR_LEN || p[0] != WIRE_SESSION_DATA)
+    return ZTNA_ERR_MALFORMED;
+  *sid = get_u64(p + 1);
+  *pkt = p + WIRE_SESSION_HDR_LEN;
+  *pktlen = n - WIRE_SESSION_HDR_LEN;
+  return 0;
+}
+
+int wire_session_closed_encode(uint8_t *buf, size_t cap, uint64_t sid,
+                               uint8_t reason)
+{
+  if (cap < WIRE_SESSION_CLOSED_LEN)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_SESSION_CLOSED;
+  put_u64(buf + 1, sid);
+  buf[9] = reason;
+  return WIRE_SESSION_CLOSED_LEN;
+}
+
+int wire_session_closed_decode(const uint8_t *p, size_t n, uint64_t *sid,
+                               uint8_t *reason)
+{
+  if (n != WIRE_SESSION_CLOSED_LEN || p[0] != WIRE_SESSION_CLOSED)
+    return ZTNA_ERR_MALFORMED;
+  *sid = get_u64(p + 1);
+  *reason = p[9];
   return 0;
 }
 

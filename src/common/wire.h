@@ -24,6 +24,12 @@
 /* ztna extension, intermediate to connector: the agent behind a translated
  * address is gone (an original connector ignores the unknown type). */
 #define WIRE_AGENT_GONE 0x30
+/* ztna extension: relay sessions, the opaque carriage of an agent's
+ * end-to-end QUIC connection to a connector (protocol.md 10). */
+#define WIRE_SESSION_OPEN 0x31   /* agent -> intermediate */
+#define WIRE_SESSION_OPENED 0x32 /* intermediate -> agent */
+#define WIRE_SESSION_DATA 0x33   /* both ways, forwarded unchanged */
+#define WIRE_SESSION_CLOSED 0x34 /* either way */
 
 #define WIRE_NACK_INVALID 0x01
 #define WIRE_NACK_DENIED 0x02
@@ -44,6 +50,10 @@ enum wire_kind {
   WIRE_KIND_IPV4,
   WIRE_KIND_IPV6,
   WIRE_KIND_AGENT_GONE,
+  WIRE_KIND_SESSION_OPEN,
+  WIRE_KIND_SESSION_OPENED,
+  WIRE_KIND_SESSION_DATA,
+  WIRE_KIND_SESSION_CLOSED,
 };
 
 /* What a relay DATAGRAM is, from its first byte. An empty one is UNKNOWN. */
@@ -90,6 +100,55 @@ int wire_agent_gone_encode(uint8_t *buf, size_t cap, int family,
                            const uint8_t *addr);
 int wire_agent_gone_decode(const uint8_t *p, size_t n, int *family,
                            uint8_t *addr);
+
+/* Registration trailer (ztna): a connector that takes relay sessions
+ * appends `7A | flags` after the service id; an original intermediate
+ * ignores bytes after the id. Returns the flags, 0 when there is none. */
+#define WIRE_REG_EXT_MAGIC 0x7a
+#define WIRE_REG_FLAG_SESSIONS 0x01
+uint8_t wire_register_flags(const uint8_t *p, size_t n);
+
+/* Relay sessions (protocol.md 10):
+ *   OPEN    31 | request u32 | len u8 | service id
+ *   OPENED  32 | request u32 | status u8 | session u64
+ *   DATA    33 | session u64 | one QUIC packet of the inner connection
+ *   CLOSED  34 | session u64 | reason u8
+ * All integers big-endian. Decoders take exact lengths (DATA: a non-empty
+ * packet); OPEN's id must be valid UTF-8. */
+enum wire_session_status {
+  WIRE_SESSION_OK = 0,
+  WIRE_SESSION_INVALID = 1,      /* malformed, or not registered for it */
+  WIRE_SESSION_DENIED = 2,       /* no grant for the service */
+  WIRE_SESSION_NO_CONNECTOR = 3,
+  WIRE_SESSION_UNSUPPORTED = 4,  /* the connector takes no sessions */
+  WIRE_SESSION_LIMIT = 5,
+};
+enum wire_session_reason {
+  WIRE_SESSION_GONE = 0,       /* the other side left the intermediate */
+  WIRE_SESSION_REPLACED = 1,   /* another connector serves the service */
+  WIRE_SESSION_REVOKED = 2,    /* the policy no longer allows it */
+  WIRE_SESSION_CLOSED_BY_PEER = 3, /* the agent closed it */
+  WIRE_SESSION_UNKNOWN = 4,    /* no such session (here, or any more) */
+};
+#define WIRE_SESSION_HDR_LEN 9
+#define WIRE_SESSION_OPENED_LEN 14
+#define WIRE_SESSION_CLOSED_LEN 10
+int wire_session_open_encode(uint8_t *buf, size_t cap, uint32_t req,
+                             const void *id, size_t idlen);
+int wire_session_open_decode(const uint8_t *p, size_t n, uint32_t *req,
+                             const uint8_t **id, size_t *idlen);
+int wire_session_opened_encode(uint8_t *buf, size_t cap, uint32_t req,
+                               uint8_t status, uint64_t sid);
+int wire_session_opened_decode(const uint8_t *p, size_t n, uint32_t *req,
+                               uint8_t *status, uint64_t *sid);
+/* DATA: encodes the 9-byte header; the packet follows it. */
+int wire_session_data_header(uint8_t *buf, size_t cap, uint64_t sid);
+int wire_session_data_decode(const uint8_t *p, size_t n, uint64_t *sid,
+                             const uint8_t **pkt, size_t *pktlen);
+int wire_session_closed_encode(uint8_t *buf, size_t cap, uint64_t sid,
+                               uint8_t reason);
+int wire_session_closed_decode(const uint8_t *p, size_t n, uint64_t *sid,
+                               uint8_t *reason);
 
 /* --- P2P signaling (section 4): bincode 1.x payloads in u32 BE frames --- */
 

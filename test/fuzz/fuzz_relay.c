@@ -61,6 +61,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
     k = wire_register_encode(reg, sizeof(reg),
                              i == 2 ? WIRE_REG_CONNECTOR : WIRE_REG_AGENT,
                              "echo", 4);
+    if (i == 2) { /* a connector that takes relay sessions */
+      reg[k++] = WIRE_REG_EXT_MAGIC;
+      reg[k++] = WIRE_REG_FLAG_SESSIONS;
+    }
     relay_datagram(r, cl[i], reg, (size_t)k);
   }
   while (off + 4 <= n) {

@@ -46,6 +46,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
         abort(); /* one encoding */
     }
   }
+  {
+    /* Relay sessions: one encoding each. */
+    uint32_t req;
+    uint64_t sid;
+    uint8_t st;
+    int k = -1;
+    wire_register_flags(d, n);
+    if (wire_session_open_decode(d, n, &req, &id, &idlen) == 0)
+      k = wire_session_open_encode(buf, sizeof(buf), req, id, idlen);
+    else if (wire_session_opened_decode(d, n, &req, &st, &sid) == 0)
+      k = wire_session_opened_encode(buf, sizeof(buf), req, st, sid);
+    else if (wire_session_closed_decode(d, n, &sid, &st) == 0)
+      k = wire_session_closed_encode(buf, sizeof(buf), sid, st);
+    else if (wire_session_data_decode(d, n, &sid, &pkt, &pktlen) == 0) {
+      k = wire_session_data_header(buf, sizeof(buf), sid);
+      if (pkt != d + k || pktlen != n - (size_t)k)
+        abort();
+      memcpy(buf + k, pkt, pktlen < sizeof(buf) - (size_t)k
+                               ? pktlen : sizeof(buf) - (size_t)k);
+      k = (int)n < (int)sizeof(buf) ? (int)n : -2;
+    }
+    if (k >= 0 && (k != (int)n || memcmp(buf, d, n) != 0))
+      abort();
+  }
   if (wire_ctl_decode(d, n, &ctl) == 0) {
     int k = wire_ctl_encode(buf, sizeof(buf), &ctl);
     if (k != (int)n || memcmp(buf, d, n) != 0)

@@ -601,6 +601,173 @@ static void test_relay_translation_quarantine(void **state)
   relay_del(w.r);
 }
 
+static void reg_flags(struct relay *r, struct relay_client *c, uint8_t type,
+                      const char *svc, uint8_t flags)
+{
+  uint8_t b[300];
+  int n = wire_register_encode(b, sizeof(b), type, svc, strlen(svc));
+  b[n++] = WIRE_REG_EXT_MAGIC;
+  b[n++] = flags;
+  relay_datagram(r, c, b, (size_t)n);
+}
+
+/* Sends OPEN for svc from c; returns the OPENED status, *sid its id. */
+static int open_session(struct world *w, struct relay_client *c,
+                        struct fconn *f, uint32_t req, const char *svc,
+                        uint64_t *sid)
+{
+  uint8_t b[300], status;
+  uint32_t rq;
+  int n = wire_session_open_encode(b, sizeof(b), req, svc, strlen(svc));
+
+  relay_datagram(w->r, c, b, (size_t)n);
+  assert_int_equal(wire_session_opened_decode(f->last, f->lastlen, &rq,
+                                              &status, sid), 0);
+  assert_int_equal(rq, req);
+  return status;
+}
+
+static size_t data(uint8_t *b, uint64_t sid, const char *payload)
+{
+  int h = wire_session_data_header(b, 2048, sid);
+  memcpy(b + h, payload, strlen(payload));
+  return (size_t)h + strlen(payload);
+}
+
+/* Relay sessions: opened only for an agent registered and granted, to a
+ * connector that takes them; forwarded unchanged between exactly those
+ * two; ids never handed out twice; ended (and both sides told) when
+ * either leaves, the connector is displaced or the policy revokes. */
+static void test_relay_sessions_opaque_forwarding(void **state)
+{
+  struct relay_limits lim = { .rsession_base = 41 };
+  struct tls_identity ic2 = ident("conn2", "connector.echo.ztna", NULL);
+  struct tls_identity ie = ident("eve", "agent.other.ztna", NULL);
+  struct fconn f2, fe;
+  struct relay_client *c2, *e;
+  struct cfg_policy *p = calloc(1, sizeof(*p));
+  const char *pol = "{\"services\": {\"echo\": {\"allow\": [\"bob\"]}}}";
+  struct world w;
+  uint8_t b[2048], reason;
+  uint64_t sid, sid2, sid3, got;
+  char err[256];
+  size_t n;
+  (void)state;
+
+  world(&w, &lim);
+  memset(&f2, 0, sizeof(f2));
+  memset(&fe, 0, sizeof(fe));
+  e = relay_client_new(w.r, &fe, &ie);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  /* No connector yet, then an original one that takes no sessions. */
+  assert_int_equal(open_session(&w, w.a, &w.fa, 1, "echo", &sid),
+                   WIRE_SESSION_NO_CONNECTOR);
+  reg(w.r, w.c, WIRE_REG_CONNECTOR, "echo");
+  assert_int_equal(open_session(&w, w.a, &w.fa, 2, "echo", &sid),
+                   WIRE_SESSION_UNSUPPORTED);
+  reg_flags(w.r, w.c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  /* Not registered for it, not granted it. */
+  assert_int_equal(open_session(&w, w.b, &w.fb, 3, "echo", &sid),
+                   WIRE_SESSION_INVALID);
+  reg(w.r, e, WIRE_REG_AGENT, "echo");
+  assert_int_equal(open_session(&w, e, &fe, 4, "echo", &sid),
+                   WIRE_SESSION_DENIED);
+  /* Granted: session 41; a repeated request gets the same one. */
+  assert_int_equal(open_session(&w, w.a, &w.fa, 5, "echo", &sid),
+                   WIRE_SESSION_OK);
+  assert_int_equal(sid, 41);
+  assert_int_equal(open_session(&w, w.a, &w.fa, 5, "ECHO", &sid),
+                   WIRE_SESSION_OK);
+  assert_int_equal(sid, 41);
+  assert_int_equal(relay_rsession_count(w.r), 1);
+  /* Both ways, byte for byte. */
+  n = data(b, sid, "\x40 opaque inner packet");
+  relay_datagram(w.r, w.a, b, n);
+  assert_int_equal(w.fc.lastlen, n);
+  assert_memory_equal(w.fc.last, b, n);
+  n = data(b, sid, "\x41 answer");
+  relay_datagram(w.r, w.c, b, n);
+  assert_int_equal(w.fa.lastlen, n);
+  assert_memory_equal(w.fa.last, b, n);
+  /* Nobody else may use the session: a stranger hears "unknown". */
+  w.fc.ndgrams = 0;
+  n = data(b, sid, "\x40 forged");
+  relay_datagram(w.r, w.b, b, n);
+  assert_int_equal(w.fc.ndgrams, 0);
+  assert_int_equal(wire_session_closed_decode(w.fb.last, w.fb.lastlen, &got,
+                                              &reason), 0);
+  assert_int_equal(reason, WIRE_SESSION_UNKNOWN);
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1);
+  /* A newer connector displaces the old one: the session ends, both told. */
+  c2 = relay_client_new(w.r, &f2, &ic2);
+  reg_flags(w.r, c2, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  assert_int_equal(relay_rsession_count(w.r), 0);
+  assert_int_equal(wire_session_closed_decode(w.fa.last, w.fa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid && reason == WIRE_SESSION_REPLACED);
+  assert_int_equal(wire_session_closed_decode(w.fc.last, w.fc.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid && reason == WIRE_SESSION_REPLACED);
+  /* The same request number now opens a new session: never id 41 again. */
+  assert_int_equal(open_session(&w, w.a, &w.fa, 5, "echo", &sid2),
+                   WIRE_SESSION_OK);
+  assert_true(sid2 != sid);
+  n = data(b, sid2, "\x40 to the new one");
+  relay_datagram(w.r, w.a, b, n);
+  assert_memory_equal(f2.last, b, n);
+  /* The connector leaves: the agent is told. */
+  relay_client_del(w.r, c2);
+  assert_int_equal(wire_session_closed_decode(w.fa.last, w.fa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid2 && reason == WIRE_SESSION_GONE);
+  /* The old connector serves again; the policy revokes alice. */
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  assert_int_equal(open_session(&w, w.a, &w.fa, 6, "echo", &sid3),
+                   WIRE_SESSION_OK);
+  assert_true(sid3 != sid && sid3 != sid2);
+  assert_int_equal(open_session(&w, w.b, &w.fb, 1, "echo", &sid),
+                   WIRE_SESSION_OK);
+  assert_int_equal(relay_rsession_count(w.r), 2);
+  assert_int_equal(cfg_policy_parse(p, "p.json", pol, strlen(pol), err,
+                                    sizeof(err), NULL), 0);
+  relay_set_policy(w.r, p);
+  assert_int_equal(relay_rsession_count(w.r), 1);
+  assert_int_equal(wire_session_closed_decode(w.fa.last, w.fa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid3 && reason == WIRE_SESSION_REVOKED);
+  /* Bob closes his: the connector hears it. */
+  n = (size_t)wire_session_closed_encode(b, sizeof(b), sid, 0);
+  relay_datagram(w.r, w.b, b, n);
+  assert_int_equal(relay_rsession_count(w.r), 0);
+  assert_int_equal(wire_session_closed_decode(w.fc.last, w.fc.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid && reason == WIRE_SESSION_CLOSED_BY_PEER);
+  assert_int_equal(relay_stats(w.r)->rsession_dgrams, 3);
+  relay_del(w.r);
+}
+
+/* One agent cannot hold more relay sessions than its bound. */
+static void test_relay_sessions_bounded(void **state)
+{
+  struct relay_limits lim = { .rsessions_per_client = 2 };
+  struct world w;
+  uint64_t sid;
+  (void)state;
+
+  world(&w, &lim);
+  reg_flags(w.r, w.c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg(w.r, w.a, WIRE_REG_AGENT, "echo");
+  assert_int_equal(open_session(&w, w.a, &w.fa, 1, "echo", &sid), 0);
+  assert_int_equal(open_session(&w, w.a, &w.fa, 2, "echo", &sid), 0);
+  assert_int_equal(open_session(&w, w.a, &w.fa, 3, "echo", &sid),
+                   WIRE_SESSION_LIMIT);
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  assert_int_equal(open_session(&w, w.b, &w.fb, 1, "echo", &sid), 0);
+  relay_client_del(w.r, w.a);
+  assert_int_equal(relay_rsession_count(w.r), 1);
+  relay_del(w.r);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -615,6 +782,8 @@ int main(void)
     cmocka_unit_test(test_relay_signal_stream_garbage),
     cmocka_unit_test(test_relay_connector_displaced_then_newest_leaves),
     cmocka_unit_test(test_relay_translation_quarantine),
+    cmocka_unit_test(test_relay_sessions_opaque_forwarding),
+    cmocka_unit_test(test_relay_sessions_bounded),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }

@@ -204,6 +204,83 @@ static void test_wire_agent_gone(void **state)
                    ZTNA_ERR_MALFORMED);
 }
 
+/* ztna's relay-session extension (protocol.md 10): golden bytes, exact
+ * lengths, and the registration trailer. */
+static void test_wire_relay_sessions(void **state)
+{
+  uint8_t buf[64], in[64], status, reason;
+  const uint8_t *id, *pkt;
+  size_t idlen, pktlen, n;
+  uint32_t req;
+  uint64_t sid;
+  (void)state;
+
+  assert_bytes(buf, wire_session_open_encode(buf, sizeof(buf), 0x01020304,
+                                             "echo", 4),
+               "31 01 02 03 04 04 \"echo\"");
+  assert_bytes(buf, wire_session_opened_encode(buf, sizeof(buf), 7, 0,
+                                               0x1122334455667788ull),
+               "32 00 00 00 07 00 11 22 33 44 55 66 77 88");
+  assert_bytes(buf, wire_session_data_header(buf, sizeof(buf), 0x2a),
+               "33 00 00 00 00 00 00 00 2a");
+  assert_bytes(buf, wire_session_closed_encode(buf, sizeof(buf), 0x2a, 2),
+               "34 00 00 00 00 00 00 00 2a 02");
+  assert_int_equal(wire_session_open_encode(buf, sizeof(buf), 1, "", 0),
+                   ZTNA_ERR_MALFORMED);
+  assert_int_equal(wire_session_opened_encode(buf, 13, 1, 0, 1),
+                   ZTNA_ERR_TOO_LARGE);
+
+  n = unhex("31 00 00 00 09 04 \"echo\"", in, sizeof(in));
+  assert_int_equal(wire_classify(in, n), WIRE_KIND_SESSION_OPEN);
+  assert_int_equal(wire_session_open_decode(in, n, &req, &id, &idlen), 0);
+  assert_true(req == 9 && idlen == 4 && !memcmp(id, "echo", 4));
+  /* A byte more or less, an empty id, an id that is not UTF-8. */
+  assert_int_equal(wire_session_open_decode(in, n - 1, &req, &id, &idlen),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("31 00 00 00 09 04 \"echo\" 00", in, sizeof(in));
+  assert_int_equal(wire_session_open_decode(in, n, &req, &id, &idlen),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("31 00 00 00 09 00", in, sizeof(in));
+  assert_int_equal(wire_session_open_decode(in, n, &req, &id, &idlen),
+                   ZTNA_ERR_MALFORMED);
+  n = unhex("31 00 00 00 09 01 ff", in, sizeof(in));
+  assert_int_equal(wire_session_open_decode(in, n, &req, &id, &idlen),
+                   ZTNA_ERR_MALFORMED);
+
+  n = unhex("32 00 00 00 07 03 00 00 00 00 00 00 00 00", in, sizeof(in));
+  assert_int_equal(wire_classify(in, n), WIRE_KIND_SESSION_OPENED);
+  assert_int_equal(wire_session_opened_decode(in, n, &req, &status, &sid), 0);
+  assert_true(req == 7 && status == WIRE_SESSION_NO_CONNECTOR && sid == 0);
+  assert_int_equal(wire_session_opened_decode(in, n - 1, &req, &status, &sid),
+                   ZTNA_ERR_MALFORMED);
+
+  n = unhex("33 00 00 00 00 00 00 01 00 40 41", in, sizeof(in));
+  assert_int_equal(wire_classify(in, n), WIRE_KIND_SESSION_DATA);
+  assert_int_equal(wire_session_data_decode(in, n, &sid, &pkt, &pktlen), 0);
+  assert_true(sid == 256 && pktlen == 2 && pkt[0] == 0x40);
+  /* A header without a packet carries nothing. */
+  assert_int_equal(wire_session_data_decode(in, 9, &sid, &pkt, &pktlen),
+                   ZTNA_ERR_MALFORMED);
+
+  n = unhex("34 ff ff ff ff ff ff ff ff 01", in, sizeof(in));
+  assert_int_equal(wire_classify(in, n), WIRE_KIND_SESSION_CLOSED);
+  assert_int_equal(wire_session_closed_decode(in, n, &sid, &reason), 0);
+  assert_true(sid == UINT64_MAX && reason == WIRE_SESSION_REPLACED);
+  assert_int_equal(wire_session_closed_decode(in, n + 1, &sid, &reason),
+                   ZTNA_ERR_MALFORMED);
+
+  /* The connector's registration trailer; none, or a foreign one. */
+  n = unhex("11 04 \"echo\" 7a 01", in, sizeof(in));
+  assert_int_equal(wire_register_flags(in, n), WIRE_REG_FLAG_SESSIONS);
+  assert_int_equal(wire_register_decode(in, n, &status, &id, &idlen), 0);
+  assert_int_equal(idlen, 4);
+  assert_int_equal(wire_register_flags(in, n - 2), 0);
+  n = unhex("11 04 \"echo\" 00 01", in, sizeof(in));
+  assert_int_equal(wire_register_flags(in, n), 0);
+  n = unhex("11 04 \"echo\" 7a", in, sizeof(in));
+  assert_int_equal(wire_register_flags(in, n), 0);
+}
+
 static void test_wire_classify(void **state)
 {
   uint8_t b[1] = { 0 };
@@ -230,6 +307,8 @@ static void test_wire_classify(void **state)
       assert_int_equal(k, WIRE_KIND_ROUTED);
     else if (v == 0x30)
       assert_int_equal(k, WIRE_KIND_AGENT_GONE);
+    else if (v >= 0x31 && v <= 0x34)
+      assert_int_equal(k, WIRE_KIND_SESSION_OPEN + (v - 0x31));
     else
       assert_int_equal(k, WIRE_KIND_UNKNOWN);
   }
@@ -601,6 +680,7 @@ int main(void)
     cmocka_unit_test(test_wire_status),
     cmocka_unit_test(test_wire_routed),
     cmocka_unit_test(test_wire_agent_gone),
+    cmocka_unit_test(test_wire_relay_sessions),
     cmocka_unit_test(test_wire_classify),
     cmocka_unit_test(test_wire_sig_golden),
     cmocka_unit_test(test_wire_sig_candidates),
