@@ -10,11 +10,14 @@
  * The protocol core is src/common/relay.c; this file is the I/O around it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/random.h>
 
 #include <uv.h>
 
@@ -93,7 +96,12 @@ struct ictx {
       *mx_diag, *mx_sessions_active, *mx_sig_errors, *mx_limit, *mx_refused,
       *mx_hs_refused, *mx_hs_active,
       *mx_invalid_regs, *mx_drops[RELAY_DROP_COUNT], *mx_reloads,
-      *mx_reload_failures;
+      *mx_reload_failures, *mx_rsess, *mx_rsess_opened, *mx_rsess_refused,
+      *mx_rsess_dgrams;
+  /* Test hook (ZTNA_TEST_RECORD_DATAGRAMS=FILE): every DATAGRAM payload
+   * this intermediate decrypts is appended to FILE, so that a test can
+   * show what the relay is able to read. -1: off. */
+  int record_fd;
 };
 
 struct iconn {
@@ -222,6 +230,8 @@ static void on_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
     return;
   if (ic->qad_pending)
     send_qad(ic);
+  if (ic->x->record_fd >= 0 && write(ic->x->record_fd, d, n) < 0)
+    ic->x->record_fd = -1;
   relay_datagram(ic->x->relay, ic->rc, d, n);
 }
 
@@ -370,6 +380,10 @@ static void collect(void *ud)
   metric_set(x->mx_sessions, (int64_t)rs->sessions);
   metric_set(x->mx_sessions_active, (int64_t)relay_session_count(x->relay));
   metric_set(x->mx_sig_errors, (int64_t)rs->sig_errors);
+  metric_set(x->mx_rsess, (int64_t)relay_rsession_count(x->relay));
+  metric_set(x->mx_rsess_opened, (int64_t)rs->rsessions_opened);
+  metric_set(x->mx_rsess_refused, (int64_t)rs->rsessions_refused);
+  metric_set(x->mx_rsess_dgrams, (int64_t)rs->rsession_dgrams);
   metric_set(x->mx_limit, (int64_t)rs->limit_hits);
   metric_set(x->mx_retry_ok, (int64_t)qs->retry_ok);
   metric_set(x->mx_retry_fail, (int64_t)qs->retry_fail);
@@ -422,6 +436,17 @@ static void metrics_init(struct ictx *x)
                                         NULL, "P2P signaling sessions open");
   x->mx_sig_errors = metrics_counter(m, "ztna_signaling_errors_total", NULL,
                                      "Signaling messages refused");
+  x->mx_rsess = metrics_gauge(m, "ztna_relay_sessions_active", NULL,
+                              "Relay sessions carrying end-to-end "
+                              "connections");
+  x->mx_rsess_opened = metrics_counter(m, "ztna_relay_sessions_total", NULL,
+                                       "Relay sessions opened");
+  x->mx_rsess_refused = metrics_counter(
+      m, "ztna_relay_sessions_refused_total", NULL,
+      "Relay session requests refused");
+  x->mx_rsess_dgrams = metrics_counter(
+      m, "ztna_relay_session_datagrams_total", NULL,
+      "End-to-end packets forwarded (opaque)");
   x->mx_limit = metrics_counter(m, "ztna_limit_hits_total", NULL,
                                 "Times a resource bound was reached");
   x->mx_retry_ok = metrics_counter(m, "ztna_retry_tokens_validated", NULL,
@@ -836,9 +861,25 @@ int intermediate_main(int argc, char **argv)
 
   x.loop = uv_default_loop();
   x.started_ms = uv_now(x.loop);
+  x.record_fd = -1;
+  if (getenv("ZTNA_TEST_RECORD_DATAGRAMS")) {
+    x.record_fd = open(getenv("ZTNA_TEST_RECORD_DATAGRAMS"),
+                       O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (x.record_fd < 0)
+      fatal("ZTNA_TEST_RECORD_DATAGRAMS");
+    log_warnx("test hook: every DATAGRAM received is recorded in %s",
+              getenv("ZTNA_TEST_RECORD_DATAGRAMS"));
+  }
   rio.ud = &x;
   lim.translations = x.cfg.max_translations;
   lim.xlat_quarantine_ms = (uint64_t)x.cfg.translation_quarantine_s * 1000;
+  /* Relay session ids count up from a random start: a restarted
+   * intermediate does not hand out its previous life's ids (2^63 apart on
+   * average; the top bit clear leaves 2^63 ids before a wrap). */
+  if (getrandom(&lim.rsession_base, sizeof(lim.rsession_base), 0) !=
+      sizeof(lim.rsession_base))
+    fatal("no random bytes for relay session ids");
+  lim.rsession_base >>= 1;
   if (relay_new(&x.relay, &rio, &lim) < 0)
     fatalx("out of memory");
   relay_set_policy(x.relay, pol);
