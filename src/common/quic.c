@@ -76,6 +76,9 @@ struct quic_conn {
   uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
   int rotate_pending;   /* server: read the next packet on the other label */
+  /* Client: the path it last asked to move to (quic_conn_migrate): what
+   * packets from that peer are read on while ngtcp2 validates it. */
+  struct sockaddr_storage mig_local, mig_remote;
   uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
   uint64_t waiting_since; /* something ack-eliciting outstanding since */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
@@ -203,6 +206,37 @@ static socklen_t sa_len(const struct sockaddr *sa)
                                    : sizeof(struct sockaddr_in);
 }
 
+/* Virtual addresses: 100::/64 (RFC 6666, discard-only) followed by a
+ * 64-bit path id. */
+void quic_virtual_addr(struct sockaddr_storage *out, uint64_t id,
+                       uint16_t port)
+{
+  struct sockaddr_in6 *a = (struct sockaddr_in6 *)out;
+
+  memset(out, 0, sizeof(*out));
+  a->sin6_family = AF_INET6;
+  a->sin6_port = htons(port);
+  a->sin6_addr.s6_addr[0] = 0x01;
+  for (int i = 0; i < 8; i++)
+    a->sin6_addr.s6_addr[8 + i] = (uint8_t)(id >> (56 - 8 * i));
+}
+
+int quic_addr_virtual(const struct sockaddr *sa, uint64_t *id)
+{
+  const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+  static const uint8_t prefix[8] = { 0x01 };
+
+  if (sa->sa_family != AF_INET6 ||
+      memcmp(a->sin6_addr.s6_addr, prefix, sizeof(prefix)))
+    return 0;
+  if (id) {
+    *id = 0;
+    for (int i = 0; i < 8; i++)
+      *id = *id << 8 | a->sin6_addr.s6_addr[8 + i];
+  }
+  return 1;
+}
+
 static int sa_equal(const struct sockaddr *a, const struct sockaddr *b)
 {
   if (a->sa_family != b->sa_family)
@@ -323,6 +357,17 @@ static int ep_send(struct quic_endpoint *ep, const struct sockaddr *to,
   struct send_req *sr;
   int rv;
 
+  if (quic_addr_virtual(to, NULL)) {
+    /* A path through somebody else's connection (the relay). */
+    rv = ep->cfg.vsend_cb ? ep->cfg.vsend_cb(ep, to, d, n, ep->cfg.ud)
+                          : ZTNA_ERR_STATE;
+    if (rv < 0) {
+      ep->stats.vsend_errors++;
+      return rv;
+    }
+    ep->stats.vtx_packets++;
+    return 0;
+  }
   rv = uv_udp_try_send(&ep->udp, &b, 1, to);
   if (rv >= 0) {
     ep->stats.tx_packets++;
@@ -386,7 +431,8 @@ static void gso_flush(struct quic_endpoint *ep, struct gso_batch *b)
 
   if (!b->count)
     return;
-  if (b->count > 1 && !ep->gso_off && !ep->send_pending) {
+  if (b->count > 1 && !ep->gso_off && !ep->send_pending &&
+      !quic_addr_virtual(to, NULL)) {
     char cbuf[CMSG_SPACE(sizeof(uint16_t))];
     struct iovec iov = { b->buf, b->off };
     struct msghdr mh;
@@ -690,11 +736,16 @@ static const ngtcp2_callbacks callbacks_template = {
 
 /* --- connection lifecycle ---------------------------------------------- */
 
-static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s)
+static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s,
+                          const struct sockaddr *remote)
 {
   ngtcp2_settings_default(s);
   s->initial_ts = now_ns();
-  s->max_tx_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
+  /* A connection that starts through the relay keeps its packets small
+   * enough for the relay's DATAGRAMs on every path it takes later. */
+  s->max_tx_udp_payload_size = quic_addr_virtual(remote, NULL)
+                                   ? ep->cfg.virtual_max_udp_payload
+                                   : QUIC_MAX_UDP_PAYLOAD;
   s->no_tx_udp_payload_size_shaping = 1;
   /* BBR, not loss-based CUBIC: the packets of a tunnel carry the users'
    * own TCP, which reacts to loss by itself; an outer controller that
@@ -775,6 +826,10 @@ static void rotate_cid(struct quic_conn *c)
     return;
   }
   path = *ngtcp2_conn_get_path(c->conn);
+  /* Through the relay the outer connection rotates its own IDs; the
+   * relay sees the inner ones, not the network. */
+  if (quic_addr_virtual(path.local.addr, NULL))
+    return;
   path.local.addrlen = conn_local(c, 1, &local);
   path.local.addr = (ngtcp2_sockaddr *)&local;
   path.user_data = NULL;
@@ -1142,6 +1197,35 @@ static void check_path(struct quic_conn *c)
   }
 }
 
+/* The local address a packet from `from` arrived on, as ngtcp2 knows the
+ * paths. A server's is always its socket (under one of its two names).
+ * A client's virtual path (through the relay) has a virtual local address
+ * of the same id; its real paths have the socket's, and the path being
+ * validated the one quic_conn_migrate chose. */
+static socklen_t read_local(struct quic_conn *c, const struct sockaddr *from,
+                            struct sockaddr_storage *out)
+{
+  const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+  uint64_t id;
+
+  if (c->server)
+    return conn_local(c, c->rotate_pending, out);
+  if (quic_addr_virtual(from, &id)) {
+    quic_virtual_addr(out, id, QUIC_VIRTUAL_LOCAL_PORT);
+    return sizeof(struct sockaddr_in6);
+  }
+  if (c->mig_remote.ss_family && sa_equal(from,
+                                         (struct sockaddr *)&c->mig_remote)) {
+    sa_copy(out, (struct sockaddr *)&c->mig_local);
+    return sa_len((struct sockaddr *)out);
+  }
+  if (quic_addr_virtual(p->local.addr, NULL)) {
+    sa_copy(out, (struct sockaddr *)&c->ep->local);
+    return sa_len((struct sockaddr *)out);
+  }
+  return conn_local(c, 0, out);
+}
+
 static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
                       const struct sockaddr *from)
 {
@@ -1151,7 +1235,7 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   int rv;
 
   sa_copy(&remote, from);
-  path.local.addrlen = conn_local(c, c->rotate_pending, &local);
+  path.local.addrlen = read_local(c, from, &local);
   path.local.addr = (ngtcp2_sockaddr *)&local;
   c->rotate_pending = 0;
   path.remote.addr = (ngtcp2_sockaddr *)&remote;
@@ -1497,7 +1581,7 @@ static void accept_conn(struct quic_endpoint *ep, const uint8_t *d, size_t n,
   c->server = 1;
   if (half_open_start(c, from) < 0)
     goto fail;
-  settings_init(ep, &settings);
+  settings_init(ep, &settings, from);
   settings.token = hd.token;
   settings.tokenlen = hd.tokenlen;
   settings.token_type = token_type;
@@ -1659,6 +1743,8 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   ep->cfg = *cfg;
   if (!ep->cfg.max_conns)
     ep->cfg.max_conns = 4096;
+  if (!ep->cfg.virtual_max_udp_payload)
+    ep->cfg.virtual_max_udp_payload = QUIC_VIRTUAL_MAX_UDP_PAYLOAD;
   if (!ep->cfg.idle_timeout_ms)
     ep->cfg.idle_timeout_ms = 30000;
   if (!ep->cfg.handshake_timeout_ms)
@@ -1804,7 +1890,9 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
   ngtcp2_callbacks ncb = callbacks_template;
   ngtcp2_cid dcid, scid;
   ngtcp2_path path;
+  struct sockaddr_storage vlocal;
   struct quic_conn *c;
+  uint64_t vid;
   int rv;
 
   *out = NULL;
@@ -1813,7 +1901,7 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
   c = conn_alloc(ep, remote);
   if (!c)
     return -ENOMEM;
-  settings_init(ep, &settings);
+  settings_init(ep, &settings, remote);
   params_init(ep, &params);
   dcid.datalen = 18;
   fill_random(dcid.data, dcid.datalen);
@@ -1821,8 +1909,13 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
   do
     fill_random(scid.data, scid.datalen);
   while (cidmap_find(ep, scid.data, scid.datalen));
-  path.local.addr = (ngtcp2_sockaddr *)&ep->local;
-  path.local.addrlen = sa_len((struct sockaddr *)&ep->local);
+  if (quic_addr_virtual(remote, &vid)) {
+    quic_virtual_addr(&vlocal, vid, QUIC_VIRTUAL_LOCAL_PORT);
+    path.local.addr = (ngtcp2_sockaddr *)&vlocal;
+  } else {
+    path.local.addr = (ngtcp2_sockaddr *)&ep->local;
+  }
+  path.local.addrlen = sa_len((struct sockaddr *)path.local.addr);
   path.remote.addr = (ngtcp2_sockaddr *)&c->remote;
   path.remote.addrlen = sa_len(remote);
   path.user_data = NULL;
@@ -1850,6 +1943,72 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
 fail:
   conn_abandon(c);
   return rv;
+}
+
+void quic_endpoint_input(struct quic_endpoint *ep, const uint8_t *d, size_t n,
+                         const struct sockaddr *from)
+{
+  if (n == 0 || !quic_addr_virtual(from, NULL))
+    return;
+  ep->stats.vrx_packets++;
+  handle_datagram(ep, d, n, from);
+}
+
+int quic_conn_migrate(struct quic_conn *c, const struct sockaddr *remote,
+                      int validate)
+{
+  const ngtcp2_path *cur;
+  struct sockaddr_storage local, rem;
+  ngtcp2_path path;
+  uint64_t id;
+  int rv;
+
+  if (c->server || c->dying || !c->handshake_done)
+    return ZTNA_ERR_STATE;
+  cur = ngtcp2_conn_get_path(c->conn);
+  if (sa_equal(cur->remote.addr, remote))
+    return 0; /* there already */
+  if (quic_addr_virtual(remote, &id))
+    quic_virtual_addr(&local, id, QUIC_VIRTUAL_LOCAL_PORT);
+  else if (quic_addr_virtual(cur->local.addr, NULL))
+    sa_copy(&local, (struct sockaddr *)&c->ep->local);
+  else
+    conn_local(c, 1, &local); /* a real path to a new peer address */
+  sa_copy(&rem, remote);
+  path.local.addr = (ngtcp2_sockaddr *)&local;
+  path.local.addrlen = sa_len((struct sockaddr *)&local);
+  path.remote.addr = (ngtcp2_sockaddr *)&rem;
+  path.remote.addrlen = sa_len(remote);
+  path.user_data = NULL;
+  c->in_ngtcp2 = 1;
+  rv = validate
+           ? ngtcp2_conn_initiate_migration(c->conn, &path, now_ns())
+           : ngtcp2_conn_initiate_immediate_migration(c->conn, &path,
+                                                      now_ns());
+  c->in_ngtcp2 = 0;
+  if (rv != 0) {
+    log_debug("quic: migration refused: %s", ngtcp2_strerror(rv));
+    if (ngtcp2_err_is_fatal(rv)) {
+      ngtcp2_ccerr cc;
+      fill_close_info(c, rv);
+      ngtcp2_ccerr_set_liberr(&cc, rv, NULL, 0);
+      conn_fail(c, &cc);
+      return ZTNA_ERR_CLOSED;
+    }
+    return ZTNA_ERR_STATE;
+  }
+  sa_copy(&c->mig_local, (struct sockaddr *)&local);
+  sa_copy(&c->mig_remote, remote);
+  check_path(c);
+  if (!c->dying)
+    conn_write_soon(c);
+  return 0;
+}
+
+int quic_conn_path_virtual(struct quic_conn *c)
+{
+  const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+  return p->remote.addr && quic_addr_virtual(p->remote.addr, NULL);
 }
 
 void quic_conn_set_cbs(struct quic_conn *c, const struct quic_conn_cbs *cbs,

@@ -38,6 +38,24 @@ struct tls_identity;
 #define QUIC_CID_ROTATE_MS (300 * 1000) /* protocol.md 1 */
 #define QUIC_STREAM_BUF_MAX (1024 * 1024)
 
+/* Virtual paths: a path through another connection (the relay) is named
+ * by an address in 100::/64 (RFC 6666, discard-only: never a real peer)
+ * whose last 64 bits are the path's id (the relay session). The send
+ * function hands packets for such an address to the endpoint's vsend_cb,
+ * and the application feeds what arrives for it to quic_endpoint_input;
+ * ngtcp2 migrates a connection between virtual and real paths like
+ * between any two paths, validating each under the connection's keys. */
+#define QUIC_VIRTUAL_LOCAL_PORT 1  /* a client's own end of a virtual path */
+#define QUIC_VIRTUAL_PEER_PORT 2   /* the far end */
+/* What one inner packet may be so that it fits a relay DATAGRAM with its
+ * session header on a QUIC_MAX_UDP_PAYLOAD outer path: 1306 - 9, kept
+ * at 1280 for a margin (a longer outer DCID, a 4-byte packet number). */
+#define QUIC_VIRTUAL_MAX_UDP_PAYLOAD 1280
+void quic_virtual_addr(struct sockaddr_storage *out, uint64_t id,
+                       uint16_t port);
+/* 1 if sa is virtual (then *id, if id is set, is its id), else 0. */
+int quic_addr_virtual(const struct sockaddr *sa, uint64_t *id);
+
 /* Why a connection ended. */
 struct quic_close_info {
   int local;         /* 1: we closed it (or failed); 0: the peer did */
@@ -96,6 +114,14 @@ struct quic_endpoint_config {
   int stateless_reset;
   const struct quic_endpoint_cbs *cbs;
   void *ud;
+  /* Virtual paths (see quic_virtual_addr): a packet for a virtual
+   * address goes to vsend_cb instead of the socket; returns 0 or a
+   * ZTNA_ERR_*. Connections that start on a virtual path send packets of
+   * at most virtual_max_udp_payload bytes on every path (0:
+   * QUIC_VIRTUAL_MAX_UDP_PAYLOAD). */
+  int (*vsend_cb)(struct quic_endpoint *ep, const struct sockaddr *to,
+                  const uint8_t *d, size_t n, void *ud);
+  size_t virtual_max_udp_payload;
 };
 
 struct quic_stats {
@@ -111,6 +137,8 @@ struct quic_stats {
   uint64_t cid_rotations;       /* timed moves to a new CID */
   uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
   uint64_t gso_sends;           /* sendmsg calls that carried a burst */
+  uint64_t vtx_packets, vrx_packets; /* on virtual paths */
+  uint64_t vsend_errors;        /* packets vsend_cb did not take */
 };
 
 /* Creates an endpoint bound to bind (port 0 picks one). Returns 0 or
@@ -177,6 +205,22 @@ int quic_conn_send_datagramv(struct quic_conn *c, const struct iovec *iov,
 int quic_conn_send_datagram(struct quic_conn *c, const uint8_t *d, size_t n);
 /* Number of datagrams waiting to be sent. */
 size_t quic_conn_datagram_queued(struct quic_conn *c);
+
+/* A packet that arrived on a virtual path from `from` (a virtual
+ * address): handled as if the socket had received it. Others are
+ * ignored. */
+void quic_endpoint_input(struct quic_endpoint *ep, const uint8_t *d, size_t n,
+                         const struct sockaddr *from);
+/* Client: moves the connection to the path to remote (real or virtual).
+ * validate: ngtcp2 validates the new path first (PATH_CHALLENGE under
+ * the connection's keys) and moves only when the peer answers there; 0:
+ * moves at once and validates on the way (a path known to work). path_cb
+ * reports the move. Returns 0, ZTNA_ERR_STATE (not a confirmed client, or
+ * no spare connection ID from the peer yet) or ZTNA_ERR_CLOSED. */
+int quic_conn_migrate(struct quic_conn *c, const struct sockaddr *remote,
+                      int validate);
+/* 1 when the connection's current path is virtual. */
+int quic_conn_path_virtual(struct quic_conn *c);
 
 /* Opens a bidirectional stream (client-initiated on a client). */
 int quic_conn_open_stream(struct quic_conn *c, int64_t *sid);

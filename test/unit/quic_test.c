@@ -165,7 +165,9 @@ static void handshake_cb(struct quic_conn *c, void *ud)
   s->handshake = 1;
   s->c = c;
   quic_conn_peer_identity(c, &s->peer);
-  memcpy(&s->peer_addr, quic_conn_peer(c), sizeof(struct sockaddr_in));
+  memcpy(&s->peer_addr, quic_conn_peer(c),
+         quic_conn_peer(c)->sa_family == AF_INET6
+             ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
 static void datagram_cb(struct quic_conn *c, const uint8_t *d, size_t n,
@@ -206,7 +208,9 @@ static void path_cb(struct quic_conn *c, const struct sockaddr *peer,
   struct side *s = ud;
   (void)c;
   s->path_changes++;
-  memcpy(&s->new_peer, peer, sizeof(struct sockaddr_in));
+  memcpy(&s->new_peer, peer, peer->sa_family == AF_INET6
+                                 ? sizeof(struct sockaddr_in6)
+                                 : sizeof(struct sockaddr_in));
 }
 
 static const struct quic_conn_cbs side_cbs = {
@@ -247,6 +251,8 @@ static int tls_make(struct tls_ctx **out, int server, const char *crt,
 }
 
 static size_t max_conns_cfg, half_per_source_cfg; /* for world_init */
+static int (*vsend_cfg)(struct quic_endpoint *, const struct sockaddr *,
+                        const uint8_t *, size_t, void *);
 
 static void world_init(struct world *w, int retry, uint64_t idle_ms)
 {
@@ -270,11 +276,14 @@ static void world_init(struct world *w, int retry, uint64_t idle_ms)
   cfg.max_half_open_per_source = half_per_source_cfg;
   cfg.cbs = &server_cbs;
   cfg.ud = w;
+  cfg.vsend_cb = vsend_cfg;
   assert_int_equal(quic_endpoint_new(&w->server_ep, &w->loop,
                                      (struct sockaddr *)&any, &cfg), 0);
   memset(&cfg, 0, sizeof(cfg));
   cfg.idle_timeout_ms = idle_ms;
   cfg.cid_rotate_ms = rotate_ms;
+  cfg.vsend_cb = vsend_cfg;
+  cfg.ud = w;
   assert_int_equal(quic_endpoint_new(&w->client_ep, &w->loop,
                                      (struct sockaddr *)&any, &cfg), 0);
   uv_idle_init(&w->loop, &w->idle);
@@ -965,6 +974,204 @@ static void test_quic_cid_rotation(void **state)
   world_free(&w);
 }
 
+/* --- virtual paths: a stand-in for the relay -------------------------------- */
+
+#define VQ_MAX 4096
+struct vpkt {
+  int to_server;
+  size_t n;
+  uint8_t d[1500];
+};
+static struct vpkt *vq;
+static size_t vq_len, vq_dropped;
+static int relay_dark;
+static uint64_t relay_carried;
+
+/* Packets for a virtual address are queued like a relay would carry them
+ * (asynchronously, in order) and delivered on the next loop turn. */
+static int vsend(struct quic_endpoint *ep, const struct sockaddr *to,
+                 const uint8_t *d, size_t n, void *ud)
+{
+  struct world *w = ud;
+  uint64_t id;
+
+  assert_true(quic_addr_virtual(to, &id));
+  assert_int_equal(id, 42);
+  assert_true(n <= QUIC_VIRTUAL_MAX_UDP_PAYLOAD);
+  if (relay_dark || vq_len >= VQ_MAX) {
+    vq_dropped++;
+    return 0;
+  }
+  vq[vq_len].to_server = ep == w->client_ep;
+  vq[vq_len].n = n;
+  memcpy(vq[vq_len].d, d, n);
+  vq_len++;
+  return 0;
+}
+
+static void vq_deliver(struct world *w)
+{
+  static struct vpkt batch[64];
+  struct sockaddr_storage from;
+
+  while (vq_len) {
+    size_t k = vq_len < 64 ? vq_len : 64;
+    memcpy(batch, vq, k * sizeof(*vq));
+    memmove(vq, vq + k, (vq_len - k) * sizeof(*vq));
+    vq_len -= k;
+    for (size_t i = 0; i < k; i++) {
+      relay_carried++;
+      if (batch[i].to_server) {
+        quic_virtual_addr(&from, 42, QUIC_VIRTUAL_LOCAL_PORT);
+        quic_endpoint_input(w->server_ep, batch[i].d, batch[i].n,
+                            (struct sockaddr *)&from);
+      } else {
+        quic_virtual_addr(&from, 42, QUIC_VIRTUAL_PEER_PORT);
+        quic_endpoint_input(w->client_ep, batch[i].d, batch[i].n,
+                            (struct sockaddr *)&from);
+      }
+    }
+  }
+}
+
+static void vidle_cb(uv_idle_t *h)
+{
+  struct world *w = h->data;
+  vq_deliver(w);
+  if (w->pump) {
+    pump(&w->cli);
+    pump(&w->srv);
+    pump_stream(&w->cli);
+  }
+}
+
+static int stream_at(struct world *w, size_t bytes)
+{
+  return w->cli.stream_rx >= bytes || w->cli.closed || w->srv.closed;
+}
+static int at_third(struct world *w) { return stream_at(w, STREAM_BYTES / 3); }
+static int at_two_thirds(struct world *w)
+{
+  return stream_at(w, 2 * STREAM_BYTES / 3);
+}
+
+static int both_real(struct world *w)
+{
+  return (!quic_conn_path_virtual(w->cli.c) &&
+          !quic_conn_path_virtual(w->srv.c) && w->srv.path_changes) ||
+         w->cli.closed || w->srv.closed;
+}
+
+static int both_virtual(struct world *w)
+{
+  return (quic_conn_path_virtual(w->cli.c) &&
+          quic_conn_path_virtual(w->srv.c)) ||
+         w->cli.closed || w->srv.closed;
+}
+
+static int stream_done(struct world *w)
+{
+  return (w->cli.stream_fin && w->srv.stream_fin &&
+          w->cli.sent == NDGRAMS && w->srv.sent == NDGRAMS) ||
+         w->cli.closed || w->srv.closed;
+}
+
+/* One connection, made through a stand-in for the relay (a virtual
+ * path), moves to the direct UDP path by QUIC path migration and back,
+ * during one transfer: the stream arrives whole, nothing is reset, the
+ * packets fit the relay, and a path to an address that does not answer
+ * under the connection's keys never becomes the path. */
+static void test_quic_virtual_path_migration(void **state)
+{
+  struct world w;
+  struct sockaddr_storage via, srv_real, nowhere;
+  uv_udp_t mute;
+  struct sockaddr_in any;
+  uint64_t carried;
+  (void)state;
+
+  vq = calloc(VQ_MAX, sizeof(*vq));
+  vq_len = vq_dropped = 0;
+  relay_dark = 0;
+  relay_carried = 0;
+  vsend_cfg = vsend;
+  world_init(&w, 1, 0); /* Retry too: tokens for a virtual address */
+  vsend_cfg = NULL;
+  uv_idle_stop(&w.idle);
+  uv_idle_start(&w.idle, vidle_cb);
+  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
+           cert("ca.crt"), NULL);
+  quic_virtual_addr(&via, 42, QUIC_VIRTUAL_PEER_PORT);
+  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
+                                (struct sockaddr *)&via, "ztna-server",
+                                &side_cbs, &w.cli), 0);
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+  /* The server knows the client by the virtual address, and no packet
+   * touched the network. */
+  assert_true(quic_addr_virtual((struct sockaddr *)&w.srv.peer_addr, NULL));
+  assert_true(quic_conn_path_virtual(w.cli.c));
+  assert_int_equal(quic_endpoint_stats(w.client_ep)->tx_packets, 0);
+  assert_int_equal(quic_endpoint_stats(w.server_ep)->tx_packets, 0);
+  assert_true(relay_carried > 0);
+  /* 1280-byte packets: 1236-byte datagrams. */
+  assert_int_equal(quic_conn_max_datagram(w.cli.c), 1236);
+
+  assert_int_equal(quic_conn_open_stream(w.cli.c, &w.cli.sid), 0);
+  w.srv.echo_stream = 1;
+  w.pump = 1;
+  assert_true(run_until(&w, at_third));
+
+  /* A path to a socket that never answers is validated and refused: the
+   * connection stays on the relay and goes on. */
+  uv_ip4_addr("127.0.0.1", 0, &any);
+  uv_udp_init(&w.loop, &mute);
+  assert_int_equal(uv_udp_bind(&mute, (struct sockaddr *)&any, 0), 0);
+  {
+    int len = sizeof(nowhere);
+    uv_udp_getsockname(&mute, (struct sockaddr *)&nowhere, &len);
+  }
+  assert_int_equal(quic_conn_migrate(w.cli.c, (struct sockaddr *)&nowhere, 1),
+                   0);
+  wait_ms(&w, 3000);
+  assert_false(w.cli.closed);
+  assert_true(quic_conn_path_virtual(w.cli.c));
+
+  /* To the direct path: validated, then both ends are on it. */
+  quic_endpoint_local_addr(w.server_ep, &srv_real);
+  assert_int_equal(quic_conn_migrate(w.cli.c, (struct sockaddr *)&srv_real, 1),
+                   0);
+  assert_true(run_until(&w, both_real));
+  assert_false(w.cli.closed || w.srv.closed);
+  assert_int_equal(((struct sockaddr_in *)&w.cli.new_peer)->sin_port,
+                   ((struct sockaddr_in *)&srv_real)->sin_port);
+  assert_true(quic_endpoint_stats(w.client_ep)->tx_packets > 0);
+  assert_true(quic_endpoint_stats(w.server_ep)->rx_packets > 0);
+  /* The relay goes dark: the transfer goes on directly. */
+  relay_dark = 1;
+  carried = relay_carried;
+  assert_true(run_until(&w, at_two_thirds));
+  assert_false(w.cli.closed);
+  relay_dark = 0;
+
+  /* Back to the relay at once (what a silent direct path gets). */
+  assert_int_equal(quic_conn_migrate(w.cli.c, (struct sockaddr *)&via, 0), 0);
+  assert_true(run_until(&w, both_virtual));
+  assert_true(run_until(&w, stream_done));
+  assert_false(w.cli.closed || w.srv.closed);
+  assert_true(relay_carried > carried);
+  assert_int_equal(w.cli.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.srv.stream_rx, STREAM_BYTES);
+  assert_int_equal(w.srv.stream_bad + w.cli.stream_bad, 0);
+  assert_int_equal(w.srv.bad + w.cli.bad, 0);
+  assert_true(w.cli.received > 0 && w.srv.received > 0);
+
+  uv_close((uv_handle_t *)&mute, NULL);
+  uv_idle_stop(&w.idle);
+  world_free(&w);
+  free(vq);
+}
+
 int main(void)
 {
   const char *d = getenv("ZTNA_TEST_CERTS");
@@ -984,6 +1191,7 @@ int main(void)
     cmocka_unit_test(test_quic_expired_client),
     cmocka_unit_test(test_quic_expired_server),
     cmocka_unit_test(test_quic_wrong_server_name),
+    cmocka_unit_test(test_quic_virtual_path_migration),
   };
 
   if (!d) {
