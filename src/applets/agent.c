@@ -11,12 +11,16 @@
  * Routes are removed on exit, also after an error (the device goes with
  * the process).
  *
- * Direct paths (protocol.md 5): once a service is registered the agent
- * punches to its connector (p2p.c, punch.c) from the same socket, opens a
- * QUIC connection to it (one per connector), links it to its relay path
- * and sends the service's packets there; silence, lost keepalives or a
- * close send them back through the relay at once, and the punch is tried
- * again after a cooldown.
+ * End to end (protocol.md 10): for each service the agent opens a relay
+ * session at the intermediate and, through it, a QUIC connection of its
+ * own to the service's connector, verified both ways; the service's
+ * packets travel in that connection's DATAGRAMs, which the intermediate
+ * forwards without being able to read them. A punch (p2p.c, punch.c) from
+ * the same socket finds the connector's address, and the connection moves
+ * there by QUIC path migration, validated under its own keys; when the
+ * direct path goes silent it moves back to the relay session at once
+ * (path.c decides when). An original connector or intermediate, which
+ * knows no relay sessions, gets the original raw IP through the relay.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -39,6 +43,7 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "p2p.h"
+#include "path.h"
 #include "policy.h"
 #include "punch.h"
 #include "quic.h"
@@ -90,13 +95,13 @@ static const char usage_text[] =
 
 enum adrop { A_NO_SERVICE, A_NOT_REGISTERED, A_TOO_LARGE, A_QUEUE_FULL,
              A_NOT_CONNECTED, A_MALFORMED, A_TUN_FULL, A_CTL_LIMITED,
-             A_FOREIGN_SOURCE, A_FOREIGN_DEST, A_LINK_FROM_TUN, A_COUNT };
+             A_FOREIGN_SOURCE, A_FOREIGN_DEST, A_COUNT };
 static const char *const adrop_names[A_COUNT] = {
   "no_service", "not_registered", "too_large", "queue_full",
   "not_connected", "malformed", "tun_full", "control_limited",
   /* Into the TUN only from a virtual IP of a service the path carries, to
-   * our tunnel address; link requests never come from the TUN. */
-  "foreign_source", "foreign_destination", "link_from_tun",
+   * our tunnel address. */
+  "foreign_source", "foreign_destination",
 };
 
 struct vip {
@@ -106,58 +111,48 @@ struct vip {
   size_t svc;
 };
 
-#define DIRECT_SILENCE_MS 1500      /* no answer this long: path lost */
-#define DIRECT_KEEPALIVE_MS 15000    /* protocol.md 5 */
-#define DIRECT_KEEPALIVE_WAIT_MS 5000
-#define DIRECT_KEEPALIVE_MISSES 3
-#define DIRECT_PING_MS 5000          /* QUIC PING when idle */
-#define PUNCH_COOLDOWN_MS 30000      /* then doubling ... */
-#define PUNCH_COOLDOWN_MAX_MS (8 * PUNCH_COOLDOWN_MS) /* ... up to 4 min */
-#define DIRECT_STABLE_MS 60000       /* a path this old resets the backoff */
-#define LINK_INTERVAL_MS 250
-#define LINK_TRIES 12
+#define E2E_PING_MS 5000             /* QUIC PING when idle */
+#define OPEN_INTERVAL_MS 1000        /* relay session requests: resent */
+#define OPEN_TRIES 5                 /* then the intermediate is original */
+#define OPEN_RETRY_MS 2000           /* no connector yet, a table full */
+#define OPEN_REFUSED_MS 10000        /* the intermediate said no */
+#define E2E_BACKOFF_MAX_MS 30000     /* connection failures in a row */
+#define MTU_WAIT_MS 5000             /* for path MTU discovery */
 #define P2P_TICK_MS 250
 
-enum apath { AP_RELAY, AP_PUNCHING, AP_CONNECTING, AP_LINKING, AP_DIRECT };
-/* Why a punch did not give a direct path. */
-enum pfail { PF_TIMEOUT, PF_NO_CANDIDATES, PF_PEER_ERROR, PF_HANDSHAKE,
-             PF_LINK, PF_COUNT };
-static const char *const pfail_names[PF_COUNT] = {
-  "timeout", "no_candidates", "peer_error", "handshake", "link",
+/* The end-to-end connection of a service. */
+enum estate {
+  E_NONE,       /* none (yet) */
+  E_CONNECTING, /* handshake through the relay session */
+  E_UP,
+  E_LEGACY,     /* original peers: raw IP through the relay */
 };
-static const char *const apath_names[] = { "relay", "punching", "connecting",
-                                           "linking", "direct" };
+static const char *const estate_names[] = { "none", "connecting", "up",
+                                            "legacy" };
 
 struct actx;
 
-/* A direct connection to one connector, shared by every service whose
- * punch found that connector's address. */
-struct adirect {
-  struct actx *x;
-  struct quic_conn *c; /* NULL: a free slot */
-  struct tls_identity id; /* the connector's certificate, once up */
-  struct sockaddr_storage peer;
-  int up;
-  uint32_t ka_seq;
-  int ka_wait, ka_misses;
-  uint64_t ka_sent_ms, ka_next_ms;
-};
-
-/* One service's path: the relay, or a direct connection to its connector
- * once a punch found one and the connector linked it. */
+/* One service: its end-to-end connection, the relay session that
+ * carries it, and the path it takes. */
 struct asvc {
   struct actx *x;
   size_t idx;
-  enum apath state;
+  int vip;
+  enum estate e;
+  struct quic_conn *ec;
+  struct tls_identity peer_id;   /* the connector's certificate */
+  uint64_t sid;                  /* relay session, 0: none */
+  int opening;                   /* an OPEN is outstanding */
+  uint32_t req;
+  int open_tries;
+  uint64_t open_at_ms;           /* next OPEN (resend, or a new try) */
+  uint64_t backoff_ms;           /* after a failed connection */
+  uint64_t wait_since_ms;        /* for a path big enough for sessions */
+  struct path path;
   struct p2p_client *pc;
-  struct adirect *d;
-  struct sockaddr_storage peer;
-  uint8_t token[P2P_LINK_TOKEN_LEN];
-  int link_tries, vip;
-  int relink;               /* link requests left to send while direct */
-  uint64_t punch_ms, direct_since_ms;
-  uint64_t cooldown_ms, retry_at_ms;
-  uint64_t punches_ok, punches_failed, fallbacks, fails[PF_COUNT];
+  struct sockaddr_storage peer;  /* the address the last punch found */
+  uint64_t punch_ms;
+  uint64_t sessions, e2e_ups;
 };
 
 struct actx {
@@ -168,12 +163,12 @@ struct actx {
   int tun_fd;
   uv_poll_t poll;
   struct tls_ctx *tls;
+  struct tls_ctx *etls;     /* end-to-end connections to connectors */
   struct quic_endpoint *ep;
   struct uplink *up;
   struct vip vips[CFG_MAX_SERVICES];
   size_t nvips;
   struct asvc svcs[CFG_MAX_SERVICES];
-  struct adirect directs[CFG_MAX_SERVICES];
   struct sockaddr_storage observed; /* QAD */
   int has_observed, no_direct;
   struct tunguard guard;    /* what may enter the TUN */
@@ -194,8 +189,6 @@ struct actx {
   uint8_t buf[65536];
 };
 
-static void schedule_punch(struct asvc *a, uint64_t delay_ms);
-
 static void drop(struct actx *x, enum adrop d)
 {
   x->drops[d]++;
@@ -215,12 +208,22 @@ static const struct vip *lookup(struct actx *x, const struct ippkt *ip)
   return best;
 }
 
-/* The largest IP packet that fits one DATAGRAM with the largest wrapper. */
+/* The largest IP packet that fits one DATAGRAM with the largest wrapper:
+ * on end-to-end connections (1350-byte packets, 1306-byte DATAGRAMs),
+ * and for services of original peers on the relay connection. */
 static int tunnel_mtu(struct actx *x)
 {
-  size_t max = x->up ? uplink_max_datagram(x->up) : 0;
-  if (!max)
-    max = QUIC_DATAGRAM_MAX;
+  size_t max = QUIC_DATAGRAM_MAX;
+
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    size_t m = 0;
+    if (x->svcs[i].e == E_UP)
+      m = quic_conn_max_datagram(x->svcs[i].ec);
+    else if (x->svcs[i].e == E_LEGACY)
+      m = uplink_max_datagram(x->up);
+    if (m && m < max)
+      max = m;
+  }
   return (int)(max - 2 - x->max_idlen);
 }
 
@@ -231,11 +234,12 @@ static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
     drop(x, A_TUN_FULL);
 }
 
-/* A packet from a path (via: its direct connection, NULL for the relay,
- * which carries every service) goes into the TUN if tunguard admits it;
- * what it refuses is counted by reason. */
+/* A packet from a service's end-to-end connection (via), or from the
+ * relay connection (NULL: raw IP of original peers, any service), goes
+ * into the TUN if tunguard admits it; what it refuses is counted by
+ * reason. */
 static void to_tun(struct actx *x, const uint8_t *pkt, size_t n,
-                   const struct adirect *via)
+                   const struct asvc *via)
 {
   static const enum adrop why[] = {
     [TUNGUARD_MALFORMED] = A_MALFORMED,
@@ -247,42 +251,49 @@ static void to_tun(struct actx *x, const uint8_t *pkt, size_t n,
   size_t len = 0;
 
   if (via)
-    for (size_t i = 0; i < x->cfg.nservices; i++)
-      carried[i] = x->svcs[i].d == via;
+    carried[via->idx] = 1;
   v = tunguard_check(&x->guard, pkt, n, via ? carried : NULL,
                      x->cfg.nservices, &len);
-  if (v == TUNGUARD_LINK)
-    return; /* the relay's answer to our link request: ours, not the OS's */
   if (v != TUNGUARD_OK) {
-    drop(x, why[v]);
+    drop(x, v < sizeof(why) / sizeof(why[0]) ? why[v] : A_MALFORMED);
     return;
   }
-  if (via)
+  if (via && via->path.state == PATH_DIRECT)
     x->direct_rx++;
   x->rx_packets++;
   x->rx_bytes += len;
   write_tun(x, pkt, len);
 }
 
-/* A packet the user's machine sent into the TUN. */
+/* Tells the sender (through the TUN) the size that fits: never a silent
+ * black hole. */
+static void too_big(struct actx *x, const uint8_t *pkt, const struct ippkt *ip,
+                    int mtu)
+{
+  uint8_t icmp[1400];
+  int k = ippkt_build_too_big(icmp, sizeof(icmp), pkt, ip->totlen,
+                              (uint16_t)(mtu >= 576 ? mtu : 576), ip->dst);
+  drop(x, A_TOO_LARGE);
+  if (k > 0)
+    write_tun(x, icmp, (size_t)k);
+}
+
+/* A packet the user's machine sent into the TUN: into its service's
+ * end-to-end connection, or for an original connector through the relay.
+ * Before the connection is up nothing leaves: the intermediate never
+ * gets a ztna peer's packet to read. */
 static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
 {
   struct ippkt ip;
   const struct vip *v;
+  struct asvc *a;
   const char *id;
   uint8_t hdr[2 + WIRE_SERVICE_ID_MAX];
   struct iovec iov[2];
-  uint8_t token[P2P_LINK_TOKEN_LEN];
   int h, rv;
 
   if (ippkt_parse(pkt, n, &ip) < 0) {
     drop(x, A_MALFORMED);
-    return;
-  }
-  /* Only this process links paths: a local program must not send the
-   * connector a link request of its own making. */
-  if (p2p_link_token(pkt, ip.totlen, token) >= 0) {
-    drop(x, A_LINK_FROM_TUN);
     return;
   }
   v = lookup(x, &ip);
@@ -290,6 +301,7 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
     drop(x, A_NO_SERVICE);
     return;
   }
+  a = &x->svcs[v->svc];
   if (uplink_is_up(x->up) &&
       uplink_reg_state(x->up, v->svc) != UPLINK_REG_OK &&
       uplink_reg_state(x->up, v->svc) != UPLINK_REG_PENDING) {
@@ -302,30 +314,26 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   iov[0].iov_len = (size_t)h;
   iov[1].iov_base = pkt;
   iov[1].iov_len = ip.totlen;
-  /* The direct path when it is up; the relay otherwise, and for any
-   * packet the direct connection does not take. */
-  if (x->svcs[v->svc].state == AP_DIRECT &&
-      quic_conn_send_datagramv(x->svcs[v->svc].d->c, iov, 2) == 0) {
-    x->direct_tx++;
-    x->tx_packets++;
-    x->tx_bytes += ip.totlen;
-    return;
+  if (a->e == E_UP) {
+    rv = quic_conn_send_datagramv(a->ec, iov, 2);
+    if (rv == ZTNA_ERR_TOO_LARGE) {
+      too_big(x, pkt, &ip, (int)quic_conn_max_datagram(a->ec) - h);
+      return;
+    }
+    if (rv == 0 && a->path.state == PATH_DIRECT)
+      x->direct_tx++;
+  } else if (a->e == E_LEGACY) {
+    rv = uplink_send(x->up, iov, 2);
+    if (rv == ZTNA_ERR_TOO_LARGE) {
+      too_big(x, pkt, &ip, (int)uplink_max_datagram(x->up) - h);
+      return;
+    }
+  } else {
+    rv = ZTNA_ERR_STATE;
   }
-  rv = uplink_send(x->up, iov, 2);
   if (rv == 0) {
     x->tx_packets++;
     x->tx_bytes += ip.totlen;
-    return;
-  }
-  if (rv == ZTNA_ERR_TOO_LARGE) {
-    /* Never a silent black hole: tell the sender the size that fits. */
-    uint8_t icmp[1400];
-    int mtu = (int)uplink_max_datagram(x->up) - h;
-    int k = ippkt_build_too_big(icmp, sizeof(icmp), pkt, ip.totlen,
-                                (uint16_t)(mtu > 0 ? mtu : 576), ip.dst);
-    drop(x, A_TOO_LARGE);
-    if (k > 0)
-      write_tun(x, icmp, (size_t)k);
     return;
   }
   drop(x, rv == ZTNA_ERR_QUEUE_FULL ? A_QUEUE_FULL : A_NOT_CONNECTED);
@@ -347,33 +355,388 @@ static void tun_readable(uv_poll_t *p, int status, int events)
   }
 }
 
-/* A DATAGRAM from the intermediate: a raw IP packet for the TUN. */
+/* --- relay sessions and end-to-end connections (protocol.md 10) ---------- */
+
+static const char *svc_id(const struct asvc *a)
+{
+  return a->x->cfg.services[a->idx].id;
+}
+
+static struct asvc *by_session(struct actx *x, uint64_t sid)
+{
+  for (size_t i = 0; sid && i < x->cfg.nservices; i++)
+    if (x->svcs[i].sid == sid)
+      return &x->svcs[i];
+  return NULL;
+}
+
+static void set_mtu(struct actx *x)
+{
+  int mtu = tunnel_mtu(x);
+
+  if (mtu != x->mtu && mtu >= 576 && tun_set_mtu(x->tun_name, mtu) == 0) {
+    log_info("%s: MTU %d", x->tun_name, mtu);
+    x->mtu = mtu;
+  }
+}
+
+/* An original intermediate or connector: the service's packets go as raw
+ * IP through the relay, which reads them, as the original design does. */
+static void go_legacy(struct asvc *a, const char *why)
+{
+  if (a->e == E_LEGACY)
+    return;
+  a->e = E_LEGACY;
+  a->opening = 0;
+  log_warnx("%s: %s: its traffic goes through the relay as raw IP, which "
+            "the intermediate can read, and takes no direct path",
+            svc_id(a), why);
+  set_mtu(a->x);
+}
+
+static void send_open(struct asvc *a)
+{
+  struct actx *x = a->x;
+  uint8_t msg[6 + WIRE_SERVICE_ID_MAX];
+  struct iovec v = { msg, 0 };
+  int n = wire_session_open_encode(msg, sizeof(msg), a->req, svc_id(a),
+                                   strlen(svc_id(a)));
+
+  if (n < 0)
+    return;
+  v.iov_len = (size_t)n;
+  uplink_send(x->up, &v, 1);
+  a->open_tries++;
+  a->open_at_ms = uv_now(x->loop) + OPEN_INTERVAL_MS;
+}
+
+/* Asks the intermediate for a relay session to the service's connector,
+ * once its DATAGRAMs can carry a whole end-to-end packet (path MTU
+ * discovery on the connection to the intermediate). */
+static void start_open(struct asvc *a)
+{
+  struct actx *x = a->x;
+  size_t room = uplink_max_datagram(x->up);
+  uint64_t now = uv_now(x->loop);
+
+  if (a->e == E_LEGACY || a->opening || !uplink_is_up(x->up) ||
+      uplink_reg_state(x->up, a->idx) != UPLINK_REG_OK)
+    return;
+  if (room < QUIC_VIRTUAL_DGRAM_NEED(QUIC_MAX_UDP_PAYLOAD)) {
+    if (!a->wait_since_ms)
+      a->wait_since_ms = now;
+    if (now - a->wait_since_ms < MTU_WAIT_MS) {
+      a->open_at_ms = now + P2P_TICK_MS;
+      return;
+    }
+    if (room < QUIC_VIRTUAL_DGRAM_NEED(1200)) {
+      go_legacy(a, "the path to the intermediate carries no DATAGRAM of "
+                   "the 1209 bytes an end-to-end packet needs");
+      return;
+    }
+  }
+  a->wait_since_ms = 0;
+  if (uv_random(NULL, NULL, &a->req, sizeof(a->req), 0, NULL) < 0)
+    a->req = (uint32_t)now ^ (uint32_t)a->idx;
+  a->opening = 1;
+  a->open_tries = 0;
+  send_open(a);
+}
+
+static const struct quic_conn_cbs e2e_cbs;
+
+/* Connects through the relay session, or moves the connection there when
+ * it runs on the relay (or is still coming up). */
+static void use_session(struct asvc *a)
+{
+  struct actx *x = a->x;
+  struct sockaddr_storage via;
+  size_t room = uplink_max_datagram(x->up);
+  int rv;
+
+  quic_virtual_addr(&via, a->sid, QUIC_VIRTUAL_PEER_PORT);
+  if (a->ec) {
+    if (a->e == E_UP && path_relay_changed(&a->path) &&
+        quic_conn_migrate(a->ec, (struct sockaddr *)&via, 0) == 0)
+      log_info("%s: relay session %llu carries the connection now",
+               svc_id(a), (unsigned long long)a->sid);
+    return;
+  }
+  quic_endpoint_set_virtual_max(x->ep, room > 9 ? room - 9 : 0);
+  rv = quic_connect(&a->ec, x->ep, x->etls, (struct sockaddr *)&via,
+                    "ztna-connector", &e2e_cbs, a);
+  if (rv < 0) {
+    a->ec = NULL;
+    log_warnx("%s: cannot start the end-to-end connection: %s", svc_id(a),
+              ztna_strerror(rv));
+    a->open_at_ms = uv_now(x->loop) + OPEN_RETRY_MS;
+    return;
+  }
+  a->e = E_CONNECTING;
+}
+
+static void on_opened(struct actx *x, const uint8_t *d, size_t n)
+{
+  uint32_t req;
+  uint8_t status;
+  uint64_t sid;
+  struct asvc *a = NULL;
+  uint64_t now = uv_now(x->loop);
+
+  if (wire_session_opened_decode(d, n, &req, &status, &sid) < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].opening && x->svcs[i].req == req)
+      a = &x->svcs[i];
+  if (!a)
+    return; /* an answer we repeated our request for, or no longer need */
+  a->opening = 0;
+  switch (status) {
+  case WIRE_SESSION_OK:
+    a->sid = sid;
+    a->sessions++;
+    log_debug("%s: relay session %llu", svc_id(a), (unsigned long long)sid);
+    use_session(a);
+    return;
+  case WIRE_SESSION_UNSUPPORTED:
+    go_legacy(a, "its connector is an original one (it takes no relay "
+                 "sessions)");
+    return;
+  case WIRE_SESSION_NO_CONNECTOR:
+    log_debug("%s: no connector yet", svc_id(a));
+    a->open_at_ms = now + OPEN_RETRY_MS;
+    return;
+  case WIRE_SESSION_LIMIT:
+    log_warnx("%s: the intermediate has no room for another relay session; "
+              "trying again", svc_id(a));
+    a->open_at_ms = now + OPEN_RETRY_MS;
+    return;
+  default:
+    log_warnx("%s: the intermediate refused a relay session (%s); trying "
+              "again in %d s", svc_id(a),
+              status == WIRE_SESSION_DENIED ? "no grant for the service"
+                                            : "not registered for it",
+              OPEN_REFUSED_MS / 1000);
+    a->open_at_ms = now + OPEN_REFUSED_MS;
+  }
+}
+
+static void on_session_closed(struct actx *x, const uint8_t *d, size_t n)
+{
+  uint64_t sid;
+  uint8_t reason;
+  struct asvc *a;
+
+  if (wire_session_closed_decode(d, n, &sid, &reason) < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  a = by_session(x, sid);
+  if (!a)
+    return;
+  a->sid = 0;
+  if (reason == WIRE_SESSION_REVOKED) {
+    log_warnx("%s: the intermediate revoked our access", svc_id(a));
+    if (a->ec)
+      quic_conn_close(a->ec, 2, "access revoked");
+    a->open_at_ms = uv_now(x->loop) + OPEN_REFUSED_MS;
+    return;
+  }
+  log_info("%s: relay session %llu ended (%s); opening another", svc_id(a),
+           (unsigned long long)sid,
+           reason == WIRE_SESSION_REPLACED ? "another connector serves"
+           : reason == WIRE_SESSION_GONE   ? "the connector left"
+                                           : "unknown to the intermediate");
+  start_open(a);
+}
+
+/* The end-to-end connection's packets for the relay session leave on the
+ * connection to the intermediate, behind the session header. */
+static int vsend(struct quic_endpoint *ep, const struct sockaddr *to,
+                 const uint8_t *d, size_t n, void *ud)
+{
+  struct actx *x = ud;
+  uint8_t hdr[WIRE_SESSION_HDR_LEN];
+  struct iovec iov[2] = { { hdr, sizeof(hdr) },
+                          { (void *)(uintptr_t)d, n } };
+  uint64_t sid;
+  (void)ep;
+
+  if (!quic_addr_virtual(to, &sid) || !by_session(x, sid))
+    return ZTNA_ERR_STATE;
+  wire_session_data_header(hdr, sizeof(hdr), sid);
+  return uplink_send(x->up, iov, 2);
+}
+
+/* A DATAGRAM from the intermediate: a packet of an end-to-end connection,
+ * a relay session's answer or end, or raw IP of an original connector. */
 static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
                         void *ud)
 {
   struct actx *x = ud;
+  struct sockaddr_storage from;
+  const uint8_t *pkt;
+  size_t len;
+  uint64_t sid;
   (void)u;
 
-  if (wire_classify(d, n) != WIRE_KIND_IPV4 &&
-      wire_classify(d, n) != WIRE_KIND_IPV6) {
+  switch (wire_classify(d, n)) {
+  case WIRE_KIND_SESSION_DATA:
+    if (wire_session_data_decode(d, n, &sid, &pkt, &len) < 0 ||
+        !by_session(x, sid)) {
+      drop(x, A_MALFORMED);
+      return;
+    }
+    quic_virtual_addr(&from, sid, QUIC_VIRTUAL_PEER_PORT);
+    quic_endpoint_input(x->ep, pkt, len, (struct sockaddr *)&from);
+    return;
+  case WIRE_KIND_SESSION_OPENED:
+    on_opened(x, d, n);
+    return;
+  case WIRE_KIND_SESSION_CLOSED:
+    on_session_closed(x, d, n);
+    return;
+  case WIRE_KIND_IPV4:
+  case WIRE_KIND_IPV6:
+    to_tun(x, d, n, NULL);
+    return;
+  default:
     drop(x, A_MALFORMED);
+  }
+}
+
+/* 1 when the connector's certificate lets it provide a's service
+ * (connector.<service>.ztna): every connector certificate is valid for
+ * ztna-connector, so the name alone proves nothing. */
+static int e2e_grants(const struct asvc *a)
+{
+  return policy_cert_grants(&a->peer_id, POLICY_CONNECTOR,
+                            (const uint8_t *)svc_id(a), strlen(svc_id(a)));
+}
+
+static void on_e2e_handshake(struct quic_conn *c, void *ud)
+{
+  struct asvc *a = ud;
+  struct actx *x = a->x;
+
+  if (quic_conn_peer_identity(c, &a->peer_id) < 0)
+    memset(&a->peer_id, 0, sizeof(a->peer_id));
+  if (!e2e_grants(a)) {
+    log_warnx("%s: the connector (%s) has no certificate for this service: "
+              "refused", svc_id(a),
+              a->peer_id.cn[0] ? a->peer_id.cn : "no name");
+    quic_conn_close(c, 2, "not a connector of this service");
     return;
   }
-  to_tun(x, d, n, NULL);
+  a->e = E_UP;
+  a->e2e_ups++;
+  a->backoff_ms = 0;
+  quic_conn_set_keepalive(c, E2E_PING_MS);
+  path_connected(&a->path, uv_now(x->loop));
+  log_info("%s: end-to-end connection to the connector (%s) up through the "
+           "relay (session %llu)", svc_id(a), a->peer_id.cn,
+           (unsigned long long)a->sid);
+  set_mtu(x);
 }
+
+static void on_e2e_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
+                            void *ud)
+{
+  struct asvc *a = ud;
+  (void)c;
+
+  if (a->e != E_UP || (wire_classify(d, n) != WIRE_KIND_IPV4 &&
+                       wire_classify(d, n) != WIRE_KIND_IPV6)) {
+    drop(a->x, A_MALFORMED);
+    return;
+  }
+  to_tun(a->x, d, n, a);
+}
+
+/* The connection moved: to the direct path once ngtcp2 validated it, or
+ * back to the relay session. */
+static void on_e2e_path(struct quic_conn *c, const struct sockaddr *peer,
+                        void *ud)
+{
+  struct asvc *a = ud;
+  char addr[64];
+
+  if (quic_addr_virtual(peer, NULL))
+    return;
+  path_validated(&a->path, uv_now(a->x->loop));
+  log_info("%s: path: direct to %s (punch %llu ms, round trip %llu us)",
+           svc_id(a), netaddr_str(peer, addr, sizeof(addr)),
+           (unsigned long long)a->punch_ms,
+           (unsigned long long)quic_conn_rtt_us(c));
+}
+
+static void pc_closed(uv_handle_t *h)
+{
+  free(h->data);
+}
+
+static void on_e2e_close(struct quic_conn *c, const struct quic_close_info *i,
+                         void *ud)
+{
+  struct asvc *a = ud;
+  struct actx *x = a->x;
+  (void)c;
+
+  a->ec = NULL;
+  if (a->e == E_LEGACY)
+    return;
+  log_info("%s: end-to-end connection %s: %s", svc_id(a),
+           a->e == E_UP ? "closed" : "failed",
+           i->reason[0] ? i->reason : ztna_strerror(i->err));
+  a->e = E_NONE;
+  path_lost(&a->path);
+  if (a->pc) {
+    p2p_client_stop(a->pc, pc_closed);
+    a->pc = NULL;
+  }
+  if (x->stopping)
+    return;
+  /* Again, after a pause that doubles while it keeps failing. */
+  a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
+  if (a->backoff_ms > E2E_BACKOFF_MAX_MS)
+    a->backoff_ms = E2E_BACKOFF_MAX_MS;
+  a->open_at_ms = uv_now(x->loop) + a->backoff_ms;
+  if (a->sid) {
+    /* A fresh session for the next connection. */
+    uint8_t msg[WIRE_SESSION_CLOSED_LEN];
+    struct iovec v = { msg, sizeof(msg) };
+    wire_session_closed_encode(msg, sizeof(msg), a->sid, 0);
+    uplink_send(x->up, &v, 1);
+    a->sid = 0;
+  }
+}
+
+static const struct quic_conn_cbs e2e_cbs = {
+  .handshake_cb = on_e2e_handshake,
+  .datagram_cb = on_e2e_datagram,
+  .path_cb = on_e2e_path,
+  .close_cb = on_e2e_close,
+};
 
 static void on_up(struct uplink *u, void *ud)
 {
-  struct actx *x = ud;
-  int mtu = tunnel_mtu(x);
   (void)u;
+  set_mtu(ud);
+}
 
-  if (mtu != x->mtu && mtu >= 576) {
-    /* The path decides: a full-size packet plus the wrapper must fit. */
-    if (tun_set_mtu(x->tun_name, mtu) == 0) {
-      log_info("%s: MTU %d", x->tun_name, mtu);
-      x->mtu = mtu;
-    }
+static void on_down(struct uplink *u, const struct quic_close_info *i,
+                    void *ud)
+{
+  struct actx *x = ud;
+  (void)u;
+  (void)i;
+  /* The relay sessions went with the connection; the end-to-end
+   * connections wait for new ones (or go on directly). */
+  for (size_t k = 0; k < x->cfg.nservices; k++) {
+    x->svcs[k].sid = 0;
+    x->svcs[k].opening = 0;
   }
 }
 
@@ -391,105 +754,11 @@ static void on_qad(struct uplink *u, const struct sockaddr *sa, void *ud)
   memcpy(&x->observed, sa, len);
   x->has_observed = 1;
   /* A new public address is a new network: punch again now. */
-  for (size_t i = 0; changed && !x->no_direct && i < x->cfg.nservices; i++)
-    if (x->svcs[i].state == AP_RELAY) {
-      x->svcs[i].cooldown_ms = 0;
-      schedule_punch(&x->svcs[i], 0);
-    }
+  for (size_t i = 0; changed && i < x->cfg.nservices; i++)
+    path_network_changed(&x->svcs[i].path, uv_now(x->loop));
 }
 
-/* --- direct paths (protocol.md 5) --------------------------------------------- */
-
-static void schedule_punch(struct asvc *a, uint64_t delay_ms)
-{
-  a->retry_at_ms = uv_now(a->x->loop) + delay_ms;
-}
-
-/* After a failure: try again after the cooldown, which doubles up to its
- * cap; a path that held for a while resets it. */
-static void back_off(struct asvc *a)
-{
-  uint64_t now = uv_now(a->x->loop);
-
-  if (!a->cooldown_ms ||
-      (a->direct_since_ms && now - a->direct_since_ms >= DIRECT_STABLE_MS))
-    a->cooldown_ms = PUNCH_COOLDOWN_MS;
-  schedule_punch(a, a->cooldown_ms);
-  log_info("%s: next punch in %llu s", a->x->cfg.services[a->idx].id,
-           (unsigned long long)a->cooldown_ms / 1000);
-  a->cooldown_ms *= 2;
-  if (a->cooldown_ms > PUNCH_COOLDOWN_MAX_MS)
-    a->cooldown_ms = PUNCH_COOLDOWN_MAX_MS;
-  a->direct_since_ms = 0;
-}
-
-static void set_relay(struct asvc *a, const char *why)
-{
-  enum apath was = a->state;
-
-  a->state = AP_RELAY;
-  a->relink = 0;
-  if (was != AP_DIRECT) {
-    enum pfail f = PF_TIMEOUT;
-    if (strstr(why, "no candidates"))
-      f = PF_NO_CANDIDATES;
-    else if (strstr(why, "refused"))
-      f = PF_PEER_ERROR;
-    else if (was == AP_CONNECTING || strstr(why, "cannot connect"))
-      f = PF_HANDSHAKE;
-    else if (was == AP_LINKING)
-      f = PF_LINK;
-    a->fails[f]++;
-  }
-  if (was == AP_DIRECT) {
-    a->fallbacks++;
-    log_info("%s: path: relay (direct path lost: %s)",
-             a->x->cfg.services[a->idx].id, why);
-  } else {
-    log_info("%s: no direct path: %s; traffic stays on the relay",
-             a->x->cfg.services[a->idx].id, why);
-  }
-  back_off(a);
-}
-
-/* Closes a direct connection: every service on it moves to the relay at
- * once. */
-static void fail_conn(struct adirect *d, const char *why)
-{
-  struct actx *x = d->x;
-  struct quic_conn *c = d->c;
-
-  d->c = NULL; /* its close_cb finds nothing left to do */
-  d->up = 0;
-  for (size_t i = 0; i < x->cfg.nservices; i++)
-    if (x->svcs[i].d == d) {
-      x->svcs[i].d = NULL;
-      set_relay(&x->svcs[i], why);
-    }
-  if (c)
-    quic_conn_close(c, 0, why);
-}
-
-/* Moves one service off its direct connection; the connection goes when
- * no service uses it. */
-static void fail_direct(struct asvc *a, const char *why)
-{
-  struct adirect *d = a->d;
-  struct actx *x = a->x;
-
-  a->d = NULL;
-  set_relay(a, why);
-  for (size_t i = 0; d && i < x->cfg.nservices; i++)
-    if (x->svcs[i].d == d)
-      return;
-  if (d)
-    fail_conn(d, "no service left on it");
-}
-
-static void pc_closed(uv_handle_t *h)
-{
-  free(h->data);
-}
+/* --- direct paths (protocol.md 5) ---------------------------------------- */
 
 static void on_punch_done(struct p2p_client *pc, void *ud);
 
@@ -497,264 +766,69 @@ static void start_punch(struct asvc *a)
 {
   struct actx *x = a->x;
   struct p2p_client *pc = calloc(1, sizeof(*pc));
-  int rv;
+  uint64_t now = uv_now(x->loop);
 
-  a->retry_at_ms = 0;
   if (!pc)
     return;
-  rv = p2p_client_start(pc, x->loop, x->ep, x->up, x->cfg.services[a->idx].id,
-                        (struct sockaddr *)&x->observed, on_punch_done, a);
-  if (rv < 0) {
+  path_punch_started(&a->path, now);
+  if (p2p_client_start(pc, x->loop, x->ep, x->up, svc_id(a),
+                       (struct sockaddr *)&x->observed, on_punch_done,
+                       a) < 0) {
     free(pc);
-    schedule_punch(a, PUNCH_COOLDOWN_MS);
+    path_failed(&a->path, PATH_FAIL_PEER_ERROR, now);
     return;
   }
   pc->timer.data = pc;
   a->pc = pc;
-  a->state = AP_PUNCHING;
-  log_debug("%s: punching (%zu candidates offered)",
-            x->cfg.services[a->idx].id, pc->nlocal);
+  log_debug("%s: punching (%zu candidates offered)", svc_id(a), pc->nlocal);
 }
 
-static const struct quic_conn_cbs direct_cbs;
-static void begin_link(struct asvc *a);
-static int direct_grants(const struct adirect *d, const struct asvc *a);
+static enum path_fail punch_fail_reason(const char *why)
+{
+  if (strstr(why, "no candidates"))
+    return PATH_FAIL_NO_CANDIDATES;
+  if (strstr(why, "refused") || strstr(why, "error"))
+    return PATH_FAIL_PEER_ERROR;
+  return PATH_FAIL_TIMEOUT;
+}
 
+/* A punch found the connector's address: the connection validates the
+ * new path under its own keys (PATH_CHALLENGE) before it moves. The
+ * punch's checks carry no proof; whoever answered them must now answer
+ * as the connector, or the path is never used. */
 static void on_punch_done(struct p2p_client *pc, void *ud)
 {
   struct asvc *a = ud;
   struct actx *x = a->x;
-  char addr[64];
+  uint64_t now = uv_now(x->loop);
+  char addr[64], why[sizeof(pc->why)];
   int rv;
 
   a->pc = NULL;
   a->punch_ms = pc->end_ms - pc->offer_ms;
-  if (pc->success) {
-    a->punches_ok++;
+  snprintf(why, sizeof(why), "%s", pc->why);
+  if (pc->success)
     a->peer = pc->punch.pairs[pc->punch.winner].remote;
-    log_info("%s: punch succeeded in %llu ms: the connector answers at %s "
-             "(%u ms)", x->cfg.services[a->idx].id,
-             (unsigned long long)a->punch_ms,
-             netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)),
-             pc->punch.pairs[pc->punch.winner].rtt_ms);
-  } else {
-    a->punches_failed++;
-  }
-  /* The timer handle's memory goes when it is closed. */
-  if (pc->success) {
-    char why[sizeof(pc->why)];
-    struct adirect *d = NULL, *free_slot = NULL;
-    p2p_client_stop(pc, pc_closed);
-    /* One connection per connector: join one that is there already. */
-    for (size_t i = 0; i < CFG_MAX_SERVICES && !d; i++) {
-      if (x->directs[i].c &&
-          punch_addr_eq((struct sockaddr *)&x->directs[i].peer,
-                        (struct sockaddr *)&a->peer))
-        d = &x->directs[i];
-      else if (!x->directs[i].c && !free_slot)
-        free_slot = &x->directs[i];
-    }
-    if (!d && !free_slot) {
-      set_relay(a, "too many direct connections");
-      return;
-    }
-    if (!d) {
-      d = free_slot;
-      memset(d, 0, sizeof(*d));
-      d->x = x;
-      d->peer = a->peer;
-      rv = quic_connect(&d->c, x->ep, x->tls, (struct sockaddr *)&a->peer,
-                        "ztna-connector", &direct_cbs, d);
-      if (rv < 0) {
-        d->c = NULL;
-        snprintf(why, sizeof(why), "cannot connect: %s", ztna_strerror(rv));
-        set_relay(a, why);
-        return;
-      }
-    }
-    if (d->up && !direct_grants(d, a)) {
-      set_relay(a, "the peer's certificate does not grant the service");
-      return;
-    }
-    a->d = d;
-    a->state = AP_CONNECTING;
-    if (d->up)
-      begin_link(a);
-  } else {
-    char why[sizeof(pc->why)];
-    snprintf(why, sizeof(why), "%s", pc->why);
-    p2p_client_stop(pc, pc_closed);
-    set_relay(a, why);
-  }
-}
-
-static void send_link(struct asvc *a)
-{
-  struct actx *x = a->x;
-  const struct vip *v = &x->vips[a->vip];
-  uint8_t pkt[128], payload[P2P_LINK_PAYLOAD_LEN], hdr[2 + WIRE_SERVICE_ID_MAX];
-  uint8_t src[16];
-  const char *id = x->cfg.services[a->idx].id;
-  struct iovec iov[2];
-  int n, h;
-
-  memset(src, 0, sizeof(src));
-  if (v->family == 4)
-    inet_pton(AF_INET, x->cfg.tunnel_addr, src);
-  else
-    inet_pton(AF_INET6, x->cfg.tunnel_addr6, src);
-  memcpy(payload, P2P_LINK_MAGIC, P2P_LINK_MAGIC_LEN);
-  memcpy(payload + P2P_LINK_MAGIC_LEN, a->token, P2P_LINK_TOKEN_LEN);
-  n = ippkt_build_echo(pkt, sizeof(pkt), v->family, src, v->addr, 0x7a74,
-                       (uint16_t)a->link_tries, payload, sizeof(payload));
-  h = wire_routed_encode_header(hdr, sizeof(hdr), id, strlen(id));
-  if (n < 0 || h < 0)
+  p2p_client_stop(pc, pc_closed); /* the timer's memory goes when closed */
+  if (!a->ec || a->e != E_UP)
     return;
-  iov[0].iov_base = hdr;
-  iov[0].iov_len = (size_t)h;
-  iov[1].iov_base = pkt;
-  iov[1].iov_len = (size_t)n;
-  uplink_send(x->up, iov, 2);
-  if (a->d && a->d->c)
-    quic_conn_send_datagramv(a->d->c, iov, 2);
-  a->link_tries++;
-}
-
-static void begin_link(struct asvc *a)
-{
-  /* The token is the link's only proof: never a predictable one. */
-  if (uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL) < 0) {
-    fail_direct(a, "no random bytes for the link token");
+  if (!pc->success) {
+    path_failed(&a->path, punch_fail_reason(why), now);
+    log_info("%s: no direct path: %s; traffic stays on the relay "
+             "(next punch in %llu s)", svc_id(a), why,
+             (unsigned long long)(a->path.retry_at_ms - now) / 1000);
     return;
   }
-  a->state = AP_LINKING;
-  a->link_tries = 0;
-  send_link(a);
-}
-
-/* 1 when the direct connection's certificate lets it provide a's
- * service (connector.<service>.ztna): every connector certificate is
- * valid for ztna-connector, so the name alone proves nothing. */
-static int direct_grants(const struct adirect *d, const struct asvc *a)
-{
-  const char *id = a->x->cfg.services[a->idx].id;
-  return policy_cert_grants(&d->id, POLICY_CONNECTOR, (const uint8_t *)id,
-                            strlen(id));
-}
-
-static void on_direct_handshake(struct quic_conn *c, void *ud)
-{
-  struct adirect *d = ud;
-  struct actx *x = d->x;
-  size_t granted = 0;
-
-  if (quic_conn_peer_identity(c, &d->id) < 0)
-    memset(&d->id, 0, sizeof(d->id));
-  for (size_t i = 0; i < x->cfg.nservices; i++) {
-    struct asvc *a = &x->svcs[i];
-    if (a->d != d)
-      continue;
-    if (direct_grants(d, a)) {
-      granted++;
-      continue;
-    }
-    log_warnx("%s: the direct peer (%s) is no connector of this service",
-              x->cfg.services[i].id, d->id.cn[0] ? d->id.cn : "no name");
-    a->d = NULL;
-    set_relay(a, "the peer's certificate does not grant the service");
+  path_punch_found(&a->path, now);
+  log_info("%s: punch succeeded in %llu ms: the connector answers at %s; "
+           "validating the path", svc_id(a), (unsigned long long)a->punch_ms,
+           netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)));
+  rv = quic_conn_migrate(a->ec, (struct sockaddr *)&a->peer, 1);
+  if (rv < 0) {
+    path_failed(&a->path, PATH_FAIL_VALIDATION, now);
+    log_info("%s: cannot move the connection yet (%s); traffic stays on "
+             "the relay", svc_id(a), ztna_strerror(rv));
   }
-  if (!granted) {
-    fail_conn(d, "not a connector of our services");
-    return;
-  }
-  quic_conn_set_keepalive(c, DIRECT_PING_MS);
-  d->up = 1;
-  d->ka_next_ms = uv_now(x->loop) + DIRECT_KEEPALIVE_MS;
-  for (size_t i = 0; i < x->cfg.nservices; i++)
-    if (x->svcs[i].d == d && x->svcs[i].state == AP_CONNECTING)
-      begin_link(&x->svcs[i]);
-}
-
-static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
-                               size_t n, void *ud)
-{
-  struct adirect *dc = ud;
-  struct actx *x = dc->x;
-  struct ippkt ip;
-  uint8_t token[P2P_LINK_TOKEN_LEN];
-  char addr[64];
-  int kind;
-
-  if ((wire_classify(d, n) != WIRE_KIND_IPV4 &&
-       wire_classify(d, n) != WIRE_KIND_IPV6) ||
-      ippkt_parse(d, n, &ip) < 0) {
-    drop(x, A_MALFORMED);
-    return;
-  }
-  kind = p2p_link_token(d, ip.totlen, token);
-  if (kind == 0)
-    return; /* a connector does not ask us to link */
-  if (kind == 1) {
-    for (size_t i = 0; i < x->cfg.nservices; i++) {
-      struct asvc *a = &x->svcs[i];
-      if (a->d != dc || memcmp(token, a->token, sizeof(token)))
-        continue;
-      if (a->state == AP_DIRECT && a->relink) {
-        a->relink = 0;
-        log_info("%s: direct path linked to our new relay connection",
-                 x->cfg.services[a->idx].id);
-        continue;
-      }
-      if (a->state != AP_LINKING)
-        continue;
-      a->state = AP_DIRECT;
-      a->direct_since_ms = uv_now(x->loop);
-      log_info("%s: path: direct to %s (punch %llu ms, round trip %llu us)",
-               x->cfg.services[a->idx].id,
-               netaddr_str((struct sockaddr *)&a->peer, addr, sizeof(addr)),
-               (unsigned long long)a->punch_ms,
-               (unsigned long long)quic_conn_rtt_us(c));
-    }
-    return;
-  }
-  to_tun(x, d, n, dc);
-}
-
-static void on_direct_close(struct quic_conn *c,
-                            const struct quic_close_info *i, void *ud)
-{
-  struct adirect *d = ud;
-  char why[200];
-
-  if (d->c != c)
-    return; /* we ended it ourselves: its services are on the relay */
-  snprintf(why, sizeof(why), "direct connection %s: %s",
-           d->up ? "closed" : "failed",
-           i->reason[0] ? i->reason : ztna_strerror(i->err));
-  d->c = NULL; /* gone already: nothing to close */
-  fail_conn(d, why);
-}
-
-static const struct quic_conn_cbs direct_cbs = {
-  .handshake_cb = on_direct_handshake,
-  .datagram_cb = on_direct_datagram,
-  .close_cb = on_direct_close,
-};
-
-static void send_keepalive(struct adirect *d)
-{
-  struct wire_ctl c = { .kind = WIRE_CTL_KA_REQ };
-  uint8_t buf[WIRE_KEEPALIVE_LEN];
-  int n;
-
-  c.seq = ++d->ka_seq;
-  n = wire_ctl_encode(buf, sizeof(buf), &c);
-  if (n > 0)
-    quic_endpoint_send_raw(d->x->ep, (struct sockaddr *)&d->peer, buf,
-                           (size_t)n);
-  d->ka_wait = 1;
-  d->ka_sent_ms = uv_now(d->x->loop);
-  d->ka_next_ms = d->ka_sent_ms + DIRECT_KEEPALIVE_MS;
 }
 
 static void p2p_tick(uv_timer_t *t)
@@ -764,47 +838,62 @@ static void p2p_tick(uv_timer_t *t)
 
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *a = &x->svcs[i];
-    switch (a->state) {
-    case AP_RELAY:
-      if (a->retry_at_ms && now >= a->retry_at_ms && x->has_observed &&
-          uplink_is_up(x->up) && uplink_reg_state(x->up, i) == UPLINK_REG_OK)
-        start_punch(a);
-      break;
-    case AP_DIRECT:
-      if (a->relink > 0) {
-        a->relink--;
-        send_link(a);
+    int can_punch;
+    struct sockaddr_storage via;
+
+    if (a->e == E_LEGACY)
+      continue;
+    if (a->opening && now >= a->open_at_ms) {
+      if (a->open_tries >= OPEN_TRIES) {
+        a->opening = 0;
+        if (a->e == E_NONE && !a->sessions)
+          go_legacy(a, "the intermediate does not answer relay session "
+                       "requests (an original intermediate?)");
+        else
+          a->open_at_ms = now + OPEN_RETRY_MS;
+      } else {
+        send_open(a);
       }
+    }
+    if (!a->opening && !a->sid && a->open_at_ms && now >= a->open_at_ms)
+      start_open(a);
+    else if (!a->opening && !a->sid && !a->open_at_ms)
+      start_open(a); /* registered, nothing asked yet */
+    else if (!a->opening && a->sid && !a->ec && now >= a->open_at_ms)
+      use_session(a);
+    if (a->e != E_UP)
+      continue;
+    can_punch = !x->no_direct && x->has_observed && !a->pc && a->sid &&
+                uplink_is_up(x->up) &&
+                uplink_reg_state(x->up, i) == UPLINK_REG_OK;
+    switch (path_tick(&a->path, now, quic_conn_path_virtual(a->ec)
+                                         ? 0
+                                         : quic_conn_silence_ms(a->ec),
+                      can_punch)) {
+    case PATH_ACT_PUNCH:
+      start_punch(a);
       break;
-    case AP_LINKING:
-      if (a->link_tries >= LINK_TRIES)
-        fail_direct(a, "the connector did not link the direct connection "
-                       "to our relay path");
-      else
-        send_link(a);
+    case PATH_ACT_FALLBACK:
+      if (!a->sid) {
+        log_info("%s: direct path lost and no relay session yet",
+                 svc_id(a));
+        start_open(a);
+        break;
+      }
+      quic_virtual_addr(&via, a->sid, QUIC_VIRTUAL_PEER_PORT);
+      if (quic_conn_path_virtual(a->ec)) {
+        log_info("%s: the connector did not validate the path found; "
+                 "traffic stays on the relay", svc_id(a));
+        break;
+      }
+      quic_conn_migrate(a->ec, (struct sockaddr *)&via, 0);
+      log_info("%s: path: relay (direct path silent for %d ms; next punch "
+               "in %llu s)", svc_id(a), PATH_SILENCE_MS,
+               (unsigned long long)(a->path.retry_at_ms - now) / 1000);
       break;
     default:
       break;
     }
-  }
-  /* The connections: silence and keepalives. */
-  for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
-    struct adirect *d = &x->directs[i];
-    if (!d->c || !d->up)
-      continue;
-    if (quic_conn_silence_ms(d->c) >= DIRECT_SILENCE_MS) {
-      fail_conn(d, "no answer on the direct path for 1.5 s");
-      continue;
-    }
-    if (d->ka_wait && now - d->ka_sent_ms >= DIRECT_KEEPALIVE_WAIT_MS) {
-      d->ka_wait = 0;
-      if (++d->ka_misses >= DIRECT_KEEPALIVE_MISSES) {
-        fail_conn(d, "3 keepalives unanswered");
-        continue;
-      }
-    }
-    if (now >= d->ka_next_ms)
-      send_keepalive(d);
   }
 }
 
@@ -815,8 +904,8 @@ static void send_raw(const struct sockaddr *to, const uint8_t *d, size_t n,
   quic_endpoint_send_raw(x->ep, to, d, n);
 }
 
-/* Control packets on our socket: the connector's checks, answers to ours,
- * keepalive answers. */
+/* Control packets on our socket: the connector's checks and the answers
+ * to ours. */
 static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
                           size_t n, const struct sockaddr *from, void *ud)
 {
@@ -834,17 +923,6 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
       punch_answer(&io, &c, from);
     else
       drop(x, A_CTL_LIMITED);
-  }
-  if (c.kind == WIRE_CTL_KA_RESP) {
-    for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
-      struct adirect *dc = &x->directs[i];
-      if (dc->c && dc->ka_wait && c.seq == dc->ka_seq &&
-          punch_addr_eq(from, (struct sockaddr *)&dc->peer)) {
-        dc->ka_wait = 0;
-        dc->ka_misses = 0;
-      }
-    }
-    return;
   }
   for (size_t i = 0; i < x->cfg.nservices; i++)
     if (x->svcs[i].pc && p2p_client_packet(x->svcs[i].pc, &c, from))
@@ -865,24 +943,15 @@ static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
 {
   struct actx *x = ud;
   (void)u;
-  /* Punch as soon as the service is registered; data does not wait. */
-  if (r == UPLINK_REG_OK && !x->no_direct && x->svcs[svc].state == AP_RELAY &&
-      !x->svcs[svc].retry_at_ms)
-    schedule_punch(&x->svcs[svc], 0);
-  /* A new relay connection while on the direct path: the intermediate
-   * knows us by a new address; link again so that the connector keeps
-   * our connections and can still fall back to the relay. */
-  if (r == UPLINK_REG_OK && x->svcs[svc].state == AP_DIRECT) {
-    struct asvc *a = &x->svcs[svc];
-    a->link_tries = 0;
-    a->relink = uv_random(NULL, NULL, a->token, sizeof(a->token), 0, NULL)
-                    ? 0 /* no token: the next punch links anew */
-                    : LINK_TRIES;
-  }
+  /* A relay session as soon as the service is registered (also after a
+   * reconnection: the connection moves to the new session). */
+  if (r == UPLINK_REG_OK && !x->svcs[svc].sid)
+    start_open(&x->svcs[svc]);
 }
 
 static const struct uplink_cbs uplink_cbs = {
   .up = on_up,
+  .down = on_down,
   .datagram = on_datagram,
   .qad = on_qad,
   .registered = on_registered,
@@ -922,29 +991,39 @@ static void collect(void *ud)
     char l[WIRE_SERVICE_ID_MAX * 2 + 64], esc[WIRE_SERVICE_ID_MAX * 2 + 8];
     const char *id = x->cfg.services[i].id;
     metrics_label_escape(esc, sizeof(esc), id, strlen(id));
-    for (int k = 0; k <= AP_DIRECT; k++) {
+    for (int k = PATH_RELAY; k < PATH_STATE_COUNT; k++) {
       snprintf(l, sizeof(l), "service=\"%s\",path=\"%s\"", esc,
-               apath_names[k]);
+               path_state_name((enum path_state)k));
       metric_set(metrics_gauge(x->m, "ztna_agent_path", l,
                                "The path a service's traffic takes "
                                "(1 for the current one)"),
-                 a->state == (enum apath)k);
+                 a->e == E_LEGACY ? k == PATH_RELAY
+                                  : a->path.state == (enum path_state)k);
+    }
+    for (int k = 0; k <= E_LEGACY; k++) {
+      snprintf(l, sizeof(l), "service=\"%s\",state=\"%s\"", esc,
+               estate_names[k]);
+      metric_set(metrics_gauge(x->m, "ztna_agent_connection", l,
+                               "The end-to-end connection to a service's "
+                               "connector (legacy: raw IP through the "
+                               "relay, for original peers)"),
+                 a->e == (enum estate)k);
     }
     snprintf(l, sizeof(l), "service=\"%s\",result=\"success\"", esc);
     metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
                                "Punches by result"),
-               (int64_t)a->punches_ok);
+               (int64_t)a->path.punches_ok);
     snprintf(l, sizeof(l), "service=\"%s\",result=\"failed\"", esc);
     metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
                                "Punches by result"),
-               (int64_t)a->punches_failed);
-    for (int k = 0; k < PF_COUNT; k++) {
+               (int64_t)a->path.punches_failed);
+    for (int k = 0; k < PATH_FAIL_COUNT; k++) {
       snprintf(l, sizeof(l), "service=\"%s\",reason=\"%s\"", esc,
-               pfail_names[k]);
+               path_fail_name((enum path_fail)k));
       metric_set(metrics_counter(x->m, "ztna_agent_direct_failures_total", l,
                                  "Attempts at a direct path that failed, "
                                  "by why"),
-                 (int64_t)a->fails[k]);
+                 (int64_t)a->path.fails[k]);
     }
     snprintf(l, sizeof(l), "service=\"%s\"", esc);
     metric_set(metrics_gauge(x->m, "ztna_agent_punch_duration_ms", l,
@@ -953,12 +1032,19 @@ static void collect(void *ud)
     metric_set(metrics_counter(x->m, "ztna_agent_direct_fallbacks_total", l,
                                "Direct paths lost (traffic back to the "
                                "relay)"),
-               (int64_t)a->fallbacks);
+               (int64_t)a->path.fallbacks);
+    metric_set(metrics_counter(x->m, "ztna_agent_relay_sessions_total", l,
+                               "Relay sessions opened for the service"),
+               (int64_t)a->sessions);
     metric_set(metrics_gauge(x->m, "ztna_agent_direct_rtt_us", l,
                              "Smoothed round trip of the direct path"),
-               a->state == AP_DIRECT && a->d && a->d->c
-                   ? (int64_t)quic_conn_rtt_us(a->d->c)
+               a->path.state == PATH_DIRECT && a->ec
+                   ? (int64_t)quic_conn_rtt_us(a->ec)
                    : 0);
+    metric_set(metrics_gauge(x->m, "ztna_agent_rtt_us", l,
+                             "Smoothed round trip of the end-to-end "
+                             "connection, on the path it takes"),
+               a->e == E_UP ? (int64_t)quic_conn_rtt_us(a->ec) : 0);
   }
   metric_set(x->mx_reconn, (int64_t)uplink_reconnects(x->up));
 }
@@ -1048,34 +1134,30 @@ static void on_terminate(void *ud, int signum)
   uv_poll_stop(&x->poll);
   close_handle((uv_handle_t *)&x->poll);
   close_handle((uv_handle_t *)&x->p2p_tick);
-  for (size_t i = 0; i < CFG_MAX_SERVICES; i++) {
-    struct adirect *d = &x->directs[i];
-    struct quic_conn *c = d->c;
-    d->c = NULL;
-    if (c)
-      quic_conn_close(c, 0, "agent shutting down");
-  }
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *a = &x->svcs[i];
-    a->d = NULL;
-    a->state = AP_RELAY;
     if (a->pc) {
       p2p_client_stop(a->pc, pc_closed);
       a->pc = NULL;
     }
+    if (a->ec)
+      quic_conn_close(a->ec, 0, "agent shutting down");
   }
   uplink_del(x->up, "agent shutting down");
   x->up = NULL;
   daemon_drain_start(&x->drain, x->loop, &x->ep, 1, stop_done, x);
 }
 
-static int make_tls(struct actx *x, struct tls_ctx **out)
+/* The client context for the intermediate (ALPN ztna-v1) or, with e2e,
+ * for connectors (ztna-e2e-v1). */
+static int make_tls(struct actx *x, struct tls_ctx **out, int e2e)
 {
   struct tls_config tc;
   char err[512];
   int rv;
 
   tls_config_init(&tc);
+  tc.alpn = e2e ? TLS_ALPN_E2E : NULL;
   tc.cert_file = x->cfg.cert[0] ? x->cfg.cert : NULL;
   tc.key_file = x->cfg.key[0] ? x->cfg.key : NULL;
   tc.ca_file = x->cfg.ca_cert[0] ? x->cfg.ca_cert : NULL;
@@ -1089,17 +1171,25 @@ static int make_tls(struct actx *x, struct tls_ctx **out)
 static void on_hup(void *ud)
 {
   struct actx *x = ud;
-  struct tls_ctx *tls;
+  struct tls_ctx *tls, *etls;
 
   if (x->stopping)
     return;
-  if (make_tls(x, &tls) < 0) {
+  if (make_tls(x, &tls, 0) < 0) {
+    log_warnx("reload failed: keeping the certificates in use");
+    return;
+  }
+  if (make_tls(x, &etls, 1) < 0) {
+    tls_ctx_unref(tls);
     log_warnx("reload failed: keeping the certificates in use");
     return;
   }
   uplink_set_tls(x->up, tls);
   tls_ctx_unref(x->tls);
   x->tls = tls;
+  /* Connections made from now on use them; those up keep theirs. */
+  tls_ctx_unref(x->etls);
+  x->etls = etls;
   log_info("reloaded certificates");
 }
 
@@ -1350,7 +1440,7 @@ int agent_main(int argc, char **argv)
     }
     x.guard.nvips = x.nvips;
   }
-  if (make_tls(&x, &x.tls) < 0)
+  if (make_tls(&x, &x.tls, 0) < 0 || make_tls(&x, &x.etls, 1) < 0)
     return 1;
   {
     int literal;
@@ -1401,6 +1491,7 @@ int agent_main(int argc, char **argv)
   qc.keepalive_ms = 10000;
   qc.cbs = &ep_cbs;
   qc.ud = &x;
+  qc.vsend_cb = vsend;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
   if (rv < 0)
     fatalx("cannot open a UDP socket: %s", ztna_strerror(rv));
@@ -1420,14 +1511,14 @@ int agent_main(int argc, char **argv)
   for (size_t i = 0; i < x.cfg.nservices; i++) {
     x.svcs[i].x = &x;
     x.svcs[i].idx = i;
+    path_init(&x.svcs[i].path, x.no_direct);
     for (size_t k = 0; k < x.nvips; k++)
       if (x.vips[k].svc == i)
         x.svcs[i].vip = (int)k;
   }
   uv_timer_init(x.loop, &x.p2p_tick);
   x.p2p_tick.data = &x;
-  if (!x.no_direct)
-    uv_timer_start(&x.p2p_tick, p2p_tick, P2P_TICK_MS, P2P_TICK_MS);
+  uv_timer_start(&x.p2p_tick, p2p_tick, P2P_TICK_MS, P2P_TICK_MS);
   routes(&x, 1);
   log_info("%s up (%s%s%s, MTU %d), %zu services routed", x.tun_name,
            x.cfg.tunnel_addr, x.cfg.tunnel_addr6[0] ? ", " : "",
@@ -1454,6 +1545,7 @@ int agent_main(int argc, char **argv)
   close(x.tun_fd);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
+  tls_ctx_unref(x.etls);
   if (daemon_loop_close(x.loop) < 0)
     return 1;
   log_info("stopped");

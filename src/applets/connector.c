@@ -58,10 +58,7 @@
 #define MAX_AGENT_IDS 4096
 #define AGENT_ID_IDLE_MS (10 * 60 * 1000)
 #define MAX_DIRECT 1024
-#define DIRECT_SILENCE_MS 1500  /* no answer this long: the path is gone */
 #define DIRECT_PING_MS 5000
-#define LINK_TOKENS 64
-#define LINK_WAIT_MS 10000
 
 static const char usage_text[] =
     "Usage: ztna connector [-c FILE] [-n] [-v]... [OPTIONS]\n"
@@ -139,39 +136,26 @@ struct psession {
 
 struct dconn;
 
-/* One agent of one service as the connector knows it: by the address the
- * intermediate gives it on the relay (its per-agent translation). Its TCP
- * and UDP state hangs off this, whichever path its packets take; a direct
- * connection linked to it carries them when it is up. */
+/* One agent of one service as the connector knows it. A ztna agent is
+ * its end-to-end connection (conn set; one identity per service and
+ * address family), whichever path that connection takes. An original
+ * agent, whose raw IP packets come through the intermediate, is the
+ * address the intermediate translated it to (conn NULL). Its TCP and UDP
+ * state hangs off this. */
 struct agent_id {
   struct agent_id *next;   /* hash chain */
   struct csvc *svc;
   int family;
-  uint8_t addr[16];        /* its address here: on the relay at first */
-  uint8_t relay_addr[16];  /* on the relay now (a new relay connection
-                              gets a new translation) */
-  int relay_known;         /* 0: its relay connection is gone; reachable
-                              only directly until it links again */
-  struct dconn *direct;    /* linked direct connection, or NULL */
+  uint8_t addr[16];        /* its source address (on the relay: the
+                              intermediate's translation) */
+  struct dconn *conn;      /* its end-to-end connection, or NULL */
   size_t nflows;           /* its UDP flows (MAX_UDP_PER_AGENT) */
-  /* The certificate of the first direct connection linked to it: no
-   * other certificate may link to it later. */
-  unsigned char cert_fp[32];
-  int has_cert;
-  uint8_t direct_addr[16]; /* the agent's own address on it */
   uint64_t last_ms;
 };
 
-struct link_pending {
-  int used;
-  size_t svc;
-  uint8_t token[P2P_LINK_TOKEN_LEN];
-  uint8_t pkt[128];
-  size_t n;
-  uint64_t ms;
-};
-
-/* A direct QUIC connection from an agent (the connector is the server). */
+/* An agent's end-to-end QUIC connection (protocol.md 10; the connector
+ * is the server): through a relay session, or direct after a punch, the
+ * same connection either way. */
 struct dconn {
   struct dconn *next, *prev;
   struct cctx *x;
@@ -179,10 +163,19 @@ struct dconn {
   unsigned char cert_fp[32]; /* the agent's certificate */
   char name[400];
   int up;
+  int direct; /* on a direct path now */
   uint8_t grants[CFG_MAX_SERVICES];
-  struct agent_id *ids[CFG_MAX_SERVICES];
-  struct link_pending pend[4];
+  struct agent_id *ids[CFG_MAX_SERVICES][2]; /* by service, IPv4/IPv6 */
 };
+
+/* A relay session the intermediate carries for us: which service's
+ * connection its packets go back on. */
+struct vsess {
+  struct vsess *next;
+  uint64_t id;
+  struct csvc *svc;
+};
+#define VSESS_BUCKETS 1024
 
 #define FLOW_BUCKETS 4096 /* a power of two */
 
@@ -224,25 +217,21 @@ struct cctx {
   struct psession sess[P2P_MAX_SESSIONS];
   struct tls_ctx *srv_tls;   /* direct connections: we are the server */
   struct agent_id *ids[1024];  /* by relay address */
-  struct agent_id *orphans;    /* direct only: relay address unknown */
+  struct agent_id *orphans;    /* agents of end-to-end connections */
   size_t nids;
   struct dconn *dconns;
   size_t ndconns;
-  struct {
-    int used;
-    uint8_t token[P2P_LINK_TOKEN_LEN];
-    struct agent_id *id;
-    uint64_t ms;
-  } rlinks[LINK_TOKENS];
-  uv_timer_t watch;
+  struct vsess *vs[VSESS_BUCKETS];
+  size_t nvs;
+  uint64_t e2e_total;
+  struct metric *mx_e2e_total, *mx_vsess;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
-      links, relinks;
-  struct metric *mx_relinks, *mx_links, *mx_ctl_limited, *mx_gone,
-      *mx_links_refused;
+      e2e_relay_tx, e2e_relay_rx;
+  struct metric *mx_ctl_limited, *mx_gone;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone, links_refused;
+  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
@@ -270,36 +259,33 @@ static void send_to_agent(struct csvc *s, const uint8_t *pkt, size_t n)
                                          : D_NOT_CONNECTED);
 }
 
-/* To an agent: on its direct connection when one is linked and up (the
- * relay-side address the packet carries becomes the agent's own), else,
- * and whenever the direct connection refuses it, through the relay. */
+/* To an agent: on its end-to-end connection (whatever path it takes), or
+ * for an original agent through the relay. */
 static void send_to_id(struct agent_id *a, const uint8_t *pkt, size_t n)
 {
-  struct dconn *dc = a->direct;
+  struct dconn *dc = a->conn;
   struct cctx *x = a->svc->x;
+  int rv;
 
-  size_t alen = a->family == 4 ? 4 : 16;
-
-  if (dc && dc->up && n <= sizeof(x->dbuf)) {
-    memcpy(x->dbuf, pkt, n);
-    if (ippkt_rewrite_addr(x->dbuf, n, 1, a->direct_addr) == 0 &&
-        quic_conn_send_datagram(dc->qc, x->dbuf, n) == 0) {
+  if (!dc) {
+    send_to_agent(a->svc, pkt, n);
+    return;
+  }
+  if (!dc->up) {
+    drop(x, D_NOT_CONNECTED);
+    return;
+  }
+  rv = quic_conn_send_datagram(dc->qc, pkt, n);
+  if (rv == 0) {
+    if (quic_conn_path_virtual(dc->qc))
+      x->e2e_relay_tx++;
+    else
       x->direct_tx++;
-      return;
-    }
-  }
-  if (!a->relay_known) {
-    drop(x, D_NOT_CONNECTED); /* until it links its new relay path */
     return;
   }
-  if (memcmp(a->addr, a->relay_addr, alen) && n <= sizeof(x->dbuf)) {
-    /* Its relay connection changed since we met: its address there. */
-    memcpy(x->dbuf, pkt, n);
-    if (ippkt_rewrite_addr(x->dbuf, n, 1, a->relay_addr) == 0)
-      send_to_agent(a->svc, x->dbuf, n);
-    return;
-  }
-  send_to_agent(a->svc, pkt, n);
+  drop(x, rv == ZTNA_ERR_TOO_LARGE  ? D_TOO_LARGE
+          : rv == ZTNA_ERR_QUEUE_FULL ? D_QUEUE_FULL
+                                      : D_NOT_CONNECTED);
 }
 
 static void netstack_send(void *conn, const uint8_t *pkt, size_t n, void *ud)
@@ -322,8 +308,7 @@ static void flow_free(struct cctx *x, struct uflow *f);
 
 static struct agent_id **id_list(struct cctx *x, struct agent_id *a)
 {
-  return a->relay_known ? &x->ids[id_hash(a->svc, a->family, a->relay_addr)]
-                        : &x->orphans;
+  return a->conn ? &x->orphans : &x->ids[id_hash(a->svc, a->family, a->addr)];
 }
 
 static void id_unhash(struct cctx *x, struct agent_id *a)
@@ -349,19 +334,18 @@ static void id_free(struct cctx *x, struct agent_id *a)
 
   id_unhash(x, a);
   x->nids--;
-  netstack_conn_gone(x->ns, a);
+  if (x->ns) /* gone already at shutdown */
+    netstack_conn_gone(x->ns, a);
   for (f = x->flows; f && a->nflows; f = next) {
     next = f->next;
     if (f->id == a)
       flow_free(x, f);
   }
-  for (size_t i = 0; i < LINK_TOKENS; i++)
-    if (x->rlinks[i].used && x->rlinks[i].id == a)
-      x->rlinks[i].used = 0;
-  if (a->direct)
+  if (a->conn)
     for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
-      if (a->direct->ids[i] == a)
-        a->direct->ids[i] = NULL;
+      for (int fam = 0; fam < 2; fam++)
+        if (a->conn->ids[i][fam] == a)
+          a->conn->ids[i][fam] = NULL;
   free(a);
 }
 
@@ -373,26 +357,11 @@ static struct agent_id *id_find(struct csvc *s, int family,
   struct agent_id *a;
 
   for (a = x->ids[h]; a; a = a->next)
-    if (a->svc == s && a->family == family &&
-        !memcmp(a->relay_addr, addr, alen))
+    if (a->svc == s && a->family == family && !memcmp(a->addr, addr, alen))
       break;
   return a;
 }
 
-/* The relay connection of s no longer carries the agent behind addr (it
- * left the intermediate, or the connection went): its TCP and UDP state
- * goes with it, unless it is reachable on a direct path, where it stays
- * until it links its new relay connection. */
-static void id_relay_gone(struct cctx *x, struct agent_id *a)
-{
-  if (a->direct && a->direct->up) {
-    id_unhash(x, a);
-    a->relay_known = 0;
-    id_hash_in(x, a);
-  } else {
-    id_free(x, a);
-  }
-}
 
 /* The agent behind address addr on service s's relay connection. */
 static struct agent_id *id_get(struct csvc *s, int family,
@@ -411,8 +380,6 @@ static struct agent_id *id_get(struct csvc *s, int family,
     a->svc = s;
     a->family = family;
     memcpy(a->addr, addr, alen);
-    memcpy(a->relay_addr, addr, alen);
-    a->relay_known = 1;
     a->next = x->ids[h];
     x->ids[h] = a;
     x->nids++;
@@ -563,20 +530,12 @@ static void sweep_cb(uv_timer_t *t)
   for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
     if (x->sess[i].used && now - x->sess[i].created_ms >= P2P_SESSION_MS)
       session_end(&x->sess[i]);
-  for (size_t i = 0; i < LINK_TOKENS; i++)
-    if (x->rlinks[i].used && now - x->rlinks[i].ms >= LINK_WAIT_MS)
-      x->rlinks[i].used = 0;
-  for (struct agent_id *a = x->orphans, *an; a; a = an) {
-    an = a->next;
-    if (!a->direct || !a->direct->up)
-      id_free(x, a); /* no way to reach it any more */
-  }
   for (size_t h = 0; h < 1024; h++) {
     struct agent_id *a = x->ids[h], *an;
     for (; a; a = an) {
       int busy = 0;
       an = a->next;
-      if (now - a->last_ms < AGENT_ID_IDLE_MS || a->direct)
+      if (now - a->last_ms < AGENT_ID_IDLE_MS)
         continue;
       busy = a->nflows > 0;
       if (!busy && !netstack_conn_sessions(x->ns, a))
@@ -587,9 +546,6 @@ static void sweep_cb(uv_timer_t *t)
 
 /* --- packets from the tunnel ---------------------------------------------------- */
 
-static struct agent_id *note_relay_link(struct agent_id *a,
-                                        const uint8_t *token);
-
 /* A packet from agent a (its relay-side address as the source). */
 static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
 {
@@ -598,7 +554,6 @@ static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
   struct ippkt ip;
   const uint8_t *l4;
   size_t l4len;
-  uint8_t token[P2P_LINK_TOKEN_LEN];
 
   if (ippkt_parse(pkt, n, &ip) < 0) {
     drop(x, D_MALFORMED);
@@ -608,8 +563,6 @@ static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
     drop(x, D_BAD_CHECKSUM);
     return;
   }
-  if (p2p_link_token(pkt, ip.totlen, token) == 0)
-    a = note_relay_link(a, token); /* may be an older identity now */
   ippkt_l4(pkt, &ip, &l4, &l4len);
   x->fwd_packets++;
   x->fwd_bytes += n;
@@ -643,6 +596,109 @@ static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
   drop(x, D_PROTOCOL);
 }
 
+/* --- relay sessions: end-to-end connections through the intermediate ----- */
+
+static struct vsess **vs_slot(struct cctx *x, uint64_t id)
+{
+  return &x->vs[(id * 0x9e3779b97f4a7c15ull) >> 54 & (VSESS_BUCKETS - 1)];
+}
+
+static struct vsess *vs_find(struct cctx *x, uint64_t id)
+{
+  struct vsess *v = *vs_slot(x, id);
+  while (v && v->id != id)
+    v = v->next;
+  return v;
+}
+
+static void vs_forget(struct cctx *x, uint64_t id)
+{
+  struct vsess **pp = vs_slot(x, id), *v;
+
+  while (*pp && (*pp)->id != id)
+    pp = &(*pp)->next;
+  if (!(v = *pp))
+    return;
+  *pp = v->next;
+  x->nvs--;
+  free(v);
+}
+
+/* The packets of an end-to-end connection leave on the service's relay
+ * connection, behind the session header. */
+static int vsend(struct quic_endpoint *ep, const struct sockaddr *to,
+                 const uint8_t *d, size_t n, void *ud)
+{
+  struct cctx *x = ud;
+  uint8_t hdr[WIRE_SESSION_HDR_LEN];
+  struct iovec iov[2] = { { hdr, sizeof(hdr) },
+                          { (void *)(uintptr_t)d, n } };
+  struct vsess *v;
+  uint64_t id;
+  (void)ep;
+
+  if (!quic_addr_virtual(to, &id) || !(v = vs_find(x, id)))
+    return ZTNA_ERR_STATE;
+  wire_session_data_header(hdr, sizeof(hdr), id);
+  return uplink_send(v->svc->up, iov, 2);
+}
+
+/* A packet of an end-to-end connection from the intermediate. The
+ * intermediate opened the session for an agent it authorized; the
+ * connection's handshake authenticates the agent again here. */
+static void on_session_data(struct csvc *s, const uint8_t *d, size_t n)
+{
+  struct cctx *x = s->x;
+  struct sockaddr_storage from;
+  const uint8_t *pkt;
+  size_t len;
+  uint64_t id;
+  struct vsess *v;
+
+  if (wire_session_data_decode(d, n, &id, &pkt, &len) < 0) {
+    drop(x, D_MALFORMED);
+    return;
+  }
+  v = vs_find(x, id);
+  if (!v) {
+    if (x->nvs >= MAX_DIRECT || !(v = calloc(1, sizeof(*v)))) {
+      drop(x, D_AGENT_LIMIT);
+      return;
+    }
+    v->id = id;
+    v->next = *vs_slot(x, id);
+    *vs_slot(x, id) = v;
+    x->nvs++;
+  }
+  v->svc = s; /* its packets go back the way they came */
+  quic_virtual_addr(&from, id, QUIC_VIRTUAL_LOCAL_PORT);
+  quic_endpoint_input(x->ep, pkt, len, (struct sockaddr *)&from);
+}
+
+/* The intermediate ended a session: the agent left it, or lost its grant
+ * (then its connection ends here too, on whatever path it is). */
+static void on_session_closed(struct csvc *s, const uint8_t *d, size_t n)
+{
+  struct cctx *x = s->x;
+  struct sockaddr_storage addr;
+  uint64_t id;
+  uint8_t reason;
+
+  if (wire_session_closed_decode(d, n, &id, &reason) < 0) {
+    drop(x, D_MALFORMED);
+    return;
+  }
+  vs_forget(x, id);
+  quic_virtual_addr(&addr, id, QUIC_VIRTUAL_LOCAL_PORT);
+  for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+    if (reason == WIRE_SESSION_REVOKED &&
+        !memcmp(quic_conn_peer(dc->qc), &addr, sizeof(struct sockaddr_in6))) {
+      log_info("%s: the intermediate revoked its session: closing",
+               dc->name);
+      quic_conn_close(dc->qc, 2, "access revoked");
+    }
+}
+
 /* From the relay: the agent is known by its translated source address. */
 static void on_relay_packet(struct csvc *s, const uint8_t *pkt, size_t n)
 {
@@ -657,12 +713,6 @@ static void on_relay_packet(struct csvc *s, const uint8_t *pkt, size_t n)
   if (!a) {
     drop(s->x, D_AGENT_LIMIT);
     return;
-  }
-  if (memcmp(a->addr, a->relay_addr, ip.addrlen) && n <= sizeof(s->x->rbuf)) {
-    /* Known by the address it had on its earlier relay connection. */
-    memcpy(s->x->rbuf, pkt, n);
-    ippkt_rewrite_addr(s->x->rbuf, n, 0, a->addr);
-    pkt = s->x->rbuf;
   }
   on_packet(a, pkt, n);
 }
@@ -691,6 +741,12 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
   case WIRE_KIND_IPV6:
     on_relay_packet(s, d, n);
     return;
+  case WIRE_KIND_SESSION_DATA:
+    on_session_data(s, d, n);
+    return;
+  case WIRE_KIND_SESSION_CLOSED:
+    on_session_closed(s, d, n);
+    return;
   case WIRE_KIND_AGENT_GONE: {
     /* ztna: the intermediate will give this address to another agent
      * one day; nothing of this one's may reach that one. */
@@ -703,7 +759,7 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
     }
     s->x->agents_gone++;
     if ((a = id_find(s, family, addr)))
-      id_relay_gone(s->x, a);
+      id_free(s->x, a);
     return;
   }
   default:
@@ -729,7 +785,7 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
       /* Its relay address may go to another agent on the next
        * connection. */
       if (a->svc == s)
-        id_relay_gone(x, a);
+        id_free(x, a);
     }
   }
 }
@@ -972,140 +1028,35 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
 
 /* --- P2P: direct connections from agents -------------------------------------- */
 
-/* Links dc to agent a for service svc and answers the link request pkt.
- * Returns the identity that carries on (a, or the one dc had). */
-static struct agent_id *link_direct(struct dconn *dc, size_t svc,
-                                    struct agent_id *a, const uint8_t *pkt,
-                                    size_t n)
+/* A packet on an end-to-end connection: the connection is the agent.
+ * Its identity for the service (and the packet's address family) is made
+ * on first use; the agent's own address stays as it is, since lwIP and
+ * the UDP flows tell agents apart by identity, not address. */
+static void on_e2e_packet(struct dconn *dc, size_t svc,
+                          const struct ippkt *ip, const uint8_t *pkt)
 {
   struct cctx *x = dc->x;
-  struct ippkt ip;
-  uint8_t reply[128];
-  char addr[64];
+  struct agent_id **slot = &dc->ids[svc][ip->version == 4 ? 0 : 1];
+  struct agent_id *a = *slot;
 
-  if (n > sizeof(reply) || ippkt_parse(pkt, n, &ip) < 0)
-    return a;
-  /* A token proves that whoever sent it on the relay also holds this
-   * direct connection; an identity once linked stays with the certificate
-   * that linked it. */
-  if (a->has_cert && memcmp(a->cert_fp, dc->cert_fp, sizeof(a->cert_fp))) {
-    x->links_refused++;
-    log_warnx("%s: %s: refused to link: the agent on the relay linked "
-              "another certificate before", x->svcs[svc].cfg->id, dc->name);
-    return a;
-  }
-  if (dc->ids[svc] && dc->ids[svc] != a && dc->ids[svc]->family == a->family &&
-      (!dc->ids[svc]->has_cert ||
-       !memcmp(dc->ids[svc]->cert_fp, dc->cert_fp, sizeof(dc->cert_fp)))) {
-    /* The agent of this direct connection comes through a new relay
-     * connection: it keeps its identity (and its TCP and UDP state), now
-     * at the new relay address. */
-    struct agent_id *old = dc->ids[svc];
-    size_t alen = a->family == 4 ? 4 : 16;
-    uint8_t ra[16];
-    memcpy(ra, a->relay_addr, alen);
-    id_free(x, a);
-    id_unhash(x, old);
-    memcpy(old->relay_addr, ra, alen);
-    old->relay_known = 1;
-    id_hash_in(x, old);
-    a = old;
-    x->relinks++;
-    inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->relay_addr, addr,
-              sizeof(addr));
-    log_info("%s: %s: the agent's relay path is new (%s there now); its "
-             "connections go on", x->svcs[svc].cfg->id, dc->name, addr);
-  }
-  if (a->direct && a->direct != dc)
-    for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
-      if (a->direct->ids[i] == a)
-        a->direct->ids[i] = NULL;
-  if (dc->ids[svc] && dc->ids[svc] != a)
-    dc->ids[svc]->direct = NULL;
-  dc->ids[svc] = a;
-  a->direct = dc;
-  memcpy(a->cert_fp, dc->cert_fp, sizeof(a->cert_fp));
-  a->has_cert = 1;
-  memcpy(a->direct_addr, ip.src, ip.addrlen);
-  x->links++;
-  inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, addr, sizeof(addr));
-  log_info("%s: %s: direct path linked to the agent at %s on the relay",
-           x->svcs[svc].cfg->id, dc->name, addr);
-  /* The answer tells the agent it may move its traffic here. */
-  memcpy(reply, pkt, n);
-  if (ippkt_echo_reply(reply, n) == 0)
-    quic_conn_send_datagram(dc->qc, reply, n);
-  return a;
-}
-
-/* A link token came through the relay from agent a. Returns the identity
- * that carries on (see link_direct). */
-static struct agent_id *note_relay_link(struct agent_id *a,
-                                        const uint8_t *token)
-{
-  struct cctx *x = a->svc->x;
-  size_t slot = 0, svc = (size_t)(a->svc - x->svcs);
-  uint64_t now = uv_now(x->loop), oldest = UINT64_MAX;
-
-  for (struct dconn *dc = x->dconns; dc; dc = dc->next)
-    for (size_t i = 0; i < 4; i++)
-      if (dc->pend[i].used && dc->pend[i].svc == svc &&
-          !memcmp(dc->pend[i].token, token, P2P_LINK_TOKEN_LEN)) {
-        dc->pend[i].used = 0;
-        return link_direct(dc, svc, a, dc->pend[i].pkt, dc->pend[i].n);
-      }
-  for (size_t i = 0; i < LINK_TOKENS; i++) {
-    if (x->rlinks[i].used &&
-        !memcmp(x->rlinks[i].token, token, P2P_LINK_TOKEN_LEN)) {
-      slot = i;
-      break;
-    }
-    if (!x->rlinks[i].used || x->rlinks[i].ms < oldest) {
-      oldest = x->rlinks[i].used ? x->rlinks[i].ms : 0;
-      slot = i;
-    }
-  }
-  x->rlinks[slot].used = 1;
-  memcpy(x->rlinks[slot].token, token, P2P_LINK_TOKEN_LEN);
-  x->rlinks[slot].id = a;
-  x->rlinks[slot].ms = now;
-  return a;
-}
-
-/* A link request on a direct connection. */
-static void direct_link_request(struct dconn *dc, size_t svc,
-                                const uint8_t *token, const uint8_t *pkt,
-                                size_t n)
-{
-  struct cctx *x = dc->x;
-  struct link_pending *lp = &dc->pend[0];
-
-  for (size_t i = 0; i < LINK_TOKENS; i++)
-    if (x->rlinks[i].used && x->rlinks[i].id->svc == &x->svcs[svc] &&
-        !memcmp(x->rlinks[i].token, token, P2P_LINK_TOKEN_LEN) &&
-        uv_now(x->loop) - x->rlinks[i].ms < LINK_WAIT_MS) {
-      x->rlinks[i].used = 0; /* a token links once */
-      link_direct(dc, svc, x->rlinks[i].id, pkt, n);
+  if (!a) {
+    if (x->nids >= MAX_AGENT_IDS || !(a = calloc(1, sizeof(*a)))) {
+      drop(x, D_AGENT_LIMIT);
       return;
     }
-  /* Not seen on the relay yet: wait for it there. */
-  for (size_t i = 0; i < 4; i++) {
-    if (dc->pend[i].used && !memcmp(dc->pend[i].token, token,
-                                    P2P_LINK_TOKEN_LEN)) {
-      lp = &dc->pend[i];
-      break;
-    }
-    if (!dc->pend[i].used || dc->pend[i].ms < lp->ms)
-      lp = &dc->pend[i];
-  }
-  if (n > sizeof(lp->pkt))
+    a->svc = &x->svcs[svc];
+    a->family = ip->version;
+    memcpy(a->addr, ip->src, ip->addrlen);
+    a->conn = dc;
+    id_hash_in(x, a);
+    x->nids++;
+    *slot = a;
+  } else if (memcmp(a->addr, ip->src, ip->addrlen)) {
+    drop(x, D_NOT_LINKED); /* one tunnel address per agent and family */
     return;
-  lp->used = 1;
-  lp->svc = svc;
-  memcpy(lp->token, token, P2P_LINK_TOKEN_LEN);
-  memcpy(lp->pkt, pkt, n);
-  lp->n = n;
-  lp->ms = uv_now(x->loop);
+  }
+  a->last_ms = uv_now(x->loop);
+  on_packet(a, pkt, ip->totlen);
 }
 
 static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
@@ -1116,9 +1067,6 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
   const uint8_t *id, *pkt = d;
   size_t idlen, pktlen = n, svc = SIZE_MAX;
   struct ippkt ip;
-  struct agent_id *a;
-  uint8_t token[P2P_LINK_TOKEN_LEN];
-  (void)c;
 
   if (!dc->up)
     return;
@@ -1154,22 +1102,11 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
     drop(x, D_MALFORMED);
     return;
   }
-  x->direct_rx++;
-  if (p2p_link_token(pkt, ip.totlen, token) == 0) {
-    direct_link_request(dc, svc, token, pkt, ip.totlen);
-    return;
-  }
-  a = dc->ids[svc];
-  if (!a || a->family != ip.version ||
-      memcmp(a->direct_addr, ip.src, ip.addrlen)) {
-    drop(x, D_NOT_LINKED);
-    return;
-  }
-  a->last_ms = uv_now(x->loop);
-  /* Inside, the agent keeps the address it has on the relay. */
-  memcpy(x->dbuf, pkt, ip.totlen);
-  ippkt_rewrite_addr(x->dbuf, ip.totlen, 0, a->addr);
-  on_packet(a, x->dbuf, ip.totlen);
+  if (quic_conn_path_virtual(c))
+    x->e2e_relay_rx++;
+  else
+    x->direct_rx++;
+  on_e2e_packet(dc, svc, &ip, pkt);
 }
 
 static void on_direct_handshake(struct quic_conn *c, void *ud)
@@ -1183,9 +1120,15 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
   memset(&id, 0, sizeof(id));
   quic_conn_peer_identity(c, &id);
   memcpy(dc->cert_fp, id.fp, sizeof(dc->cert_fp));
-  snprintf(dc->name, sizeof(dc->name), "direct %s (%s)",
-           netaddr_str(quic_conn_peer(c), a, sizeof(a)),
-           id.cn[0] ? id.cn : "no certificate");
+  {
+    uint64_t sid;
+    if (quic_addr_virtual(quic_conn_peer(c), &sid))
+      snprintf(a, sizeof(a), "relay session %llu", (unsigned long long)sid);
+    else
+      netaddr_str(quic_conn_peer(c), a, sizeof(a));
+  }
+  snprintf(dc->name, sizeof(dc->name), "agent %s (%s)",
+           id.cn[0] ? id.cn : "no certificate", a);
   /* The same grants the intermediate honours (protocol.md 3). */
   for (size_t i = 0; i < x->nsvcs; i++) {
     snprintf(want, sizeof(want), "agent.%s.ztna", x->svcs[i].cfg->id);
@@ -1203,7 +1146,7 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
     return;
   }
   dc->up = 1;
-  x->direct_total++;
+  x->e2e_total++;
   quic_conn_set_keepalive(c, DIRECT_PING_MS);
   log_info("%s: connected, %zu of our services granted", dc->name, ngrants);
 }
@@ -1215,11 +1158,13 @@ static void on_direct_close(struct quic_conn *c,
   struct cctx *x = dc->x;
   (void)c;
 
+  /* The agent is its connection: its TCP and UDP state goes with it. */
   for (size_t k = 0; k < CFG_MAX_SERVICES; k++)
-    if (dc->ids[k] && dc->ids[k]->direct == dc)
-      dc->ids[k]->direct = NULL; /* back to the relay */
+    for (int f = 0; f < 2; f++)
+      if (dc->ids[k][f])
+        id_free(x, dc->ids[k][f]);
   if (dc->up)
-    log_info("%s: closed (%s%s); its traffic takes the relay", dc->name,
+    log_info("%s: closed (%s%s)", dc->name,
              i->local ? "" : "by the agent: ",
              i->reason[0] ? i->reason : "no reason");
   if (dc->prev)
@@ -1232,8 +1177,33 @@ static void on_direct_close(struct quic_conn *c,
   free(dc);
 }
 
+/* The agent moved its connection (QUIC migration, validated by ngtcp2). */
+static void on_direct_path(struct quic_conn *c, const struct sockaddr *peer,
+                           void *ud)
+{
+  struct dconn *dc = ud;
+  struct cctx *x = dc->x;
+  char a[64];
+
+  if (quic_addr_virtual(peer, NULL)) {
+    if (dc->direct) {
+      dc->direct = 0;
+      x->direct_lost++;
+    }
+    log_info("%s: path: relay", dc->name);
+    return;
+  }
+  if (!dc->direct)
+    x->direct_total++;
+  dc->direct = 1;
+  log_info("%s: path: direct from %s (round trip %llu us)", dc->name,
+           netaddr_str(peer, a, sizeof(a)),
+           (unsigned long long)quic_conn_rtt_us(c));
+}
+
 static const struct quic_conn_cbs direct_cbs = {
   .handshake_cb = on_direct_handshake,
+  .path_cb = on_direct_path,
   .datagram_cb = on_direct_datagram,
   .close_cb = on_direct_close,
 };
@@ -1251,7 +1221,7 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
     return 1;
   dc->x = x;
   dc->qc = c;
-  snprintf(dc->name, sizeof(dc->name), "direct connection");
+  snprintf(dc->name, sizeof(dc->name), "agent connection");
   dc->next = x->dconns;
   if (x->dconns)
     x->dconns->prev = dc;
@@ -1259,28 +1229,6 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
   x->ndconns++;
   quic_conn_set_cbs(c, &direct_cbs, dc);
   return 0;
-}
-
-/* Every 250 ms: a direct connection whose peer went silent while we wait
- * for an answer has lost its path; its agents go back to the relay. */
-static void watch_cb(uv_timer_t *t)
-{
-  struct cctx *x = t->data;
-  struct dconn *dc, *next;
-
-  for (dc = x->dconns; dc; dc = next) {
-    next = dc->next; /* closing may free dc */
-    if (!dc->up || quic_conn_silence_ms(dc->qc) < DIRECT_SILENCE_MS)
-      continue;
-    dc->up = 0;
-    x->direct_lost++;
-    log_info("%s: no answer for %d ms: path lost, back to the relay",
-             dc->name, DIRECT_SILENCE_MS);
-    for (size_t k = 0; k < CFG_MAX_SERVICES; k++)
-      if (dc->ids[k] && dc->ids[k]->direct == dc)
-        dc->ids[k]->direct = NULL;
-    quic_conn_close(dc->qc, 0, "direct path lost");
-  }
 }
 
 static const struct uplink_cbs uplink_cbs = {
@@ -1396,14 +1344,13 @@ static void collect(void *ud)
     metric_set(x->mx_direct, up);
   }
   metric_set(x->mx_direct_total, (int64_t)x->direct_total);
+  metric_set(x->mx_e2e_total, (int64_t)x->e2e_total);
+  metric_set(x->mx_vsess, (int64_t)x->nvs);
   metric_set(x->mx_direct_rej, (int64_t)x->direct_rejected);
   metric_set(x->mx_direct_lost, (int64_t)x->direct_lost);
   metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
-  metric_set(x->mx_relinks, (int64_t)x->relinks);
-  metric_set(x->mx_links, (int64_t)x->links);
   metric_set(x->mx_ctl_limited, (int64_t)x->ctl_limited);
   metric_set(x->mx_gone, (int64_t)x->agents_gone);
-  metric_set(x->mx_links_refused, (int64_t)x->links_refused);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1435,7 +1382,7 @@ static void collect(void *ud)
       for (struct agent_id *a = h < 1024 ? x->ids[h] : x->orphans; a;
            a = a->next) {
         size_t k = (size_t)(a->svc - x->svcs);
-        if (a->direct && a->direct->up)
+        if (a->conn && a->conn->up && !quic_conn_path_virtual(a->conn->qc))
           direct[k]++;
         else
           relay[k]++;
@@ -1523,6 +1470,13 @@ static void metrics_init(struct cctx *x)
                                      NULL, "Punches in progress");
   x->mx_direct = metrics_gauge(m, "ztna_connector_direct_connections", NULL,
                                "Direct connections from agents, up");
+  x->mx_e2e_total = metrics_counter(
+      m, "ztna_connector_e2e_connections_total", NULL,
+      "End-to-end connections from agents accepted (begun through a "
+      "relay session)");
+  x->mx_vsess = metrics_gauge(m, "ztna_connector_relay_sessions", NULL,
+                              "Relay sessions carrying end-to-end "
+                              "connections");
   x->mx_direct_total = metrics_counter(
       m, "ztna_connector_direct_connections_total", NULL,
       "Direct connections accepted (handshake and grants checked)");
@@ -1531,23 +1485,14 @@ static void metrics_init(struct cctx *x)
       "Direct connections refused: no service granted");
   x->mx_direct_lost = metrics_counter(
       m, "ztna_connector_direct_lost_total", NULL,
-      "Direct connections dropped because the peer went silent");
-  x->mx_links = metrics_counter(
-      m, "ztna_connector_links_total", NULL,
-      "Direct connections linked to an agent's relay path");
+      "Agent connections that moved from a direct path back to the relay");
   x->mx_ctl_limited = metrics_counter(
       m, "ztna_connector_control_limited_total", NULL,
       "Binding requests and keepalives left unanswered: over the rate");
-  x->mx_links_refused = metrics_counter(
-      m, "ztna_connector_links_refused_total", NULL,
-      "Link requests refused: the agent linked another certificate before");
   x->mx_gone = metrics_counter(
       m, "ztna_connector_agents_gone_total", NULL,
       "Notices from the intermediate that an agent left (one per service "
       "it used); that agent's state here was reset");
-  x->mx_relinks = metrics_counter(
-      m, "ztna_connector_relinks_total", NULL,
-      "Direct paths whose agent came back through a new relay connection");
   x->mx_direct_rx = metrics_counter(
       m, "ztna_connector_direct_packets_received_total", NULL,
       "Packets received on direct connections");
@@ -1589,7 +1534,6 @@ static void on_terminate(void *ud, int signum)
   metrics_http_stop(x->http);
   x->http = NULL;
   close_handle((uv_handle_t *)&x->sweep);
-  close_handle((uv_handle_t *)&x->watch);
   for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
     if (x->sess[i].used)
       session_end(&x->sess[i]);
@@ -1607,6 +1551,9 @@ static void on_terminate(void *ud, int signum)
     uplink_del(x->svcs[i].up, "connector shutting down");
     x->svcs[i].up = NULL;
   }
+  for (size_t b = 0; b < VSESS_BUCKETS; b++)
+    while (x->vs[b])
+      vs_forget(x, x->vs[b]->id);
   daemon_drain_start(&x->drain, x->loop, &x->ep, 1, stop_done, x);
 }
 
@@ -1625,6 +1572,8 @@ static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
   tc.verify_peer = x->cfg.verify_peer;
   if (!server)
     tc.verify_name = "ztna-server";
+  else
+    tc.alpn = TLS_ALPN_E2E; /* agents' end-to-end connections */
   rv = tls_ctx_new(out, server, &tc, err, sizeof(err));
   if (rv < 0)
     log_warnx("%s", err);
@@ -1895,6 +1844,7 @@ int connector_main(int argc, char **argv)
   qc.retry = 1; /* they prove their address before we keep any state */
   qc.cbs = &ep_cbs;
   qc.ud = &x;
+  qc.vsend_cb = vsend;
   rv = quic_endpoint_new(&x.ep, x.loop, (struct sockaddr *)&bind_addr, &qc);
   if (rv < 0) {
     fprintf(stderr, "ztna connector: cannot bind UDP port %u: %s\n",
@@ -1921,6 +1871,7 @@ int connector_main(int argc, char **argv)
     uc.port = x.cfg.server_port;
     uc.sni = NULL; /* protocol.md 1: none toward the intermediate */
     uc.role = WIRE_REG_CONNECTOR;
+    uc.reg_flags = WIRE_REG_FLAG_SESSIONS;
     uc.services[0] = x.cfg.services[i].id;
     uc.nservices = 1;
     uc.name = x.cfg.services[i].id;
@@ -1942,9 +1893,6 @@ int connector_main(int argc, char **argv)
   uv_timer_init(x.loop, &x.sweep);
   x.sweep.data = &x;
   uv_timer_start(&x.sweep, sweep_cb, 5000, 5000);
-  uv_timer_init(x.loop, &x.watch);
-  x.watch.data = &x;
-  uv_timer_start(&x.watch, watch_cb, 250, 250);
   /* Everything that needed privileges is done (sockets bound, keys
    * read); SIGHUP later reads the files as this user. */
   if (daemon_drop_privileges(o.user ? o.user : eo.user, 0, err,

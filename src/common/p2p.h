@@ -55,24 +55,6 @@ int p2p_client_signal(struct p2p_client *pc, const struct wire_sig *m);
 /* A control packet from the endpoint; returns 1 if it was this punch's. */
 int p2p_client_packet(struct p2p_client *pc, const struct wire_ctl *c,
                       const struct sockaddr *from);
-/* Linking a direct connection to the agent the connector already knows
- * from the relay: the agent sends the same ICMP echo request, carrying a
- * random token after P2P_LINK_MAGIC, through the relay and through the
- * direct connection. The connector, seeing the token on both, knows which
- * relay-side address (the intermediate's per-agent translation) the
- * direct connection's agent has, keeps that agent's TCP and UDP state
- * when its packets change path, and answers the direct request only then:
- * the answer tells the agent it may move traffic. Any connector answers
- * such a request like any ping; nothing reaches a backend. */
-#define P2P_LINK_MAGIC "ztna-link-v1"
-#define P2P_LINK_MAGIC_LEN 12
-#define P2P_LINK_TOKEN_LEN 16
-#define P2P_LINK_PAYLOAD_LEN (P2P_LINK_MAGIC_LEN + P2P_LINK_TOKEN_LEN)
-/* If pkt (n: its IP total length) is an ICMP/ICMPv6 echo carrying a link
- * token: copies the token and returns 1 for a reply, 0 for a request.
- * Otherwise -1; cheap for every other size. */
-int p2p_link_token(const uint8_t *pkt, size_t n, uint8_t *token);
-
 /* Stops the timer; close_cb (may be NULL) runs when it is closed. */
 void p2p_client_stop(struct p2p_client *pc, uv_close_cb close_cb);
 

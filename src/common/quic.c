@@ -505,7 +505,7 @@ static void gso_add(struct quic_endpoint *ep, struct gso_batch *b,
   b->off += n;
   b->count++;
   if (n < b->seg || b->count >= GSO_MAX_SEGS ||
-      sizeof(b->buf) - b->off < QUIC_MAX_UDP_PAYLOAD)
+      sizeof(b->buf) - b->off < QUIC_MAX_UDP_PAYLOAD_PROBED)
     gso_flush(ep, b);
 }
 
@@ -741,12 +741,23 @@ static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s,
 {
   ngtcp2_settings_default(s);
   s->initial_ts = now_ns();
-  /* A connection that starts through the relay keeps its packets small
-   * enough for the relay's DATAGRAMs on every path it takes later. */
-  s->max_tx_udp_payload_size = quic_addr_virtual(remote, NULL)
-                                   ? ep->cfg.virtual_max_udp_payload
-                                   : QUIC_MAX_UDP_PAYLOAD;
-  s->no_tx_udp_payload_size_shaping = 1;
+  if (quic_addr_virtual(remote, NULL)) {
+    /* A connection that starts through the relay keeps one packet size,
+     * small enough for the relay's DATAGRAMs, on every path it takes. */
+    s->max_tx_udp_payload_size = ep->cfg.virtual_max_udp_payload;
+    s->no_tx_udp_payload_size_shaping = 1;
+    s->no_pmtud = 1;
+  } else {
+    /* Path MTU discovery: 1200 bytes until a probe of a larger size is
+     * acknowledged (1452 fits IPv6 on a 1500-byte link; 1406 and 1350
+     * paths with tunnels in them), so that a relay DATAGRAM can carry a
+     * whole end-to-end packet (protocol.md 10). */
+    static const uint16_t probes[] = { QUIC_MAX_UDP_PAYLOAD_PROBED, 1406,
+                                       QUIC_MAX_UDP_PAYLOAD };
+    s->max_tx_udp_payload_size = QUIC_MAX_UDP_PAYLOAD_PROBED;
+    s->pmtud_probes = probes;
+    s->pmtud_probeslen = sizeof(probes) / sizeof(probes[0]);
+  }
   /* BBR, not loss-based CUBIC: the packets of a tunnel carry the users'
    * own TCP, which reacts to loss by itself; an outer controller that
    * halves its window on every random loss as well makes the two back off
@@ -774,7 +785,7 @@ static void params_init(struct quic_endpoint *ep, ngtcp2_transport_params *p)
   p->initial_max_streams_bidi = 4;
   p->initial_max_streams_uni = 0;
   p->max_idle_timeout = ep->cfg.idle_timeout_ms * NGTCP2_MILLISECONDS;
-  p->max_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
+  p->max_udp_payload_size = QUIC_MAX_UDP_PAYLOAD_PROBED;
   p->max_datagram_frame_size = 65536;
   p->active_connection_id_limit = 7;
 }
@@ -1115,7 +1126,7 @@ static void fill_close_info(struct quic_conn *c, int rv)
 /* Sends CONNECTION_CLOSE for a local error (ccerr set) and destroys. */
 static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc)
 {
-  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD_PROBED];
   ngtcp2_path_storage ps;
   ngtcp2_pkt_info pi;
   ngtcp2_ssize n;
@@ -1124,7 +1135,7 @@ static void conn_fail(struct quic_conn *c, const ngtcp2_ccerr *cc)
       !ngtcp2_conn_in_draining_period(c->conn)) {
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, buf,
-                                           QUIC_MAX_UDP_PAYLOAD, cc, now_ns());
+                                           sizeof(buf), cc, now_ns());
     if (n > 0)
       ep_send(c->ep, ps.path.remote.addr, buf, (size_t)n);
   }
@@ -1377,7 +1388,7 @@ static int conn_write(struct quic_conn *c)
       int accepted = 0;
 
       n = ngtcp2_conn_writev_datagram(c->conn, &ps.path, &pi, buf,
-                                      QUIC_MAX_UDP_PAYLOAD, &accepted,
+                                      QUIC_MAX_UDP_PAYLOAD_PROBED, &accepted,
                                       NGTCP2_WRITE_DATAGRAM_FLAG_MORE, 0, &v,
                                       1, ts);
       if (n == NGTCP2_ERR_WRITE_MORE) {
@@ -1405,7 +1416,8 @@ static int conn_write(struct quic_conn *c)
       }
       if (s->fin && (!s->cur || !s->cur->next))
         flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
-      n = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf, QUIC_MAX_UDP_PAYLOAD,
+      n = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf,
+                                    QUIC_MAX_UDP_PAYLOAD_PROBED,
                                     &ndatalen, flags, s->id, &v,
                                     v.len ? 1 : 0, ts);
       if (n == NGTCP2_ERR_WRITE_MORE) {
@@ -1429,7 +1441,8 @@ static int conn_write(struct quic_conn *c)
       if (n == 0)
         break;
     } else {
-      n = ngtcp2_conn_write_pkt(c->conn, &ps.path, &pi, buf, QUIC_MAX_UDP_PAYLOAD, ts);
+      n = ngtcp2_conn_write_pkt(c->conn, &ps.path, &pi, buf,
+                                QUIC_MAX_UDP_PAYLOAD_PROBED, ts);
       if (n < 0)
         goto fail;
       if (n == 0)
@@ -1463,7 +1476,7 @@ static void send_retry(struct quic_endpoint *ep, const ngtcp2_pkt_hd *hd,
                        const struct sockaddr *from)
 {
   uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN2];
-  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD_PROBED];
   struct sockaddr_storage ss;
   ngtcp2_cid scid;
   ngtcp2_ssize tl, n;
@@ -1489,7 +1502,7 @@ static void send_close_stateless(struct quic_endpoint *ep,
                                  const ngtcp2_pkt_hd *hd,
                                  const struct sockaddr *from, uint64_t code)
 {
-  uint8_t buf[QUIC_MAX_UDP_PAYLOAD];
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD_PROBED];
   ngtcp2_ssize n = ngtcp2_crypto_write_connection_close(
       buf, sizeof(buf), hd->version, &hd->scid, &hd->dcid, code, NULL, 0);
   if (n > 0)
@@ -1500,7 +1513,7 @@ static void send_version_negotiation(struct quic_endpoint *ep,
                                      const ngtcp2_version_cid *vc,
                                      const struct sockaddr *from)
 {
-  uint8_t buf[QUIC_MAX_UDP_PAYLOAD], r;
+  uint8_t buf[QUIC_MAX_UDP_PAYLOAD_PROBED], r;
   uint32_t sv[2];
   ngtcp2_ssize n;
 
@@ -1943,6 +1956,15 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
 fail:
   conn_abandon(c);
   return rv;
+}
+
+void quic_endpoint_set_virtual_max(struct quic_endpoint *ep, size_t n)
+{
+  if (n < 1200)
+    n = 1200;
+  if (n > QUIC_MAX_UDP_PAYLOAD)
+    n = QUIC_MAX_UDP_PAYLOAD;
+  ep->cfg.virtual_max_udp_payload = n;
 }
 
 void quic_endpoint_input(struct quic_endpoint *ep, const uint8_t *d, size_t n,

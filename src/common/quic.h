@@ -29,6 +29,9 @@ struct tls_ctx;
 struct tls_identity;
 
 #define QUIC_MAX_UDP_PAYLOAD 1350
+/* The largest packet path MTU discovery tries (IPv6 on a 1500-byte
+ * link); connections start at 1200 and grow as probes get through. */
+#define QUIC_MAX_UDP_PAYLOAD_PROBED 1452
 #define QUIC_SCID_LEN 20
 /* The DATAGRAM payload that fits a QUIC_MAX_UDP_PAYLOAD packet whose DCID
  * is QUIC_SCID_LEN bytes (protocol.md 1): what quic_conn_max_datagram
@@ -47,10 +50,14 @@ struct tls_identity;
  * between any two paths, validating each under the connection's keys. */
 #define QUIC_VIRTUAL_LOCAL_PORT 1  /* a client's own end of a virtual path */
 #define QUIC_VIRTUAL_PEER_PORT 2   /* the far end */
-/* What one inner packet may be so that it fits a relay DATAGRAM with its
- * session header on a QUIC_MAX_UDP_PAYLOAD outer path: 1306 - 9, kept
- * at 1280 for a margin (a longer outer DCID, a 4-byte packet number). */
-#define QUIC_VIRTUAL_MAX_UDP_PAYLOAD 1280
+/* The packets of a connection that starts on a virtual path: 1350 bytes
+ * (1306-byte DATAGRAMs, a tunnel MTU of 1304 less the service id), which
+ * with the 9-byte session header needs a relay DATAGRAM of 1359 bytes:
+ * an outer path of at least 1403 bytes, which path MTU discovery finds
+ * on a 1500-byte underlay. */
+#define QUIC_VIRTUAL_MAX_UDP_PAYLOAD QUIC_MAX_UDP_PAYLOAD
+/* What the relay's DATAGRAMs must carry for a packet of n bytes. */
+#define QUIC_VIRTUAL_DGRAM_NEED(n) ((n) + 9)
 void quic_virtual_addr(struct sockaddr_storage *out, uint64_t id,
                        uint16_t port);
 /* 1 if sa is virtual (then *id, if id is set, is its id), else 0. */
@@ -206,6 +213,10 @@ int quic_conn_send_datagram(struct quic_conn *c, const uint8_t *d, size_t n);
 /* Number of datagrams waiting to be sent. */
 size_t quic_conn_datagram_queued(struct quic_conn *c);
 
+/* The packet size of connections made from now on that start on a
+ * virtual path: clamped to 1200..QUIC_MAX_UDP_PAYLOAD (a smaller outer
+ * path MTU makes smaller inner packets). */
+void quic_endpoint_set_virtual_max(struct quic_endpoint *ep, size_t n);
 /* A packet that arrived on a virtual path from `from` (a virtual
  * address): handled as if the socket had received it. Others are
  * ignored. */

@@ -13,6 +13,8 @@
 #include <stddef.h>
 
 #define TLS_ALPN "ztna-v1"
+/* An agent's end-to-end connection to a connector (protocol.md 10). */
+#define TLS_ALPN_E2E "ztna-e2e-v1"
 #define TLS_MAX_SANS 32
 #define TLS_NAME_MAX 253
 

@@ -5,9 +5,8 @@
  * service's virtual IP or an internet address, destinations that are the
  * machine's other addresses. A packet from a path is admitted only when
  * it is a whole IPv4/IPv6 packet, its source lies in a virtual IP (prefix)
- * of a service that path carries, its destination is the agent's own
- * tunnel address, and it is no link request or answer (those are the
- * agent's own business and never reach the OS).
+ * of a service that path carries, and its destination is the agent's own
+ * tunnel address.
  */
 #ifndef ZTNA_TUNGUARD_H
 #define ZTNA_TUNGUARD_H
@@ -20,7 +19,6 @@
 enum tunguard_verdict {
   TUNGUARD_OK = 0,
   TUNGUARD_MALFORMED,      /* not a whole IP packet */
-  TUNGUARD_LINK,           /* carries the link magic */
   TUNGUARD_FOREIGN_SOURCE, /* not from a service this path carries */
   TUNGUARD_FOREIGN_DEST,   /* not to our tunnel address */
 };

@@ -78,7 +78,7 @@ def sha256(path):
 
 
 class World:
-    def __init__(self, net, tmp, nat_a="easy", nat_c="easy"):
+    def __init__(self, net, tmp, nat_a="easy", nat_c="easy", inter_env=None):
         """nat_a, nat_c: the agent's and the connector's NAT: "easy"
         (masquerade), "hard" (endpoint-dependent) or "none" (a plain
         router: the host's own address is public)."""
@@ -122,7 +122,8 @@ class World:
         self.start_backends()
         self.certs()
         self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp,
-                                  extra=("--diag-port", "4435"))
+                                  extra=("--diag-port", "4435"),
+                                  env=inter_env)
         self.start_connector()
         self.agent = self.start_agent("agent", self.agent_ns, "alice")
 
@@ -260,7 +261,7 @@ table ip udp_guard {
     def path(self, service="web", name="agent"):
         """The path the agent's traffic to service takes, by its metrics."""
         p = self.procs[name]
-        for path in ("direct", "relay", "punching", "connecting", "linking"):
+        for path in ("direct", "relay", "punching", "validating"):
             if self.metric(p.ns, p.port, 'ztna_agent_path{service="%s",'
                            'path="%s"}' % (service, path)) == 1:
                 return path
@@ -398,10 +399,10 @@ def stop_world(w, net):
         net.cleanup()
 
 
-def world_fixture(tag):
+def world_fixture(tag, **kw):
     """A module-scoped pytest fixture: one World for the module's tests,
     in namespaces tagged tag, stopped (every daemon must exit 0) and
-    removed afterwards, pass or fail."""
+    removed afterwards, pass or fail. kw goes to World."""
     @pytest.fixture(scope="module")
     def world(tmp_path_factory):
         if os.geteuid() != 0:
@@ -409,7 +410,7 @@ def world_fixture(tag):
         net = Net(tag=tag)
         w = None
         try:
-            w = World(net, tmp_path_factory.mktemp(tag))
+            w = World(net, tmp_path_factory.mktemp(tag), **kw)
             yield w
         finally:
             stop_world(w, net)

@@ -66,7 +66,8 @@ class Pki:
 
 class Intermediate:
     def __init__(self, pki, ns=None, port=4433, metrics_port=9090,
-                 bind="0.0.0.0", extra=(), name="relay", logdir=None):
+                 bind="0.0.0.0", extra=(), name="relay", logdir=None,
+                 env=None):
         self.cert, self.key = pki.issue("intermediate", name, "--ip",
                                         "127.0.0.1")
         self.ns = ns
@@ -79,7 +80,8 @@ class Intermediate:
                 "--metrics-port", str(metrics_port), "--metrics-bind",
                 "127.0.0.1"] + list(extra)
         self.proc = subprocess.Popen(netns_prefix(ns) + args,
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.log, stderr=self.log,
+                                     env=dict(os.environ, **(env or {})))
         wait_for(lambda: self.healthy(), what="intermediate /healthz")
 
     def http(self, path):

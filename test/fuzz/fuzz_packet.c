@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "ippkt.h"
-#include "p2p.h"
 #include "tunguard.h"
 
 static const struct tunguard guard = {
@@ -30,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
   struct ippkt ip;
   const uint8_t *l4, *pl;
   size_t l4len, pllen, totlen;
-  uint8_t *p, out[1500], token[P2P_LINK_TOKEN_LEN], addr[16] = { 1, 2, 3, 4 };
+  uint8_t *p, out[1500], addr[16] = { 1, 2, 3, 4 };
   uint8_t carried[3] = { 1, 0, 1 };
   enum tunguard_verdict v;
 
@@ -49,7 +48,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
   ippkt_l4(p, &ip, &l4, &l4len);
   if (l4len && (l4 < p || l4 + l4len > p + ip.totlen))
     abort();
-  p2p_link_token(p, ip.totlen, token);
   ippkt_echo_payload(p, ip.totlen, &pl, &pllen);
   ippkt_build_rst(out, sizeof(out), p, ip.totlen);
   ippkt_build_too_big(out, sizeof(out), p, ip.totlen, 1280, addr);
