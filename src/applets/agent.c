@@ -118,6 +118,7 @@ struct vip {
 #define OPEN_REFUSED_MS 10000        /* the intermediate said no */
 #define E2E_BACKOFF_MAX_MS 30000     /* connection failures in a row */
 #define MTU_WAIT_MS 5000             /* for path MTU discovery */
+#define LEGACY_RETRY_MS 30000        /* raw IP: ask for a session again */
 #define P2P_TICK_MS 250
 
 /* The end-to-end connection of a service. */
@@ -384,10 +385,13 @@ static void set_mtu(struct actx *x)
  * IP through the relay, which reads them, as the original design does. */
 static void go_legacy(struct asvc *a, const char *why)
 {
+  /* Asked again now and then: the connector may be replaced by a ztna
+   * one, and the service then leaves raw IP behind. */
+  a->open_at_ms = uv_now(a->x->loop) + LEGACY_RETRY_MS;
+  a->opening = 0;
   if (a->e == E_LEGACY)
     return;
   a->e = E_LEGACY;
-  a->opening = 0;
   log_warnx("%s: %s: its traffic goes through the relay as raw IP, which "
             "the intermediate can read, and takes no direct path",
             svc_id(a), why);
@@ -419,7 +423,7 @@ static void start_open(struct asvc *a)
   size_t room = uplink_max_datagram(x->up);
   uint64_t now = uv_now(x->loop);
 
-  if (a->e == E_LEGACY || a->opening || !uplink_is_up(x->up) ||
+  if (a->opening || !uplink_is_up(x->up) ||
       uplink_reg_state(x->up, a->idx) != UPLINK_REG_OK)
     return;
   if (room < QUIC_VIRTUAL_DGRAM_NEED(QUIC_MAX_UDP_PAYLOAD)) {
@@ -495,6 +499,11 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
   a->opening = 0;
   switch (status) {
   case WIRE_SESSION_OK:
+    if (a->e == E_LEGACY) {
+      a->e = E_NONE;
+      log_info("%s: the connector takes relay sessions now: leaving raw IP "
+               "for an end-to-end connection", svc_id(a));
+    }
     a->sid = sid;
     a->sessions++;
     log_debug("%s: relay session %llu", svc_id(a), (unsigned long long)sid);
@@ -841,8 +850,15 @@ static void p2p_tick(uv_timer_t *t)
     int can_punch;
     struct sockaddr_storage via;
 
-    if (a->e == E_LEGACY)
+    if (a->e == E_LEGACY) {
+      if (a->opening && now >= a->open_at_ms && a->open_tries < OPEN_TRIES)
+        send_open(a);
+      else if (a->opening && now >= a->open_at_ms)
+        go_legacy(a, "still no relay session");
+      else if (!a->opening && now >= a->open_at_ms)
+        start_open(a);
       continue;
+    }
     if (a->opening && now >= a->open_at_ms) {
       if (a->open_tries >= OPEN_TRIES) {
         a->opening = 0;

@@ -23,6 +23,7 @@
 #include <ifaddrs.h>
 #include <netdb.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@
 #include "netaddr.h"
 #include "netstack.h"
 #include "p2p.h"
+#include "policy.h"
 #include "punch.h"
 #include "quic.h"
 #include "tls.h"
@@ -86,6 +88,8 @@ static const char usage_text[] =
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
     "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
+    "      --policy FILE    the intermediate's policy file, applied here\n"
+    "                       too (agents it does not list lose access)\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -161,9 +165,11 @@ struct dconn {
   struct cctx *x;
   struct quic_conn *qc;
   unsigned char cert_fp[32]; /* the agent's certificate */
+  struct tls_identity *id;   /* and its names, for the policy (malloc'd) */
   char name[400];
   int up;
-  int direct; /* on a direct path now */
+  int direct;   /* on a direct path now */
+  uint64_t sid; /* the relay session it came through last */
   uint8_t grants[CFG_MAX_SERVICES];
   struct agent_id *ids[CFG_MAX_SERVICES][2]; /* by service, IPv4/IPv6 */
 };
@@ -215,7 +221,8 @@ struct cctx {
       *mx_uptime, *mx_drops[D_COUNT], *mx_flows, *mx_tcp_active, *mx_icmp;
   int stopping;
   struct psession sess[P2P_MAX_SESSIONS];
-  struct tls_ctx *srv_tls;   /* direct connections: we are the server */
+  struct tls_ctx *srv_tls;   /* direct connections from agents */
+  struct cfg_policy *policy; /* --policy: NULL when none */
   struct agent_id *ids[1024];  /* by relay address */
   struct agent_id *orphans;    /* agents of end-to-end connections */
   size_t nids;
@@ -680,7 +687,6 @@ static void on_session_data(struct csvc *s, const uint8_t *d, size_t n)
 static void on_session_closed(struct csvc *s, const uint8_t *d, size_t n)
 {
   struct cctx *x = s->x;
-  struct sockaddr_storage addr;
   uint64_t id;
   uint8_t reason;
 
@@ -689,11 +695,10 @@ static void on_session_closed(struct csvc *s, const uint8_t *d, size_t n)
     return;
   }
   vs_forget(x, id);
-  quic_virtual_addr(&addr, id, QUIC_VIRTUAL_LOCAL_PORT);
+  /* Revoked: on whatever path the connection runs now. */
   for (struct dconn *dc = x->dconns; dc; dc = dc->next)
-    if (reason == WIRE_SESSION_REVOKED &&
-        !memcmp(quic_conn_peer(dc->qc), &addr, sizeof(struct sockaddr_in6))) {
-      log_info("%s: the intermediate revoked its session: closing",
+    if (reason == WIRE_SESSION_REVOKED && dc->sid == id) {
+      log_info("%s: the intermediate revoked its access: closing",
                dc->name);
       quic_conn_close(dc->qc, 2, "access revoked");
     }
@@ -1114,7 +1119,7 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
   struct dconn *dc = ud;
   struct cctx *x = dc->x;
   struct tls_identity id;
-  char a[64], want[WIRE_SERVICE_ID_MAX + 16];
+  char a[64];
   size_t ngrants = 0;
 
   memset(&id, 0, sizeof(id));
@@ -1129,13 +1134,20 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
   }
   snprintf(dc->name, sizeof(dc->name), "agent %s (%s)",
            id.cn[0] ? id.cn : "no certificate", a);
-  /* The same grants the intermediate honours (protocol.md 3). */
-  for (size_t i = 0; i < x->nsvcs; i++) {
-    snprintf(want, sizeof(want), "agent.%s.ztna", x->svcs[i].cfg->id);
-    for (size_t k = 0; k < id.ndns; k++)
-      if (!strcasecmp(id.dns[k], want) ||
-          !strcasecmp(id.dns[k], "agent.*.ztna"))
-        dc->grants[i] = 1;
+  /* The same grants and policy file the intermediate honours
+   * (protocol.md 3): deny by default, at both ends. */
+  {
+    /* Kept at the size of its SANs (nothing reads past ndns). */
+    size_t idsize = offsetof(struct tls_identity, dns) +
+                    id.ndns * sizeof(id.dns[0]);
+    dc->id = malloc(idsize);
+    if (dc->id)
+      memcpy(dc->id, &id, idsize);
+  }
+  for (size_t i = 0; dc->id && i < x->nsvcs; i++) {
+    const char *sv = x->svcs[i].cfg->id;
+    dc->grants[i] = (uint8_t)policy_allows(x->policy, &id, POLICY_AGENT,
+                                           (const uint8_t *)sv, strlen(sv));
     ngrants += dc->grants[i];
   }
   if (!ngrants) {
@@ -1174,6 +1186,7 @@ static void on_direct_close(struct quic_conn *c,
   if (dc->next)
     dc->next->prev = dc->prev;
   x->ndconns--;
+  free(dc->id);
   free(dc);
 }
 
@@ -1185,7 +1198,7 @@ static void on_direct_path(struct quic_conn *c, const struct sockaddr *peer,
   struct cctx *x = dc->x;
   char a[64];
 
-  if (quic_addr_virtual(peer, NULL)) {
+  if (quic_addr_virtual(peer, &dc->sid)) {
     if (dc->direct) {
       dc->direct = 0;
       x->direct_lost++;
@@ -1221,6 +1234,7 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
     return 1;
   dc->x = x;
   dc->qc = c;
+  quic_addr_virtual(quic_conn_peer(c), &dc->sid);
   snprintf(dc->name, sizeof(dc->name), "agent connection");
   dc->next = x->dconns;
   if (x->dconns)
@@ -1585,13 +1599,77 @@ static int make_tls(struct cctx *x, struct tls_ctx **out)
   return make_tls_role(x, out, 0);
 }
 
+/* Takes a new policy: agents lose what it no longer grants at once (their
+ * state for those services goes), and an agent left with nothing loses
+ * its connection, on whatever path it runs. */
+static void set_policy(struct cctx *x, struct cfg_policy *p)
+{
+  if (x->policy) {
+    cfg_policy_free(x->policy);
+    free(x->policy);
+  }
+  x->policy = p;
+  for (struct dconn *dc = x->dconns, *next; dc; dc = next) {
+    size_t left = 0;
+    next = dc->next;
+    if (!dc->up || !dc->id)
+      continue;
+    for (size_t i = 0; i < x->nsvcs; i++) {
+      const char *sv = x->svcs[i].cfg->id;
+      if (dc->grants[i] &&
+          !policy_allows(p, dc->id, POLICY_AGENT, (const uint8_t *)sv,
+                         strlen(sv))) {
+        dc->grants[i] = 0;
+        for (int f = 0; f < 2; f++)
+          if (dc->ids[i][f])
+            id_free(x, dc->ids[i][f]);
+        log_info("%s: the policy no longer lets it reach '%s'", dc->name,
+                 sv);
+      }
+      left += dc->grants[i];
+    }
+    if (!left) {
+      log_info("%s: access revoked by the policy: closing", dc->name);
+      quic_conn_close(dc->qc, 2, "access revoked");
+    }
+  }
+}
+
+static void policy_warn(const char *msg)
+{
+  log_warnx("%s", msg);
+}
+
+/* The policy file named in the configuration, or NULL when there is none.
+ * Returns 0 or -1 (logged). */
+static int load_policy(struct cctx *x, struct cfg_policy **out)
+{
+  char err[512];
+
+  *out = NULL;
+  if (!x->cfg.policy_path[0])
+    return 0;
+  if (policy_load(x->cfg.policy_path, out, err, sizeof(err),
+                  policy_warn) < 0) {
+    log_warnx("policy: %s", err);
+    return -1;
+  }
+  return 0;
+}
+
 static void on_hup(void *ud)
 {
   struct cctx *x = ud;
   struct tls_ctx *tls, *srv;
+  struct cfg_policy *pol;
 
   if (x->stopping)
     return;
+  if (load_policy(x, &pol) < 0) {
+    log_warnx("reload failed: keeping the certificates and policy in use");
+    return;
+  }
+  set_policy(x, pol);
   if (make_tls(x, &tls) < 0) {
     log_warnx("reload failed: keeping the certificates in use");
     return;
@@ -1614,7 +1692,8 @@ static void on_hup(void *ud)
 /* --- main ---------------------------------------------------------------------------- */
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_FORWARD, OPT_PROTOCOL, OPT_CERT,
-       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER };
+       OPT_KEY, OPT_CA, OPT_METRICS_PORT, OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER,
+       OPT_POLICY };
 
 static const struct option opts[] = {
   { "config", required_argument, NULL, 'c' },
@@ -1632,6 +1711,7 @@ static const struct option opts[] = {
   { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
   { "user", required_argument, NULL, OPT_USER },
+  { "policy", required_argument, NULL, OPT_POLICY },
   { "help", no_argument, NULL, 'h' },
   /* The original connector's flags (docs/migrating.md); not read from
    * the environment under these names. */
@@ -1641,11 +1721,11 @@ static const struct option opts[] = {
   { "p2p-port", required_argument, NULL, 'p' },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 16 /* the entries above before the original's */
+#define N_ENV_OPTS 17 /* the entries above before the original's */
 
 struct copts {
   const char *config, *server, *service, *forward, *proto, *cert, *key, *ca,
-      *port, *mport, *mbind, *logfmt, *user;
+      *port, *mport, *mbind, *logfmt, *user, *policy;
   int check, verbose, help;
 };
 
@@ -1677,6 +1757,7 @@ static int parse_opts(int argc, char **argv, struct copts *o)
     case OPT_METRICS_BIND: o->mbind = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
     case OPT_USER: o->user = optarg; break;
+    case OPT_POLICY: o->policy = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1758,6 +1839,9 @@ static int apply_opts(struct cctx *x, const struct copts *o)
   if (o->mbind)
     snprintf(x->cfg.metrics_bind, sizeof(x->cfg.metrics_bind), "%s",
              o->mbind);
+  if (o->policy)
+    snprintf(x->cfg.policy_path, sizeof(x->cfg.policy_path), "%s",
+             o->policy);
   return 0;
 }
 
@@ -1814,6 +1898,8 @@ int connector_main(int argc, char **argv)
     if (resolve_backend(&x.svcs[i]) < 0)
       return 1;
   }
+  if (load_policy(&x, &x.policy) < 0)
+    return 1;
   if (make_tls(&x, &x.tls) < 0 || make_tls_role(&x, &x.srv_tls, 1) < 0)
     return 1;
   {
@@ -1902,6 +1988,10 @@ int connector_main(int argc, char **argv)
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
   tls_ctx_unref(x.srv_tls);
+  if (x.policy) {
+    cfg_policy_free(x.policy);
+    free(x.policy);
+  }
   if (daemon_loop_close(x.loop) < 0)
     return 1;
   log_info("stopped");

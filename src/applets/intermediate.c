@@ -29,6 +29,7 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "pki.h"
+#include "policy.h"
 #include "quic.h"
 #include "relay.h"
 #include "tls.h"
@@ -487,34 +488,16 @@ static void warn_cb(const char *msg)
 
 static int load_policy(struct ictx *x, struct cfg_policy **out)
 {
-  char err[512], *text;
-  size_t len;
-  struct cfg_policy *p;
+  char err[512];
   int rv;
 
   *out = NULL;
   if (!x->cfg.policy_path[0])
     return 0;
-  rv = cfg_read_file(x->cfg.policy_path, &text, &len, err, sizeof(err));
-  if (rv < 0) {
+  rv = policy_load(x->cfg.policy_path, out, err, sizeof(err), warn_cb);
+  if (rv < 0)
     log_warnx("policy: %s", err);
-    return rv;
-  }
-  p = calloc(1, sizeof(*p));
-  if (!p) {
-    free(text);
-    return -ENOMEM;
-  }
-  rv = cfg_policy_parse(p, x->cfg.policy_path, text, len, err, sizeof(err),
-                        warn_cb);
-  free(text);
-  if (rv < 0) {
-    log_warnx("%s", err);
-    free(p);
-    return rv;
-  }
-  *out = p;
-  return 0;
+  return rv;
 }
 
 static int load_tls(struct ictx *x, struct tls_ctx **out)

@@ -764,6 +764,8 @@ static int connector_member(struct doc *d, int key, int val, void *out)
     return get_port(d, val, &c->metrics_port, 1);
   if (key_is(d, key, "metrics_bind"))
     return get_ip(d, val, c->metrics_bind, sizeof(c->metrics_bind));
+  if (key_is(d, key, "policy_path"))
+    return get_ostr(d, val, c->policy_path, sizeof(c->policy_path));
   return 1;
 }
 

@@ -65,6 +65,7 @@ struct cfg_connector {
   int verify_peer;              /* 1 */
   uint16_t metrics_port;        /* 9091 */
   char metrics_bind[CFG_STR_MAX]; /* ztna: "127.0.0.1" */
+  char policy_path[CFG_PATH_MAX]; /* ztna: optional policy file */
 };
 
 struct cfg_agent {

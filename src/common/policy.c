@@ -1,4 +1,7 @@
 /* policy.c - certificate grants and the policy file. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -64,4 +67,32 @@ int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,
   if (!policy_cert_grants(id, role, svc, len))
     return 0;
   return role == POLICY_CONNECTOR || policy_file_allows(p, id, svc, len);
+}
+
+int policy_load(const char *path, struct cfg_policy **out, char *err,
+                size_t errlen, void (*warn)(const char *msg))
+{
+  char *text;
+  size_t len;
+  struct cfg_policy *p;
+  int rv;
+
+  *out = NULL;
+  rv = cfg_read_file(path, &text, &len, err, errlen);
+  if (rv < 0)
+    return rv;
+  p = calloc(1, sizeof(*p));
+  if (!p) {
+    free(text);
+    snprintf(err, errlen, "%s: out of memory", path);
+    return -ENOMEM;
+  }
+  rv = cfg_policy_parse(p, path, text, len, err, errlen, warn);
+  free(text);
+  if (rv < 0) {
+    free(p);
+    return rv;
+  }
+  *out = p;
+  return 0;
 }

@@ -31,4 +31,10 @@ int policy_file_allows(const struct cfg_policy *p,
 int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,
                   enum policy_role role, const uint8_t *svc, size_t len);
 
+/* Reads and parses a policy file into *out (malloc'd; free with
+ * cfg_policy_free and free). Returns 0, or a negative error with a
+ * message naming the file, line and problem in err. */
+int policy_load(const char *path, struct cfg_policy **out, char *err,
+                size_t errlen, void (*warn)(const char *msg));
+
 #endif

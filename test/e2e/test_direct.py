@@ -100,7 +100,7 @@ def test_connector_refuses_unauthorized_direct_connections(world):
     # grants no service of this connector.
     eve = world.agent_certs["eve"]
     c = Client("192.0.2.18:4434", world.pki, cert=eve, ns=world.conn_ns,
-               sni="ztna-connector")
+               sni="ztna-connector", alpn="ztna-e2e-v1")
     try:
         ev = c.expect("closed", timeout=20)
         assert "not authorized" in ev, ev
@@ -108,23 +108,25 @@ def test_connector_refuses_unauthorized_direct_connections(world):
         c.close()
     assert world.metric(world.conn_ns, 9091,
                         "ztna_connector_direct_rejected_total") >= 1
-    # alice may connect, but a packet on a connection never linked to her
-    # relay path reaches nothing.
+    # The intermediate's protocol is no way in either.
+    c = Client("192.0.2.18:4434", world.pki, cert=world.agent_certs["alice"],
+               ns=world.conn_ns, sni="ztna-connector")
+    try:
+        ev = c.expect("closed", timeout=20)
+        assert " 120 " in ev, ev  # TLS alert: no application protocol
+    finally:
+        c.close()
+    # alice's own connection, made directly, is an agent like any other:
+    # the connection is her identity (no relay path needed to vouch).
     alice = world.agent_certs["alice"]
     c = Client("192.0.2.18:4434", world.pki, cert=alice, ns=world.conn_ns,
-               sni="ztna-connector")
+               sni="ztna-connector", alpn="ztna-e2e-v1")
     try:
         c.expect("up ", timeout=20)
-        before = world.metric(world.conn_ns, 9091,
-                              'ztna_connector_drops_total'
-                              '{reason="not_linked"}')
-        # A UDP packet for the echo service from 100.64.0.1.
-        c.send("routed echo " + udp4("100.64.0.1", "10.100.0.4", 40000, 7,
-                                     b"hello").hex())
-        wait_for(lambda: world.metric(
-            world.conn_ns, 9091,
-            'ztna_connector_drops_total{reason="not_linked"}') > before,
-            timeout=20, what="the drop")
+        probe = udp4("100.64.0.1", "10.100.0.4", 40000, 7, b"hello")
+        c.send("routed echo " + probe.hex())
+        ev = c.expect("dgram", timeout=20)
+        assert b"hello".hex() in ev, ev
     finally:
         c.close()
 
@@ -135,8 +137,8 @@ def test_new_relay_connection_while_direct_keeps_fallback_safe(world):
     the old one). Falling back to the relay must then still reach this
     agent, keep its download running, and never reach the other agent."""
     wait_for(lambda: world.path() == "direct", timeout=60, what="direct")
-    relinks = world.metric(world.conn_ns, 9091,
-                           "ztna_connector_relinks_total")
+    sessions = world.metric(world.agent_ns, 9092,
+                            'ztna_agent_relay_sessions_total{service="web"}')
     guard = """
 table ip relay_guard {
  chain fwd_filter {
@@ -170,13 +172,14 @@ table ip relay_guard {
             except AssertionError:
                 return False
         wait_for(bob_echoed, timeout=45, what="bob relayed")
-        # Alice's agent comes back through a new relay connection and links
-        # its direct path to it.
+        # Alice's agent comes back through a new relay connection and gets
+        # a new relay session for the connection that stays direct.
         world.net.exec(world.nat_a, ["nft", "delete", "table", "ip",
                                      "relay_guard"])
-        wait_for(lambda: world.metric(world.conn_ns, 9091,
-                                      "ztna_connector_relinks_total")
-                 > relinks, timeout=60, what="the connector relinking")
+        wait_for(lambda: world.metric(
+            world.agent_ns, 9092,
+            'ztna_agent_relay_sessions_total{service="web"}') > sessions,
+            timeout=60, what="a new relay session")
         assert world.path() == "direct"
         # Now the direct path goes dark in the middle of a download.
         src = world.make_file("relink.bin", 30 << 20)

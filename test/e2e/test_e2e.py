@@ -9,7 +9,6 @@ able to read at all. A marker sent through the tunnel (an HTTP body, a UDP
 payload) must never appear there, nor in the intermediate's memory."""
 import os
 import re
-import socket  # noqa: F401  (used in the namespaced helper below)
 
 from datapath import sha256, world_fixture
 from ztna import wait_for

@@ -136,9 +136,11 @@ class Client:
     """The test client: send commands, wait for events."""
 
     def __init__(self, server, pki, cert=None, ns=None, bind="0.0.0.0:0",
-                 sni="ztna-server"):
+                 sni="ztna-server", alpn=None):
         args = [ZCLIENT, "--server", server, "--ca", pki.ca, "--sni", sni,
                 "--bind", bind]
+        if alpn:
+            args += ["--alpn", alpn]
         if cert:
             args += ["--cert", cert[0], "--key", cert[1]]
         self.proc = subprocess.Popen(netns_prefix(ns) + args,

@@ -283,6 +283,7 @@ int main(int argc, char **argv)
     { "ca", required_argument, NULL, 'a' },
     { "sni", required_argument, NULL, 'n' },
     { "bind", required_argument, NULL, 'b' },
+    { "alpn", required_argument, NULL, 'l' },
     { NULL, 0, NULL, 0 },
   };
   struct client cl = { 0 };
@@ -302,6 +303,7 @@ int main(int argc, char **argv)
     case 'a': tc.ca_file = optarg; break;
     case 'n': sni = optarg; break;
     case 'b': bindarg = optarg; break;
+    case 'l': tc.alpn = optarg; break;
     default: return 2;
     }
   }
