@@ -119,6 +119,7 @@ struct vip {
 #define E2E_BACKOFF_MAX_MS 30000     /* connection failures in a row */
 #define MTU_WAIT_MS 5000             /* for path MTU discovery */
 #define LEGACY_RETRY_MS 30000        /* raw IP: ask for a session again */
+#define REREGISTER_MS 30000          /* a refused registration, again */
 #define P2P_TICK_MS 250
 
 /* The end-to-end connection of a service. */
@@ -154,6 +155,7 @@ struct asvc {
   struct sockaddr_storage peer;  /* the address the last punch found */
   uint64_t punch_ms;
   uint64_t sessions, e2e_ups;
+  uint64_t rereg_at_ms;          /* refused: register again then */
 };
 
 struct actx {
@@ -522,11 +524,17 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
               "trying again", svc_id(a));
     a->open_at_ms = now + OPEN_RETRY_MS;
     return;
+  case WIRE_SESSION_INVALID:
+    /* It no longer has our registration (a policy reload dropped it):
+     * register again; the answer says whether we may. */
+    log_warnx("%s: the intermediate has no registration of ours for it; "
+              "registering again", svc_id(a));
+    uplink_register_again(x->up, a->idx);
+    a->open_at_ms = now + OPEN_RETRY_MS;
+    return;
   default:
-    log_warnx("%s: the intermediate refused a relay session (%s); trying "
-              "again in %d s", svc_id(a),
-              status == WIRE_SESSION_DENIED ? "no grant for the service"
-                                            : "not registered for it",
+    log_warnx("%s: the intermediate refused a relay session (no grant for "
+              "the service); trying again in %d s", svc_id(a),
               OPEN_REFUSED_MS / 1000);
     a->open_at_ms = now + OPEN_REFUSED_MS;
   }
@@ -850,6 +858,18 @@ static void p2p_tick(uv_timer_t *t)
     int can_punch;
     struct sockaddr_storage via;
 
+    /* A refused registration is tried again now and then: the policy may
+     * allow it by now. */
+    if (uplink_is_up(x->up) &&
+        uplink_reg_state(x->up, i) == UPLINK_REG_DENIED) {
+      if (!a->rereg_at_ms)
+        a->rereg_at_ms = now + REREGISTER_MS;
+      else if (now >= a->rereg_at_ms) {
+        a->rereg_at_ms = 0;
+        uplink_register_again(x->up, i);
+      }
+      continue;
+    }
     if (a->e == E_LEGACY) {
       if (a->opening && now >= a->open_at_ms && a->open_tries < OPEN_TRIES)
         send_open(a);
@@ -934,7 +954,7 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
     return;
   /* The connector's checks: answer them (at most 200 a second). */
   if (c.kind == WIRE_CTL_BIND_REQ) {
-    struct punch_io io = { send_raw, x };
+    struct punch_io io = { send_raw, x, NULL };
     if (punch_rate_ok(&x->ctl_rate, 200, now))
       punch_answer(&io, &c, from);
     else

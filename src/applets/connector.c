@@ -866,6 +866,13 @@ static void send_sig_error(struct csvc *s, uint64_t id, uint32_t code,
   uplink_send_signal(s->up, &m);
 }
 
+static void punch_send_ttl(const struct sockaddr *to, const uint8_t *d,
+                           size_t n, int ttl, void *ud)
+{
+  struct cctx *x = ud;
+  quic_endpoint_send_raw_ttl(x->ep, to, d, n, ttl);
+}
+
 static void punch_timer(uv_timer_t *t)
 {
   struct psession *ps = t->data;
@@ -874,7 +881,7 @@ static void punch_timer(uv_timer_t *t)
 
   if (!ps->started) {
     struct sockaddr_storage local;
-    struct punch_io io = { punch_send, x };
+    struct punch_io io = { punch_send, x, NULL };
     quic_endpoint_local_addr(x->ep, &local);
     punch_start(&ps->punch, &io, 0, local.ss_family, ps->peer, ps->npeer,
                 now);
@@ -961,6 +968,13 @@ static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
       return;
     ps->npeer = m->ncand;
     memcpy(ps->peer, m->cand, m->ncand * sizeof(m->cand[0]));
+    {
+      /* Our NAT's mappings toward the agent, before its checks arrive. */
+      struct sockaddr_storage local;
+      struct punch_io io = { punch_send, s->x, punch_send_ttl };
+      quic_endpoint_local_addr(s->x->ep, &local);
+      punch_prime(&io, local.ss_family, ps->peer, ps->npeer);
+    }
     uv_timer_start(&ps->timer, punch_timer,
                    m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
     return;
@@ -992,7 +1006,7 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
                           size_t n, const struct sockaddr *from, void *ud)
 {
   struct cctx *x = ud;
-  struct punch_io io = { punch_send, x };
+  struct punch_io io = { punch_send, x, NULL };
   struct wire_ctl c;
   uint64_t now = uv_now(x->loop);
   (void)ep;

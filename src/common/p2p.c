@@ -44,6 +44,13 @@ static void send_raw(const struct sockaddr *to, const uint8_t *d, size_t n,
   quic_endpoint_send_raw(pc->ep, to, d, n);
 }
 
+static void send_raw_ttl(const struct sockaddr *to, const uint8_t *d,
+                         size_t n, int ttl, void *ud)
+{
+  struct p2p_client *pc = ud;
+  quic_endpoint_send_raw_ttl(pc->ep, to, d, n, ttl);
+}
+
 static void timer_cb(uv_timer_t *t)
 {
   struct p2p_client *pc = t->data;
@@ -64,7 +71,7 @@ static void timer_cb(uv_timer_t *t)
     return;
   if (!pc->start_ms) {
     struct sockaddr_storage local;
-    struct punch_io io = { send_raw, pc };
+    struct punch_io io = { send_raw, pc, NULL };
     quic_endpoint_local_addr(pc->ep, &local);
     punch_start(&pc->punch, &io, 1, local.ss_family, pc->peer, pc->npeer,
                 now);
@@ -147,6 +154,13 @@ int p2p_client_signal(struct p2p_client *pc, const struct wire_sig *m)
   pc->npeer = m->ncand;
   memcpy(pc->peer, m->cand, m->ncand * sizeof(m->cand[0]));
   pc->phase = P2P_PUNCHING;
+  {
+    /* Our NAT's mappings toward the peer, before its checks arrive. */
+    struct sockaddr_storage local;
+    struct punch_io io = { send_raw, pc, send_raw_ttl };
+    quic_endpoint_local_addr(pc->ep, &local);
+    punch_prime(&io, local.ss_family, pc->peer, pc->npeer);
+  }
   uv_timer_start(&pc->timer, timer_cb,
                  m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
   return 1;

@@ -243,6 +243,30 @@ void punch_start(struct punch *p, const struct punch_io *io, int controlling,
   }
 }
 
+void punch_prime(const struct punch_io *io, int family,
+                 const struct wire_candidate *peer, size_t n)
+{
+  struct wire_ctl c;
+  uint8_t buf[WIRE_BIND_REQ_LEN];
+  int k;
+
+  if (!io->send_ttl)
+    return;
+  memset(&c, 0, sizeof(c));
+  c.kind = WIRE_CTL_BIND_REQ;
+  if (new_txn(c.txn) < 0)
+    return;
+  k = wire_ctl_encode(buf, sizeof(buf), &c);
+  for (size_t i = 0; k > 0 && i < n; i++) {
+    const struct sockaddr *sa = (const struct sockaddr *)&peer[i].addr;
+    /* The same candidates the checks will go to, no others. */
+    if (peer[i].type == WIRE_CAND_RELAY || sa->sa_family != family ||
+        !punch_addr_usable(sa))
+      continue;
+    io->send_ttl(sa, buf, (size_t)k, PUNCH_PRIME_TTL, io->ud);
+  }
+}
+
 static void fail(struct punch *p, const char *why)
 {
   p->state = PUNCH_FAILED;

@@ -78,7 +78,24 @@ struct punch_io {
   void (*send)(const struct sockaddr *to, const uint8_t *d, size_t n,
                void *ud);
   void *ud;
+  /* The same with an IP TTL (hop limit) of ttl; NULL: no priming. */
+  void (*send_ttl)(const struct sockaddr *to, const uint8_t *d, size_t n,
+                   int ttl, void *ud);
 };
+
+/* Priming (protocol.md 5): a check that reaches a NAT before that side's
+ * own first packet to the sender left makes a conntrack entry there
+ * (plain Linux masquerade with no input filter keeps one for any packet
+ * to itself) that then takes the port the mapping needs, and the side
+ * behind it sends its checks from another port. So as soon as StartPunching
+ * arrives, each side sends one binding request to every peer candidate
+ * with a TTL that lets it out through its own NAT (creating the mapping)
+ * but expires before the peer's; its checks begin after the start delay.
+ * A peer that the primer does reach (same LAN) answers it like any
+ * request, and the answer matches nothing. */
+#define PUNCH_PRIME_TTL 2
+void punch_prime(const struct punch_io *io, int family,
+                 const struct wire_candidate *peer, size_t n);
 
 struct punch {
   struct punch_io io;

@@ -515,6 +515,50 @@ int quic_endpoint_send_raw(struct quic_endpoint *ep, const struct sockaddr *to,
   return ep_send(ep, to, d, n);
 }
 
+int quic_endpoint_send_raw_ttl(struct quic_endpoint *ep,
+                               const struct sockaddr *to, const uint8_t *d,
+                               size_t n, int ttl)
+{
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = { (void *)(uintptr_t)d, n };
+  struct msghdr mh;
+  struct cmsghdr *cm;
+  uv_os_fd_t fd;
+  ssize_t w;
+
+  if (quic_addr_virtual(to, NULL) ||
+      uv_fileno((uv_handle_t *)&ep->udp, &fd) != 0)
+    return ZTNA_ERR_STATE;
+  memset(&mh, 0, sizeof(mh));
+  memset(cbuf, 0, sizeof(cbuf));
+  mh.msg_name = (void *)(uintptr_t)to;
+  mh.msg_namelen = sa_len(to);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf;
+  mh.msg_controllen = sizeof(cbuf);
+  cm = CMSG_FIRSTHDR(&mh);
+  if (ep->local.ss_family == AF_INET6) {
+    cm->cmsg_level = IPPROTO_IPV6;
+    cm->cmsg_type = IPV6_HOPLIMIT;
+  } else {
+    cm->cmsg_level = IPPROTO_IP;
+    cm->cmsg_type = IP_TTL;
+  }
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &ttl, sizeof(int));
+  do
+    w = sendmsg(fd, &mh, MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w < 0) {
+    ep->stats.udp_send_errors++;
+    return -errno;
+  }
+  ep->stats.tx_packets++;
+  ep->stats.tx_bytes += n;
+  return 0;
+}
+
 /* --- ngtcp2 callbacks ---------------------------------------------------- */
 
 static ngtcp2_conn *get_conn_cb(ngtcp2_crypto_conn_ref *ref)

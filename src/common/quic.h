@@ -171,6 +171,11 @@ int quic_endpoint_idle(struct quic_endpoint *ep);
 /* Sends one raw UDP datagram from the endpoint's socket (P2P control). */
 int quic_endpoint_send_raw(struct quic_endpoint *ep, const struct sockaddr *to,
                            const uint8_t *d, size_t n);
+/* The same with an IP TTL (IPv6 hop limit) of ttl for this one datagram
+ * (punch priming). */
+int quic_endpoint_send_raw_ttl(struct quic_endpoint *ep,
+                               const struct sockaddr *to, const uint8_t *d,
+                               size_t n, int ttl);
 /* Closes every connection with an application close; returns how many. */
 size_t quic_endpoint_close_all(struct quic_endpoint *ep, uint64_t code,
                                const char *reason);

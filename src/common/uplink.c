@@ -403,6 +403,15 @@ void uplink_set_tls(struct uplink *u, struct tls_ctx *tls)
   u->cfg.tls = tls;
 }
 
+void uplink_register_again(struct uplink *u, size_t svc)
+{
+  if (!u || !u->up || svc >= u->cfg.nservices)
+    return;
+  u->reg[svc] = UPLINK_REG_PENDING;
+  u->attempts = 0;
+  send_registrations(u);
+}
+
 uint64_t uplink_reconnects(struct uplink *u)
 {
   return u->reconnects > 0 ? u->reconnects - 1 : 0;

@@ -82,6 +82,9 @@ size_t uplink_max_datagram(struct uplink *u);
 int uplink_is_up(struct uplink *u);
 enum uplink_reg uplink_reg_state(struct uplink *u, size_t svc);
 void uplink_set_tls(struct uplink *u, struct tls_ctx *tls);
+/* Registers service svc again on the current connection (the
+ * intermediate forgot it, or refused it and may not any more). */
+void uplink_register_again(struct uplink *u, size_t svc);
 uint64_t uplink_reconnects(struct uplink *u);
 struct quic_conn *uplink_conn(struct uplink *u);
 /* The intermediate's address (the last one its name resolved to). */

@@ -78,10 +78,12 @@ def sha256(path):
 
 
 class World:
-    def __init__(self, net, tmp, nat_a="easy", nat_c="easy", inter_env=None):
+    def __init__(self, net, tmp, nat_a="easy", nat_c="easy", inter_env=None,
+                 inter_extra=()):
         """nat_a, nat_c: the agent's and the connector's NAT: "easy"
-        (masquerade), "hard" (endpoint-dependent) or "none" (a plain
-        router: the host's own address is public)."""
+        (masquerade, dropping unsolicited packets to itself), "open"
+        (plain masquerade, no input filter), "hard" (endpoint-dependent)
+        or "none" (a plain router: the host's own address is public)."""
         self.net, self.tmp = net, str(tmp)
         self.nat_kinds = (nat_a, nat_c)
         self.pki = Pki(os.path.join(self.tmp, "pki"))
@@ -116,13 +118,15 @@ class World:
                 net.nat(ns, out, action="accept")
                 net.route(self.inet, lan, gw)
             else:
-                net.nat(ns, out, hard=(kind == "hard"))
+                net.nat(ns, out, hard=(kind == "hard"),
+                        firewall=(kind != "open"))
         self.files = os.path.join(self.tmp, "www")
         os.makedirs(self.files, mode=0o755, exist_ok=True)
         self.start_backends()
         self.certs()
         self.inter = Intermediate(self.pki, ns=self.inet, logdir=self.tmp,
-                                  extra=("--diag-port", "4435"),
+                                  extra=("--diag-port", "4435") +
+                                  tuple(inter_extra),
                                   env=inter_env)
         self.start_connector()
         self.agent = self.start_agent("agent", self.agent_ns, "alice")

@@ -60,11 +60,13 @@ class Net:
     def router(self, ns):
         self.exec(ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
 
-    def nat(self, ns, out_if, hard=False, action=None):
+    def nat(self, ns, out_if, hard=False, action=None, firewall=True):
         """Source NAT on out_if: masquerade ("easy", endpoint-independent
         mapping, port kept when free), masquerade fully-random ("hard",
-        endpoint-dependent mapping), or another nft action. Replaces the
-        namespace's rules and forgets existing mappings."""
+        endpoint-dependent mapping), or another nft action. firewall=False
+        leaves out the input filter below (plain Linux masquerade, as a
+        new user would set it up). Replaces the namespace's rules and
+        forgets existing mappings."""
         self.router(ns)
         if action is None:
             action = "masquerade" + (" fully-random" if hard else "")
@@ -78,13 +80,14 @@ class Net:
                  "  type nat hook postrouting priority 100;\n"
                  "  oifname \"%s\" %s\n"
                  " }\n"
-                 "}\n"
-                 "table ip filter {\n"
-                 " chain input {\n"
-                 "  type filter hook input priority 0;\n"
-                 "  iifname \"%s\" ct state new drop\n"
-                 " }\n"
-                 "}\n") % (out_if, action, out_if)
+                 "}\n") % (out_if, action)
+        if firewall:
+            rules += ("table ip filter {\n"
+                      " chain input {\n"
+                      "  type filter hook input priority 0;\n"
+                      "  iifname \"%s\" ct state new drop\n"
+                      " }\n"
+                      "}\n") % out_if
         self.exec(ns, ["nft", "-f", "-"], input=rules)
         self.exec(ns, ["conntrack", "-F"], check=False)
 

@@ -7,15 +7,30 @@ The intermediate runs with a test hook (ZTNA_TEST_RECORD_DATAGRAMS) that
 appends every DATAGRAM payload it decrypts to a file: what the relay is
 able to read at all. A marker sent through the tunnel (an HTTP body, a UDP
 payload) must never appear there, nor in the intermediate's memory."""
+import json
 import os
 import re
+import signal
 
-from datapath import sha256, world_fixture
+from datapath import SERVICES, sha256, world_fixture
 from ztna import wait_for
 
 RECORD = "/tmp/ztna-e2e-record-%d.bin" % os.getpid()
+POLICY = "/tmp/ztna-e2e-policy-%d.json" % os.getpid()
+
+
+def write_policy(web):
+    """Every service open to every agent, but web to the agents listed."""
+    svcs = {k: {"allow": ["*"]} for k in SERVICES}
+    svcs["web"] = {"allow": web}
+    with open(POLICY, "w") as f:
+        json.dump({"services": svcs}, f)
+
+
+write_policy(["*"])
 world = world_fixture("e2e", inter_env={"ZTNA_TEST_RECORD_DATAGRAMS":
-                                         RECORD})
+                                         RECORD},
+                      inter_extra=("--policy", POLICY))
 
 MARKER = ("ztna-marker-" + os.urandom(12).hex()).encode()
 
@@ -128,3 +143,42 @@ def test_same_connection_moves_to_direct(world):
     # Nothing but keepalives and signaling crossed the relay meanwhile.
     assert os.path.getsize(RECORD) - before < 20000
     assert MARKER not in recorded()
+
+
+def web_code(world):
+    p = world.run(["curl", "-s", "-m", "5", "-o", "/dev/null", "-w",
+                   "%{http_code}", "http://10.100.0.2/whoami"], check=False)
+    return p.stdout
+
+
+def test_revoked_agent_loses_both_paths_and_comes_back(world):
+    """A policy reload at the intermediate takes web from alice while her
+    connection runs directly: the relay session ends as revoked, the
+    agent and the connector close the connection, and nothing reaches web
+    by either path until the policy allows it again."""
+    wait_for(lambda: world.path() == "direct", timeout=90,
+             what="the agent on the direct path")
+    assert web_code(world) == "200"
+    closed = world.metric(world.conn_ns, 9091,
+                          "ztna_connector_e2e_connections_total")
+    write_policy(["nobody"])
+    world.inter.signal(signal.SIGHUP)
+    wait_for(lambda: web_code(world) == "000", timeout=30,
+             what="web cut off")
+    assert world.metric(world.agent_ns, 9092,
+                        'ztna_agent_connection{service="web",state="up"}') \
+        == 0
+    with open(world.conn_log.name) as f:
+        assert "revoked" in f.read()
+    # Other services are untouched.
+    p = world.run(["ping", "-c", "2", "-W", "2", "10.100.0.3"], check=False)
+    assert p.returncode == 0, p.stdout
+    # Still nothing a while later (the agent keeps asking and is refused).
+    for _ in range(5):
+        assert web_code(world) == "000"
+    write_policy(["*"])
+    world.inter.signal(signal.SIGHUP)
+    wait_for(lambda: web_code(world) == "200", timeout=90,
+             what="web back once the policy allows it")
+    assert world.metric(world.conn_ns, 9091,
+                        "ztna_connector_e2e_connections_total") > closed

@@ -80,6 +80,28 @@ def test_easy_x_easy_is_direct(world):
     assert agent_punches(world, "success") >= 1
 
 
+@pytest.mark.parametrize("world", [("open", "open"), ("open", "easy"),
+                                   ("easy", "open")], indirect=True,
+                         ids=["open-open", "open-easy", "easy-open"])
+def test_masquerade_without_firewall_is_direct(world):
+    """Plain Linux masquerade with no input filter, as a new user sets it
+    up: a check that reaches a NAT before that side's own first packet
+    left makes a conntrack entry that takes the mapping's port, and the
+    other side's checks then leave from another port. Each side first
+    opens its own mapping with a packet that expires before the peer's
+    NAT, so the checks meet."""
+    for i in range(RUNS):
+        r, took = punch(world, world.agent_ns)
+        s = r["service"]
+        assert s["direct"] is True, s
+        assert s["punch_ms"] < 3000, s
+    wait_for(lambda: world.path() == "direct", timeout=60,
+             what="agent direct")
+    p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
+                   "%{http_code}", "http://10.100.0.2/"], check=False)
+    assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout
+
+
 @pytest.mark.parametrize("world", [("hard", "hard")], indirect=True,
                          ids=["hard-hard"])
 def test_hard_x_hard_stays_on_the_relay(world):

@@ -89,7 +89,7 @@ static void test_pacing_and_retransmission(void **state)
 {
   static struct punch p;
   static struct wire_log w;
-  struct punch_io io = { log_send, &w };
+  struct punch_io io = { log_send, &w, NULL };
   struct wire_candidate c[4];
   uint64_t wake;
   (void)state;
@@ -151,7 +151,7 @@ static void deliver(struct punch *dst, struct wire_log *src, size_t *seen,
                     const struct sockaddr *from, struct wire_log *dst_out,
                     int drop)
 {
-  struct punch_io io = { log_send, dst_out };
+  struct punch_io io = { log_send, dst_out, NULL };
 
   for (; *seen < src->n; (*seen)++) {
     struct wire_ctl c;
@@ -169,7 +169,7 @@ static void test_success_both_ways_and_prflx(void **state)
 {
   static struct punch a, b;
   static struct wire_log wa, wb;
-  struct punch_io ioa = { log_send, &wa }, iob = { log_send, &wb };
+  struct punch_io ioa = { log_send, &wa, NULL }, iob = { log_send, &wb, NULL };
   struct wire_candidate ca[1], cb[1];
   struct sockaddr_storage a_seen, b_seen;
   size_t sa = 0, sb = 0;
@@ -215,7 +215,7 @@ static void test_controlling_learns_no_prflx(void **state)
 {
   static struct punch a;
   static struct wire_log wa;
-  struct punch_io ioa = { log_send, &wa };
+  struct punch_io ioa = { log_send, &wa, NULL };
   struct wire_candidate cb[1];
   struct sockaddr_storage stranger;
   struct wire_ctl req;
@@ -244,7 +244,7 @@ static void test_candidates_past_the_egress_guard(void **state)
 {
   static struct punch a;
   static struct wire_log wa;
-  struct punch_io ioa = { log_send, &wa };
+  struct punch_io ioa = { log_send, &wa, NULL };
   struct wire_candidate c[9];
   struct sockaddr_in6 *s6;
   (void)state;
@@ -288,7 +288,7 @@ static void test_answers_that_do_not_count(void **state)
 {
   static struct punch a;
   static struct wire_log wa;
-  struct punch_io ioa = { log_send, &wa };
+  struct punch_io ioa = { log_send, &wa, NULL };
   struct wire_candidate cb[1];
   struct wire_ctl resp;
   struct sockaddr_storage right, wrong;
@@ -330,7 +330,7 @@ static void test_no_candidates(void **state)
 {
   static struct punch a;
   static struct wire_log wa;
-  struct punch_io ioa = { log_send, &wa };
+  struct punch_io ioa = { log_send, &wa, NULL };
   struct wire_candidate c[1];
   (void)state;
 
@@ -339,6 +339,47 @@ static void test_no_candidates(void **state)
   assert_int_equal(punch_tick(&a, 0), 0);
   assert_int_equal(a.state, PUNCH_FAILED);
   assert_non_null(strstr(a.why, "no candidates"));
+}
+
+static int ttl_seen[MAXPKT];
+
+static void log_send_ttl(const struct sockaddr *to, const uint8_t *d,
+                         size_t n, int ttl, void *ud)
+{
+  struct wire_log *w = ud;
+  ttl_seen[w->n] = ttl;
+  log_send(to, d, n, ud);
+}
+
+/* Priming: one binding request with TTL 2 to each candidate the checks
+ * will go to (not the relay, not another family, nothing past the egress
+ * guard), and none at all without a TTL-capable send. */
+static void test_prime(void **state)
+{
+  static struct wire_log w;
+  struct punch_io io = { log_send, &w, log_send_ttl };
+  struct punch_io plain = { log_send, &w, NULL };
+  struct wire_candidate c[4];
+  struct wire_ctl ctl;
+  (void)state;
+
+  memset(&w, 0, sizeof(w));
+  cand(&c[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  cand(&c[1], WIRE_CAND_HOST, "192.0.2.18", 4434);
+  cand(&c[2], WIRE_CAND_RELAY, "198.51.100.10", 4433);
+  cand(&c[3], WIRE_CAND_HOST, "169.254.169.254", 80);
+  punch_prime(&io, AF_INET, c, 4);
+  assert_int_equal(w.n, 2);
+  for (size_t i = 0; i < 2; i++) {
+    assert_int_equal(ttl_seen[i], PUNCH_PRIME_TTL);
+    assert_int_equal(wire_ctl_decode(w.p[i].d, w.p[i].n, &ctl), 0);
+    assert_int_equal(ctl.kind, WIRE_CTL_BIND_REQ);
+  }
+  assert_int_equal(((struct sockaddr_in *)&w.p[0].to)->sin_port, htons(4434));
+  punch_prime(&io, AF_INET6, c, 4);
+  assert_int_equal(w.n, 2);
+  punch_prime(&plain, AF_INET, c, 4);
+  assert_int_equal(w.n, 2);
 }
 
 int main(void)
@@ -351,6 +392,7 @@ int main(void)
     cmocka_unit_test(test_candidates_past_the_egress_guard),
     cmocka_unit_test(test_answers_that_do_not_count),
     cmocka_unit_test(test_no_candidates),
+    cmocka_unit_test(test_prime),
   };
   return cmocka_run_group_tests_name("punch", tests, NULL, NULL);
 }
