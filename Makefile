@@ -194,7 +194,7 @@ unit-run: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http relay punch packet
+FUZZ := wire config http relay punch packet path
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -219,6 +219,9 @@ $(BUILD)/fuzz/fuzz_punch: test/fuzz/fuzz_punch.c src/common/punch.c \
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_packet: test/fuzz/fuzz_packet.c src/common/tunguard.c \
   src/common/ippkt.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_path: test/fuzz/fuzz_path.c src/common/path.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c
