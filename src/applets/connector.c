@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <uv.h>
 
@@ -537,6 +538,17 @@ static void sweep_cb(uv_timer_t *t)
   for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
     if (x->sess[i].used && now - x->sess[i].created_ms >= P2P_SESSION_MS)
       session_end(&x->sess[i]);
+  /* An agent whose certificate expired since its handshake loses its
+   * connection, on whatever path it runs. */
+  for (struct dconn *dc = x->dconns, *dn; dc; dc = dn) {
+    dn = dc->next;
+    if (dc->up && dc->id && dc->id->not_after &&
+        (int64_t)time(NULL) >= dc->id->not_after) {
+      dc->up = 0;
+      log_info("%s: its certificate expired: closing", dc->name);
+      quic_conn_close(dc->qc, 2, "certificate expired");
+    }
+  }
   for (size_t h = 0; h < 1024; h++) {
     struct agent_id *a = x->ids[h], *an;
     for (; a; a = an) {

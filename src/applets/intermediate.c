@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sys/random.h>
 
@@ -103,9 +104,13 @@ struct ictx {
    * this intermediate decrypts is appended to FILE, so that a test can
    * show what the relay is able to read. -1: off. */
   int record_fd;
+  struct iconn *conns;
 };
 
 struct iconn {
+  struct iconn *next, *prev; /* x->conns: those with a relay client */
+  int64_t not_after;         /* its certificate's end (0: unknown) */
+  int expired;
   struct ictx *x;
   struct quic_conn *c;
   struct relay_client *rc;
@@ -217,6 +222,11 @@ static void on_handshake(struct quic_conn *c, void *ud)
     quic_conn_close(c, 1, "out of memory");
     return;
   }
+  ic->not_after = id.not_after;
+  ic->next = ic->x->conns;
+  if (ic->next)
+    ic->next->prev = ic;
+  ic->x->conns = ic;
   log_info("%s: connected, %zu identities", ic->name, id.ndns);
   send_qad(ic);
 }
@@ -274,6 +284,12 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *info,
              info->local ? "" : "by peer: ",
              info->reason[0] ? info->reason : "no reason");
     relay_client_del(ic->x->relay, ic->rc);
+    if (ic->prev)
+      ic->prev->next = ic->next;
+    else
+      ic->x->conns = ic->next;
+    if (ic->next)
+      ic->next->prev = ic->prev;
   } else if (info->err) {
     log_debug("handshake failed: %s", info->reason);
   }
@@ -613,7 +629,17 @@ static void on_hup(void *ud)
 static void on_tick(uv_timer_t *t)
 {
   struct ictx *x = t->data;
+  int64_t now = (int64_t)time(NULL);
+
   relay_expire(x->relay, uv_now(x->loop));
+  /* A certificate that expired since its handshake ends the connection
+   * (and with it the peer's registrations and relay sessions). */
+  for (struct iconn *ic = x->conns; ic; ic = ic->next)
+    if (ic->not_after && now >= ic->not_after && !ic->expired) {
+      ic->expired = 1;
+      log_info("%s: its certificate expired: closing", ic->name);
+      quic_conn_close(ic->c, 2, "certificate expired");
+    }
 }
 
 /* --- main -------------------------------------------------------------------- */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -256,6 +257,15 @@ int tls_peer_identity(WOLFSSL *ssl, struct tls_identity *id)
       wolfSSL_X509_free(cert);
       return ZTNA_ERR_CERT;
     }
+  }
+  {
+    /* A connection outlives nothing its certificate does not: daemons
+     * close those whose certificate has expired since the handshake. */
+    const WOLFSSL_ASN1_TIME *na = wolfSSL_X509_get_notAfter(cert);
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    if (na && wolfSSL_ASN1_TIME_to_tm(na, &tm) == WOLFSSL_SUCCESS)
+      id->not_after = (int64_t)timegm(&tm);
   }
   subj = wolfSSL_X509_get_subject_name(cert);
   if (subj) {

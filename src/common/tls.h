@@ -11,6 +11,7 @@
 #define ZTNA_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define TLS_ALPN "ztna-v1"
 /* An agent's end-to-end connection to a connector (protocol.md 10). */
@@ -36,6 +37,7 @@ struct tls_identity {
   unsigned char fp[32]; /* SHA-256 of the certificate (DER) */
   char cn[TLS_NAME_MAX + 1];
   char ou[TLS_NAME_MAX + 1];
+  int64_t not_after; /* the certificate's end, Unix seconds (0: unknown) */
   size_t ndns;
   char dns[TLS_MAX_SANS][TLS_NAME_MAX + 1];
 };

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -393,6 +394,11 @@ static void test_quic_transfer(void **state)
   assert_int_equal(((struct sockaddr_in *)&w.srv.peer_addr)->sin_port,
                    ((struct sockaddr_in *)&cli_addr)->sin_port);
   assert_string_equal(w.cli.peer.dns[0], "ztna-server");
+  /* Certificates' ends (keygen's default: 365 days from issue), which
+   * the daemons enforce on established connections. */
+  assert_true(w.srv.peer.not_after > (int64_t)time(NULL) + 300 * 86400);
+  assert_true(w.srv.peer.not_after <= (int64_t)time(NULL) + 366 * 86400);
+  assert_true(w.cli.peer.not_after > (int64_t)time(NULL));
 
   /* Path MTU discovery takes the loopback path to 1452-byte packets:
    * with 20-byte CIDs, 1408-byte datagrams (protocol.md 1). Before it,
