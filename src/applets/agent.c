@@ -38,6 +38,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
+#include "identity.h"
 #include "ippkt.h"
 #include "log.h"
 #include "metrics.h"
@@ -470,7 +471,7 @@ static void use_session(struct asvc *a)
   }
   quic_endpoint_set_virtual_max(x->ep, room > 9 ? room - 9 : 0);
   rv = quic_connect(&a->ec, x->ep, x->etls, (struct sockaddr *)&via,
-                    "ztna-connector", &e2e_cbs, a);
+                    ID_CONNECTOR_NAME, &e2e_cbs, a);
   if (rv < 0) {
     a->ec = NULL;
     log_warnx("%s: cannot start the end-to-end connection: %s", svc_id(a),
@@ -1536,7 +1537,7 @@ int agent_main(int argc, char **argv)
   uc.server = server_addr;
   uc.host = x.cfg.server_host; /* looked up again on every reconnect */
   uc.port = x.cfg.server_port;
-  uc.sni = "ztna-server";
+  uc.sni = ID_SERVER_NAME;
   uc.role = WIRE_REG_AGENT;
   for (size_t i = 0; i < x.cfg.nservices; i++)
     uc.services[i] = x.cfg.services[i].id;

@@ -35,6 +35,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
+#include "identity.h"
 #include "ippkt.h"
 #include "log.h"
 #include "metrics.h"
@@ -1611,7 +1612,7 @@ static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
   tc.ca_file = x->cfg.ca_cert[0] ? x->cfg.ca_cert : NULL;
   tc.verify_peer = x->cfg.verify_peer;
   if (!server)
-    tc.verify_name = "ztna-server";
+    tc.verify_name = ID_SERVER_NAME;
   else
     tc.alpn = TLS_ALPN_E2E; /* agents' end-to-end connections */
   rv = tls_ctx_new(out, server, &tc, err, sizeof(err));

@@ -29,6 +29,7 @@
 #include "../applets.h"
 #include "config.h"
 #include "err.h"
+#include "identity.h"
 #include "log.h"
 #include "netaddr.h"
 #include "p2p.h"
@@ -167,7 +168,7 @@ static const struct quic_conn_cbs probe_cbs = {
 static void start_probe(struct dctx *x, struct probe *p)
 {
   int rv = quic_connect(&p->c, x->ep, x->tls, (struct sockaddr *)&p->server,
-                        "ztna-server", &probe_cbs, p);
+                        ID_SERVER_NAME, &probe_cbs, p);
   if (rv < 0) {
     p->failed = 1;
     snprintf(p->error, sizeof(p->error), "%s", ztna_strerror(rv));
@@ -307,7 +308,7 @@ static void start_service(struct dctx *x)
   uc.ep = x->ep;
   uc.tls = x->tls;
   uc.server = x->main.server;
-  uc.sni = "ztna-server";
+  uc.sni = ID_SERVER_NAME;
   uc.role = WIRE_REG_AGENT;
   uc.services[0] = x->service;
   uc.nservices = 1;

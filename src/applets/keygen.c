@@ -34,6 +34,7 @@
 #include <wolfssl/wolfcrypt/random.h>
 
 #include "../applets.h"
+#include "identity.h"
 #include "pki.h"
 
 #define MAX_NAMES 32
@@ -451,10 +452,10 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     return bad("--name '%s' must be 1-63 characters of [A-Za-z0-9._-]",
                kg->name);
   if (!strcmp(kg->role, "intermediate")) {
-    snprintf(names[nnames++], 256, "ztna-server");
+    snprintf(names[nnames++], 256, "%s", ID_SERVER_NAME);
     eku = "serverAuth";
   } else if (!strcmp(kg->role, "connector")) {
-    snprintf(names[nnames++], 256, "ztna-connector");
+    snprintf(names[nnames++], 256, "%s", ID_CONNECTOR_NAME);
     eku = "serverAuth,clientAuth";
   } else if (!strcmp(kg->role, "agent")) {
     eku = "clientAuth";
@@ -469,7 +470,8 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     if (!valid_label(kg->services[i], 1, 1))
       return bad("--service '%s' must be '*' or 1-63 characters of "
                  "[A-Za-z0-9._-]", kg->services[i]);
-    snprintf(names[nnames], 256, "%s.%s.ztna", kg->role, kg->services[i]);
+    snprintf(names[nnames], 256, "%s.%s%s", kg->role, kg->services[i],
+             ID_GRANT_SUFFIX);
     for (char *p = names[nnames]; *p; p++)
       if (*p >= 'A' && *p <= 'Z')
         *p = (char)(*p - 'A' + 'a');
@@ -484,11 +486,12 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     /* The names ztna grants by are made from --role and --service only:
      * a connector certificate that also said ztna-server could pose as
      * the intermediate. */
-    if (!strcasecmp(kg->dns[i], "ztna-server") ||
-        !strcasecmp(kg->dns[i], "ztna-connector"))
+    if (!strcasecmp(kg->dns[i], ID_SERVER_NAME) ||
+        !strcasecmp(kg->dns[i], ID_CONNECTOR_NAME))
       return bad("--dns '%s' is reserved: --role gives each certificate "
                  "the name its role may carry", kg->dns[i]);
-    if (dl >= 5 && !strcasecmp(kg->dns[i] + dl - 5, ".ztna"))
+    if (dl >= ID_GRANT_SUFFIX_LEN &&
+        !strcasecmp(kg->dns[i] + dl - ID_GRANT_SUFFIX_LEN, ID_GRANT_SUFFIX))
       return bad("--dns '%s' is reserved: names under .ztna grant roles "
                  "and come from --role and --service", kg->dns[i]);
     snprintf(names[nnames++], 256, "%s", kg->dns[i]);

@@ -6,13 +6,15 @@
 #include <strings.h>
 
 #include "config.h"
+#include "identity.h"
 #include "policy.h"
 #include "tls.h"
 
 int policy_cert_grants(const struct tls_identity *id, enum policy_role role,
                        const uint8_t *svc, size_t len)
 {
-  const char *prefix = role == POLICY_AGENT ? "agent." : "connector.";
+  const char *prefix = role == POLICY_AGENT ? ID_ROLE_AGENT "."
+                                            : ID_ROLE_CONNECTOR ".";
   size_t pl = strlen(prefix);
 
   if (len == 0)
@@ -21,13 +23,14 @@ int policy_cert_grants(const struct tls_identity *id, enum policy_role role,
     const char *san = id->dns[i];
     size_t sl = strlen(san);
 
-    if (sl < pl + 5 || strncmp(san, prefix, pl) != 0 ||
-        strcmp(san + sl - 5, ".ztna") != 0)
+    if (sl < pl + ID_GRANT_SUFFIX_LEN || strncmp(san, prefix, pl) != 0 ||
+        strcmp(san + sl - ID_GRANT_SUFFIX_LEN, ID_GRANT_SUFFIX) != 0)
       continue;
     /* The middle is the service id; it may itself contain dots. */
-    if (sl - pl - 5 == 1 && san[pl] == '*')
+    sl -= pl + ID_GRANT_SUFFIX_LEN;
+    if (sl == 1 && san[pl] == '*')
       return 1;
-    if (sl - pl - 5 == len && strncasecmp(san + pl, (const char *)svc, len) == 0)
+    if (sl == len && strncasecmp(san + pl, (const char *)svc, len) == 0)
       return 1;
   }
   return 0;
