@@ -115,12 +115,20 @@ struct vip {
 #define E2E_PING_MS 5000             /* QUIC PING when idle */
 #define OPEN_INTERVAL_MS 1000        /* relay session requests: resent */
 #define OPEN_TRIES 5                 /* then the intermediate is original */
-#define OPEN_RETRY_MS 2000           /* no connector yet, a table full */
+#define OPEN_RETRY_MS 2000           /* a table full */
+#define NOCONN_RETRY_MS 250          /* no connector yet: doubling ... */
+#define NOCONN_RETRY_MAX_MS 4000     /* ... to this */
 #define OPEN_REFUSED_MS 10000        /* the intermediate said no */
 #define E2E_BACKOFF_MAX_MS 30000     /* connection failures in a row */
 #define MTU_WAIT_MS 5000             /* for path MTU discovery */
 #define LEGACY_RETRY_MS 30000        /* raw IP: ask for a session again */
 #define REREGISTER_MS 30000          /* a refused registration, again */
+/* Packets that arrive while a service's connection is coming up wait for
+ * it (the first packets of the first flow are not lost to the ~1 RTT
+ * handshake), bounded: */
+#define HOLD_PACKETS 64
+#define HOLD_BYTES (128 * 1024)
+#define HOLD_MS 5000
 #define P2P_TICK_MS 250
 
 /* The end-to-end connection of a service. */
@@ -150,6 +158,7 @@ struct asvc {
   int open_tries;
   uint64_t open_at_ms;           /* next OPEN (resend, or a new try) */
   uint64_t backoff_ms;           /* after a failed connection */
+  uint64_t nocon_ms;             /* the next wait for a connector */
   uint64_t wait_since_ms;        /* for a path big enough for sessions */
   struct path path;
   struct p2p_client *pc;
@@ -157,6 +166,16 @@ struct asvc {
   uint64_t punch_ms;
   uint64_t sessions, e2e_ups;
   uint64_t rereg_at_ms;          /* refused: register again then */
+  struct held *held, **held_tail; /* waiting for the connection */
+  size_t nheld, held_bytes;
+};
+
+/* A packet from the TUN waiting for its service's connection, wrapped. */
+struct held {
+  struct held *next;
+  uint64_t ms;
+  size_t n;
+  uint8_t d[];
 };
 
 struct actx {
@@ -269,6 +288,77 @@ static void to_tun(struct actx *x, const uint8_t *pkt, size_t n,
   write_tun(x, pkt, len);
 }
 
+static void held_free(struct asvc *a)
+{
+  while (a->held) {
+    struct held *h = a->held;
+    a->held = h->next;
+    free(h);
+  }
+  a->held_tail = &a->held;
+  a->nheld = a->held_bytes = 0;
+}
+
+/* Keeps a wrapped packet until the connection is up (0), or says why not
+ * (the bounds: a flood while the connection never comes up must not eat
+ * memory). */
+static int hold(struct asvc *a, const struct iovec *iov, int iovcnt)
+{
+  size_t n = 0, off = 0;
+  struct held *h;
+
+  for (int i = 0; i < iovcnt; i++)
+    n += iov[i].iov_len;
+  if (a->nheld >= HOLD_PACKETS || a->held_bytes + n > HOLD_BYTES)
+    return ZTNA_ERR_QUEUE_FULL;
+  h = malloc(sizeof(*h) + n);
+  if (!h)
+    return ZTNA_ERR_QUEUE_FULL;
+  for (int i = 0; i < iovcnt; i++) {
+    memcpy(h->d + off, iov[i].iov_base, iov[i].iov_len);
+    off += iov[i].iov_len;
+  }
+  h->n = n;
+  h->ms = uv_now(a->x->loop);
+  h->next = NULL;
+  if (!a->held_tail)
+    a->held_tail = &a->held;
+  *a->held_tail = h;
+  a->held_tail = &h->next;
+  a->nheld++;
+  a->held_bytes += n;
+  return 0;
+}
+
+/* The connection is up (or the service goes raw): what waited leaves, in
+ * order; what is too old for anyone to wait for any more is dropped. */
+static void release_held(struct asvc *a)
+{
+  struct actx *x = a->x;
+  uint64_t now = uv_now(x->loop);
+
+  if (a->e != E_UP && a->e != E_LEGACY)
+    return; /* still coming up */
+  while (a->held) {
+    struct held *h = a->held;
+    struct iovec v = { h->d, h->n };
+    int rv = ZTNA_ERR_STATE;
+
+    if (now - h->ms < HOLD_MS) {
+      if (a->e == E_UP)
+        rv = quic_conn_send_datagramv(a->ec, &v, 1);
+      else if (a->e == E_LEGACY)
+        rv = uplink_send(x->up, &v, 1);
+    }
+    if (rv < 0)
+      drop(x, A_NOT_CONNECTED);
+    a->held = h->next;
+    free(h);
+  }
+  a->held_tail = &a->held;
+  a->nheld = a->held_bytes = 0;
+}
+
 /* Tells the sender (through the TUN) the size that fits: never a silent
  * black hole. */
 static void too_big(struct actx *x, const uint8_t *pkt, const struct ippkt *ip,
@@ -318,7 +408,12 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   iov[0].iov_len = (size_t)h;
   iov[1].iov_base = pkt;
   iov[1].iov_len = ip.totlen;
-  if (a->e == E_UP) {
+  if (a->e == E_UP && !a->sid && a->path.state != PATH_DIRECT &&
+      uplink_is_up(x->up)) {
+    /* On the relay, between sessions (a new connection to the
+     * intermediate): the packet waits for the next one. */
+    rv = hold(a, iov, 2);
+  } else if (a->e == E_UP) {
     rv = quic_conn_send_datagramv(a->ec, iov, 2);
     if (rv == ZTNA_ERR_TOO_LARGE) {
       too_big(x, pkt, &ip, (int)quic_conn_max_datagram(a->ec) - h);
@@ -332,6 +427,8 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
       too_big(x, pkt, &ip, (int)uplink_max_datagram(x->up) - h);
       return;
     }
+  } else if (uplink_is_up(x->up)) {
+    rv = hold(a, iov, 2); /* the connection is coming up */
   } else {
     rv = ZTNA_ERR_STATE;
   }
@@ -399,6 +496,7 @@ static void go_legacy(struct asvc *a, const char *why)
             "the intermediate can read, and takes no direct path",
             svc_id(a), why);
   set_mtu(a->x);
+  release_held(a);
 }
 
 static void send_open(struct asvc *a)
@@ -429,7 +527,10 @@ static void start_open(struct asvc *a)
   if (a->opening || !uplink_is_up(x->up) ||
       uplink_reg_state(x->up, a->idx) != UPLINK_REG_OK)
     return;
-  if (room < QUIC_VIRTUAL_DGRAM_NEED(QUIC_MAX_UDP_PAYLOAD)) {
+  /* A connection that is up moves to the new session at once: its
+   * packets are as large as their content (only the handshake's are
+   * padded), so while path MTU discovery runs only full-size ones wait. */
+  if (!a->ec && room < QUIC_VIRTUAL_DGRAM_NEED(QUIC_MAX_UDP_PAYLOAD)) {
     if (!a->wait_since_ms)
       a->wait_since_ms = now;
     if (now - a->wait_since_ms < MTU_WAIT_MS) {
@@ -467,6 +568,7 @@ static void use_session(struct asvc *a)
         quic_conn_migrate(a->ec, (struct sockaddr *)&via, 0) == 0)
       log_info("%s: relay session %llu carries the connection now",
                svc_id(a), (unsigned long long)a->sid);
+    release_held(a);
     return;
   }
   quic_endpoint_set_virtual_max(x->ep, room > 9 ? room - 9 : 0);
@@ -509,6 +611,7 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
     }
     a->sid = sid;
     a->sessions++;
+    a->nocon_ms = 0;
     log_debug("%s: relay session %llu", svc_id(a), (unsigned long long)sid);
     use_session(a);
     return;
@@ -517,8 +620,14 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
                  "sessions)");
     return;
   case WIRE_SESSION_NO_CONNECTOR:
-    log_debug("%s: no connector yet", svc_id(a));
-    a->open_at_ms = now + OPEN_RETRY_MS;
+    /* It may be registering right now (both came back after a restart of
+     * the intermediate): ask again soon, less often as it stays away. */
+    a->nocon_ms = a->nocon_ms ? a->nocon_ms * 2 : NOCONN_RETRY_MS;
+    if (a->nocon_ms > NOCONN_RETRY_MAX_MS)
+      a->nocon_ms = NOCONN_RETRY_MAX_MS;
+    log_debug("%s: no connector yet; asking again in %llu ms", svc_id(a),
+              (unsigned long long)a->nocon_ms);
+    a->open_at_ms = now + a->nocon_ms;
     return;
   case WIRE_SESSION_LIMIT:
     log_warnx("%s: the intermediate has no room for another relay session; "
@@ -657,6 +766,7 @@ static void on_e2e_handshake(struct quic_conn *c, void *ud)
            "relay (session %llu)", svc_id(a), a->peer_id.cn,
            (unsigned long long)a->sid);
   set_mtu(x);
+  release_held(a);
 }
 
 static void on_e2e_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
@@ -870,6 +980,20 @@ static void p2p_tick(uv_timer_t *t)
         uplink_register_again(x->up, i);
       }
       continue;
+    }
+    if (a->held && now - a->held->ms >= HOLD_MS) {
+      if (a->e == E_UP || a->e == E_LEGACY)
+        release_held(a);
+      while (a->held && now - a->held->ms >= HOLD_MS) {
+        struct held *h = a->held;
+        a->held = h->next;
+        a->nheld--;
+        a->held_bytes -= h->n;
+        free(h);
+        drop(x, A_NOT_CONNECTED);
+      }
+      if (!a->held)
+        a->held_tail = &a->held;
     }
     if (a->e == E_LEGACY) {
       if (a->opening && now >= a->open_at_ms && a->open_tries < OPEN_TRIES)
@@ -1179,6 +1303,7 @@ static void on_terminate(void *ud, int signum)
     }
     if (a->ec)
       quic_conn_close(a->ec, 0, "agent shutting down");
+    held_free(a);
   }
   uplink_del(x->up, "agent shutting down");
   x->up = NULL;

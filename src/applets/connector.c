@@ -56,8 +56,6 @@
 #define MAX_TCP_PER_AGENT 256   /* nor every TCP session */
 /* The intermediate lets one agent hold 16 signaling sessions: one agent
  * alone cannot take every slot. */
-#define P2P_MAX_SESSIONS 128
-#define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
 #define CTL_ANSWERS_PER_SEC 200
 #define MAX_AGENT_IDS 4096
 #define AGENT_ID_IDLE_MS (10 * 60 * 1000)
@@ -126,18 +124,6 @@ struct csvc {
   struct uplink *up;
   struct sockaddr_storage observed; /* QAD: our public address */
   int has_observed;
-};
-
-/* A punch an agent asked for through the intermediate. */
-struct psession {
-  int used, started;
-  struct csvc *svc;
-  uint64_t id, created_ms, start_ms;
-  size_t npeer;
-  struct wire_candidate peer[WIRE_SIG_MAX_CANDIDATES];
-  struct punch punch;
-  int reported, result_seen;
-  uv_timer_t timer;
 };
 
 struct dconn;
@@ -222,7 +208,7 @@ struct cctx {
   struct metric *mx_pkts, *mx_bytes, *mx_tcp, *mx_tcp_err, *mx_reconn,
       *mx_uptime, *mx_drops[D_COUNT], *mx_flows, *mx_tcp_active, *mx_icmp;
   int stopping;
-  struct psession sess[P2P_MAX_SESSIONS];
+  struct p2p_server p2p;     /* punches agents ask for */
   struct tls_ctx *srv_tls;   /* direct connections from agents */
   struct cfg_policy *policy; /* --policy: NULL when none */
   struct agent_id *ids[1024];  /* by relay address */
@@ -240,13 +226,12 @@ struct cctx {
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t punch_ok, punch_fail, ctl_limited, agents_gone;
+  uint64_t ctl_limited, agents_gone;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
   uint8_t buf[65536];
 };
 
-static void session_end(struct psession *ps);
 
 static void drop(struct cctx *x, enum cdrop d)
 {
@@ -536,9 +521,7 @@ static void sweep_cb(uv_timer_t *t)
     if (now - f->last >= UDP_IDLE_MS)
       flow_free(x, f);
   }
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
-    if (x->sess[i].used && now - x->sess[i].created_ms >= P2P_SESSION_MS)
-      session_end(&x->sess[i]);
+  p2p_server_expire(&x->p2p, NULL);
   /* An agent whose certificate expired since its handshake loses its
    * connection, on whatever path it runs. */
   for (struct dconn *dc = x->dconns, *dn; dc; dc = dn) {
@@ -832,186 +815,43 @@ static void punch_send(const struct sockaddr *to, const uint8_t *d, size_t n,
   quic_endpoint_send_raw(x->ep, to, d, n);
 }
 
-/* Logs and counts how our own checks went, once. */
-static void punch_report(struct psession *ps)
+/* The punch driver's view of a service (p2p.h). */
+static int p2p_send_signal(void *svc, const struct wire_sig *m, void *ud)
 {
-  struct cctx *x = ps->svc->x;
-  uint64_t now = uv_now(x->loop);
-  char a[64];
-
-  if (!ps->started || ps->reported || ps->punch.state == PUNCH_CHECKING)
-    return;
-  ps->reported = 1;
-  if (ps->punch.state == PUNCH_SUCCEEDED) {
-    const struct punch_pair *w = &ps->punch.pairs[ps->punch.winner];
-    x->punch_ok++;
-    log_info("%s: p2p session %016llx: the agent answers at %s (%u ms "
-             "round trip, after %llu ms)", ps->svc->cfg->id,
-             (unsigned long long)ps->id,
-             netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
-             w->rtt_ms, (unsigned long long)(now - ps->start_ms));
-  } else {
-    x->punch_fail++;
-    log_info("%s: p2p session %016llx: no direct path: %s", ps->svc->cfg->id,
-             (unsigned long long)ps->id, ps->punch.why);
-  }
+  struct csvc *s = svc;
+  (void)ud;
+  return uplink_send_signal(s->up, m);
 }
 
-static void session_end(struct psession *ps)
+static const struct sockaddr *p2p_observed(void *svc, void *ud)
 {
-  punch_report(ps);
-  uv_timer_stop(&ps->timer);
-  ps->used = 0;
+  struct csvc *s = svc;
+  (void)ud;
+  return s->has_observed ? (const struct sockaddr *)&s->observed : NULL;
 }
 
-static void send_sig_error(struct csvc *s, uint64_t id, uint32_t code,
-                           const char *text)
+static const struct sockaddr *p2p_server_addr(void *svc, void *ud)
 {
-  struct wire_sig m;
-
-  memset(&m, 0, sizeof(m));
-  m.tag = WIRE_SIG_ERROR;
-  m.has_session_id = 1;
-  m.session_id = id;
-  m.code = code;
-  m.message_len = strlen(text);
-  memcpy(m.message, text, m.message_len + 1);
-  uplink_send_signal(s->up, &m);
+  struct csvc *s = svc;
+  (void)ud;
+  return (const struct sockaddr *)uplink_server(s->up);
 }
 
-static void punch_send_ttl(const struct sockaddr *to, const uint8_t *d,
-                           size_t n, int ttl, void *ud)
+static const char *p2p_name(void *svc, void *ud)
 {
-  struct cctx *x = ud;
-  quic_endpoint_send_raw_ttl(x->ep, to, d, n, ttl);
+  (void)ud;
+  return ((struct csvc *)svc)->cfg->id;
 }
 
-static void punch_timer(uv_timer_t *t)
-{
-  struct psession *ps = t->data;
-  struct cctx *x = ps->svc->x;
-  uint64_t now = uv_now(x->loop), wake;
-
-  if (!ps->started) {
-    struct sockaddr_storage local;
-    struct punch_io io = { punch_send, x, NULL };
-    quic_endpoint_local_addr(x->ep, &local);
-    punch_start(&ps->punch, &io, 0, local.ss_family, ps->peer, ps->npeer,
-                now);
-    ps->started = 1;
-    ps->start_ms = now;
-  }
-  wake = punch_tick(&ps->punch, now);
-  punch_report(ps);
-  if (ps->result_seen && ps->punch.state != PUNCH_CHECKING) {
-    session_end(ps);
-    return;
-  }
-  if (wake)
-    uv_timer_start(&ps->timer, punch_timer, wake, 0);
-}
-
-static struct psession *session_find(struct cctx *x, struct csvc *s,
-                                     uint64_t id)
-{
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
-    if (x->sess[i].used && x->sess[i].svc == s && x->sess[i].id == id)
-      return &x->sess[i];
-  return NULL;
-}
-
-static void on_offer(struct csvc *s, const struct wire_sig *m)
-{
-  struct cctx *x = s->x;
-  struct psession *ps = NULL;
-  struct sockaddr_storage local;
-  struct wire_sig ans;
-  uint16_t port;
-
-  if (session_find(x, s, m->session_id))
-    return; /* a duplicate */
-  for (size_t i = 0; i < P2P_MAX_SESSIONS && !ps; i++)
-    if (!x->sess[i].used)
-      ps = &x->sess[i];
-  if (!ps) {
-    log_warnx("%s: p2p: %d punches at once already; refusing one",
-              s->cfg->id, P2P_MAX_SESSIONS);
-    send_sig_error(s, m->session_id, WIRE_SIGERR_UNKNOWN,
-                   "connector busy: too many punches at once");
-    return;
-  }
-  ps->used = 1;
-  ps->started = ps->reported = ps->result_seen = 0;
-  ps->svc = s;
-  ps->id = m->session_id;
-  ps->created_ms = uv_now(x->loop);
-  ps->npeer = 0;
-  quic_endpoint_local_addr(x->ep, &local);
-  port = ntohs(local.ss_family == AF_INET6
-                   ? ((struct sockaddr_in6 *)&local)->sin6_port
-                   : ((struct sockaddr_in *)&local)->sin_port);
-  memset(&ans, 0, sizeof(ans));
-  ans.tag = WIRE_SIG_ANSWER;
-  ans.session_id = m->session_id;
-  ans.ncand = punch_gather(ans.cand, WIRE_SIG_MAX_CANDIDATES,
-                           local.ss_family, port,
-                           s->has_observed ? (struct sockaddr *)&s->observed
-                                           : NULL,
-                           (const struct sockaddr *)uplink_server(s->up));
-  log_info("%s: p2p session %016llx: offer with %zu candidates, answering "
-           "with %zu", s->cfg->id, (unsigned long long)m->session_id,
-           m->ncand, ans.ncand);
-  if (uplink_send_signal(s->up, &ans) < 0)
-    session_end(ps);
-}
+static const struct p2p_server_io p2p_io = {
+  p2p_send_signal, p2p_observed, p2p_server_addr, p2p_name, NULL,
+};
 
 static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
 {
   struct csvc *s = ud;
-  struct psession *ps;
   (void)u;
-
-  switch (m->tag) {
-  case WIRE_SIG_OFFER:
-    on_offer(s, m);
-    return;
-  case WIRE_SIG_START:
-    ps = session_find(s->x, s, m->session_id);
-    if (!ps || ps->started || uv_is_active((uv_handle_t *)&ps->timer))
-      return;
-    ps->npeer = m->ncand;
-    memcpy(ps->peer, m->cand, m->ncand * sizeof(m->cand[0]));
-    {
-      /* Our NAT's mappings toward the agent, before its checks arrive. */
-      struct sockaddr_storage local;
-      struct punch_io io = { punch_send, s->x, punch_send_ttl };
-      quic_endpoint_local_addr(s->x->ep, &local);
-      punch_prime(&io, local.ss_family, ps->peer, ps->npeer);
-    }
-    uv_timer_start(&ps->timer, punch_timer,
-                   m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
-    return;
-  case WIRE_SIG_RESULT:
-    ps = session_find(s->x, s, m->session_id);
-    if (!ps)
-      return;
-    log_info("%s: p2p session %016llx: the agent reports %s",
-             s->cfg->id, (unsigned long long)m->session_id,
-             m->success ? "a direct path" : "no direct path");
-    /* Our own checks may still be running: let them finish. */
-    ps->result_seen = 1;
-    if (!ps->started || ps->punch.state != PUNCH_CHECKING)
-      session_end(ps);
-    return;
-  case WIRE_SIG_ERROR:
-    if (m->has_session_id && (ps = session_find(s->x, s, m->session_id)))
-      session_end(ps);
-    log_info("%s: p2p: error from the intermediate: %s", s->cfg->id,
-             m->message);
-    return;
-  default:
-    return;
-  }
+  p2p_server_signal(&s->x->p2p, s, m);
 }
 
 /* Control packets on the shared socket: binding checks and keepalives. */
@@ -1045,17 +885,7 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   }
   if (c.kind == WIRE_CTL_BIND_REQ)
     punch_answer(&io, &c, from);
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
-    struct psession *ps = &x->sess[i];
-    if (!ps->used || !ps->started)
-      continue;
-    if (punch_input(&ps->punch, &c, from, now)) {
-      /* A triggered check or a success: let the timer act now. */
-      uv_timer_start(&ps->timer, punch_timer, 0, 0);
-      if (c.kind == WIRE_CTL_BIND_RESP)
-        break;
-    }
-  }
+  p2p_server_packet(&x->p2p, &c, from);
 }
 
 /* --- P2P: direct connections from agents -------------------------------------- */
@@ -1373,10 +1203,9 @@ static void collect(void *ud)
 
   for (size_t i = 0; i < x->nsvcs; i++)
     reconn += uplink_reconnects(x->svcs[i].up);
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
-    punching += x->sess[i].used;
-  metric_set(x->mx_punch_ok, (int64_t)x->punch_ok);
-  metric_set(x->mx_punch_fail, (int64_t)x->punch_fail);
+  punching = p2p_server_active(&x->p2p);
+  metric_set(x->mx_punch_ok, (int64_t)x->p2p.ok);
+  metric_set(x->mx_punch_fail, (int64_t)x->p2p.failed);
   metric_set(x->mx_punch_active, (int64_t)punching);
   {
     int64_t up = 0;
@@ -1575,11 +1404,7 @@ static void on_terminate(void *ud, int signum)
   metrics_http_stop(x->http);
   x->http = NULL;
   close_handle((uv_handle_t *)&x->sweep);
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
-    if (x->sess[i].used)
-      session_end(&x->sess[i]);
-    close_handle((uv_handle_t *)&x->sess[i].timer);
-  }
+  p2p_server_close(&x->p2p);
   while (x->flows)
     flow_free(x, x->flows);
   netstack_del(x->ns);
@@ -1964,10 +1789,7 @@ int connector_main(int argc, char **argv)
             x.cfg.p2p_port, rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
   }
-  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
-    uv_timer_init(x.loop, &x.sess[i].timer);
-    x.sess[i].timer.data = &x.sess[i];
-  }
+  p2p_server_init(&x.p2p, x.loop, x.ep, &p2p_io);
   if (netstack_new(&x.ns, x.loop, &nio, MAX_TCP_SESSIONS,
                    MAX_TCP_PER_AGENT, 100) < 0)
     fatalx("cannot start the TCP stack");

@@ -1,4 +1,4 @@
-/* p2p.c - the agent's side of a punch. */
+/* p2p.c - both sides of a punch: the agent's and the connector's. */
 #include <arpa/inet.h>
 #include <string.h>
 #include <sys/random.h>
@@ -185,4 +185,259 @@ void p2p_client_stop(struct p2p_client *pc, uv_close_cb close_cb)
   if (pc->phase == P2P_OFFERED || pc->phase == P2P_PUNCHING)
     pc->phase = P2P_DONE;
   uv_close((uv_handle_t *)&pc->timer, close_cb);
+}
+
+/* --- the connector's side ------------------------------------------------- */
+
+static void srv_send(const struct sockaddr *to, const uint8_t *d, size_t n,
+                     void *ud)
+{
+  struct p2p_server *s = ud;
+  quic_endpoint_send_raw(s->ep, to, d, n);
+}
+
+static void srv_send_ttl(const struct sockaddr *to, const uint8_t *d,
+                         size_t n, int ttl, void *ud)
+{
+  struct p2p_server *s = ud;
+  quic_endpoint_send_raw_ttl(s->ep, to, d, n, ttl);
+}
+
+static const char *sname(struct p2p_session *ps)
+{
+  return ps->srv->io.name(ps->svc, ps->srv->io.ud);
+}
+
+/* Logs and counts how our own checks went, once. */
+static void srv_report(struct p2p_session *ps)
+{
+  struct p2p_server *s = ps->srv;
+  uint64_t now = uv_now(s->loop);
+  char a[64];
+
+  if (!ps->started || ps->reported || ps->punch.state == PUNCH_CHECKING)
+    return;
+  ps->reported = 1;
+  if (ps->punch.state == PUNCH_SUCCEEDED) {
+    const struct punch_pair *w = &ps->punch.pairs[ps->punch.winner];
+    s->ok++;
+    log_info("%s: p2p session %016llx: the agent answers at %s (%u ms "
+             "round trip, after %llu ms)", sname(ps),
+             (unsigned long long)ps->id,
+             netaddr_str((const struct sockaddr *)&w->remote, a, sizeof(a)),
+             w->rtt_ms, (unsigned long long)(now - ps->start_ms));
+  } else {
+    s->failed++;
+    log_info("%s: p2p session %016llx: no direct path: %s", sname(ps),
+             (unsigned long long)ps->id, ps->punch.why);
+  }
+}
+
+static void srv_end(struct p2p_session *ps)
+{
+  srv_report(ps);
+  uv_timer_stop(&ps->timer);
+  ps->used = 0;
+}
+
+static void srv_timer(uv_timer_t *t)
+{
+  struct p2p_session *ps = t->data;
+  struct p2p_server *s = ps->srv;
+  uint64_t now = uv_now(s->loop), wake;
+
+  if (!ps->started) {
+    struct sockaddr_storage local;
+    struct punch_io io = { srv_send, s, NULL };
+    quic_endpoint_local_addr(s->ep, &local);
+    punch_start(&ps->punch, &io, 0, local.ss_family, ps->peer, ps->npeer,
+                now);
+    ps->started = 1;
+    ps->start_ms = now;
+  }
+  wake = punch_tick(&ps->punch, now);
+  srv_report(ps);
+  if (ps->result_seen && ps->punch.state != PUNCH_CHECKING) {
+    srv_end(ps);
+    return;
+  }
+  if (wake)
+    uv_timer_start(&ps->timer, srv_timer, wake, 0);
+}
+
+static struct p2p_session *srv_find(struct p2p_server *s, void *svc,
+                                    uint64_t id)
+{
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    if (s->sess[i].used && s->sess[i].svc == svc && s->sess[i].id == id)
+      return &s->sess[i];
+  return NULL;
+}
+
+static void srv_error(struct p2p_server *s, void *svc, uint64_t id,
+                      uint32_t code, const char *text)
+{
+  struct wire_sig m;
+
+  memset(&m, 0, sizeof(m));
+  m.tag = WIRE_SIG_ERROR;
+  m.has_session_id = 1;
+  m.session_id = id;
+  m.code = code;
+  m.message_len = strlen(text);
+  memcpy(m.message, text, m.message_len + 1);
+  s->io.send_signal(svc, &m, s->io.ud);
+}
+
+static void srv_offer(struct p2p_server *s, void *svc,
+                      const struct wire_sig *m)
+{
+  struct p2p_session *ps = NULL;
+  struct sockaddr_storage local;
+  struct wire_sig ans;
+  uint16_t port;
+
+  if (srv_find(s, svc, m->session_id))
+    return; /* a duplicate */
+  for (size_t i = 0; i < P2P_MAX_SESSIONS && !ps; i++)
+    if (!s->sess[i].used)
+      ps = &s->sess[i];
+  if (!ps) {
+    log_warnx("%s: p2p: %d punches at once already; refusing one",
+              s->io.name(svc, s->io.ud), P2P_MAX_SESSIONS);
+    srv_error(s, svc, m->session_id, WIRE_SIGERR_UNKNOWN,
+              "connector busy: too many punches at once");
+    return;
+  }
+  ps->used = 1;
+  ps->started = ps->reported = ps->result_seen = 0;
+  ps->svc = svc;
+  ps->id = m->session_id;
+  ps->created_ms = uv_now(s->loop);
+  ps->npeer = 0;
+  quic_endpoint_local_addr(s->ep, &local);
+  port = ntohs(local.ss_family == AF_INET6
+                   ? ((struct sockaddr_in6 *)&local)->sin6_port
+                   : ((struct sockaddr_in *)&local)->sin_port);
+  memset(&ans, 0, sizeof(ans));
+  ans.tag = WIRE_SIG_ANSWER;
+  ans.session_id = m->session_id;
+  ans.ncand = punch_gather(ans.cand, WIRE_SIG_MAX_CANDIDATES,
+                           local.ss_family, port,
+                           s->io.observed(svc, s->io.ud),
+                           s->io.server(svc, s->io.ud));
+  log_info("%s: p2p session %016llx: offer with %zu candidates, answering "
+           "with %zu", sname(ps), (unsigned long long)m->session_id,
+           m->ncand, ans.ncand);
+  if (s->io.send_signal(svc, &ans, s->io.ud) < 0)
+    srv_end(ps);
+}
+
+void p2p_server_init(struct p2p_server *s, uv_loop_t *loop,
+                     struct quic_endpoint *ep, const struct p2p_server_io *io)
+{
+  memset(s, 0, sizeof(*s));
+  s->loop = loop;
+  s->ep = ep;
+  s->io = *io;
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    s->sess[i].srv = s;
+    uv_timer_init(loop, &s->sess[i].timer);
+    s->sess[i].timer.data = &s->sess[i];
+  }
+}
+
+void p2p_server_signal(struct p2p_server *s, void *svc,
+                       const struct wire_sig *m)
+{
+  struct p2p_session *ps;
+
+  switch (m->tag) {
+  case WIRE_SIG_OFFER:
+    srv_offer(s, svc, m);
+    return;
+  case WIRE_SIG_START:
+    ps = srv_find(s, svc, m->session_id);
+    if (!ps || ps->started || uv_is_active((uv_handle_t *)&ps->timer))
+      return;
+    ps->npeer = m->ncand;
+    memcpy(ps->peer, m->cand, m->ncand * sizeof(m->cand[0]));
+    {
+      /* Our NAT's mappings toward the agent, before its checks arrive. */
+      struct sockaddr_storage local;
+      struct punch_io io = { srv_send, s, srv_send_ttl };
+      quic_endpoint_local_addr(s->ep, &local);
+      punch_prime(&io, local.ss_family, ps->peer, ps->npeer);
+    }
+    uv_timer_start(&ps->timer, srv_timer,
+                   m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
+    return;
+  case WIRE_SIG_RESULT:
+    ps = srv_find(s, svc, m->session_id);
+    if (!ps)
+      return;
+    log_info("%s: p2p session %016llx: the agent reports %s", sname(ps),
+             (unsigned long long)m->session_id,
+             m->success ? "a direct path" : "no direct path");
+    /* Our own checks may still be running: let them finish. */
+    ps->result_seen = 1;
+    if (!ps->started || ps->punch.state != PUNCH_CHECKING)
+      srv_end(ps);
+    return;
+  case WIRE_SIG_ERROR:
+    if (m->has_session_id && (ps = srv_find(s, svc, m->session_id)))
+      srv_end(ps);
+    log_info("%s: p2p: error from the intermediate: %s",
+             s->io.name(svc, s->io.ud), m->message);
+    return;
+  default:
+    return;
+  }
+}
+
+void p2p_server_packet(struct p2p_server *s, const struct wire_ctl *c,
+                       const struct sockaddr *from)
+{
+  uint64_t now = uv_now(s->loop);
+
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    struct p2p_session *ps = &s->sess[i];
+    if (!ps->used || !ps->started)
+      continue;
+    if (punch_input(&ps->punch, c, from, now)) {
+      /* A triggered check or a success: let the timer act now. */
+      uv_timer_start(&ps->timer, srv_timer, 0, 0);
+      if (c->kind == WIRE_CTL_BIND_RESP)
+        break;
+    }
+  }
+}
+
+void p2p_server_expire(struct p2p_server *s, void *svc)
+{
+  uint64_t now = uv_now(s->loop);
+
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    if (s->sess[i].used &&
+        (svc ? s->sess[i].svc == svc
+             : now - s->sess[i].created_ms >= P2P_SESSION_MS))
+      srv_end(&s->sess[i]);
+}
+
+size_t p2p_server_active(const struct p2p_server *s)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    n += s->sess[i].used;
+  return n;
+}
+
+void p2p_server_close(struct p2p_server *s)
+{
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
+    if (s->sess[i].used)
+      srv_end(&s->sess[i]);
+    if (!uv_is_closing((uv_handle_t *)&s->sess[i].timer))
+      uv_close((uv_handle_t *)&s->sess[i].timer, NULL);
+  }
 }

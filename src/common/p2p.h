@@ -1,11 +1,17 @@
-/* p2p.h - the agent's side of one punch to a service's connector.
+/* p2p.h - both sides of a punch between an agent and a service's
+ * connector (protocol.md 4, 5), on punch.c's checks.
  *
- * Over the agent's relay connection (an uplink registered for the
- * service): CandidateOffer with its candidates, then, on StartPunching,
- * connectivity checks (punch.h) from the endpoint's socket, then
- * PunchingResult back through the intermediate. The owner passes the
- * uplink's signaling messages and the endpoint's control packets in, and
+ * The agent (p2p_client, controlling), over its connection to the
+ * intermediate: CandidateOffer with its candidates, then, on
+ * StartPunching, priming and connectivity checks from the endpoint's
+ * socket, then PunchingResult back through the intermediate; the owner
  * hears once, through done, how it ended.
+ *
+ * The connector (p2p_server, controlled): answers each offer with its
+ * candidates on the service's connection, primes and checks on
+ * StartPunching, and lets its checks finish after the agent's result.
+ * Both sides: the owner passes signaling messages and the endpoint's
+ * control packets in.
  */
 #ifndef ZTNA_P2P_H
 #define ZTNA_P2P_H
@@ -57,5 +63,57 @@ int p2p_client_packet(struct p2p_client *pc, const struct wire_ctl *c,
                       const struct sockaddr *from);
 /* Stops the timer; close_cb (may be NULL) runs when it is closed. */
 void p2p_client_stop(struct p2p_client *pc, uv_close_cb close_cb);
+
+/* --- the connector's side --- */
+
+#define P2P_MAX_SESSIONS 128
+#define P2P_SESSION_MS (PUNCH_TOTAL_TIMEOUT_MS + 5000)
+
+struct p2p_server;
+
+struct p2p_server_io {
+  /* Signaling back on the connection of service svc (the owner's). */
+  int (*send_signal)(void *svc, const struct wire_sig *m, void *ud);
+  /* Where the intermediate sees that connection (NULL: unknown yet), and
+   * the intermediate's address (the relay candidate). */
+  const struct sockaddr *(*observed)(void *svc, void *ud);
+  const struct sockaddr *(*server)(void *svc, void *ud);
+  const char *(*name)(void *svc, void *ud); /* for logs */
+  void *ud;
+};
+
+struct p2p_session {
+  struct p2p_server *srv;
+  int used, started, reported, result_seen;
+  void *svc;
+  uint64_t id, created_ms, start_ms;
+  size_t npeer;
+  struct wire_candidate peer[WIRE_SIG_MAX_CANDIDATES];
+  struct punch punch;
+  uv_timer_t timer;
+};
+
+struct p2p_server {
+  uv_loop_t *loop;
+  struct quic_endpoint *ep;
+  struct p2p_server_io io;
+  uint64_t ok, failed;      /* our checks' outcomes */
+  struct p2p_session sess[P2P_MAX_SESSIONS];
+};
+
+void p2p_server_init(struct p2p_server *s, uv_loop_t *loop,
+                     struct quic_endpoint *ep, const struct p2p_server_io *io);
+/* A signaling message on service svc's connection. */
+void p2p_server_signal(struct p2p_server *s, void *svc,
+                       const struct wire_sig *m);
+/* A control packet from the endpoint (after any answer the owner sent). */
+void p2p_server_packet(struct p2p_server *s, const struct wire_ctl *c,
+                       const struct sockaddr *from);
+/* Ends sessions older than P2P_SESSION_MS, or all of service svc's when
+ * svc is set (its connection went). */
+void p2p_server_expire(struct p2p_server *s, void *svc);
+size_t p2p_server_active(const struct p2p_server *s);
+/* Ends every session and closes the timers (shutdown). */
+void p2p_server_close(struct p2p_server *s);
 
 #endif
