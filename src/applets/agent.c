@@ -685,16 +685,12 @@ static int vsend(struct quic_endpoint *ep, const struct sockaddr *to,
                  const uint8_t *d, size_t n, void *ud)
 {
   struct actx *x = ud;
-  uint8_t hdr[WIRE_SESSION_HDR_LEN];
-  struct iovec iov[2] = { { hdr, sizeof(hdr) },
-                          { (void *)(uintptr_t)d, n } };
   uint64_t sid;
   (void)ep;
 
   if (!quic_addr_virtual(to, &sid) || !by_session(x, sid))
     return ZTNA_ERR_STATE;
-  wire_session_data_header(hdr, sizeof(hdr), sid);
-  return uplink_send(x->up, iov, 2);
+  return uplink_send_session(x->up, sid, d, n);
 }
 
 /* A DATAGRAM from the intermediate: a packet of an end-to-end connection,

@@ -633,17 +633,13 @@ static int vsend(struct quic_endpoint *ep, const struct sockaddr *to,
                  const uint8_t *d, size_t n, void *ud)
 {
   struct cctx *x = ud;
-  uint8_t hdr[WIRE_SESSION_HDR_LEN];
-  struct iovec iov[2] = { { hdr, sizeof(hdr) },
-                          { (void *)(uintptr_t)d, n } };
   struct vsess *v;
   uint64_t id;
   (void)ep;
 
   if (!quic_addr_virtual(to, &id) || !(v = vs_find(x, id)))
     return ZTNA_ERR_STATE;
-  wire_session_data_header(hdr, sizeof(hdr), id);
-  return uplink_send(v->svc->up, iov, 2);
+  return uplink_send_session(v->svc->up, id, d, n);
 }
 
 /* A packet of an end-to-end connection from the intermediate. The

@@ -366,6 +366,17 @@ int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt)
   return quic_conn_send_datagramv(u->conn, iov, iovcnt);
 }
 
+int uplink_send_session(struct uplink *u, uint64_t sid, const uint8_t *d,
+                        size_t n)
+{
+  uint8_t hdr[WIRE_SESSION_HDR_LEN];
+  struct iovec iov[2] = { { hdr, sizeof(hdr) },
+                          { (void *)(uintptr_t)d, n } };
+
+  wire_session_data_header(hdr, sizeof(hdr), sid);
+  return uplink_send(u, iov, 2);
+}
+
 int uplink_send_signal(struct uplink *u, const struct wire_sig *m)
 {
   static uint8_t buf[4 + WIRE_SIG_PAYLOAD_MAX];

@@ -75,6 +75,10 @@ void uplink_del(struct uplink *u, const char *reason);
 /* Sends one DATAGRAM on the current connection: 0 or ZTNA_ERR_STATE when
  * it is down, or quic_conn_send_datagramv's errors. */
 int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt);
+/* Sends one packet of an end-to-end connection on relay session sid
+ * (WIRE_SESSION_DATA): the header, then the packet as it is. */
+int uplink_send_session(struct uplink *u, uint64_t sid, const uint8_t *d,
+                        size_t n);
 /* Sends one signaling message on the connection's signaling stream (the
  * first bidirectional stream; opened here if the server has not). */
 int uplink_send_signal(struct uplink *u, const struct wire_sig *m);
