@@ -168,7 +168,11 @@ struct vsess {
   struct vsess *next;
   uint64_t id;
   struct csvc *svc;
+  uint64_t last_ms; /* its last packet from the agent */
 };
+/* A session idle this long is forgotten (bounded table); the agent's
+ * next packet on it, a fallback from the direct path, makes it again. */
+#define VSESS_IDLE_MS 60000
 #define VSESS_BUCKETS 1024
 
 #define FLOW_BUCKETS 4096 /* a power of two */
@@ -510,6 +514,8 @@ static void on_udp(struct agent_id *a, const struct ippkt *ip,
     drop(x, D_QUEUE_FULL);
 }
 
+static void vs_forget(struct cctx *x, uint64_t id);
+
 static void sweep_cb(uv_timer_t *t)
 {
   struct cctx *x = t->data;
@@ -522,6 +528,12 @@ static void sweep_cb(uv_timer_t *t)
       flow_free(x, f);
   }
   p2p_server_expire(&x->p2p, NULL);
+  for (size_t b = 0; b < VSESS_BUCKETS; b++)
+    for (struct vsess *v = x->vs[b], *vn; v; v = vn) {
+      vn = v->next;
+      if (now - v->last_ms >= VSESS_IDLE_MS)
+        vs_forget(x, v->id);
+    }
   /* An agent whose certificate expired since its handshake loses its
    * connection, on whatever path it runs. */
   for (struct dconn *dc = x->dconns, *dn; dc; dc = dn) {
@@ -670,6 +682,7 @@ static void on_session_data(struct csvc *s, const uint8_t *d, size_t n)
     x->nvs++;
   }
   v->svc = s; /* its packets go back the way they came */
+  v->last_ms = uv_now(x->loop);
   quic_virtual_addr(&from, id, QUIC_VIRTUAL_LOCAL_PORT);
   quic_endpoint_input(x->ep, pkt, len, (struct sockaddr *)&from);
 }
@@ -773,8 +786,16 @@ static void on_down(struct uplink *u, const struct quic_close_info *i,
   (void)i;
   if (x->stopping)
     return; /* everything goes anyway */
-  /* The agents it carried are gone with it (the intermediate translates
-   * them anew on the next connection), but for those on a direct path. */
+  /* Its relay sessions went with it (agents' connections on them move to
+   * new ones, or on directly). */
+  for (size_t b = 0; b < VSESS_BUCKETS; b++)
+    for (struct vsess *v = x->vs[b], *vn; v; v = vn) {
+      vn = v->next;
+      if (v->svc == s)
+        vs_forget(x, v->id);
+    }
+  /* The original agents it carried are gone with it (the intermediate
+   * translates them anew on the next connection). */
   for (size_t h = 0; h < 1024; h++) {
     struct agent_id *a = x->ids[h], *next;
     for (; a; a = next) {
