@@ -40,7 +40,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path
+COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)

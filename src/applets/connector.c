@@ -46,6 +46,7 @@
 #include "punch.h"
 #include "quic.h"
 #include "tls.h"
+#include "udpflow.h"
 #include "uplink.h"
 #include "wire.h"
 
@@ -175,20 +176,6 @@ struct vsess {
 #define VSESS_IDLE_MS 60000
 #define VSESS_BUCKETS 1024
 
-#define FLOW_BUCKETS 4096 /* a power of two */
-
-struct uflow {
-  struct uflow *next, *prev;
-  struct uflow *hnext; /* x->flow_hash chain */
-  struct agent_id *id;
-  struct csvc *svc;
-  int family;
-  uint8_t agent[16], vip[16];
-  uint16_t aport, vport;
-  uv_udp_t sock;
-  uint64_t last;
-};
-
 struct cctx {
   uv_loop_t *loop;
   struct cfg_connector cfg;
@@ -199,9 +186,7 @@ struct cctx {
   struct netstack *ns;
   struct csvc svcs[CFG_MAX_SERVICES];
   size_t nsvcs;
-  struct uflow *flows;
-  struct uflow *flow_hash[FLOW_BUCKETS];
-  size_t nflows;
+  struct udpflows *udp;
   struct metrics *m;
   struct metrics_http *http;
   struct daemon_signals sig;
@@ -302,7 +287,6 @@ static size_t id_hash(const struct csvc *s, int family, const uint8_t *addr)
   return h % 1024;
 }
 
-static void flow_free(struct cctx *x, struct uflow *f);
 
 static struct agent_id **id_list(struct cctx *x, struct agent_id *a)
 {
@@ -328,17 +312,12 @@ static void id_hash_in(struct cctx *x, struct agent_id *a)
 
 static void id_free(struct cctx *x, struct agent_id *a)
 {
-  struct uflow *f, *next;
-
   id_unhash(x, a);
   x->nids--;
   if (x->ns) /* gone already at shutdown */
     netstack_conn_gone(x->ns, a);
-  for (f = x->flows; f && a->nflows; f = next) {
-    next = f->next;
-    if (f->id == a)
-      flow_free(x, f);
-  }
+  if (x->udp)
+    udpflows_owner_gone(x->udp, a, &a->nflows);
   if (a->conn)
     for (size_t i = 0; i < CFG_MAX_SERVICES; i++)
       for (int fam = 0; fam < 2; fam++)
@@ -386,132 +365,19 @@ static struct agent_id *id_get(struct csvc *s, int family,
   return a;
 }
 
-/* --- UDP flows ---------------------------------------------------------------- */
+/* --- UDP flows (udpflow.c) ------------------------------------------------------- */
 
-static void flow_closed(uv_handle_t *h)
+static void flow_reply(void *owner, const uint8_t *pkt, size_t n, void *ud)
 {
-  free(h->data);
+  (void)ud;
+  send_to_id(owner, pkt, n);
 }
 
-static size_t flow_bucket(const struct agent_id *a, int family,
-                          const uint8_t *agent, const uint8_t *vip,
-                          uint16_t aport, uint16_t vport)
+static void flow_drop(enum udpflow_drop why, void *ud)
 {
-  uintptr_t p = (uintptr_t)a;
-  uint32_t h = 2166136261u ^ (uint32_t)p ^ (uint32_t)(p >> 32) ^
-               (uint32_t)family ^ ((uint32_t)aport << 16 | vport);
-  size_t alen = family == 4 ? 4 : 16;
-
-  for (size_t i = 0; i < alen; i++)
-    h = (h ^ agent[i] ^ (uint32_t)vip[i] << 8) * 16777619u;
-  return h & (FLOW_BUCKETS - 1);
-}
-
-static void flow_free(struct cctx *x, struct uflow *f)
-{
-  struct uflow **pp = &x->flow_hash[flow_bucket(f->id, f->family, f->agent,
-                                                f->vip, f->aport, f->vport)];
-
-  while (*pp && *pp != f)
-    pp = &(*pp)->hnext;
-  if (*pp)
-    *pp = f->hnext;
-  f->id->nflows--;
-  if (f->prev)
-    f->prev->next = f->next;
-  else
-    x->flows = f->next;
-  if (f->next)
-    f->next->prev = f->prev;
-  x->nflows--;
-  uv_close((uv_handle_t *)&f->sock, flow_closed);
-}
-
-static void flow_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
-{
-  struct uflow *f = h->data;
-  (void)hint;
-  /* Room for the IPv6 and UDP headers in front of the payload. */
-  *b = uv_buf_init((char *)f->svc->x->buf + 48,
-                   sizeof(f->svc->x->buf) - 48);
-}
-
-static void flow_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b,
-                      const struct sockaddr *from, unsigned flags)
-{
-  struct uflow *f = h->data;
-  struct cctx *x = f->svc->x;
-  static uint8_t pkt[65536];
-  int k;
-  (void)from;
-
-  if (n < 0 || (n == 0 && !from) || (flags & UV_UDP_PARTIAL))
-    return;
-  f->last = uv_now(x->loop);
-  /* The reply comes from the virtual address the agent sent to. */
-  k = ippkt_build_udp(pkt, sizeof(pkt), f->family, f->vip, f->vport,
-                      f->agent, f->aport, (const uint8_t *)b->base,
-                      (size_t)n);
-  if (k < 0) {
-    drop(x, D_TOO_LARGE);
-    return;
-  }
-  send_to_id(f->id, pkt, (size_t)k);
-}
-
-static void on_udp(struct agent_id *a, const struct ippkt *ip,
-                   const uint8_t *l4, size_t l4len)
-{
-  struct csvc *s = a->svc;
-  struct cctx *x = s->x;
-  uint16_t aport = (uint16_t)(l4[0] << 8 | l4[1]);
-  uint16_t vport = (uint16_t)(l4[2] << 8 | l4[3]);
-  size_t h = flow_bucket(a, ip->version, ip->src, ip->dst, aport, vport);
-  struct uflow *f;
-  uv_buf_t b;
-
-  for (f = x->flow_hash[h]; f; f = f->hnext)
-    if (f->id == a && f->family == ip->version && f->aport == aport &&
-        f->vport == vport && !memcmp(f->agent, ip->src, ip->addrlen) &&
-        !memcmp(f->vip, ip->dst, ip->addrlen))
-      break;
-  if (!f) {
-    /* Each flow is a socket: one agent may not take them all. */
-    if (x->nflows >= MAX_UDP_FLOWS || a->nflows >= MAX_UDP_PER_AGENT) {
-      drop(x, D_FLOW_LIMIT);
-      return;
-    }
-    f = calloc(1, sizeof(*f));
-    if (!f)
-      return;
-    f->svc = s;
-    f->id = a;
-    f->family = ip->version;
-    memcpy(f->agent, ip->src, ip->addrlen);
-    memcpy(f->vip, ip->dst, ip->addrlen);
-    f->aport = aport;
-    f->vport = vport;
-    uv_udp_init(x->loop, &f->sock);
-    f->sock.data = f;
-    if (uv_udp_connect(&f->sock, (struct sockaddr *)&s->backend) < 0 ||
-        uv_udp_recv_start(&f->sock, flow_alloc, flow_recv) < 0) {
-      uv_close((uv_handle_t *)&f->sock, flow_closed);
-      drop(x, D_FLOW_LIMIT);
-      return;
-    }
-    f->next = x->flows;
-    if (x->flows)
-      x->flows->prev = f;
-    x->flows = f;
-    x->nflows++;
-    f->hnext = x->flow_hash[h];
-    x->flow_hash[h] = f;
-    a->nflows++;
-  }
-  f->last = uv_now(x->loop);
-  b = uv_buf_init((char *)(uintptr_t)(l4 + 8), (unsigned)(l4len - 8));
-  if (uv_udp_try_send(&f->sock, &b, 1, NULL) < 0)
-    drop(x, D_QUEUE_FULL);
+  drop(ud, why == UDPFLOW_TOO_LARGE    ? D_TOO_LARGE
+           : why == UDPFLOW_QUEUE_FULL ? D_QUEUE_FULL
+                                       : D_FLOW_LIMIT);
 }
 
 static void vs_forget(struct cctx *x, uint64_t id);
@@ -520,13 +386,8 @@ static void sweep_cb(uv_timer_t *t)
 {
   struct cctx *x = t->data;
   uint64_t now = uv_now(x->loop);
-  struct uflow *f = x->flows, *next;
 
-  for (; f; f = next) {
-    next = f->next;
-    if (now - f->last >= UDP_IDLE_MS)
-      flow_free(x, f);
-  }
+  udpflows_sweep(x->udp, UDP_IDLE_MS);
   p2p_server_expire(&x->p2p, NULL);
   for (size_t b = 0; b < VSESS_BUCKETS; b++)
     for (struct vsess *v = x->vs[b], *vn; v; v = vn) {
@@ -597,7 +458,8 @@ static void on_packet(struct agent_id *a, const uint8_t *pkt, size_t n)
       drop(x, D_NOT_OFFERED);
       return;
     }
-    on_udp(a, &ip, l4, l4len);
+    udpflows_input(x->udp, a, &a->nflows, (struct sockaddr *)&s->backend,
+                   &ip, l4, l4len);
     return;
   }
   if (ip.proto == 6 && l4len >= 20) {
@@ -1247,7 +1109,7 @@ static void collect(void *ud)
   metric_set(x->mx_tcp_active, (int64_t)ts->sessions_active);
   metric_set(x->mx_reconn, (int64_t)reconn);
   metric_set(x->mx_uptime, (int64_t)(uv_now(x->loop) - x->started_ms) / 1000);
-  metric_set(x->mx_flows, (int64_t)x->nflows);
+  metric_set(x->mx_flows, (int64_t)udpflows_count(x->udp));
   metric_set(x->mx_icmp, (int64_t)x->icmp_echo);
   for (int i = 0; i < D_COUNT; i++)
     metric_set(x->mx_drops[i], (int64_t)x->drops[i]);
@@ -1422,8 +1284,8 @@ static void on_terminate(void *ud, int signum)
   x->http = NULL;
   close_handle((uv_handle_t *)&x->sweep);
   p2p_server_close(&x->p2p);
-  while (x->flows)
-    flow_free(x, x->flows);
+  udpflows_del(x->udp);
+  x->udp = NULL;
   netstack_del(x->ns);
   x->ns = NULL;
   for (dc = x->dconns; dc; dc = next) {
@@ -1807,6 +1669,12 @@ int connector_main(int argc, char **argv)
     return 1;
   }
   p2p_server_init(&x.p2p, x.loop, x.ep, &p2p_io);
+  {
+    struct udpflow_io uio = { flow_reply, flow_drop, &x };
+    if (udpflows_new(&x.udp, x.loop, &uio, MAX_UDP_FLOWS,
+                     MAX_UDP_PER_AGENT) < 0)
+      fatalx("out of memory");
+  }
   if (netstack_new(&x.ns, x.loop, &nio, MAX_TCP_SESSIONS,
                    MAX_TCP_PER_AGENT, 100) < 0)
     fatalx("cannot start the TCP stack");
