@@ -266,8 +266,8 @@ check: ztna
 	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory sanitize
 
-# The sanitizer pass: the unit tests, and the data-path, direct-path and
-# hardening e2e suites with every daemon built with ASan+UBSan. Reports go
+# The sanitizer pass: the unit tests, and the data-path, direct-path,
+# end-to-end and hardening e2e suites with every daemon built with ASan+UBSan. Reports go
 # to files (ASAN_OPTIONS log_path); the e2e session fails on any of them,
 # leaks at exit included. The fuzz targets are sanitized already. The 50 MB
 # transfer under 5% loss is left to the plain pass: a throughput test whose
@@ -278,7 +278,7 @@ SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 SAN_BUILD := $(BUILD)/asan
 SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
   test/e2e/test_direct.py test/e2e/test_hardening.py \
-  test/e2e/test_deploy.py test/e2e/test_zz_sanitizer.py
+  test/e2e/test_deploy.py test/e2e/test_e2e.py test/e2e/test_zz_sanitizer.py
 sanitize: tools $(BUILD)/zclient
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
 	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit-run

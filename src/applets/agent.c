@@ -492,6 +492,13 @@ static void go_legacy(struct asvc *a, const char *why)
   if (a->e == E_LEGACY)
     return;
   a->e = E_LEGACY;
+  if (a->ec) {
+    /* To a connector that is gone (an original one serves now). */
+    struct quic_conn *old = a->ec;
+    a->ec = NULL;
+    path_lost(&a->path);
+    quic_conn_close(old, 0, "the service's connector takes no sessions");
+  }
   log_warnx("%s: %s: its traffic goes through the relay as raw IP, which "
             "the intermediate can read, and takes no direct path",
             svc_id(a), why);
@@ -563,6 +570,14 @@ static void use_session(struct asvc *a)
   int rv;
 
   quic_virtual_addr(&via, a->sid, QUIC_VIRTUAL_PEER_PORT);
+  if (a->ec && a->e == E_CONNECTING) {
+    /* Its session went away during the handshake (a handshake cannot
+     * migrate): start over through the new one. */
+    struct quic_conn *old = a->ec;
+    a->ec = NULL;
+    a->e = E_NONE;
+    quic_conn_close(old, 0, "relay session replaced during the handshake");
+  }
   if (a->ec) {
     if (a->e == E_UP && path_relay_changed(&a->path) &&
         quic_conn_migrate(a->ec, (struct sockaddr *)&via, 0) == 0)
@@ -806,8 +821,9 @@ static void on_e2e_close(struct quic_conn *c, const struct quic_close_info *i,
 {
   struct asvc *a = ud;
   struct actx *x = a->x;
-  (void)c;
 
+  if (c != a->ec)
+    return; /* one we replaced already */
   a->ec = NULL;
   if (a->e == E_LEGACY)
     return;

@@ -563,12 +563,14 @@ static void on_session_closed(struct csvc *s, const uint8_t *d, size_t n)
   }
   vs_forget(x, id);
   /* Revoked: on whatever path the connection runs now. */
-  for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+  for (struct dconn *dc = x->dconns, *next; dc; dc = next) {
+    next = dc->next; /* closing frees dc */
     if (reason == WIRE_SESSION_REVOKED && dc->sid == id) {
       log_info("%s: the intermediate revoked its access: closing",
                dc->name);
       quic_conn_close(dc->qc, 2, "access revoked");
     }
+  }
 }
 
 /* From the relay: the agent is known by its translated source address. */

@@ -634,12 +634,14 @@ static void on_tick(uv_timer_t *t)
   relay_expire(x->relay, uv_now(x->loop));
   /* A certificate that expired since its handshake ends the connection
    * (and with it the peer's registrations and relay sessions). */
-  for (struct iconn *ic = x->conns; ic; ic = ic->next)
+  for (struct iconn *ic = x->conns, *next; ic; ic = next) {
+    next = ic->next; /* closing frees ic */
     if (ic->not_after && now >= ic->not_after && !ic->expired) {
       ic->expired = 1;
       log_info("%s: its certificate expired: closing", ic->name);
       quic_conn_close(ic->c, 2, "certificate expired");
     }
+  }
 }
 
 /* --- main -------------------------------------------------------------------- */
