@@ -66,6 +66,9 @@ static const char usage_text[] =
     "  --type T     ec (P-256, default) or ed25519\n"
     "  --days N     validity in days (default 365; CA 3650)\n"
     "  --not-before DATE  start of validity (default: an hour ago)\n"
+    "  --not-after DATE   end of validity instead of --days (DATE is\n"
+    "               YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, UTC); daemons close\n"
+    "               a connection whose certificate has ended\n"
     "  --force      overwrite existing files\n"
     "  -h, --help   this text\n"
     "\n"
@@ -78,7 +81,7 @@ struct keygen {
   const char *cmd, *out, *ca, *role, *name, *type;
   const char *services[MAX_NAMES], *dns[MAX_NAMES], *ips[MAX_NAMES];
   int nservices, ndns, nips, days, force;
-  time_t not_before;
+  time_t not_before, not_after;
 };
 
 static int bad(const char *fmt, const char *arg)
@@ -348,7 +351,8 @@ static int cert_init(Cert *c, const struct keygen *kg, WC_RNG *rng,
   c->serial[0] &= 0x7f; /* positive */
   c->serial[0] |= 0x01; /* and not starting with a zero byte */
   set_date(c->beforeDate, &c->beforeDateSz, nb);
-  set_date(c->afterDate, &c->afterDateSz, nb + (time_t)days * 86400);
+  set_date(c->afterDate, &c->afterDateSz,
+           kg->not_after ? kg->not_after : nb + (time_t)days * 86400);
   return 0;
 }
 
@@ -555,7 +559,11 @@ out:
 static int parse_date(const char *s, time_t *out)
 {
   struct tm tm = { 0 };
-  char *end = strptime(s, "%Y-%m-%d", &tm);
+  char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (!end || *end) {
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(s, "%Y-%m-%d", &tm);
+  }
   if (!end || *end)
     return -1;
   *out = timegm(&tm);
@@ -583,6 +591,7 @@ int keygen_main(int argc, char **argv)
     { "type", required_argument, NULL, 't' },
     { "days", required_argument, NULL, 'D' },
     { "not-before", required_argument, NULL, 'B' },
+    { "not-after", required_argument, NULL, 'A' },
     { "force", no_argument, NULL, 'f' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -628,6 +637,11 @@ int keygen_main(int argc, char **argv)
       if (parse_date(optarg, &kg.not_before) < 0)
         return bad("--not-before must be YYYY-MM-DD, not '%s'", optarg);
       break;
+    case 'A':
+      if (parse_date(optarg, &kg.not_after) < 0)
+        return bad("--not-after must be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, "
+                   "not '%s'", optarg);
+      break;
     case 'f': kg.force = 1; break;
     case 'h':
       fputs(usage_text, stdout);
@@ -646,6 +660,10 @@ int keygen_main(int argc, char **argv)
     return bad("unexpected argument '%s'", argv[optind + 1]);
   if (!kg.out)
     return bad("%s", "--out DIR is required");
+  if (kg.not_after &&
+      kg.not_after <= (kg.not_before ? kg.not_before : time(NULL) - 3600))
+    return bad("%s", "--not-after must come after the start of validity "
+               "(--not-before, else an hour ago)");
   if (strcmp(kg.cmd, "ca") && strcmp(kg.cmd, "issue")) {
     fprintf(stderr, "ztna keygen: unknown command '%s' (ca or issue)\n",
             kg.cmd);

@@ -182,3 +182,46 @@ def test_revoked_agent_loses_both_paths_and_comes_back(world):
              what="web back once the policy allows it")
     assert world.metric(world.conn_ns, 9091,
                         "ztna_connector_e2e_connections_total") > closed
+
+
+def test_certificate_that_ends_cuts_the_agent_off(world):
+    """An agent certificate that ends while its agent is connected: the
+    intermediate and the connector close its connections, the end-to-end
+    one on whatever path it runs, within seconds, and it gets nothing
+    through any more."""
+    import time
+    from datetime import datetime, timedelta, timezone
+    net = world.net
+    end = datetime.now(timezone.utc) + timedelta(seconds=25)
+    world.agent_certs["dave"] = world.pki.issue(
+        "agent", "dave", "--service", "*",
+        "--not-after", end.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ns = net.ns("agent9")
+    net.link(ns, "192.0.2.194/28", world.nat_a, "192.0.2.193/28")
+    net.route(ns, "default", "192.0.2.193")
+    agent = world.start_agent("agent9", ns, "dave", port=9098)
+    try:
+        def code():
+            p = net.exec(ns, ["curl", "-s", "-m", "3", "-o", "/dev/null",
+                              "-w", "%{http_code}",
+                              "http://10.100.0.2/whoami"], check=False)
+            return p.stdout
+        wait_for(lambda: code() == "200", timeout=20, what="dave reaches web")
+        wait_for(lambda: world.path("web", "agent9") == "direct",
+                 timeout=20, what="dave on the direct path")
+        left = (end - datetime.now(timezone.utc)).total_seconds()
+        assert left > 0, "the certificate ended before the test could start"
+        time.sleep(left)
+        t0 = time.time()
+        wait_for(lambda: code() == "000", timeout=30,
+                 what="dave cut off once his certificate ended")
+        print("cut off %.1f s after the end" % (time.time() - t0))
+        with open(world.conn_log.name) as f:
+            assert [ln for ln in f if "agent dave" in ln and
+                    "its certificate expired: closing" in ln]
+        assert "(dave): its certificate expired" in world.inter.logtext()
+        for _ in range(3):
+            assert code() == "000"
+    finally:
+        agent.terminate()
+        assert agent.wait(30) == 0
