@@ -1333,8 +1333,8 @@ static int make_tls(struct cctx *x, struct tls_ctx **out)
 }
 
 /* Takes a new policy: agents lose what it no longer grants at once (their
- * state for those services goes), and an agent left with nothing loses
- * its connection, on whatever path it runs. */
+ * state for those services goes) and get what it grants again; an agent
+ * left with nothing loses its connection, on whatever path it runs. */
 static void set_policy(struct cctx *x, struct cfg_policy *p)
 {
   if (x->policy) {
@@ -1349,16 +1349,18 @@ static void set_policy(struct cctx *x, struct cfg_policy *p)
       continue;
     for (size_t i = 0; i < x->nsvcs; i++) {
       const char *sv = x->svcs[i].cfg->id;
-      if (dc->grants[i] &&
-          !policy_allows(p, dc->id, POLICY_AGENT, (const uint8_t *)sv,
-                         strlen(sv))) {
-        dc->grants[i] = 0;
+      uint8_t now = (uint8_t)policy_allows(p, dc->id, POLICY_AGENT,
+                                           (const uint8_t *)sv, strlen(sv));
+      if (dc->grants[i] && !now) {
         for (int f = 0; f < 2; f++)
           if (dc->ids[i][f])
             id_free(x, dc->ids[i][f]);
         log_info("%s: the policy no longer lets it reach '%s'", dc->name,
                  sv);
+      } else if (!dc->grants[i] && now) {
+        log_info("%s: the policy lets it reach '%s' again", dc->name, sv);
       }
+      dc->grants[i] = now;
       left += dc->grants[i];
     }
     if (!left) {

@@ -79,13 +79,14 @@ def sha256(path):
 
 class World:
     def __init__(self, net, tmp, nat_a="easy", nat_c="easy", inter_env=None,
-                 inter_extra=()):
+                 inter_extra=(), agent_extra=None, conn_extra=None):
         """nat_a, nat_c: the agent's and the connector's NAT: "easy"
         (masquerade, dropping unsolicited packets to itself), "open"
         (plain masquerade, no input filter), "hard" (endpoint-dependent)
         or "none" (a plain router: the host's own address is public)."""
         self.net, self.tmp = net, str(tmp)
         self.nat_kinds = (nat_a, nat_c)
+        self.conn_extra = conn_extra or {}
         self.pki = Pki(os.path.join(self.tmp, "pki"))
         self.procs = {}
         self.agent_ns = net.ns("agent")
@@ -129,7 +130,8 @@ class World:
                                   tuple(inter_extra),
                                   env=inter_env)
         self.start_connector()
-        self.agent = self.start_agent("agent", self.agent_ns, "alice")
+        self.agent = self.start_agent("agent", self.agent_ns, "alice",
+                                      extra=agent_extra)
 
     # --- servers -------------------------------------------------------------
     def start_backends(self):
@@ -198,6 +200,7 @@ http {
             "cert": self.conn_cert[0], "key": self.conn_cert[1],
             "ca_cert": self.pki.ca, "metrics_port": 9091,
         }
+        cfg.update(self.conn_extra)
         path = os.path.join(self.tmp, "connector.json")
         with open(path, "w") as f:
             json.dump(cfg, f)

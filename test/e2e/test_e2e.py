@@ -27,10 +27,23 @@ def write_policy(web):
         json.dump({"services": svcs}, f)
 
 
+CPOLICY = "/tmp/ztna-e2e-cpolicy-%d.json" % os.getpid()
+
+
+def write_conn_policy(redis):
+    """The connector's own copy: everything open, redis to those listed."""
+    svcs = {k: {"allow": ["*"]} for k in SERVICES}
+    svcs["redis"] = {"allow": redis}
+    with open(CPOLICY, "w") as f:
+        json.dump({"services": svcs}, f)
+
+
 write_policy(["*"])
+write_conn_policy(["*"])
 world = world_fixture("e2e", inter_env={"ZTNA_TEST_RECORD_DATAGRAMS":
                                          RECORD},
-                      inter_extra=("--policy", POLICY))
+                      inter_extra=("--policy", POLICY),
+                      conn_extra={"policy_path": CPOLICY})
 
 MARKER = ("ztna-marker-" + os.urandom(12).hex()).encode()
 
@@ -182,6 +195,34 @@ def test_revoked_agent_loses_both_paths_and_comes_back(world):
              what="web back once the policy allows it")
     assert world.metric(world.conn_ns, 9091,
                         "ztna_connector_e2e_connections_total") > closed
+
+
+def ping(world, vip):
+    p = world.run(["ping", "-c", "1", "-W", "2", vip], check=False)
+    return p.returncode == 0
+
+
+def test_connector_policy_revokes_and_readmits(world):
+    """The connector applies its own copy of the policy: a reload there
+    that no longer lists alice for redis cuts redis off on her connection,
+    whatever the intermediate allows; her other services go on; a reload
+    that lists her again brings redis back on the same connection."""
+    wait_for(lambda: ping(world, "10.100.0.3"), timeout=60,
+             what="redis reachable")
+    conn = world.procs["connector"]
+    write_conn_policy(["nobody"])
+    conn.send_signal(signal.SIGHUP)
+    wait_for(lambda: not ping(world, "10.100.0.3"), timeout=30,
+             what="redis cut off by the connector")
+    assert ping(world, "10.100.0.4")  # echo: untouched
+    with open(world.conn_log.name) as f:
+        assert "no longer lets it reach 'redis'" in f.read()
+    write_conn_policy(["*"])
+    conn.send_signal(signal.SIGHUP)
+    wait_for(lambda: ping(world, "10.100.0.3"), timeout=30,
+             what="redis back")
+    with open(world.conn_log.name) as f:
+        assert "lets it reach 'redis' again" in f.read()
 
 
 def test_certificate_that_ends_cuts_the_agent_off(world):
