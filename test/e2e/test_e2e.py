@@ -12,6 +12,8 @@ import os
 import re
 import signal
 
+import pytest
+
 from datapath import SERVICES, sha256, world_fixture
 from ztna import wait_for
 
@@ -130,12 +132,23 @@ def test_relay_carries_only_ciphertext(world):
         m = world.inter.metrics()
         assert m["ztna_relay_session_datagrams_total"] > 300
         assert m["ztna_relay_sessions_active"] >= 1
-        # A memory dump of the intermediate after the transfer.
-        mem = process_memory(world.inter.proc.pid)
-        assert len(mem) > 1 << 20
-        assert MARKER not in mem
     finally:
         world.unblock_direct()
+
+
+@pytest.mark.skipif(bool(os.environ.get("ZTNA_SAN_REPORTS")),
+                    reason="an ASan build maps terabytes of address space "
+                    "(shadow, allocator): the dump is taken in the plain "
+                    "pass")
+def test_intermediate_memory_holds_no_user_bytes(world):
+    """A memory dump of the intermediate after the relayed transfer of
+    the test above: every writable mapping, and no marker in it."""
+    mem = process_memory(world.inter.proc.pid)
+    assert len(mem) > 1 << 20
+    assert MARKER not in mem
+    # The dump would show it if the intermediate had held it: the marker
+    # is in the agent's memory, which took the same transfer.
+    assert MARKER in process_memory(world.procs["agent"].pid)
 
 
 def test_same_connection_moves_to_direct(world):
