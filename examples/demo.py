@@ -88,12 +88,17 @@ def main():
              ["curl", "-s", "-o", os.path.join(tmp, "demo2.got"), "-w",
               "HTTP %{http_code}, %{size_download} bytes\\n",
               "http://%s/demo.bin" % SERVICES["web"][0]], w)
-        print("Bytes through the intermediate: %d" % (relayed(w) - before))
+        print("Bytes through the intermediate: %d, inside the agent's own "
+              "end-to-end connections to the connector, which the "
+              "intermediate forwards without being able to read them"
+              % (relayed(w) - before))
         print("\nThe intermediate's metrics:")
         for line in (w.inter.http("/metrics") or "").splitlines():
             if line.startswith(("ztna_active_connections",
                                 "ztna_datagrams_relayed_total",
                                 "ztna_relay_bytes_total",
+                                "ztna_relay_sessions_active",
+                                "ztna_relay_session_datagrams_total",
                                 "ztna_registrations_total",
                                 "ztna_service_connector_present")):
                 print("  " + line)
@@ -104,6 +109,7 @@ def main():
             if line.startswith(("ztna_connector_forwarded_packets_total",
                                 "ztna_connector_tcp_sessions_total",
                                 "ztna_connector_icmp_echo_total",
+                                "ztna_connector_e2e_connections_total",
                                 "ztna_connector_direct_connections_total",
                                 "ztna_connector_direct_lost_total",
                                 "ztna_connector_punches_total")):
