@@ -84,6 +84,11 @@ static const char usage_text[] =
     "                       (0: off)\n"
     "      --metrics-bind ADDR  address of the metrics port (127.0.0.1)\n"
     "      --no-direct      never punch: all traffic through the relay\n"
+    "      --raw-relay      for a service whose connector is an original one\n"
+    "                       (no relay sessions), send raw IP through the\n"
+    "                       relay, which the intermediate can read (off: its\n"
+    "                       traffic is refused; an intermediate that claims\n"
+    "                       so cannot downgrade the others)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
     "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
     "  -h, --help           this text\n"
@@ -122,6 +127,7 @@ struct vip {
 #define E2E_BACKOFF_MAX_MS 30000     /* connection failures in a row */
 #define MTU_WAIT_MS 5000             /* for path MTU discovery */
 #define LEGACY_RETRY_MS 30000        /* raw IP: ask for a session again */
+#define RAW_REFUSED_RETRY_MS 5000    /* raw IP refused: ask again */
 #define REREGISTER_MS 30000          /* a refused registration, again */
 /* Packets that arrive while a service's connection is coming up wait for
  * it (the first packets of the first flow are not lost to the ~1 RTT
@@ -166,6 +172,7 @@ struct asvc {
   uint64_t punch_ms;
   uint64_t sessions, e2e_ups;
   uint64_t rereg_at_ms;          /* refused: register again then */
+  int refused_raw;               /* raw IP was needed and is not allowed */
   struct held *held, **held_tail; /* waiting for the connection */
   size_t nheld, held_bytes;
 };
@@ -491,6 +498,19 @@ static void go_legacy(struct asvc *a, const char *why)
   a->opening = 0;
   if (a->e == E_LEGACY)
     return;
+  if (!a->x->cfg.raw_relay) {
+    /* Deny by default: "no sessions here" may come from an intermediate
+     * that wants to read the traffic. */
+    if (!a->refused_raw)
+      log_warnx("%s: %s; its traffic is refused rather than sent as raw "
+                "IP the intermediate could read (--raw-relay, or raw_relay "
+                "in the configuration, allows it for original connectors); "
+                "asking for a relay session again every %d s", svc_id(a),
+                why, RAW_REFUSED_RETRY_MS / 1000);
+    a->refused_raw = 1;
+    a->open_at_ms = uv_now(a->x->loop) + RAW_REFUSED_RETRY_MS;
+    return;
+  }
   a->e = E_LEGACY;
   if (a->ec) {
     /* To a connector that is gone (an original one serves now). */
@@ -627,6 +647,9 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
     a->sid = sid;
     a->sessions++;
     a->nocon_ms = 0;
+    if (a->refused_raw)
+      log_info("%s: relay sessions again: its traffic flows", svc_id(a));
+    a->refused_raw = 0;
     log_debug("%s: relay session %llu", svc_id(a), (unsigned long long)sid);
     use_session(a);
     return;
@@ -1395,7 +1418,8 @@ static int parse_vip(const char *s, struct vip *v)
 
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
        OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT,
-       OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER, OPT_SERVICE_IP };
+       OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER, OPT_SERVICE_IP,
+       OPT_RAW_RELAY };
 
 static const struct option opts[] = {
   { "config", required_argument, NULL, 'c' },
@@ -1410,6 +1434,7 @@ static const struct option opts[] = {
   { "tunnel-addr", required_argument, NULL, OPT_TUNNEL_ADDR },
   { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
   { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
+  { "raw-relay", no_argument, NULL, OPT_RAW_RELAY },
   { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
   { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
@@ -1421,7 +1446,7 @@ static const struct option opts[] = {
   { "service-ip", required_argument, NULL, OPT_SERVICE_IP },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 17 /* the entries above before the original's */
+#define N_ENV_OPTS 18 /* the entries above before the original's */
 
 struct aopts {
   const char *config, *server, *cert, *key, *ca, *tun, *taddr, *taddr6,
@@ -1429,7 +1454,7 @@ struct aopts {
   const char *svc[CFG_MAX_SERVICES];
   const char *svcip[CFG_MAX_SERVICES]; /* --service-ip of svc[i] or NULL */
   size_t nsvc;
-  int check, verbose, help, no_direct;
+  int check, verbose, help, no_direct, raw_relay;
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -1473,6 +1498,7 @@ static int parse_opts(int argc, char **argv, struct aopts *o)
     case OPT_TUNNEL_ADDR: o->taddr = optarg; break;
     case OPT_TUNNEL_ADDR6: o->taddr6 = optarg; break;
     case OPT_NO_DIRECT: o->no_direct = 1; break;
+    case OPT_RAW_RELAY: o->raw_relay = 1; break;
     case OPT_METRICS_PORT: o->mport = optarg; break;
     case OPT_METRICS_BIND: o->mbind = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
@@ -1527,6 +1553,8 @@ static int apply_opts(struct actx *x, const struct aopts *o)
              o->taddr6);
   if (o->no_direct)
     x->cfg.direct = 0;
+  if (o->raw_relay)
+    x->cfg.raw_relay = 1;
   if (o->mport && cfg_parse_port(o->mport, &x->cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)",
                        o->mport);

@@ -870,6 +870,8 @@ static int agent_member(struct doc *d, int key, int val, void *out)
     return get_str(d, val, c->tunnel_addr, sizeof(c->tunnel_addr));
   if (key_is(d, key, "direct"))
     return get_bool(d, val, &c->direct);
+  if (key_is(d, key, "raw_relay"))
+    return get_bool(d, val, &c->raw_relay);
   if (key_is(d, key, "tunnelAddr6") || key_is(d, key, "tunnel_addr6"))
     return get_str(d, val, c->tunnel_addr6, sizeof(c->tunnel_addr6));
   if (key_is(d, key, "metrics_port"))

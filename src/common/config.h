@@ -81,6 +81,8 @@ struct cfg_agent {
   char tunnel_addr[CFG_STR_MAX]; /* "100.64.0.1" */
   char tunnel_addr6[CFG_STR_MAX]; /* "": AGENT_TUNNEL_ADDR6 if needed */
   int direct;                   /* 1: punch for direct paths */
+  int raw_relay;                /* 1: raw IP through the relay where the
+                                   connector takes no relay sessions */
   uint16_t metrics_port;        /* 0: off */
   char metrics_bind[CFG_STR_MAX]; /* "127.0.0.1" */
 };

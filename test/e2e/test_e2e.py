@@ -279,3 +279,35 @@ def test_certificate_that_ends_cuts_the_agent_off(world):
     finally:
         agent.terminate()
         assert agent.wait(30) == 0
+
+
+def test_no_downgrade_to_raw_ip(world):
+    """An intermediate (or a connector of the original kind that takes the
+    service) answering "no relay sessions here" would have ztna agents
+    send raw IP it can read. By default the agent refuses: nothing of the
+    service reaches the intermediate readable, and the service comes back
+    end to end once a connector takes sessions again. Runs last here: echo
+    is away for a while."""
+    from ztna import Client
+    rogue = Client("198.51.100.10:4433", world.pki, cert=world.conn_cert,
+                   ns=world.inet)
+    try:
+        rogue.expect("up ", timeout=20)
+        rogue.send("reg connector echo")  # no sessions flag: original kind
+        rogue.expect("ack", timeout=20)
+        before = os.path.getsize(RECORD)
+        wait_for(lambda: "its traffic is refused rather than sent as raw IP"
+                 in open(world.procs["agent"].log.name).read(), timeout=30,
+                 what="the agent refusing raw IP")
+        # (An end-to-end connection the agent still has to the displaced
+        # real connector may carry this; raw IP never does.)
+        world.run(["python3", "-c", UDP_MARK, MARKER.decode()], check=False)
+        rogue.quiet("dgram", 2.0)  # the rogue hears nothing of it
+        assert MARKER not in recorded()[before:]
+    finally:
+        rogue.close()
+    # The real connector serves echo again: back end to end.
+    wait_for(lambda: "echoed" in world.run(
+        ["python3", "-c", UDP_MARK, MARKER.decode()], check=False).stdout,
+        timeout=60, what="echo back end to end")
+    assert MARKER not in recorded()

@@ -14,7 +14,9 @@ from datapath import SERVICES, world_fixture
 from ztna import wait_for
 
 
-world = world_fixture("hd")
+# raw_relay: test_connector_cannot_inject_foreign_packets needs an agent
+# that sends raw IP to a connector of the original kind.
+world = world_fixture("hd", agent_extra={"raw_relay": True})
 
 
 def rss_kb(pid):
