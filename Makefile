@@ -216,7 +216,7 @@ $(BUILD)/fuzz/fuzz_relay: test/fuzz/fuzz_relay.c src/common/relay.c \
 $(BUILD)/fuzz/fuzz_punch: test/fuzz/fuzz_punch.c src/common/punch.c \
   src/common/ippkt.c src/common/wire.c src/common/err.c
 	@mkdir -p $(@D)
-	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(DEPS)/lib/libwolfssl.a -lm -lpthread
 $(BUILD)/fuzz/fuzz_packet: test/fuzz/fuzz_packet.c src/common/tunguard.c \
   src/common/ippkt.c src/common/err.c
 	@mkdir -p $(@D)

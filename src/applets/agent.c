@@ -136,6 +136,10 @@ struct vip {
 #define HOLD_BYTES (128 * 1024)
 #define HOLD_MS 5000
 #define P2P_TICK_MS 250
+/* A connection that is up tells which of our services it may carry
+ * (WIRE_SERVICES); the others wait this long for it before they connect
+ * on their own. */
+#define SERVICES_WAIT_MS 1000
 
 /* The end-to-end connection of a service. */
 enum estate {
@@ -143,19 +147,27 @@ enum estate {
   E_CONNECTING, /* handshake through the relay session */
   E_UP,
   E_LEGACY,     /* original peers: raw IP through the relay */
+  E_SHARED,     /* on another service's connection to the same connector */
 };
 static const char *const estate_names[] = { "none", "connecting", "up",
-                                            "legacy" };
+                                            "legacy", "shared" };
 
 struct actx;
 
 /* One service: its end-to-end connection, the relay session that
- * carries it, and the path it takes. */
+ * carries it, and the path it takes. One connection per connector: a
+ * service whose connector another service's connection reaches already
+ * (it says so: WIRE_SERVICES) rides on that connection (E_SHARED, host),
+ * and has no session, path or punch of its own. */
 struct asvc {
   struct actx *x;
   size_t idx;
   int vip;
   enum estate e;
+  struct asvc *host;             /* E_SHARED: whose connection */
+  uint8_t serves[CFG_MAX_SERVICES]; /* the connector's WIRE_SERVICES */
+  int has_serves;
+  uint64_t up_ms;                /* when the connection came up */
   struct quic_conn *ec;
   struct tls_identity peer_id;   /* the connector's certificate */
   uint64_t sid;                  /* relay session, 0: none */
@@ -238,6 +250,12 @@ static const struct vip *lookup(struct actx *x, const struct ippkt *ip)
   return best;
 }
 
+/* The service whose connection carries a's packets. */
+static struct asvc *carrier(struct asvc *a)
+{
+  return a->e == E_SHARED && a->host ? a->host : a;
+}
+
 /* The largest IP packet that fits one DATAGRAM with the largest wrapper:
  * on end-to-end connections (1350-byte packets, 1306-byte DATAGRAMs),
  * and for services of original peers on the relay connection. */
@@ -280,8 +298,12 @@ static void to_tun(struct actx *x, const uint8_t *pkt, size_t n,
   enum tunguard_verdict v;
   size_t len = 0;
 
-  if (via)
+  if (via) {
     carried[via->idx] = 1;
+    for (size_t i = 0; i < x->cfg.nservices; i++)
+      if (x->svcs[i].e == E_SHARED && x->svcs[i].host == via)
+        carried[i] = 1;
+  }
   v = tunguard_check(&x->guard, pkt, n, via ? carried : NULL,
                      x->cfg.nservices, &len);
   if (v != TUNGUARD_OK) {
@@ -342,9 +364,10 @@ static int hold(struct asvc *a, const struct iovec *iov, int iovcnt)
 static void release_held(struct asvc *a)
 {
   struct actx *x = a->x;
+  struct asvc *c = carrier(a);
   uint64_t now = uv_now(x->loop);
 
-  if (a->e != E_UP && a->e != E_LEGACY)
+  if (c->e != E_UP && c->e != E_LEGACY)
     return; /* still coming up */
   while (a->held) {
     struct held *h = a->held;
@@ -352,9 +375,9 @@ static void release_held(struct asvc *a)
     int rv = ZTNA_ERR_STATE;
 
     if (now - h->ms < HOLD_MS) {
-      if (a->e == E_UP)
-        rv = quic_conn_send_datagramv(a->ec, &v, 1);
-      else if (a->e == E_LEGACY)
+      if (c->e == E_UP)
+        rv = quic_conn_send_datagramv(c->ec, &v, 1);
+      else if (c->e == E_LEGACY)
         rv = uplink_send(x->up, &v, 1);
     }
     if (rv < 0)
@@ -409,6 +432,7 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
     drop(x, A_NOT_REGISTERED);
     return;
   }
+  a = carrier(a);
   id = x->cfg.services[v->svc].id;
   h = wire_routed_encode_header(hdr, sizeof(hdr), id, strlen(id));
   iov[0].iov_base = hdr;
@@ -488,6 +512,9 @@ static void set_mtu(struct actx *x)
   }
 }
 
+static void detach_riders(struct asvc *h, const char *why);
+static void share(struct actx *x);
+
 /* An original intermediate or connector: the service's packets go as raw
  * IP through the relay, which reads them, as the original design does. */
 static void go_legacy(struct asvc *a, const char *why)
@@ -509,6 +536,9 @@ static void go_legacy(struct asvc *a, const char *why)
                 why, RAW_REFUSED_RETRY_MS / 1000);
     a->refused_raw = 1;
     a->open_at_ms = uv_now(a->x->loop) + RAW_REFUSED_RETRY_MS;
+    /* Its connection has no relay session now: the services riding on it
+     * find their own way to their connector. */
+    detach_riders(a, "it has no relay session");
     return;
   }
   a->e = E_LEGACY;
@@ -518,6 +548,7 @@ static void go_legacy(struct asvc *a, const char *why)
     a->ec = NULL;
     path_lost(&a->path);
     quic_conn_close(old, 0, "the service's connector takes no sessions");
+    detach_riders(a, "its connector is gone");
   }
   log_warnx("%s: %s: its traffic goes through the relay as raw IP, which "
             "the intermediate can read, and takes no direct path",
@@ -634,8 +665,18 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
   for (size_t i = 0; i < x->cfg.nservices; i++)
     if (x->svcs[i].opening && x->svcs[i].req == req)
       a = &x->svcs[i];
-  if (!a)
-    return; /* an answer we repeated our request for, or no longer need */
+  if (!a) {
+    /* An answer we repeated our request for, or no longer need (the
+     * service rides on another connection now): a session nobody uses
+     * goes back. */
+    if (status == WIRE_SESSION_OK && !by_session(x, sid)) {
+      uint8_t msg[WIRE_SESSION_CLOSED_LEN];
+      struct iovec v = { msg, sizeof(msg) };
+      wire_session_closed_encode(msg, sizeof(msg), sid, 0);
+      uplink_send(x->up, &v, 1);
+    }
+    return;
+  }
   a->opening = 0;
   switch (status) {
   case WIRE_SESSION_OK:
@@ -647,6 +688,11 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
     a->sid = sid;
     a->sessions++;
     a->nocon_ms = 0;
+    if (!a->ec) {
+      share(x); /* another connection may carry it by now */
+      if (a->e == E_SHARED)
+        return; /* (share gave the session back) */
+    }
     if (a->refused_raw)
       log_info("%s: relay sessions again: its traffic flows", svc_id(a));
     a->refused_raw = 0;
@@ -703,10 +749,20 @@ static void on_session_closed(struct actx *x, const uint8_t *d, size_t n)
     return;
   a->sid = 0;
   if (reason == WIRE_SESSION_REVOKED) {
-    log_warnx("%s: the intermediate revoked our access", svc_id(a));
+    /* For a service this connection carries (which one, the intermediate
+     * does not say): each of them registers again, and only those the
+     * intermediate still accepts connect (or ride) again. */
+    uint64_t now = uv_now(x->loop);
+    log_warnx("%s: the intermediate revoked our access to a service on "
+              "this connection; registering its services again", svc_id(a));
+    for (size_t i = 0; i < x->cfg.nservices; i++)
+      if (&x->svcs[i] == a ||
+          (x->svcs[i].e == E_SHARED && x->svcs[i].host == a)) {
+        uplink_register_again(x->up, i);
+        x->svcs[i].rereg_at_ms = now + OPEN_REFUSED_MS;
+      }
     if (a->ec)
       quic_conn_close(a->ec, 2, "access revoked");
-    a->open_at_ms = uv_now(x->loop) + OPEN_REFUSED_MS;
     return;
   }
   log_info("%s: relay session %llu ended (%s); opening another", svc_id(a),
@@ -794,6 +850,9 @@ static void on_e2e_handshake(struct quic_conn *c, void *ud)
   a->e = E_UP;
   a->e2e_ups++;
   a->backoff_ms = 0;
+  a->up_ms = uv_now(x->loop);
+  a->has_serves = 0;
+  memset(a->serves, 0, sizeof(a->serves));
   quic_conn_set_keepalive(c, E2E_PING_MS);
   path_connected(&a->path, uv_now(x->loop));
   log_info("%s: end-to-end connection to the connector (%s) up through the "
@@ -803,14 +862,143 @@ static void on_e2e_handshake(struct quic_conn *c, void *ud)
   release_held(a);
 }
 
+/* Tells the intermediate we are done with a's relay session. */
+static void end_session(struct asvc *a)
+{
+  uint8_t msg[WIRE_SESSION_CLOSED_LEN];
+  struct iovec v = { msg, sizeof(msg) };
+
+  if (!a->sid)
+    return;
+  wire_session_closed_encode(msg, sizeof(msg), a->sid, 0);
+  uplink_send(a->x->up, &v, 1);
+  a->sid = 0;
+}
+
+/* s leaves its host's connection: it connects on its own again (or rides
+ * on another one) from the next tick. */
+static void detach(struct asvc *s, const char *why)
+{
+  log_info("%s: off %s's connection (%s)", svc_id(s), svc_id(s->host), why);
+  s->e = E_NONE;
+  s->host = NULL;
+  s->open_at_ms = uv_now(s->x->loop);
+}
+
+static void detach_riders(struct asvc *h, const char *why)
+{
+  struct actx *x = h->x;
+
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (x->svcs[i].e == E_SHARED && x->svcs[i].host == h)
+      detach(&x->svcs[i], why);
+}
+
+/* An up connection whose connector said it serves s for us, and whose
+ * certificate grants s (what the connector says proves nothing by
+ * itself). */
+static struct asvc *find_host(struct actx *x, const struct asvc *s)
+{
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *h = &x->svcs[i];
+    if (h != s && h->e == E_UP && h->has_serves && h->serves[s->idx] &&
+        policy_cert_grants(&h->peer_id, POLICY_CONNECTOR,
+                           (const uint8_t *)svc_id(s), strlen(svc_id(s))))
+      return h;
+  }
+  return NULL;
+}
+
+/* One connection per connector: services that another service's
+ * connection can carry ride on it, and leave it when it goes or stops
+ * carrying them. Only a service that has no connection up yet moves
+ * (one that is up keeps its own, so no flow on it breaks). */
+static void share(struct actx *x)
+{
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *s = &x->svcs[i], *h;
+    int ok = uplink_reg_state(x->up, i) == UPLINK_REG_OK;
+
+    if (s->e == E_SHARED) {
+      if (s->host->e != E_UP || !s->host->serves[i])
+        detach(s, "it no longer carries this service");
+      else if (!ok)
+        detach(s, "our registration for the service is not accepted");
+      continue;
+    }
+    if ((s->e != E_NONE && s->e != E_CONNECTING) || !ok ||
+        !(h = find_host(x, s)))
+      continue;
+    if (s->ec) {
+      struct quic_conn *old = s->ec;
+      s->ec = NULL;
+      quic_conn_close(old, 0, "the connector is reached on another "
+                              "connection");
+    }
+    end_session(s);
+    s->opening = 0;
+    s->e = E_SHARED;
+    s->host = h;
+    log_info("%s: on %s's end-to-end connection (the same connector, %s)",
+             svc_id(s), svc_id(h), h->peer_id.cn);
+    set_mtu(x);
+    release_held(s);
+  }
+}
+
+/* 1 while another service's connection is on its way (an OPEN out, a
+ * handshake running, or up without WIRE_SERVICES yet): a service with no
+ * connection waits for it, since it may be able to ride on it. */
+static int others_pending(struct actx *x, const struct asvc *a, uint64_t now)
+{
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    const struct asvc *t = &x->svcs[i];
+    if (t == a)
+      continue;
+    /* (An OPEN unanswered for a second may never be: an original
+     * intermediate. Nobody waits for that.) */
+    if ((t->e == E_NONE && t->opening && t->open_tries < 2) ||
+        t->e == E_CONNECTING ||
+        (t->e == E_UP && !t->has_serves && now - t->up_ms < SERVICES_WAIT_MS))
+      return 1;
+  }
+  return 0;
+}
+
+/* What the connector says this connection may carry (WIRE_SERVICES). */
+static void on_services(struct asvc *a, const uint8_t *d, size_t n)
+{
+  struct actx *x = a->x;
+  struct wire_id ids[CFG_MAX_SERVICES];
+  int k = wire_services_decode(d, n, ids, CFG_MAX_SERVICES);
+
+  if (k < 0) {
+    drop(x, A_MALFORMED);
+    return;
+  }
+  memset(a->serves, 0, sizeof(a->serves));
+  for (int j = 0; j < k; j++)
+    for (size_t i = 0; i < x->cfg.nservices; i++)
+      if (strlen(x->cfg.services[i].id) == ids[j].n &&
+          !strncasecmp(x->cfg.services[i].id, (const char *)ids[j].p,
+                       ids[j].n))
+        a->serves[i] = 1;
+  a->has_serves = 1;
+  share(x);
+}
+
 static void on_e2e_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
                             void *ud)
 {
   struct asvc *a = ud;
+  enum wire_kind k = wire_classify(d, n);
   (void)c;
 
-  if (a->e != E_UP || (wire_classify(d, n) != WIRE_KIND_IPV4 &&
-                       wire_classify(d, n) != WIRE_KIND_IPV6)) {
+  if (a->e == E_UP && k == WIRE_KIND_SERVICES) {
+    on_services(a, d, n);
+    return;
+  }
+  if (a->e != E_UP || (k != WIRE_KIND_IPV4 && k != WIRE_KIND_IPV6)) {
     drop(a->x, A_MALFORMED);
     return;
   }
@@ -866,14 +1054,8 @@ static void on_e2e_close(struct quic_conn *c, const struct quic_close_info *i,
   if (a->backoff_ms > E2E_BACKOFF_MAX_MS)
     a->backoff_ms = E2E_BACKOFF_MAX_MS;
   a->open_at_ms = uv_now(x->loop) + a->backoff_ms;
-  if (a->sid) {
-    /* A fresh session for the next connection. */
-    uint8_t msg[WIRE_SESSION_CLOSED_LEN];
-    struct iovec v = { msg, sizeof(msg) };
-    wire_session_closed_encode(msg, sizeof(msg), a->sid, 0);
-    uplink_send(x->up, &v, 1);
-    a->sid = 0;
-  }
+  end_session(a); /* a fresh one for the next connection */
+  detach_riders(a, "its connection closed");
 }
 
 static const struct quic_conn_cbs e2e_cbs = {
@@ -943,6 +1125,11 @@ static void start_punch(struct asvc *a)
   }
   pc->timer.data = pc;
   a->pc = pc;
+  /* Checks tagged under this connection's keys: a stranger can neither
+   * answer them nor make itself a candidate (protocol.md 10). */
+  if (p2p_client_bind(pc, a->ec) < 0)
+    log_warnx("%s: punch checks cannot be keyed from the end-to-end "
+              "connection: no answer will count", svc_id(a));
   log_debug("%s: punching (%zu candidates offered)", svc_id(a), pc->nlocal);
 }
 
@@ -999,6 +1186,7 @@ static void p2p_tick(uv_timer_t *t)
   struct actx *x = t->data;
   uint64_t now = uv_now(x->loop);
 
+  share(x);
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *a = &x->svcs[i];
     int can_punch;
@@ -1017,8 +1205,7 @@ static void p2p_tick(uv_timer_t *t)
       continue;
     }
     if (a->held && now - a->held->ms >= HOLD_MS) {
-      if (a->e == E_UP || a->e == E_LEGACY)
-        release_held(a);
+      release_held(a);
       while (a->held && now - a->held->ms >= HOLD_MS) {
         struct held *h = a->held;
         a->held = h->next;
@@ -1030,6 +1217,10 @@ static void p2p_tick(uv_timer_t *t)
       if (!a->held)
         a->held_tail = &a->held;
     }
+    if (a->e == E_SHARED)
+      continue; /* its host's connection does the work */
+    if (a->e == E_NONE && !a->opening && !a->sid && others_pending(x, a, now))
+      continue; /* it may ride on the connection coming up */
     if (a->e == E_LEGACY) {
       if (a->opening && now >= a->open_at_ms && a->open_tries < OPEN_TRIES)
         send_open(a);
@@ -1112,13 +1303,16 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
 
   if (wire_ctl_decode(d, n, &c) < 0)
     return;
-  /* The connector's checks: answer them (at most 200 a second). */
+  /* The connector's checks: answer them (at most 200 a second); tagged
+   * ones only the punch they are for can answer (p2p.c). */
   if (c.kind == WIRE_CTL_BIND_REQ) {
     struct punch_io io = { send_raw, x, NULL };
-    if (punch_rate_ok(&x->ctl_rate, 200, now))
-      punch_answer(&io, &c, from);
-    else
+    if (!punch_rate_ok(&x->ctl_rate, 200, now)) {
       drop(x, A_CTL_LIMITED);
+      return;
+    }
+    if (!c.auth)
+      punch_answer(&io, &c, from, NULL);
   }
   for (size_t i = 0; i < x->cfg.nservices; i++)
     if (x->svcs[i].pc && p2p_client_packet(x->svcs[i].pc, &c, from))
@@ -1130,8 +1324,11 @@ static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
   struct actx *x = ud;
   (void)u;
   for (size_t i = 0; i < x->cfg.nservices; i++)
-    if (x->svcs[i].pc && p2p_client_signal(x->svcs[i].pc, m))
+    if (x->svcs[i].pc && p2p_client_signal(x->svcs[i].pc, m)) {
+      if (m->tag == WIRE_SIG_START && x->svcs[i].ec)
+        p2p_client_announce(x->svcs[i].pc, x->svcs[i].ec);
       return;
+    }
 }
 
 static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
@@ -1141,8 +1338,15 @@ static void on_registered(struct uplink *u, size_t svc, enum uplink_reg r,
   (void)u;
   /* A relay session as soon as the service is registered (also after a
    * reconnection: the connection moves to the new session). */
-  if (r == UPLINK_REG_OK && !x->svcs[svc].sid)
-    start_open(&x->svcs[svc]);
+  struct asvc *a = &x->svcs[svc];
+
+  if (r != UPLINK_REG_OK || a->sid || a->e == E_SHARED)
+    return;
+  share(x);
+  if (a->e == E_NONE && others_pending(x, a, uv_now(x->loop)))
+    return; /* it may ride on that connection: the tick decides */
+  if (a->e != E_SHARED)
+    start_open(a);
 }
 
 static const struct uplink_cbs uplink_cbs = {
@@ -1183,7 +1387,11 @@ static void collect(void *ud)
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
   for (size_t i = 0; i < x->cfg.nservices; i++) {
-    const struct asvc *a = &x->svcs[i];
+    /* Path and connection: of the connection that carries the service;
+     * the counters: its own (a service riding on another's connection
+     * punches and opens nothing itself). */
+    struct asvc *own = &x->svcs[i];
+    const struct asvc *a = carrier(own);
     char l[WIRE_SERVICE_ID_MAX * 2 + 64], esc[WIRE_SERVICE_ID_MAX * 2 + 8];
     const char *id = x->cfg.services[i].id;
     metrics_label_escape(esc, sizeof(esc), id, strlen(id));
@@ -1208,30 +1416,34 @@ static void collect(void *ud)
     snprintf(l, sizeof(l), "service=\"%s\",result=\"success\"", esc);
     metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
                                "Punches by result"),
-               (int64_t)a->path.punches_ok);
+               (int64_t)own->path.punches_ok);
     snprintf(l, sizeof(l), "service=\"%s\",result=\"failed\"", esc);
     metric_set(metrics_counter(x->m, "ztna_agent_punches_total", l,
                                "Punches by result"),
-               (int64_t)a->path.punches_failed);
+               (int64_t)own->path.punches_failed);
     for (int k = 0; k < PATH_FAIL_COUNT; k++) {
       snprintf(l, sizeof(l), "service=\"%s\",reason=\"%s\"", esc,
                path_fail_name((enum path_fail)k));
       metric_set(metrics_counter(x->m, "ztna_agent_direct_failures_total", l,
                                  "Attempts at a direct path that failed, "
                                  "by why"),
-                 (int64_t)a->path.fails[k]);
+                 (int64_t)own->path.fails[k]);
     }
     snprintf(l, sizeof(l), "service=\"%s\"", esc);
     metric_set(metrics_gauge(x->m, "ztna_agent_punch_duration_ms", l,
                              "How long the last punch took"),
-               (int64_t)a->punch_ms);
+               (int64_t)own->punch_ms);
     metric_set(metrics_counter(x->m, "ztna_agent_direct_fallbacks_total", l,
                                "Direct paths lost (traffic back to the "
                                "relay)"),
-               (int64_t)a->path.fallbacks);
+               (int64_t)own->path.fallbacks);
     metric_set(metrics_counter(x->m, "ztna_agent_relay_sessions_total", l,
                                "Relay sessions opened for the service"),
-               (int64_t)a->sessions);
+               (int64_t)own->sessions);
+    metric_set(metrics_gauge(x->m, "ztna_agent_connection_shared", l,
+                             "1 when the service rides on the connection "
+                             "of another service of the same connector"),
+               own->e == E_SHARED);
     metric_set(metrics_gauge(x->m, "ztna_agent_direct_rtt_us", l,
                              "Smoothed round trip of the direct path"),
                a->path.state == PATH_DIRECT && a->ec

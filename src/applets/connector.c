@@ -159,6 +159,7 @@ struct dconn {
   int up;
   int direct;   /* on a direct path now */
   uint64_t sid; /* the relay session it came through last */
+  uint64_t punch_sid; /* the punch it said is its own (WIRE_PUNCH_BIND) */
   uint8_t grants[CFG_MAX_SERVICES];
   struct agent_id *ids[CFG_MAX_SERVICES][2]; /* by service, IPv4/IPv6 */
 };
@@ -217,7 +218,8 @@ struct cctx {
   uint8_t dbuf[65536], rbuf[65536];
   uint64_t ctl_limited, agents_gone;
   struct punch_rate ctl_rate;
-  struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active;
+  struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active,
+      *mx_punch_bound, *mx_punch_rejected;
   uint8_t buf[65536];
 };
 
@@ -724,8 +726,30 @@ static const char *p2p_name(void *svc, void *ud)
   return ((struct csvc *)svc)->cfg->id;
 }
 
+static int p2p_key(void *svc, uint64_t session, const uint8_t *cid,
+                   size_t cidlen, struct punch_auth *a, void *ud)
+{
+  struct cctx *x = ud;
+  size_t si = (size_t)((struct csvc *)svc - x->svcs);
+  struct dconn *dc = NULL;
+
+  if (cidlen) {
+    /* Only server connections here are agents' (the uplinks are ours). */
+    struct quic_conn *c = quic_endpoint_find_cid(x->ep, cid, cidlen);
+    if (c && quic_conn_is_server(c))
+      dc = quic_conn_ud(c);
+  } else {
+    for (dc = x->dconns; dc; dc = dc->next)
+      if (dc->up && dc->punch_sid == session)
+        break;
+  }
+  if (!dc || !dc->up || !dc->grants[si])
+    return ZTNA_ERR_NOT_FOUND;
+  return p2p_punch_key(dc->qc, session, a);
+}
+
 static const struct p2p_server_io p2p_io = {
-  p2p_send_signal, p2p_observed, p2p_server_addr, p2p_name, NULL,
+  p2p_send_signal, p2p_observed, p2p_server_addr, p2p_name, p2p_key, NULL,
 };
 
 static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)
@@ -764,8 +788,8 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
       quic_endpoint_send_raw(x->ep, from, buf, (size_t)k);
     return;
   }
-  if (c.kind == WIRE_CTL_BIND_REQ)
-    punch_answer(&io, &c, from);
+  if (c.kind == WIRE_CTL_BIND_REQ && !c.auth)
+    punch_answer(&io, &c, from, NULL); /* tagged ones: p2p.c */
   p2p_server_packet(&x->p2p, &c, from);
 }
 
@@ -814,6 +838,13 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
   if (!dc->up)
     return;
   switch (wire_classify(d, n)) {
+  case WIRE_KIND_PUNCH_BIND:
+    if (wire_punch_bind_decode(d, n, &dc->punch_sid) < 0) {
+      drop(x, D_MALFORMED);
+      return;
+    }
+    p2p_server_bind(&x->p2p, dc->punch_sid);
+    return;
   case WIRE_KIND_ROUTED:
     if (wire_routed_decode(d, n, &id, &idlen, &pkt, &pktlen) < 0) {
       drop(x, D_MALFORMED);
@@ -850,6 +881,32 @@ static void on_direct_datagram(struct quic_conn *c, const uint8_t *d,
   else
     x->direct_rx++;
   on_e2e_packet(dc, svc, &ip, pkt);
+}
+
+/* Tells the agent which of our services its connection may carry (the
+ * ones its certificate and the policy grant): its other services of ours
+ * then ride on this connection (protocol.md 10). As many as fit one
+ * DATAGRAM; the agent opens connections of its own for any others. */
+static void send_services(struct dconn *dc)
+{
+  struct cctx *x = dc->x;
+  struct wire_id ids[CFG_MAX_SERVICES];
+  uint8_t msg[QUIC_DATAGRAM_MAX];
+  size_t n = 0, room = quic_conn_max_datagram(dc->qc);
+  int k = -1;
+
+  for (size_t i = 0; i < x->nsvcs; i++)
+    if (dc->grants[i]) {
+      ids[n].p = (const uint8_t *)x->svcs[i].cfg->id;
+      ids[n].n = strlen(x->svcs[i].cfg->id);
+      n++;
+    }
+  if (room > sizeof(msg))
+    room = sizeof(msg);
+  while (n > 0 && (k = wire_services_encode(msg, room, ids, n)) < 0)
+    n--;
+  if (k > 0)
+    quic_conn_send_datagram(dc->qc, msg, (size_t)k);
 }
 
 static void on_direct_handshake(struct quic_conn *c, void *ud)
@@ -898,6 +955,7 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
   dc->up = 1;
   x->e2e_total++;
   quic_conn_set_keepalive(c, DIRECT_PING_MS);
+  send_services(dc);
   log_info("%s: connected, %zu of our services granted", dc->name, ngrants);
 }
 
@@ -1088,6 +1146,8 @@ static void collect(void *ud)
   metric_set(x->mx_punch_ok, (int64_t)x->p2p.ok);
   metric_set(x->mx_punch_fail, (int64_t)x->p2p.failed);
   metric_set(x->mx_punch_active, (int64_t)punching);
+  metric_set(x->mx_punch_bound, (int64_t)x->p2p.bound);
+  metric_set(x->mx_punch_rejected, (int64_t)x->p2p.rejected);
   {
     int64_t up = 0;
     for (struct dconn *dc = x->dconns; dc; dc = dc->next)
@@ -1219,6 +1279,12 @@ static void metrics_init(struct cctx *x)
                                      "Punches by result of our own checks");
   x->mx_punch_active = metrics_gauge(m, "ztna_connector_punch_sessions",
                                      NULL, "Punches in progress");
+  x->mx_punch_bound = metrics_counter(
+      m, "ztna_connector_punches_authenticated_total", NULL,
+      "Punches bound to an agent's end-to-end connection (tagged checks)");
+  x->mx_punch_rejected = metrics_counter(
+      m, "ztna_connector_punch_checks_rejected_total", NULL,
+      "Tagged checks whose tag did not verify (not answered)");
   x->mx_direct = metrics_gauge(m, "ztna_connector_direct_connections", NULL,
                                "Direct connections from agents, up");
   x->mx_e2e_total = metrics_counter(
@@ -1366,6 +1432,8 @@ static void set_policy(struct cctx *x, struct cfg_policy *p)
     if (!left) {
       log_info("%s: access revoked by the policy: closing", dc->name);
       quic_conn_close(dc->qc, 2, "access revoked");
+    } else {
+      send_services(dc);
     }
   }
 }
@@ -1672,7 +1740,11 @@ int connector_main(int argc, char **argv)
             x.cfg.p2p_port, rv > -4096 ? uv_strerror(rv) : ztna_strerror(rv));
     return 1;
   }
-  p2p_server_init(&x.p2p, x.loop, x.ep, &p2p_io);
+  {
+    struct p2p_server_io io = p2p_io;
+    io.ud = &x;
+    p2p_server_init(&x.p2p, x.loop, x.ep, &io);
+  }
   {
     struct udpflow_io uio = { flow_reply, flow_drop, &x };
     if (udpflows_new(&x.udp, x.loop, &uio, MAX_UDP_FLOWS,

@@ -190,7 +190,8 @@ static void packet_cb(struct quic_endpoint *ep, const uint8_t *d, size_t n,
     /* Answer the connector's checks, as an agent does, and feed ours. */
     if (ctl.kind == WIRE_CTL_BIND_REQ) {
       struct punch_io io = { send_raw, x, NULL };
-      punch_answer(&io, &ctl, from);
+      if (!ctl.auth)
+        punch_answer(&io, &ctl, from, NULL);
       if (x->pc_done && x->pc.success &&
           same_addr((const struct sockaddr_storage *)&x->pc.punch
                         .pairs[x->pc.punch.winner].remote,

@@ -75,6 +75,8 @@ static void timer_cb(uv_timer_t *t)
     quic_endpoint_local_addr(pc->ep, &local);
     punch_start(&pc->punch, &io, 1, local.ss_family, pc->peer, pc->npeer,
                 now);
+    if (pc->auth.on)
+      punch_set_auth(&pc->punch, &pc->auth);
     pc->start_ms = now;
   }
   wake = punch_tick(&pc->punch, now);
@@ -159,11 +161,44 @@ int p2p_client_signal(struct p2p_client *pc, const struct wire_sig *m)
     struct sockaddr_storage local;
     struct punch_io io = { send_raw, pc, send_raw_ttl };
     quic_endpoint_local_addr(pc->ep, &local);
-    punch_prime(&io, local.ss_family, pc->peer, pc->npeer);
+    punch_prime(&io, local.ss_family, pc->peer, pc->npeer, &pc->auth);
   }
   uv_timer_start(&pc->timer, timer_cb,
                  m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
   return 1;
+}
+
+int p2p_punch_key(struct quic_conn *c, uint64_t session,
+                  struct punch_auth *a)
+{
+  uint8_t root[QUIC_EXPORTER_LEN];
+
+  memset(a, 0, sizeof(*a));
+  if (quic_conn_exporter(c, root) < 0 ||
+      punch_key_derive(root, session, a->key) < 0)
+    return ZTNA_ERR_STATE;
+  a->session = session;
+  a->cidlen = quic_conn_dcid(c, a->cid, sizeof(a->cid));
+  a->on = 1;
+  return 0;
+}
+
+void p2p_client_announce(struct p2p_client *pc, struct quic_conn *c)
+{
+  uint8_t m[WIRE_PUNCH_BIND_LEN];
+
+  if (pc->auth.on && wire_punch_bind_encode(m, sizeof(m), pc->session_id) > 0)
+    quic_conn_send_datagram(c, m, sizeof(m));
+}
+
+int p2p_client_bind(struct p2p_client *pc, struct quic_conn *c)
+{
+  int rv;
+
+  if ((rv = p2p_punch_key(c, pc->session_id, &pc->auth)) < 0)
+    return rv;
+  p2p_client_announce(pc, c);
+  return 0;
 }
 
 int p2p_client_packet(struct p2p_client *pc, const struct wire_ctl *c,
@@ -171,8 +206,20 @@ int p2p_client_packet(struct p2p_client *pc, const struct wire_ctl *c,
 {
   int mine;
 
+  if (c->auth && c->kind == WIRE_CTL_BIND_REQ) {
+    /* Checks of our own punch: answered only when the tag is right. */
+    struct punch_io io = { send_raw, pc, NULL };
+    if (pc->phase == P2P_DONE || !pc->auth.on ||
+        c->session != pc->session_id)
+      return 0;
+    if (!punch_answer(&io, c, from, &pc->auth)) {
+      pc->punch.rejected++;
+      return 1;
+    }
+  }
   if (pc->phase != P2P_PUNCHING || !pc->start_ms)
-    return 0;
+    return c->auth && c->kind == WIRE_CTL_BIND_REQ &&
+           c->session == pc->session_id;
   mine = punch_input(&pc->punch, c, from, uv_now(pc->loop));
   if (mine)
     uv_timer_start(&pc->timer, timer_cb, 0, 0);
@@ -240,6 +287,35 @@ static void srv_end(struct p2p_session *ps)
   ps->used = 0;
 }
 
+/* Binds ps to the agent's end-to-end connection (a's key); a running
+ * punch restarts its checks tagged. srv_bind: to the connection that
+ * claimed it with WIRE_PUNCH_BIND, if any; returns 1 when ps is bound. */
+static void srv_bound(struct p2p_session *ps, const struct punch_auth *a)
+{
+  struct p2p_server *s = ps->srv;
+
+  ps->auth = *a;
+  s->bound++;
+  if (ps->started)
+    punch_set_auth(&ps->punch, a);
+  log_debug("%s: p2p session %016llx: bound to the agent's end-to-end "
+            "connection: checks are tagged", sname(ps),
+            (unsigned long long)ps->id);
+}
+
+static int srv_bind(struct p2p_session *ps)
+{
+  struct p2p_server *s = ps->srv;
+  struct punch_auth a;
+
+  if (ps->auth.on)
+    return 1;
+  if (!s->io.key || s->io.key(ps->svc, ps->id, NULL, 0, &a, s->io.ud) < 0)
+    return 0;
+  srv_bound(ps, &a);
+  return 1;
+}
+
 static void srv_timer(uv_timer_t *t)
 {
   struct p2p_session *ps = t->data;
@@ -249,9 +325,15 @@ static void srv_timer(uv_timer_t *t)
   if (!ps->started) {
     struct sockaddr_storage local;
     struct punch_io io = { srv_send, s, NULL };
+    if (!srv_bind(ps) && now - ps->sig_ms < P2P_BIND_WAIT_MS) {
+      uv_timer_start(&ps->timer, srv_timer, 50, 0);
+      return;
+    }
     quic_endpoint_local_addr(s->ep, &local);
     punch_start(&ps->punch, &io, 0, local.ss_family, ps->peer, ps->npeer,
                 now);
+    if (ps->auth.on)
+      punch_set_auth(&ps->punch, &ps->auth);
     ps->started = 1;
     ps->start_ms = now;
   }
@@ -311,6 +393,7 @@ static void srv_offer(struct p2p_server *s, void *svc,
   }
   ps->used = 1;
   ps->started = ps->reported = ps->result_seen = 0;
+  memset(&ps->auth, 0, sizeof(ps->auth));
   ps->svc = svc;
   ps->id = m->session_id;
   ps->created_ms = uv_now(s->loop);
@@ -362,12 +445,14 @@ void p2p_server_signal(struct p2p_server *s, void *svc,
       return;
     ps->npeer = m->ncand;
     memcpy(ps->peer, m->cand, m->ncand * sizeof(m->cand[0]));
+    ps->sig_ms = uv_now(s->loop);
+    srv_bind(ps);
     {
       /* Our NAT's mappings toward the agent, before its checks arrive. */
       struct sockaddr_storage local;
       struct punch_io io = { srv_send, s, srv_send_ttl };
       quic_endpoint_local_addr(s->ep, &local);
-      punch_prime(&io, local.ss_family, ps->peer, ps->npeer);
+      punch_prime(&io, local.ss_family, ps->peer, ps->npeer, &ps->auth);
     }
     uv_timer_start(&ps->timer, srv_timer,
                    m->start_delay_ms > 1000 ? 1000 : m->start_delay_ms, 0);
@@ -395,10 +480,43 @@ void p2p_server_signal(struct p2p_server *s, void *svc,
   }
 }
 
+void p2p_server_bind(struct p2p_server *s, uint64_t session)
+{
+  for (size_t i = 0; i < P2P_MAX_SESSIONS; i++)
+    if (s->sess[i].used && s->sess[i].id == session)
+      srv_bind(&s->sess[i]);
+}
+
 void p2p_server_packet(struct p2p_server *s, const struct wire_ctl *c,
                        const struct sockaddr *from)
 {
   uint64_t now = uv_now(s->loop);
+
+  if (c->auth && c->kind == WIRE_CTL_BIND_REQ) {
+    /* An agent's tagged check: answered (tagged) only when it verifies
+     * under the key of the connection it names. */
+    struct punch_io io = { srv_send, s, NULL };
+    struct p2p_session *ps = NULL;
+    for (size_t i = 0; i < P2P_MAX_SESSIONS && !ps; i++)
+      if (s->sess[i].used && s->sess[i].id == c->session)
+        ps = &s->sess[i];
+    if (!ps)
+      return;
+    if (!ps->auth.on) {
+      struct punch_auth a;
+      if (s->io.key && s->io.key(ps->svc, ps->id, c->cid, c->cidlen, &a,
+                                 s->io.ud) == 0 &&
+          punch_auth_verify(&a, c))
+        srv_bound(ps, &a);
+    }
+    if (!punch_answer(&io, c, from, &ps->auth)) {
+      s->rejected++;
+      return;
+    }
+    if (ps->started && punch_input(&ps->punch, c, from, now))
+      uv_timer_start(&ps->timer, srv_timer, 0, 0);
+    return;
+  }
 
   for (size_t i = 0; i < P2P_MAX_SESSIONS; i++) {
     struct p2p_session *ps = &s->sess[i];

@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/hmac.h>
+
 #include "netaddr.h"
 #include "punch.h"
 
@@ -243,11 +246,107 @@ void punch_start(struct punch *p, const struct punch_io *io, int controlling,
   }
 }
 
+int punch_key_derive(const uint8_t *root, uint64_t session, uint8_t *key)
+{
+  static const char label[] = "ztna punch";
+  uint8_t msg[sizeof(label) - 1 + 8];
+  Hmac h;
+  int rv = -1;
+
+  memcpy(msg, label, sizeof(label) - 1);
+  for (int i = 0; i < 8; i++)
+    msg[sizeof(label) - 1 + i] = (uint8_t)(session >> (56 - 8 * i));
+  if (wc_HmacInit(&h, NULL, INVALID_DEVID) != 0)
+    return -1;
+  if (wc_HmacSetKey(&h, WC_SHA256, root, 32) == 0 &&
+      wc_HmacUpdate(&h, msg, sizeof(msg)) == 0 && wc_HmacFinal(&h, key) == 0)
+    rv = 0;
+  wc_HmacFree(&h);
+  return rv;
+}
+
+void punch_auth_sign(const struct punch_auth *a, uint8_t *buf, size_t n)
+{
+  Hmac h;
+  uint8_t mac[WC_SHA256_DIGEST_SIZE];
+
+  if (n < WIRE_CTL_TAG_LEN)
+    return;
+  if (wc_HmacInit(&h, NULL, INVALID_DEVID) != 0)
+    return;
+  if (wc_HmacSetKey(&h, WC_SHA256, a->key, PUNCH_KEY_LEN) == 0 &&
+      wc_HmacUpdate(&h, buf, (word32)(n - WIRE_CTL_TAG_LEN)) == 0 &&
+      wc_HmacFinal(&h, mac) == 0)
+    memcpy(buf + n - WIRE_CTL_TAG_LEN, mac, WIRE_CTL_TAG_LEN);
+  wc_HmacFree(&h);
+}
+
+int punch_auth_verify(const struct punch_auth *a, const struct wire_ctl *c)
+{
+  uint8_t buf[128];
+  uint8_t diff = 0;
+
+  if (!a || !a->on || !c->auth || !c->raw || c->rawlen > sizeof(buf) ||
+      c->rawlen < WIRE_CTL_TAG_LEN)
+    return 0;
+  if (c->kind == WIRE_CTL_BIND_REQ && c->session != a->session)
+    return 0;
+  memcpy(buf, c->raw, c->rawlen);
+  memset(buf + c->rawlen - WIRE_CTL_TAG_LEN, 0, WIRE_CTL_TAG_LEN);
+  punch_auth_sign(a, buf, c->rawlen);
+  for (size_t i = 0; i < WIRE_CTL_TAG_LEN; i++)
+    diff |= buf[c->rawlen - WIRE_CTL_TAG_LEN + i] ^ c->tag[i];
+  return diff == 0;
+}
+
+/* Encodes c, tagged when auth is on; returns the length or <= 0. */
+static int encode_ctl(uint8_t *buf, size_t cap, struct wire_ctl *c,
+                      const struct punch_auth *auth)
+{
+  int n;
+
+  if (auth && auth->on) {
+    c->auth = 1;
+    if (c->kind == WIRE_CTL_BIND_REQ) {
+      c->session = auth->session;
+      c->cidlen = auth->cidlen;
+      memcpy(c->cid, auth->cid, auth->cidlen);
+    }
+  }
+  n = wire_ctl_encode(buf, cap, c);
+  if (n > 0 && c->auth)
+    punch_auth_sign(auth, buf, (size_t)n);
+  return n;
+}
+
+void punch_set_auth(struct punch *p, const struct punch_auth *a)
+{
+  p->auth = *a;
+  p->auth.on = 1;
+  /* What untagged answers proved counts no more: check those pairs again
+   * (fresh transaction ids, tagged). */
+  for (size_t i = 0; i < p->npairs; i++) {
+    struct punch_pair *pp = &p->pairs[i];
+    if (pp->state == PAIR_SUCCEEDED || pp->state == PAIR_PROGRESS) {
+      pp->state = PAIR_WAITING;
+      pp->tx = 0;
+      pp->next_ms = p->last_pace_ms;
+      if (new_txn(pp->txn) < 0)
+        pp->state = PAIR_FAILED;
+    }
+  }
+  if (p->state == PUNCH_SUCCEEDED) {
+    p->state = PUNCH_CHECKING;
+    p->winner = -1;
+  }
+}
+
 void punch_prime(const struct punch_io *io, int family,
-                 const struct wire_candidate *peer, size_t n)
+                 const struct wire_candidate *peer, size_t n,
+                 const struct punch_auth *auth)
 {
   struct wire_ctl c;
-  uint8_t buf[WIRE_BIND_REQ_LEN];
+  uint8_t buf[WIRE_ABIND_REQ_LEN];
   int k;
 
   if (!io->send_ttl)
@@ -256,7 +355,7 @@ void punch_prime(const struct punch_io *io, int family,
   c.kind = WIRE_CTL_BIND_REQ;
   if (new_txn(c.txn) < 0)
     return;
-  k = wire_ctl_encode(buf, sizeof(buf), &c);
+  k = encode_ctl(buf, sizeof(buf), &c, auth);
   for (size_t i = 0; k > 0 && i < n; i++) {
     const struct sockaddr *sa = (const struct sockaddr *)&peer[i].addr;
     /* The same candidates the checks will go to, no others. */
@@ -276,7 +375,7 @@ static void fail(struct punch *p, const char *why)
 static void send_check(struct punch *p, struct punch_pair *pp, uint64_t now)
 {
   struct wire_ctl c;
-  uint8_t buf[WIRE_BIND_REQ_LEN];
+  uint8_t buf[WIRE_ABIND_REQ_LEN];
   int n;
   uint64_t rto;
 
@@ -285,7 +384,7 @@ static void send_check(struct punch *p, struct punch_pair *pp, uint64_t now)
   memcpy(c.txn, pp->txn, 12);
   c.priority = pp->priority;
   c.use_candidate = 0;
-  n = wire_ctl_encode(buf, sizeof(buf), &c);
+  n = encode_ctl(buf, sizeof(buf), &c, &p->auth);
   if (n > 0)
     p->io.send((const struct sockaddr *)&pp->remote, buf, (size_t)n,
                p->io.ud);
@@ -358,22 +457,26 @@ int punch_rate_ok(struct punch_rate *r, unsigned per_sec, uint64_t now_ms)
   return r->n++ < per_sec;
 }
 
-void punch_answer(const struct punch_io *io, const struct wire_ctl *req,
-                  const struct sockaddr *from)
+int punch_answer(const struct punch_io *io, const struct wire_ctl *req,
+                 const struct sockaddr *from, const struct punch_auth *auth)
 {
   struct wire_ctl c;
   uint8_t buf[64];
   int n;
 
+  if (req->auth && !punch_auth_verify(auth, req))
+    return 0; /* not ours to answer, or forged */
   memset(&c, 0, sizeof(c));
   c.kind = WIRE_CTL_BIND_RESP;
   memcpy(c.txn, req->txn, 12);
   c.success = 1;
   c.has_mapped = 1;
   memcpy(&c.mapped, from, sa_size(from));
-  n = wire_ctl_encode(buf, sizeof(buf), &c);
-  if (n > 0)
-    io->send(from, buf, (size_t)n, io->ud);
+  n = encode_ctl(buf, sizeof(buf), &c, req->auth ? auth : NULL);
+  if (n <= 0)
+    return 0;
+  io->send(from, buf, (size_t)n, io->ud);
+  return 1;
 }
 
 int punch_input(struct punch *p, const struct wire_ctl *c,
@@ -381,6 +484,16 @@ int punch_input(struct punch *p, const struct wire_ctl *c,
 {
   int i;
 
+  if (c->kind != WIRE_CTL_BIND_REQ && c->kind != WIRE_CTL_BIND_RESP)
+    return 0;
+  if (p->auth.on ? !punch_auth_verify(&p->auth, c) : c->auth) {
+    /* Authenticated punches take only packets tagged for them (counted
+     * when a tag was there and wrong); unbound ones only untagged. */
+    if (p->auth.on && c->auth && (c->kind == WIRE_CTL_BIND_RESP ||
+                                  c->session == p->auth.session))
+      p->rejected++;
+    return 0;
+  }
   if (c->kind == WIRE_CTL_BIND_REQ) {
     /* The caller answers every request; here: learn and check back. */
     if (p->state != PUNCH_CHECKING)
@@ -388,13 +501,13 @@ int punch_input(struct punch *p, const struct wire_ctl *c,
     i = find_pair(p, from);
     if (i < 0) {
       /* A peer-reflexive candidate: the peer's NAT mapped it somewhere
-       * its candidates did not say. Check it at once. Not on the
-       * controlling side (the agent), whose first answered check becomes
-       * the path: a request carries no proof of who sent it, so anyone
-       * could make themselves a candidate. The agent checks only what the
-       * connector sent through the intermediate. */
-      if (from->sa_family != p->family || p->controlling ||
-          !punch_addr_usable(from))
+       * its candidates did not say. Check it at once. On the controlling
+       * side (the agent), whose first answered check becomes the path,
+       * only from an authenticated request: an untagged one carries no
+       * proof of who sent it, so anyone could make themselves a
+       * candidate. */
+      if (from->sa_family != p->family ||
+          (p->controlling && !p->auth.on) || !punch_addr_usable(from))
         return 0;
       i = add_pair(p, from, WIRE_CAND_PRFLX,
                    priority_for(p, punch_cand_priority(WIRE_CAND_PRFLX,

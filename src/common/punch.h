@@ -8,9 +8,18 @@
  * so the NAT mappings the checks open are the ones the relay uses. Both
  * sides send checks (a connector behind NAT must open its own mapping);
  * both answer the peer's requests; the connector (controlled) learns
- * peer-reflexive candidates from them, the agent never does (requests are
- * not authenticated). The agent controls: its first check that gets an
- * answer wins.
+ * peer-reflexive candidates from them, the agent never does. The agent
+ * controls: its first check that gets an answer wins.
+ *
+ * A punch bound to an end-to-end connection (protocol.md 10) is
+ * authenticated (punch_set_auth): every check and answer it sends carries
+ * a tag keyed from that connection's TLS exporter, and it takes only
+ * tagged packets with a valid tag for its session, so a stranger (or an
+ * intermediate that forges candidates) can neither answer a check nor
+ * become a peer-reflexive candidate. An unbound punch (diag punch, original
+ * agents) sends and takes the original untagged checks; it can only ever
+ * produce a report, since a path is adopted only by QUIC path validation
+ * of the end-to-end connection.
  *
  * Checks are paced every 20 ms, retransmitted after 100 ms doubling to at
  * most 1600 ms, 5 transmissions per pair; the check list gives up after
@@ -73,6 +82,27 @@ struct punch_pair {
   int has_mapped;
 };
 
+#define PUNCH_KEY_LEN 32
+
+/* The key of an authenticated punch: HMAC-SHA256 keyed with the end-to-end
+ * connection's exporter value (quic.h), over "ztna punch" and the session
+ * id (8 bytes, big-endian); the session id and a connection ID the peer
+ * knows the connection by go into our requests. */
+struct punch_auth {
+  int on;
+  uint8_t key[PUNCH_KEY_LEN];
+  uint64_t session;
+  uint8_t cid[WIRE_CTL_CID_MAX];
+  size_t cidlen;
+};
+
+int punch_key_derive(const uint8_t *root, uint64_t session, uint8_t *key);
+/* Writes the tag over buf[0..n-16) into its last 16 bytes. */
+void punch_auth_sign(const struct punch_auth *a, uint8_t *buf, size_t n);
+/* 1 when c is an authenticated packet with a valid tag under a's key
+ * (and, for a request, a's session); else 0. */
+int punch_auth_verify(const struct punch_auth *a, const struct wire_ctl *c);
+
 struct punch_io {
   /* One raw UDP datagram from the shared socket. */
   void (*send)(const struct sockaddr *to, const uint8_t *d, size_t n,
@@ -95,7 +125,8 @@ struct punch_io {
  * request, and the answer matches nothing. */
 #define PUNCH_PRIME_TTL 2
 void punch_prime(const struct punch_io *io, int family,
-                 const struct wire_candidate *peer, size_t n);
+                 const struct wire_candidate *peer, size_t n,
+                 const struct punch_auth *auth);
 
 struct punch {
   struct punch_io io;
@@ -108,6 +139,8 @@ struct punch {
   size_t npairs;
   int winner;               /* index of the pair that won, -1 none */
   size_t refused;           /* peer candidates refused: punch_addr_usable */
+  struct punch_auth auth;   /* on: authenticated */
+  size_t rejected;          /* packets whose tag did not verify */
   char why[160];            /* why it failed */
 };
 
@@ -116,6 +149,8 @@ struct punch {
 void punch_start(struct punch *p, const struct punch_io *io, int controlling,
                  int family, const struct wire_candidate *peer, size_t n,
                  uint64_t now_ms);
+/* Makes the punch authenticated (call right after punch_start). */
+void punch_set_auth(struct punch *p, const struct punch_auth *a);
 /* Sends what is due; returns ms until it wants to run again (0: done). */
 uint64_t punch_tick(struct punch *p, uint64_t now_ms);
 /* A control packet that arrived on the shared socket. Returns 1 if it
@@ -132,8 +167,9 @@ int punch_rate_ok(struct punch_rate *r, unsigned per_sec, uint64_t now_ms);
 
 /* Answers a binding request with our view of its source (also when no
  * punch is running for it: the answer only tells the asker its own
- * address). */
-void punch_answer(const struct punch_io *io, const struct wire_ctl *req,
-                  const struct sockaddr *from);
+ * address). An authenticated request is answered, tagged, only when auth
+ * verifies it; an untagged one untagged. Returns 1 when it answered. */
+int punch_answer(const struct punch_io *io, const struct wire_ctl *req,
+                 const struct sockaddr *from, const struct punch_auth *auth);
 
 #endif

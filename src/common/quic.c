@@ -75,6 +75,9 @@ struct quic_conn {
   int half_open;        /* counted in ep->half_open and ep->srcs */
   uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
+  int free_arrays;      /* the exporter is taken: let wolfSSL free the rest */
+  int has_exporter;
+  uint8_t exporter[QUIC_EXPORTER_LEN];
   int rotate_pending;   /* server: read the next packet on the other label */
   /* Client: the path it last asked to move to (quic_conn_migrate): what
    * packets from that peer are read on while ngtcp2 validates it. */
@@ -631,6 +634,13 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
     c->info.err = ZTNA_ERR_ALPN;
     return NGTCP2_ERR_CALLBACK_FAILURE;
   }
+  /* The one exporter value anything here keys from (quic.h); the
+   * handshake data kept for it goes once ngtcp2 is done with this read. */
+  c->has_exporter = wolfSSL_export_keying_material(
+                        c->ssl, c->exporter, sizeof(c->exporter),
+                        QUIC_EXPORTER_LABEL, strlen(QUIC_EXPORTER_LABEL), NULL,
+                        0, 0) == WOLFSSL_SUCCESS;
+  c->free_arrays = 1;
   return c->server ? conn_up(c) : 0;
 }
 
@@ -1120,6 +1130,7 @@ static int conn_attach_tls(struct quic_conn *c, struct tls_ctx *tls,
   if (!c->ssl)
     return ZTNA_ERR_TLS;
   wolfSSL_set_app_data(c->ssl, &c->ref);
+  wolfSSL_KeepArrays(c->ssl); /* for the exporter, until the handshake */
   ngtcp2_conn_set_tls_native_handle(c->conn, c->ssl);
   return 0;
 }
@@ -1300,6 +1311,10 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
+  if (c->free_arrays) {
+    c->free_arrays = 0;
+    wolfSSL_FreeArrays(c->ssl);
+  }
   if (c->dying)
     return;
   if (rv != 0) {
@@ -2121,6 +2136,21 @@ size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap)
 
   memcpy(out, cid->data, n);
   return n;
+}
+
+struct quic_conn *quic_endpoint_find_cid(struct quic_endpoint *ep,
+                                         const uint8_t *cid, size_t len)
+{
+  struct quic_conn *c = len ? cidmap_find(ep, cid, len) : NULL;
+  return c && !c->dying ? c : NULL;
+}
+
+int quic_conn_exporter(struct quic_conn *c, uint8_t *out)
+{
+  if (!c->has_exporter)
+    return ZTNA_ERR_STATE;
+  memcpy(out, c->exporter, QUIC_EXPORTER_LEN);
+  return 0;
 }
 
 uint64_t quic_conn_silence_ms(struct quic_conn *c)

@@ -196,6 +196,19 @@ int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id);
 /* Copies the connection ID packets to the peer carry now; returns its
  * length. */
 size_t quic_conn_dcid(struct quic_conn *c, uint8_t *out, size_t cap);
+/* The connection one of this endpoint's connection IDs belongs to (NULL:
+ * none, or it is closing). */
+struct quic_conn *quic_endpoint_find_cid(struct quic_endpoint *ep,
+                                         const uint8_t *cid, size_t len);
+/* The connection's TLS exporter value (RFC 8446 7.5) for
+ * QUIC_EXPORTER_LABEL with no context, QUIC_EXPORTER_LEN bytes, equal at
+ * both ends and secret to everyone else; what needs a key bound to the
+ * connection derives it from this (punch checks: punch.h). It is taken
+ * when the handshake completes, and the handshake data wolfSSL kept for
+ * it is freed then. 0, or ZTNA_ERR_STATE before that. */
+#define QUIC_EXPORTER_LABEL "EXPORTER-ztna-v1"
+#define QUIC_EXPORTER_LEN 32
+int quic_conn_exporter(struct quic_conn *c, uint8_t *out);
 /* How long (ms) the peer has been silent while we wait for it to
  * acknowledge something: 0 when nothing is outstanding. A path that has
  * gone dark shows here within one round trip plus this time. */

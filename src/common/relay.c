@@ -59,6 +59,8 @@ struct relay_client {
   size_t nsessions;
   size_t nrsess;      /* relay sessions it holds (as agent or connector) */
   int takes_sessions; /* a connector that announced relay sessions */
+  uint64_t unknown_tick; /* answers to DATA of unknown sessions ... */
+  unsigned unknown_n;    /* ... since the last expiry tick */
 };
 
 /* A relay session: one agent connection, one connector connection. */
@@ -471,7 +473,13 @@ static void on_session_data(struct relay *r, struct relay_client *c,
      * while the CLOSED was lost. Not a stranger's session: its id is
      * not confirmed or denied beyond "not yours". */
     drop(r, RELAY_DROP_NO_ROUTE);
-    send_closed(r, c, id, WIRE_SESSION_UNKNOWN);
+    if (c->unknown_tick != r->now_ms) {
+      c->unknown_tick = r->now_ms;
+      c->unknown_n = 0;
+    }
+    /* A flood of made-up ids gets a few answers, not one each. */
+    if (c->unknown_n++ < RELAY_UNKNOWN_ANSWERS)
+      send_closed(r, c, id, WIRE_SESSION_UNKNOWN);
     return;
   }
   to = s->agent == c ? s->connector : s->agent;
@@ -537,6 +545,18 @@ static void unregister(struct relay *r, struct relay_client *c, size_t i,
 
   /* Its relay sessions for the service end with the registration. */
   rsess_end_all(r, c, s, reason, NULL);
+  if (reason == WIRE_SESSION_REVOKED && c->regs[i].role == POLICY_AGENT &&
+      c->nrsess) {
+    /* An agent's end-to-end connection carries every service of its
+     * connector, whichever one its session was opened for: revoking one
+     * ends the sessions to every connector that serves it. */
+    for (size_t b = 0; b < RSESS_BUCKETS && c->nrsess; b++)
+      for (struct rsess *rs = r->rs[b], *next; rs; rs = next) {
+        next = rs->next;
+        if (rs->agent == c && find_reg(rs->connector, s, POLICY_CONNECTOR))
+          rsess_end(r, rs, reason, NULL);
+      }
+  }
   if (c->regs[i].role == POLICY_CONNECTOR) {
     s->connectors--;
     /* A connector that was displaced serves again when the newer one

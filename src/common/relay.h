@@ -33,6 +33,10 @@ struct cfg_policy;
  * punch itself may take 10 s). */
 #define RELAY_PUNCH_TTL_MS 15000
 #define RELAY_START_DELAY_MS 100
+/* DATA for a session the sender does not hold is answered with CLOSED
+ * (unknown), at most this many times per client between two
+ * relay_expire ticks (the intermediate's is 1 s). */
+#define RELAY_UNKNOWN_ANSWERS 16
 
 enum relay_drop {
   RELAY_DROP_MALFORMED,      /* not a valid message or IP packet */

@@ -33,6 +33,10 @@ enum wire_kind wire_classify(const uint8_t *p, size_t n)
     return WIRE_KIND_SESSION_DATA;
   case WIRE_SESSION_CLOSED:
     return WIRE_KIND_SESSION_CLOSED;
+  case WIRE_PUNCH_BIND:
+    return WIRE_KIND_PUNCH_BIND;
+  case WIRE_SERVICES:
+    return WIRE_KIND_SERVICES;
   }
   if (p[0] >= 0x45 && p[0] <= 0x4f)
     return WIRE_KIND_IPV4;
@@ -191,6 +195,69 @@ int wire_session_closed_decode(const uint8_t *p, size_t n, uint64_t *sid,
     return ZTNA_ERR_MALFORMED;
   *sid = get_u64(p + 1);
   *reason = p[9];
+  return 0;
+}
+
+int wire_services_encode(uint8_t *buf, size_t cap, const struct wire_id *ids,
+                         size_t n)
+{
+  size_t off = 2;
+
+  if (n > 255 || cap < 2)
+    return n > 255 ? ZTNA_ERR_MALFORMED : ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_SERVICES;
+  buf[1] = (uint8_t)n;
+  for (size_t i = 0; i < n; i++) {
+    if (ids[i].n == 0 || ids[i].n > WIRE_SERVICE_ID_MAX)
+      return ZTNA_ERR_MALFORMED;
+    if (cap - off < 1 + ids[i].n)
+      return ZTNA_ERR_TOO_LARGE;
+    buf[off++] = (uint8_t)ids[i].n;
+    memcpy(buf + off, ids[i].p, ids[i].n);
+    off += ids[i].n;
+  }
+  return (int)off;
+}
+
+int wire_services_decode(const uint8_t *p, size_t n, struct wire_id *out,
+                         size_t max)
+{
+  size_t off = 2, count;
+
+  if (n < 2 || p[0] != WIRE_SERVICES)
+    return ZTNA_ERR_MALFORMED;
+  count = p[1];
+  if (count > max)
+    return ZTNA_ERR_MALFORMED;
+  for (size_t i = 0; i < count; i++) {
+    size_t len;
+    if (off >= n)
+      return ZTNA_ERR_MALFORMED;
+    len = p[off++];
+    if (len == 0 || n - off < len || !wire_utf8_valid(p + off, len))
+      return ZTNA_ERR_MALFORMED;
+    out[i].p = p + off;
+    out[i].n = len;
+    off += len;
+  }
+  return off == n ? (int)count : ZTNA_ERR_MALFORMED;
+}
+
+int wire_punch_bind_encode(uint8_t *buf, size_t cap, uint64_t session)
+{
+  if (cap < WIRE_PUNCH_BIND_LEN)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_PUNCH_BIND;
+  for (int i = 0; i < 8; i++)
+    buf[1 + i] = (uint8_t)(session >> (56 - 8 * i));
+  return WIRE_PUNCH_BIND_LEN;
+}
+
+int wire_punch_bind_decode(const uint8_t *p, size_t n, uint64_t *session)
+{
+  if (n != WIRE_PUNCH_BIND_LEN || p[0] != WIRE_PUNCH_BIND)
+    return ZTNA_ERR_MALFORMED;
+  *session = get_u64(p + 1);
   return 0;
 }
 
@@ -792,18 +859,30 @@ int wire_ctl_encode(uint8_t *buf, size_t cap, const struct wire_ctl *c)
   w_le(&w, WIRE_CTL_MAGIC, 1);
   switch (c->kind) {
   case WIRE_CTL_BIND_REQ:
-    w_le(&w, 0, 4);
+    w_le(&w, c->auth ? 2 : 0, 4);
     w_bytes(&w, c->txn, 12);
     w_le(&w, c->priority, 8);
     w_le(&w, c->use_candidate ? 1 : 0, 1);
+    if (c->auth) {
+      uint8_t cid[WIRE_CTL_CID_MAX] = { 0 };
+      if (c->cidlen > WIRE_CTL_CID_MAX)
+        return ZTNA_ERR_MALFORMED;
+      memcpy(cid, c->cid, c->cidlen);
+      w_le(&w, c->session, 8);
+      w_le(&w, c->cidlen, 1);
+      w_bytes(&w, cid, sizeof(cid));
+      w_bytes(&w, c->tag, WIRE_CTL_TAG_LEN);
+    }
     break;
   case WIRE_CTL_BIND_RESP:
-    w_le(&w, 1, 4);
+    w_le(&w, c->auth ? 3 : 1, 4);
     w_bytes(&w, c->txn, 12);
     w_le(&w, c->success ? 1 : 0, 1);
     w_le(&w, c->has_mapped ? 1 : 0, 1);
     if (c->has_mapped)
       w_addr(&w, &c->mapped);
+    if (c->auth)
+      w_bytes(&w, c->tag, WIRE_CTL_TAG_LEN);
     break;
   case WIRE_CTL_KA_REQ:
   case WIRE_CTL_KA_RESP:
@@ -827,6 +906,8 @@ int wire_ctl_decode(const uint8_t *p, size_t n, struct wire_ctl *c)
   memset(c, 0, sizeof(*c));
   if (n < 1 || p[0] != WIRE_CTL_MAGIC)
     return ZTNA_ERR_MALFORMED;
+  c->raw = p;
+  c->rawlen = n;
   if (n == WIRE_KEEPALIVE_LEN && (p[1] == 0x10 || p[1] == 0x11)) {
     c->kind = p[1] == 0x10 ? WIRE_CTL_KA_REQ : WIRE_CTL_KA_RESP;
     c->seq = (uint32_t)p[2] << 24 | (uint32_t)p[3] << 16 |
@@ -842,17 +923,45 @@ int wire_ctl_decode(const uint8_t *p, size_t n, struct wire_ctl *c)
     return r.err ? ZTNA_ERR_MALFORMED : 0;
   }
   r.off = 1;
-  if ((n == 19 || n == 29 || n == 41) && r_le(&r, 4) == 1) {
+  if (n == WIRE_ABIND_REQ_LEN && r_le(&r, 4) == 2) {
     memcpy(c->txn, p + 5, 12);
     r.off = 17;
-    c->success = r_bool(&r);
-    c->has_mapped = r_bool(&r);
-    if (c->has_mapped)
-      r_addr(&r, &c->mapped);
-    if (r.err || r.off != n)
+    c->priority = r_le(&r, 8);
+    c->use_candidate = r_bool(&r);
+    c->session = r_le(&r, 8);
+    c->cidlen = (size_t)r_le(&r, 1);
+    if (r.err || c->cidlen > WIRE_CTL_CID_MAX)
       return ZTNA_ERR_MALFORMED;
-    c->kind = WIRE_CTL_BIND_RESP;
+    memcpy(c->cid, p + r.off, c->cidlen);
+    for (size_t i = c->cidlen; i < WIRE_CTL_CID_MAX; i++)
+      if (p[r.off + i])
+        return ZTNA_ERR_MALFORMED; /* padding is zero: one encoding */
+    memcpy(c->tag, p + n - WIRE_CTL_TAG_LEN, WIRE_CTL_TAG_LEN);
+    c->auth = 1;
+    c->kind = WIRE_CTL_BIND_REQ;
     return 0;
+  }
+  r.off = 1;
+  if (n >= 19) {
+    uint64_t t = r_le(&r, 4);
+    int auth = t == 3;
+    size_t body = auth ? n - WIRE_CTL_TAG_LEN : n;
+    if ((t == 1 || t == 3) && (body == 19 || body == 29 || body == 41)) {
+      memcpy(c->txn, p + 5, 12);
+      r.off = 17;
+      r.n = body;
+      c->success = r_bool(&r);
+      c->has_mapped = r_bool(&r);
+      if (c->has_mapped)
+        r_addr(&r, &c->mapped);
+      if (r.err || r.off != body)
+        return ZTNA_ERR_MALFORMED;
+      if (auth)
+        memcpy(c->tag, p + body, WIRE_CTL_TAG_LEN);
+      c->auth = auth;
+      c->kind = WIRE_CTL_BIND_RESP;
+      return 0;
+    }
   }
   return ZTNA_ERR_MALFORMED;
 }

@@ -30,6 +30,14 @@
 #define WIRE_SESSION_OPENED 0x32 /* intermediate -> agent */
 #define WIRE_SESSION_DATA 0x33   /* both ways, forwarded unchanged */
 #define WIRE_SESSION_CLOSED 0x34 /* either way */
+/* ztna extension inside an end-to-end connection only (agent to
+ * connector): "the punch with this session id is mine", so the connector
+ * can key that punch's checks from this connection (protocol.md 10). */
+#define WIRE_PUNCH_BIND 0x35
+#define WIRE_PUNCH_BIND_LEN 9
+/* ztna extension inside an end-to-end connection only (connector to
+ * agent): the services this connection may carry (protocol.md 10). */
+#define WIRE_SERVICES 0x36
 
 #define WIRE_NACK_INVALID 0x01
 #define WIRE_NACK_DENIED 0x02
@@ -54,6 +62,8 @@ enum wire_kind {
   WIRE_KIND_SESSION_OPENED,
   WIRE_KIND_SESSION_DATA,
   WIRE_KIND_SESSION_CLOSED,
+  WIRE_KIND_PUNCH_BIND,
+  WIRE_KIND_SERVICES,
 };
 
 /* What a relay DATAGRAM is, from its first byte. An empty one is UNKNOWN. */
@@ -149,6 +159,22 @@ int wire_session_closed_encode(uint8_t *buf, size_t cap, uint64_t sid,
                                uint8_t reason);
 int wire_session_closed_decode(const uint8_t *p, size_t n, uint64_t *sid,
                                uint8_t *reason);
+/* Services, inside an end-to-end connection:
+ *   36 | count u8 | (length u8 | service id) x count
+ * Every id non-empty UTF-8; decode takes the exact length and fills at
+ * most max entries (pointers into p), returning the count or
+ * ZTNA_ERR_MALFORMED (also when there are more than max). */
+struct wire_id {
+  const uint8_t *p;
+  size_t n;
+};
+int wire_services_encode(uint8_t *buf, size_t cap, const struct wire_id *ids,
+                         size_t n);
+int wire_services_decode(const uint8_t *p, size_t n, struct wire_id *out,
+                         size_t max);
+/* Punch binding, inside an end-to-end connection: 35 | session u64 BE. */
+int wire_punch_bind_encode(uint8_t *buf, size_t cap, uint64_t session);
+int wire_punch_bind_decode(const uint8_t *p, size_t n, uint64_t *session);
 
 /* --- P2P signaling (section 4): bincode 1.x payloads in u32 BE frames --- */
 
@@ -250,6 +276,18 @@ int wire_sigbuf_feed(struct wire_sigbuf *sb, const uint8_t *p, size_t n,
 #define WIRE_CTL_MAGIC 0x5a
 #define WIRE_BIND_REQ_LEN 26
 #define WIRE_KEEPALIVE_LEN 6
+/* ztna extension: checks of a punch bound to an end-to-end connection
+ * carry an integrity tag (protocol.md 10):
+ *   request   5a | 02 00 00 00 | txn (12) | priority u64 LE |
+ *             use_candidate (1) | punch session u64 LE | cid len (1) |
+ *             cid (20, zero padded) | tag (16)                   71 bytes
+ *   response  5a | 03 00 00 00 | txn (12) | success (1) |
+ *             mapped Option<SocketAddr> | tag (16)          35, 45, 57
+ * The tag is the first 16 bytes of HMAC-SHA256 over every byte before
+ * it; the encoder leaves it zero for the signer (punch.c). */
+#define WIRE_ABIND_REQ_LEN 71
+#define WIRE_CTL_TAG_LEN 16
+#define WIRE_CTL_CID_MAX 20
 
 enum wire_ctl_kind {
   WIRE_CTL_NONE = 0,
@@ -268,6 +306,15 @@ struct wire_ctl {
   int has_mapped;        /* BIND_RESP */
   struct sockaddr_storage mapped;
   uint32_t seq;          /* KA_REQ, KA_RESP */
+  /* The authenticated forms (BIND_REQ, BIND_RESP with auth set): */
+  int auth;
+  uint64_t session;      /* BIND_REQ: the punch's session id */
+  uint8_t cid[WIRE_CTL_CID_MAX]; /* BIND_REQ: a connection ID of the  */
+  size_t cidlen;         /* end-to-end connection at the receiver (0-20) */
+  uint8_t tag[WIRE_CTL_TAG_LEN];
+  /* Decode: the packet it came from (the tag covers its bytes). */
+  const uint8_t *raw;
+  size_t rawlen;
 };
 
 int wire_ctl_encode(uint8_t *buf, size_t cap, const struct wire_ctl *c);

@@ -247,6 +247,20 @@ http {
         return p
 
     # --- helpers -----------------------------------------------------------------
+    def host_service(self):
+        """The service whose end-to-end connection the agent's other
+        services of the connector ride on (protocol.md 10): the one with a
+        connection of its own."""
+        for s in SERVICES:
+            if self.metric(self.agent_ns, 9092,
+                           'ztna_agent_connection_shared{service="%s"}'
+                           % s) == 0 and self.metric(
+                    self.agent_ns, 9092,
+                    'ztna_agent_connection{service="%s",state="up"}' % s) \
+                    == 1:
+                return s
+        raise AssertionError("no service has a connection of its own")
+
     UDP_GUARD = """
 table ip udp_guard {
  chain fwd_filter {

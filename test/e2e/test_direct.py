@@ -124,6 +124,11 @@ def test_connector_refuses_unauthorized_direct_connections(world):
     try:
         c.expect("up ", timeout=20)
         probe = udp4("100.64.0.1", "10.100.0.4", 40000, 7, b"hello")
+        # First the connector lists what the connection may carry
+        # (SERVICES, protocol.md 10): her services of this connector.
+        ev = c.expect("dgram", timeout=20)
+        assert ev.split()[1].startswith("36"), ev
+        assert b"\x04echo".hex() in ev and b"\x03web".hex() in ev, ev
         c.send("routed echo " + probe.hex())
         ev = c.expect("dgram", timeout=20)
         assert b"hello".hex() in ev, ev

@@ -207,26 +207,29 @@ def drops(world, reason):
 
 def test_connector_cannot_inject_foreign_packets(world):
     """Item 7: the agent wrote whatever a path delivered into its TUN. A
-    connector (here one that took over the echo service at the
-    intermediate) sends the agent one packet from the service's virtual IP
-    and one from an internet address: only the first arrives. When it
-    leaves, the displaced real connector serves the service again
-    (item 3, end to end)."""
+    connector (here one that took over, at the intermediate, the service
+    whose connection the others ride on: its relay session ends, and with
+    raw_relay the agent falls back to raw IP for it) sends the agent one
+    packet from the service's virtual IP and one from an internet address:
+    only the first arrives. When it leaves, the displaced real connector
+    serves the service again (item 3, end to end)."""
     from ztna import Client, parse_udp4, udp4
-    echo_vip = SERVICES["echo"][0]
+    svc = world.host_service()
+    vip = SERVICES[svc][0]
+    assert ":" not in vip, svc
     world.block_direct()
     rogue = None
     try:
-        wait_for(lambda: world.path("echo") == "relay", timeout=30,
+        wait_for(lambda: world.path(svc) == "relay", timeout=30,
                  what="relay path")
         rogue = Client("198.51.100.10:4433", world.pki, cert=world.conn_cert,
                        ns=world.inet)
         rogue.expect("up ", timeout=20)
-        rogue.send("reg connector echo")
+        rogue.send("reg connector " + svc)
         rogue.expect("ack", timeout=20)
-        # The agent's next packet for echo reaches the rogue: it learns
-        # the address the intermediate gave the agent.
-        world.run([sys.executable, "-c", UDP_ECHO_ONCE, echo_vip, "probe"],
+        # The agent's next packet for the service reaches the rogue: it
+        # learns the address the intermediate gave the agent.
+        world.run([sys.executable, "-c", UDP_ECHO_ONCE, vip, "probe"],
                   check=False, timeout=30)
         src = parse_udp4(bytes.fromhex(rogue.expect("dgram ").split()[1]))[0]
         sink = world.net.popen(world.agent_ns, [sys.executable, "-c",
@@ -236,18 +239,23 @@ def test_connector_cannot_inject_foreign_packets(world):
         foreign0 = drops(world, "foreign_source")
         rogue.send("raw " + udp4("203.0.113.77", src, 7, 45555,
                                  b"foreign").hex())
-        rogue.send("raw " + udp4(echo_vip, src, 7, 45555, b"legit").hex())
+        rogue.send("raw " + udp4(vip, src, 7, 45555, b"legit").hex())
         got = sink.communicate(timeout=30)[0].split()
-        assert got == ["legit@" + echo_vip], got
+        assert got == ["legit@" + vip], got
         assert drops(world, "foreign_source") > foreign0
+        # The other services left that connection and went on end to end
+        # on one of their own.
+        p = world.run([sys.executable, "-c", UDP_ECHO_ONCE,
+                       SERVICES["echo"][0], "still"], check=False, timeout=60)
+        assert p.stdout.strip() == "still", p.stdout
     finally:
         if rogue:
             rogue.close()
         world.unblock_direct()
-    # The real connector carries echo again (it was only displaced).
-    p = world.run([sys.executable, "-c", UDP_ECHO_ONCE, echo_vip, "again"],
-                  check=False, timeout=60)
-    assert p.stdout.strip() == "again", p.stdout
+    # The real connector carries the service again (it was only displaced).
+    wait_for(lambda: world.run(["ping", "-c", "1", "-W", "2", vip],
+                               check=False).returncode == 0, timeout=90,
+             what="the service back through the real connector")
 
 
 def forget_agent_flows(world):
@@ -263,9 +271,11 @@ def test_rogue_connector_certificate_never_becomes_the_path(world):
     which every connector certificate carries, and never checked that the
     peer may provide the service. Here a router on the connector's side
     sends the agent's checks and direct path to a rogue ztna connector
-    whose certificate is valid, for another service: it answers the
-    punch's checks, but the path must then carry the agent's end-to-end
-    connection (a QUIC path validation under that connection's keys),
+    whose certificate is valid, for another service. The checks are
+    tagged with a key from the agent's end-to-end connection, which the
+    rogue does not have: it cannot answer them, the punch finds no path
+    (it never "succeeds"), and even a path it did find would have to carry
+    the end-to-end connection (QUIC path validation under its keys),
     which only the real connector can: the agent stays on the relay."""
     net = world.net
     rogue_ns = net.ns("rogue")
@@ -309,13 +319,15 @@ table ip rogue {
         assert world.procs["agent"].wait(30) == 0
         world.start_agent("agent", world.agent_ns, "alice")
         wait_for(lambda: (world.metric(world.agent_ns, 9092,
-                                       label % "validation") or 0) >= 1,
-                 timeout=60, what="the path through the rogue refused")
-        # The rogue answered the checks (the punch "succeeded") but could
-        # not answer for the connection: no connection of its own either.
+                                       label % "timeout") or 0) >= 1,
+                 timeout=60, what="the punch through the rogue fails")
+        # The rogue could answer none of the tagged checks: no success,
+        # nothing to validate, and no connection of its own.
         assert (world.metric(world.agent_ns, 9092,
                              'ztna_agent_punches_total{service="web",'
-                             'result="success"}') or 0) >= 1
+                             'result="success"}') or 0) == 0
+        assert (world.metric(world.agent_ns, 9092, label % "validation")
+                or 0) == 0
         assert (world.metric(rogue_ns, 9096,
                              "ztna_connector_e2e_connections_total")
                 or 0) == 0

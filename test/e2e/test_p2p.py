@@ -47,6 +47,16 @@ def connector_punches(w, result):
                     % result) or 0
 
 
+def assert_authenticated_punch(w):
+    """The agent's own punch was bound to its end-to-end connection: the
+    connector keyed it (tagged checks both ways) and no tag failed."""
+    assert (w.metric(w.conn_ns, 9091,
+                     "ztna_connector_punches_authenticated_total")
+            or 0) >= 1
+    assert w.metric(w.conn_ns, 9091,
+                    "ztna_connector_punch_checks_rejected_total") == 0
+
+
 @pytest.fixture
 def world(request, tmp_path):
     if os.geteuid() != 0:
@@ -78,6 +88,7 @@ def test_easy_x_easy_is_direct(world):
     # The running agent took the direct path by itself.
     wait_for(lambda: world.path() == "direct", what="agent direct")
     assert agent_punches(world, "success") >= 1
+    assert_authenticated_punch(world)
 
 
 @pytest.mark.parametrize("world", [("open", "open"), ("open", "easy"),
@@ -97,6 +108,7 @@ def test_masquerade_without_firewall_is_direct(world):
         assert s["punch_ms"] < 3000, s
     wait_for(lambda: world.path() == "direct", timeout=60,
              what="agent direct")
+    assert_authenticated_punch(world)
     p = world.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w",
                    "%{http_code}", "http://10.100.0.2/"], check=False)
     assert p.returncode == 0 and p.stdout not in ("", "000"), p.stdout

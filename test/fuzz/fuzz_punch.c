@@ -1,6 +1,7 @@
 /* fuzz_punch.c - connectivity checks on hostile input: a script of control
  * packets from a handful of addresses, with the clock moving between them,
- * into a punch of each role; and ICMP echo payloads (the link tokens). */
+ * into a punch of each role, plain and authenticated (a fixed key), with
+ * the answers each would send; and ICMP echo payloads. */
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
@@ -31,8 +32,9 @@ static void addr(struct sockaddr_storage *ss, uint8_t last, uint16_t port)
 
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 {
-  static struct punch p[2];
-  struct punch_io io = { drop, NULL };
+  static struct punch p[4];
+  struct punch_io io = { drop, NULL, NULL };
+  struct punch_auth auth;
   struct wire_candidate c[3];
   const uint8_t *pl;
   size_t plen;
@@ -47,19 +49,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
   }
   punch_start(&p[0], &io, 1, AF_INET, c, 3, now);
   punch_start(&p[1], &io, 0, AF_INET, c, 2, now);
-  /* Records: role (1), source (1), clock step (1), length (1), bytes. */
+  memset(&auth, 0, sizeof(auth));
+  memset(auth.key, 0x42, sizeof(auth.key));
+  auth.session = 7;
+  auth.cidlen = 4;
+  punch_start(&p[2], &io, 1, AF_INET, c, 3, now);
+  punch_set_auth(&p[2], &auth);
+  punch_start(&p[3], &io, 0, AF_INET, c, 2, now);
+  punch_set_auth(&p[3], &auth);
+  punch_prime(&io, AF_INET, c, 3, &auth);
+  /* Records: role (bit 0) and authenticated (bit 1), source (1), clock
+   * step (1), length (1), bytes. */
   while (n >= 4) {
     struct sockaddr_storage from;
     struct wire_ctl ctl;
     size_t len = d[3];
-    struct punch *pp = &p[d[0] & 1];
+    struct punch *pp = &p[d[0] & 3];
 
     if (len > n - 4)
       len = n - 4;
     addr(&from, d[1] & 7, 4434 + (d[1] >> 3));
     now += d[2];
-    if (wire_ctl_decode(d + 4, len, &ctl) == 0)
+    if (wire_ctl_decode(d + 4, len, &ctl) == 0) {
+      if (ctl.kind == WIRE_CTL_BIND_REQ)
+        punch_answer(&io, &ctl, (struct sockaddr *)&from,
+                     pp->auth.on ? &pp->auth : NULL);
       punch_input(pp, &ctl, (struct sockaddr *)&from, now);
+    }
     punch_tick(pp, now);
     if (pp->state == PUNCH_SUCCEEDED &&
         (pp->winner < 0 || (size_t)pp->winner >= pp->npairs))

@@ -59,6 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
       k = wire_session_opened_encode(buf, sizeof(buf), req, st, sid);
     else if (wire_session_closed_decode(d, n, &sid, &st) == 0)
       k = wire_session_closed_encode(buf, sizeof(buf), sid, st);
+    else if (wire_punch_bind_decode(d, n, &sid) == 0)
+      k = wire_punch_bind_encode(buf, sizeof(buf), sid);
     else if (wire_session_data_decode(d, n, &sid, &pkt, &pktlen) == 0) {
       k = wire_session_data_header(buf, sizeof(buf), sid);
       if (pkt != d + k || pktlen != n - (size_t)k)
@@ -66,6 +68,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
       memcpy(buf + k, pkt, pktlen < sizeof(buf) - (size_t)k
                                ? pktlen : sizeof(buf) - (size_t)k);
       k = (int)n < (int)sizeof(buf) ? (int)n : -2;
+    } else {
+      struct wire_id ids[255];
+      int c = wire_services_decode(d, n, ids, 255);
+      if (c >= 0)
+        k = wire_services_encode(buf, sizeof(buf), ids, (size_t)c);
     }
     if (k >= 0 && (k != (int)n || memcmp(buf, d, n) != 0))
       abort();

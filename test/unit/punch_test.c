@@ -20,7 +20,7 @@
 
 struct pkt {
   struct sockaddr_storage to;
-  uint8_t d[64];
+  uint8_t d[128];
   size_t n;
   uint64_t at;
 };
@@ -160,8 +160,43 @@ static void deliver(struct punch *dst, struct wire_log *src, size_t *seen,
     assert_int_equal(wire_ctl_decode(src->p[*seen].d, src->p[*seen].n, &c),
                      0);
     if (c.kind == WIRE_CTL_BIND_REQ)
-      punch_answer(&io, &c, from);
+      punch_answer(&io, &c, from, &dst->auth);
     punch_input(dst, &c, from, now);
+  }
+}
+
+/* The agent (a: its host address offered, its NAT showing another) and
+ * the connector (b: its public address offered) check each other until
+ * both are done; authenticated under auth when it is set. */
+static void both_ways(struct punch *a, struct punch *b, struct wire_log *wa,
+                      struct wire_log *wb, const struct punch_auth *auth)
+{
+  struct punch_io ioa = { log_send, wa, NULL }, iob = { log_send, wb, NULL };
+  struct wire_candidate ca[1], cb[1];
+  struct sockaddr_storage a_seen, b_seen;
+  size_t sa = 0, sb = 0;
+
+  memset(wa, 0, sizeof(*wa));
+  memset(wb, 0, sizeof(*wb));
+  cand(&ca[0], WIRE_CAND_HOST, "192.0.2.2", 40000);
+  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  addr(&a_seen, "198.51.100.2", 40000);
+  addr(&b_seen, "203.0.113.2", 4434);
+  now = 5000;
+  punch_start(a, &ioa, 1, AF_INET, cb, 1, now);
+  punch_start(b, &iob, 0, AF_INET, ca, 1, now);
+  if (auth) {
+    punch_set_auth(a, auth);
+    punch_set_auth(b, auth);
+  }
+  for (int i = 0; i < 200 &&
+                  (a->state == PUNCH_CHECKING || b->state == PUNCH_CHECKING);
+       i++) {
+    punch_tick(a, now);
+    punch_tick(b, now);
+    now += 5;
+    deliver(b, wa, &sa, (struct sockaddr *)&a_seen, wb, 0);
+    deliver(a, wb, &sb, (struct sockaddr *)&b_seen, wa, 0);
   }
 }
 
@@ -169,31 +204,11 @@ static void test_success_both_ways_and_prflx(void **state)
 {
   static struct punch a, b;
   static struct wire_log wa, wb;
-  struct punch_io ioa = { log_send, &wa, NULL }, iob = { log_send, &wb, NULL };
-  struct wire_candidate ca[1], cb[1];
-  struct sockaddr_storage a_seen, b_seen;
-  size_t sa = 0, sb = 0;
+  struct sockaddr_storage a_seen;
   (void)state;
 
-  memset(&wa, 0, sizeof(wa));
-  memset(&wb, 0, sizeof(wb));
-  /* The agent offered only its host address; its NAT shows another. */
-  cand(&ca[0], WIRE_CAND_HOST, "192.0.2.2", 40000);
-  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
   addr(&a_seen, "198.51.100.2", 40000);
-  addr(&b_seen, "203.0.113.2", 4434);
-  now = 5000;
-  punch_start(&a, &ioa, 1, AF_INET, cb, 1, now);
-  punch_start(&b, &iob, 0, AF_INET, ca, 1, now);
-  for (int i = 0; i < 200 &&
-                  (a.state == PUNCH_CHECKING || b.state == PUNCH_CHECKING);
-       i++) {
-    punch_tick(&a, now);
-    punch_tick(&b, now);
-    now += 5;
-    deliver(&b, &wa, &sa, (struct sockaddr *)&a_seen, &wb, 0);
-    deliver(&a, &wb, &sb, (struct sockaddr *)&b_seen, &wa, 0);
-  }
+  both_ways(&a, &b, &wa, &wb, NULL);
   assert_int_equal(a.state, PUNCH_SUCCEEDED);
   assert_int_equal(a.pairs[a.winner].remote_type, WIRE_CAND_SRFLX);
   assert_true(a.pairs[a.winner].rtt_ms <= 10);
@@ -326,6 +341,195 @@ static void test_answers_that_do_not_count(void **state)
   assert_int_equal(a.pairs[0].rtt_ms, 3);
 }
 
+/* The punch key: HMAC-SHA256(exporter, "ztna punch" | session BE), a
+ * vector computed independently (Python's hmac). */
+static void test_key_derivation(void **state)
+{
+  uint8_t root[32], key[32];
+  (void)state;
+
+  memset(root, 1, sizeof(root));
+  assert_int_equal(punch_key_derive(root, 0x0102030405060708ull, key), 0);
+  static const uint8_t want[32] = {
+    0xcb, 0xe8, 0x88, 0x19, 0x10, 0x93, 0x59, 0x0d, 0x70, 0x8c, 0x60,
+    0x17, 0x92, 0x4c, 0xeb, 0x64, 0x90, 0xe1, 0x45, 0x91, 0x1d, 0x55,
+    0xde, 0x3a, 0x78, 0xbe, 0xc2, 0xa8, 0x33, 0x5a, 0x6f, 0xc0,
+  };
+  assert_memory_equal(key, want, sizeof(want));
+}
+
+static void auth_init(struct punch_auth *a, uint8_t keybyte, uint64_t sid)
+{
+  memset(a, 0, sizeof(*a));
+  a->on = 1;
+  memset(a->key, keybyte, sizeof(a->key));
+  a->session = sid;
+  a->cidlen = 8;
+  memset(a->cid, 0xc1, a->cidlen);
+}
+
+/* A punch bound to an end-to-end connection: every check and answer
+ * either side sends is tagged (71-byte requests, 45-byte IPv4 answers),
+ * both succeed, and the agent may now learn a peer-reflexive candidate
+ * (its request is authenticated). */
+static void test_authenticated_checks(void **state)
+{
+  static struct punch a, b;
+  static struct wire_log wa, wb;
+  struct punch_auth k;
+  (void)state;
+
+  auth_init(&k, 0x42, 0x1122334455667788ull);
+  both_ways(&a, &b, &wa, &wb, &k);
+  assert_int_equal(a.state, PUNCH_SUCCEEDED);
+  assert_int_equal(b.state, PUNCH_SUCCEEDED);
+  assert_int_equal(b.pairs[b.winner].remote_type, WIRE_CAND_PRFLX);
+  assert_int_equal(a.rejected + b.rejected, 0);
+  for (struct wire_log *w = &wa; w; w = w == &wa ? &wb : NULL)
+    for (size_t i = 0; i < w->n; i++) {
+      struct wire_ctl c;
+      assert_int_equal(wire_ctl_decode(w->p[i].d, w->p[i].n, &c), 0);
+      assert_true(c.auth);
+      assert_int_equal(w->p[i].n, c.kind == WIRE_CTL_BIND_REQ ? 71 : 45);
+      if (c.kind == WIRE_CTL_BIND_REQ) {
+        assert_true(c.session == k.session);
+        assert_int_equal(c.cidlen, 8);
+      }
+    }
+}
+
+/* The stranger at a candidate's address sees our check (its transaction
+ * id too) and answers it: untagged, or tagged under any key but the
+ * connection's, it does not count; nor does its request make it a
+ * candidate. Only the peer's answer wins. */
+static void test_stranger_cannot_answer_authenticated_checks(void **state)
+{
+  static struct punch a;
+  static struct wire_log wa, ws;
+  struct punch_io ioa = { log_send, &wa, NULL }, ios = { log_send, &ws, NULL };
+  struct wire_candidate cb[1];
+  struct sockaddr_storage right, me, stranger;
+  struct punch_auth k, wrong;
+  struct wire_ctl req, resp;
+  size_t npairs;
+  (void)state;
+
+  memset(&wa, 0, sizeof(wa));
+  memset(&ws, 0, sizeof(ws));
+  auth_init(&k, 0x42, 7);
+  auth_init(&wrong, 0x43, 7);
+  cand(&cb[0], WIRE_CAND_SRFLX, "203.0.113.2", 4434);
+  addr(&right, "203.0.113.2", 4434);
+  addr(&me, "198.51.100.2", 40000);
+  addr(&stranger, "198.51.100.99", 5555);
+  now = 100;
+  punch_start(&a, &ioa, 1, AF_INET, cb, 1, now);
+  punch_set_auth(&a, &k);
+  punch_tick(&a, now);
+  assert_int_equal(wa.n, 1);
+  assert_int_equal(wire_ctl_decode(wa.p[0].d, wa.p[0].n, &req), 0);
+  /* Whoever is at the candidate cannot answer it without the key ... */
+  assert_int_equal(punch_answer(&ios, &req, (struct sockaddr *)&me, &wrong),
+                   0);
+  /* ... and untagged, or forged with another key: */
+  req.auth = 0;
+  assert_int_equal(punch_answer(&ios, &req, (struct sockaddr *)&me, NULL), 1);
+  assert_int_equal(wire_ctl_decode(ws.p[0].d, ws.p[0].n, &resp), 0);
+  assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now), 0);
+  {
+    uint8_t buf[64];
+    int n;
+    resp.auth = 1;
+    n = wire_ctl_encode(buf, sizeof(buf), &resp);
+    assert_true(n == 45);
+    punch_auth_sign(&wrong, buf, (size_t)n);
+    assert_int_equal(wire_ctl_decode(buf, (size_t)n, &resp), 0);
+    assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now),
+                     0);
+    assert_int_equal(a.rejected, 1);
+    /* One flipped bit of a right tag. */
+    punch_auth_sign(&k, buf, (size_t)n);
+    buf[n - 1] ^= 1;
+    assert_int_equal(wire_ctl_decode(buf, (size_t)n, &resp), 0);
+    assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now),
+                     0);
+  }
+  assert_int_equal(a.state, PUNCH_CHECKING);
+  /* A stranger's request, tagged under its own key: no candidate. */
+  npairs = a.npairs;
+  {
+    uint8_t buf[WIRE_ABIND_REQ_LEN];
+    struct wire_ctl sreq;
+    int n;
+    memset(&sreq, 0, sizeof(sreq));
+    sreq.kind = WIRE_CTL_BIND_REQ;
+    sreq.auth = 1;
+    sreq.session = 7;
+    n = wire_ctl_encode(buf, sizeof(buf), &sreq);
+    assert_int_equal(n, WIRE_ABIND_REQ_LEN);
+    punch_auth_sign(&wrong, buf, (size_t)n);
+    assert_int_equal(wire_ctl_decode(buf, (size_t)n, &sreq), 0);
+    assert_int_equal(punch_input(&a, &sreq, (struct sockaddr *)&stranger,
+                                 now), 0);
+    assert_int_equal(a.npairs, npairs);
+    /* The same request under the right key is the peer's: a candidate. */
+    punch_auth_sign(&k, buf, (size_t)n);
+    assert_int_equal(wire_ctl_decode(buf, (size_t)n, &sreq), 0);
+    assert_int_equal(punch_input(&a, &sreq, (struct sockaddr *)&stranger,
+                                 now), 1);
+    assert_int_equal(a.npairs, npairs + 1);
+  }
+  /* The peer's own answer wins. */
+  memset(&ws, 0, sizeof(ws));
+  assert_int_equal(wire_ctl_decode(wa.p[0].d, wa.p[0].n, &req), 0);
+  assert_int_equal(punch_answer(&ios, &req, (struct sockaddr *)&me, &k), 1);
+  assert_int_equal(wire_ctl_decode(ws.p[0].d, ws.p[0].n, &resp), 0);
+  now += 4;
+  assert_int_equal(punch_input(&a, &resp, (struct sockaddr *)&right, now), 1);
+  assert_int_equal(a.state, PUNCH_SUCCEEDED);
+  assert_true(punch_addr_eq((struct sockaddr *)&a.pairs[a.winner].remote,
+                            (struct sockaddr *)&right));
+}
+
+/* Bound late (the connector learns which connection a punch is from after
+ * its checks began): what untagged answers proved is checked again. */
+static void test_bound_late_checks_again(void **state)
+{
+  static struct punch b;
+  static struct wire_log wb, ws;
+  struct punch_io iob = { log_send, &wb, NULL }, ios = { log_send, &ws, NULL };
+  struct wire_candidate ca[1];
+  struct sockaddr_storage a_addr;
+  struct punch_auth k;
+  struct wire_ctl req, resp;
+  (void)state;
+
+  memset(&wb, 0, sizeof(wb));
+  memset(&ws, 0, sizeof(ws));
+  cand(&ca[0], WIRE_CAND_SRFLX, "198.51.100.2", 40000);
+  addr(&a_addr, "198.51.100.2", 40000);
+  now = 100;
+  punch_start(&b, &iob, 0, AF_INET, ca, 1, now);
+  punch_tick(&b, now);
+  assert_int_equal(wire_ctl_decode(wb.p[0].d, wb.p[0].n, &req), 0);
+  assert_false(req.auth);
+  punch_answer(&ios, &req, (struct sockaddr *)&a_addr, NULL);
+  assert_int_equal(wire_ctl_decode(ws.p[0].d, ws.p[0].n, &resp), 0);
+  assert_int_equal(punch_input(&b, &resp, (struct sockaddr *)&a_addr, now), 1);
+  assert_int_equal(b.state, PUNCH_SUCCEEDED);
+  auth_init(&k, 0x42, 9);
+  punch_set_auth(&b, &k);
+  assert_int_equal(b.state, PUNCH_CHECKING);
+  assert_int_equal(b.winner, -1);
+  /* The old answer counts no more; the next check is tagged. */
+  assert_int_equal(punch_input(&b, &resp, (struct sockaddr *)&a_addr, now), 0);
+  now += PUNCH_PACE_MS;
+  punch_tick(&b, now);
+  assert_int_equal(wb.n, 2);
+  assert_int_equal(wire_ctl_decode(wb.p[1].d, wb.p[1].n, &req), 0);
+  assert_true(req.auth);
+}
+
 static void test_no_candidates(void **state)
 {
   static struct punch a;
@@ -368,7 +572,7 @@ static void test_prime(void **state)
   cand(&c[1], WIRE_CAND_HOST, "192.0.2.18", 4434);
   cand(&c[2], WIRE_CAND_RELAY, "198.51.100.10", 4433);
   cand(&c[3], WIRE_CAND_HOST, "169.254.169.254", 80);
-  punch_prime(&io, AF_INET, c, 4);
+  punch_prime(&io, AF_INET, c, 4, NULL);
   assert_int_equal(w.n, 2);
   for (size_t i = 0; i < 2; i++) {
     assert_int_equal(ttl_seen[i], PUNCH_PRIME_TTL);
@@ -376,10 +580,20 @@ static void test_prime(void **state)
     assert_int_equal(ctl.kind, WIRE_CTL_BIND_REQ);
   }
   assert_int_equal(((struct sockaddr_in *)&w.p[0].to)->sin_port, htons(4434));
-  punch_prime(&io, AF_INET6, c, 4);
+  punch_prime(&io, AF_INET6, c, 4, NULL);
   assert_int_equal(w.n, 2);
-  punch_prime(&plain, AF_INET, c, 4);
+  punch_prime(&plain, AF_INET, c, 4, NULL);
   assert_int_equal(w.n, 2);
+  {
+    /* Bound: the primers are tagged checks too. */
+    struct punch_auth k;
+    auth_init(&k, 0x42, 3);
+    punch_prime(&io, AF_INET, c, 4, &k);
+    assert_int_equal(w.n, 4);
+    assert_int_equal(w.p[3].n, WIRE_ABIND_REQ_LEN);
+    assert_int_equal(wire_ctl_decode(w.p[3].d, w.p[3].n, &ctl), 0);
+    assert_true(ctl.auth);
+  }
 }
 
 int main(void)
@@ -388,6 +602,10 @@ int main(void)
     cmocka_unit_test(test_priorities),
     cmocka_unit_test(test_pacing_and_retransmission),
     cmocka_unit_test(test_success_both_ways_and_prflx),
+    cmocka_unit_test(test_key_derivation),
+    cmocka_unit_test(test_authenticated_checks),
+    cmocka_unit_test(test_stranger_cannot_answer_authenticated_checks),
+    cmocka_unit_test(test_bound_late_checks_again),
     cmocka_unit_test(test_controlling_learns_no_prflx),
     cmocka_unit_test(test_candidates_past_the_egress_guard),
     cmocka_unit_test(test_answers_that_do_not_count),

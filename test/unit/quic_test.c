@@ -513,6 +513,36 @@ static void test_quic_retry(void **state)
   world_free(&w);
 }
 
+/* The TLS exporter value both ends key punch checks from: equal at both
+ * ends, not zero, none before the handshake; and the server finds the
+ * connection by the connection ID the client sends to. */
+static void test_quic_exporter(void **state)
+{
+  struct world w;
+  static const uint8_t zero[QUIC_EXPORTER_LEN];
+  uint8_t a[QUIC_EXPORTER_LEN], b[QUIC_EXPORTER_LEN];
+  (void)state;
+
+  world_init(&w, 0, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_int_equal(quic_conn_exporter(w.cli.c, a), ZTNA_ERR_STATE);
+  assert_true(run_until(&w, both_up));
+  assert_int_equal(quic_conn_exporter(w.cli.c, a), 0);
+  assert_int_equal(quic_conn_exporter(w.srv.c, b), 0);
+  assert_memory_equal(a, b, sizeof(a));
+  assert_memory_not_equal(a, zero, sizeof(a));
+  {
+    /* The server finds the connection by the ID the client sends to. */
+    uint8_t cid[20];
+    size_t n = quic_conn_dcid(w.cli.c, cid, sizeof(cid));
+    assert_ptr_equal(quic_endpoint_find_cid(w.server_ep, cid, n), w.srv.c);
+    cid[0] ^= 0xff;
+    assert_null(quic_endpoint_find_cid(w.server_ep, cid, n));
+  }
+  world_free(&w);
+}
+
 static void test_quic_idle_timeout(void **state)
 {
   struct world w;
@@ -1194,6 +1224,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_retry),
+    cmocka_unit_test(test_quic_exporter),
     cmocka_unit_test(test_quic_half_open_flood),
     cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_cid_rotation),

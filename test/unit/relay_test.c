@@ -698,6 +698,17 @@ static void test_relay_sessions_opaque_forwarding(void **state)
                                               &reason), 0);
   assert_int_equal(reason, WIRE_SESSION_UNKNOWN);
   assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1);
+  /* A flood of made-up ids: a few answers per tick, every one counted. */
+  w.fb.ndgrams = 0;
+  for (uint64_t k = 0; k < 1000; k++) {
+    n = data(b, 1000000 + k, "\x40 flood");
+    relay_datagram(w.r, w.b, b, n);
+  }
+  assert_int_equal(w.fb.ndgrams, RELAY_UNKNOWN_ANSWERS - 1);
+  assert_int_equal(relay_stats(w.r)->drops[RELAY_DROP_NO_ROUTE], 1001);
+  relay_expire(w.r, 1000);
+  relay_datagram(w.r, w.b, b, n);
+  assert_int_equal(w.fb.ndgrams, RELAY_UNKNOWN_ANSWERS);
   /* A newer connector displaces the old one: the session ends, both told. */
   c2 = relay_client_new(w.r, &f2, &ic2);
   reg_flags(w.r, c2, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
@@ -768,6 +779,61 @@ static void test_relay_sessions_bounded(void **state)
   relay_del(w.r);
 }
 
+/* Revoking a service ends the agent's sessions to every connector that
+ * serves it, whichever service they were opened for: the end-to-end
+ * connection in them carries all of that connector's services. */
+static void test_relay_revocation_ends_carrying_sessions(void **state)
+{
+  struct tls_identity i2 = ident("conn2", "connector.echo.ztna",
+                                 "connector.web.ztna");
+  struct tls_identity i3 = ident("conn3", "connector.db.ztna", NULL);
+  struct cfg_policy *p = calloc(1, sizeof(*p));
+  const char *pol = "{\"services\": {\"web\": {\"allow\": [\"alice\"]}, "
+                    "\"echo\": {\"allow\": [\"*\"]}, "
+                    "\"db\": {\"allow\": [\"*\"]}}}";
+  struct fconn f2, f3;
+  struct relay_client *c2, *c3;
+  struct world w;
+  uint64_t sid_echo, sid_db, got;
+  uint8_t reason;
+  char err[256];
+  (void)state;
+
+  world(&w, NULL);
+  memset(&f2, 0, sizeof(f2));
+  memset(&f3, 0, sizeof(f3));
+  c2 = relay_client_new(w.r, &f2, &i2);
+  c3 = relay_client_new(w.r, &f3, &i3);
+  reg_flags(w.r, c2, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg_flags(w.r, c2, WIRE_REG_CONNECTOR, "web", WIRE_REG_FLAG_SESSIONS);
+  reg_flags(w.r, c3, WIRE_REG_CONNECTOR, "db", WIRE_REG_FLAG_SESSIONS);
+  reg(w.r, w.b, WIRE_REG_AGENT, "echo");
+  reg(w.r, w.b, WIRE_REG_AGENT, "web");
+  reg(w.r, w.b, WIRE_REG_AGENT, "db");
+  assert_int_equal(open_session(&w, w.b, &w.fb, 1, "echo", &sid_echo),
+                   WIRE_SESSION_OK);
+  assert_int_equal(open_session(&w, w.b, &w.fb, 2, "db", &sid_db),
+                   WIRE_SESSION_OK);
+  assert_int_equal(relay_rsession_count(w.r), 2);
+  assert_int_equal(cfg_policy_parse(p, "p.json", pol, strlen(pol), err,
+                                    sizeof(err), NULL), 0);
+  relay_set_policy(w.r, p); /* bob loses web */
+  /* The echo session reached web's connector: it ends, revoked, both
+   * sides told; db's connector serves no web: its session stays. */
+  assert_int_equal(relay_rsession_count(w.r), 1);
+  assert_int_equal(wire_session_closed_decode(w.fb.last, w.fb.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid_echo && reason == WIRE_SESSION_REVOKED);
+  assert_int_equal(wire_session_closed_decode(f2.last, f2.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sid_echo && reason == WIRE_SESSION_REVOKED);
+  /* Echo itself is still his: a new session opens. */
+  assert_int_equal(open_session(&w, w.b, &w.fb, 3, "echo", &got),
+                   WIRE_SESSION_OK);
+  assert_true(got != sid_echo);
+  relay_del(w.r);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -784,6 +850,7 @@ int main(void)
     cmocka_unit_test(test_relay_translation_quarantine),
     cmocka_unit_test(test_relay_sessions_opaque_forwarding),
     cmocka_unit_test(test_relay_sessions_bounded),
+    cmocka_unit_test(test_relay_revocation_ends_carrying_sessions),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }

@@ -309,6 +309,10 @@ static void test_wire_classify(void **state)
       assert_int_equal(k, WIRE_KIND_AGENT_GONE);
     else if (v >= 0x31 && v <= 0x34)
       assert_int_equal(k, WIRE_KIND_SESSION_OPEN + (v - 0x31));
+    else if (v == 0x35)
+      assert_int_equal(k, WIRE_KIND_PUNCH_BIND);
+    else if (v == 0x36)
+      assert_int_equal(k, WIRE_KIND_SERVICES);
     else
       assert_int_equal(k, WIRE_KIND_UNKNOWN);
   }
@@ -671,6 +675,121 @@ static void test_wire_ctl_golden(void **state)
   }
 }
 
+/* The authenticated checks (protocol.md 10): the same fields as 00/01
+ * under type 02/03, the session and connection ID in a request, a tag
+ * last; and the punch binding inside an end-to-end connection. */
+static void test_wire_ctl_authenticated(void **state)
+{
+  struct wire_ctl c = { 0 }, back;
+  uint8_t buf[128];
+  uint64_t sid;
+  int n;
+  (void)state;
+
+  c.kind = WIRE_CTL_BIND_REQ;
+  c.auth = 1;
+  memset(c.txn, 0xaa, 12);
+  c.priority = 0x0102030405060708ull;
+  c.session = 0x1122334455667788ull;
+  c.cidlen = 4;
+  memset(c.cid, 0xcc, 4);
+  memset(c.tag, 0xee, 16);
+  n = wire_ctl_encode(buf, sizeof(buf), &c);
+  assert_bytes(buf, n,
+               "5a 02 00 00 00 aa aa aa aa aa aa aa aa aa aa aa aa"
+               " 08 07 06 05 04 03 02 01 00"
+               " 88 77 66 55 44 33 22 11 04"
+               " cc cc cc cc 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+               " ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee");
+  assert_int_equal(n, WIRE_ABIND_REQ_LEN);
+  assert_int_equal(wire_ctl_decode(buf, (size_t)n, &back), 0);
+  assert_int_equal(back.kind, WIRE_CTL_BIND_REQ);
+  assert_true(back.auth && back.session == c.session && back.cidlen == 4);
+  assert_memory_equal(back.cid, c.cid, 4);
+  assert_memory_equal(back.tag, c.tag, 16);
+  assert_ptr_equal(back.raw, buf);
+  assert_int_equal(back.rawlen, (size_t)n);
+  buf[40] = 1; /* padding after the connection ID */
+  assert_int_equal(wire_ctl_decode(buf, (size_t)n, &back),
+                   ZTNA_ERR_MALFORMED);
+  buf[40] = 0;
+  buf[34] = 21; /* a connection ID longer than 20 */
+  assert_int_equal(wire_ctl_decode(buf, (size_t)n, &back),
+                   ZTNA_ERR_MALFORMED);
+  assert_int_equal(wire_ctl_decode(buf, (size_t)n - 1, &back),
+                   ZTNA_ERR_MALFORMED);
+
+  memset(&c, 0, sizeof(c));
+  c.kind = WIRE_CTL_BIND_RESP;
+  c.auth = 1;
+  memset(c.txn, 0xaa, 12);
+  c.success = 1;
+  c.has_mapped = 1;
+  set_v4(&c.mapped, "198.51.100.7", 61000);
+  memset(c.tag, 0xee, 16);
+  n = wire_ctl_encode(buf, sizeof(buf), &c);
+  assert_bytes(buf, n, "5a 03 00 00 00 aa aa aa aa aa aa aa aa aa aa aa aa 01"
+                       " 01 00 00 00 00 c6 33 64 07 48 ee"
+                       " ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee");
+  assert_int_equal(wire_ctl_decode(buf, (size_t)n, &back), 0);
+  assert_true(back.kind == WIRE_CTL_BIND_RESP && back.auth && back.success);
+  c.has_mapped = 0;
+  assert_int_equal(wire_ctl_encode(buf, sizeof(buf), &c), 35);
+  assert_int_equal(wire_ctl_decode(buf, 35, &back), 0);
+  set_v6(&c.mapped, "2001:db8::7", 1);
+  c.has_mapped = 1;
+  assert_int_equal(wire_ctl_encode(buf, sizeof(buf), &c), 57);
+  assert_int_equal(wire_ctl_decode(buf, 57, &back), 0);
+  /* An untagged answer is never read as a tagged one, nor the reverse. */
+  buf[1] = 1;
+  assert_int_equal(wire_ctl_decode(buf, 57, &back), ZTNA_ERR_MALFORMED);
+  assert_int_equal(wire_ctl_decode(buf, 41, &back), 0);
+  assert_false(back.auth);
+
+  n = wire_punch_bind_encode(buf, sizeof(buf), 0x0102030405060708ull);
+  assert_bytes(buf, n, "35 01 02 03 04 05 06 07 08");
+  assert_int_equal(wire_classify(buf, (size_t)n), WIRE_KIND_PUNCH_BIND);
+  assert_int_equal(wire_punch_bind_decode(buf, (size_t)n, &sid), 0);
+  assert_true(sid == 0x0102030405060708ull);
+  assert_int_equal(wire_punch_bind_decode(buf, (size_t)n - 1, &sid),
+                   ZTNA_ERR_MALFORMED);
+  assert_int_equal(wire_punch_bind_encode(buf, 8, 1), ZTNA_ERR_TOO_LARGE);
+}
+
+/* The services an end-to-end connection may carry (protocol.md 10). */
+static void test_wire_services(void **state)
+{
+  struct wire_id ids[2] = { { (const uint8_t *)"web", 3 },
+                            { (const uint8_t *)"db", 2 } }, back[4];
+  uint8_t buf[64];
+  int n;
+  (void)state;
+
+  n = wire_services_encode(buf, sizeof(buf), ids, 2);
+  assert_bytes(buf, n, "36 02 03 77 65 62 02 64 62");
+  assert_int_equal(wire_services_decode(buf, (size_t)n, back, 4), 2);
+  assert_int_equal(back[1].n, 2);
+  assert_memory_equal(back[1].p, "db", 2);
+  assert_int_equal(wire_services_decode(buf, (size_t)n, back, 1),
+                   ZTNA_ERR_MALFORMED); /* more than room */
+  assert_int_equal(wire_services_decode(buf, (size_t)n - 1, back, 4),
+                   ZTNA_ERR_MALFORMED);
+  buf[n] = 0;
+  assert_int_equal(wire_services_decode(buf, (size_t)n + 1, back, 4),
+                   ZTNA_ERR_MALFORMED); /* trailing bytes */
+  buf[6] = 0;
+  assert_int_equal(wire_services_decode(buf, 7, back, 4),
+                   ZTNA_ERR_MALFORMED); /* an empty id */
+  buf[3] = 0xff;
+  buf[6] = 2;
+  assert_int_equal(wire_services_decode(buf, (size_t)n, back, 4),
+                   ZTNA_ERR_MALFORMED); /* not UTF-8 */
+  assert_int_equal(wire_services_encode(buf, 5, ids, 2), ZTNA_ERR_TOO_LARGE);
+  n = wire_services_encode(buf, sizeof(buf), ids, 0);
+  assert_bytes(buf, n, "36 00");
+  assert_int_equal(wire_services_decode(buf, 2, back, 4), 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -687,6 +806,8 @@ int main(void)
     cmocka_unit_test(test_wire_sig_malformed),
     cmocka_unit_test(test_wire_sigbuf),
     cmocka_unit_test(test_wire_ctl_golden),
+    cmocka_unit_test(test_wire_ctl_authenticated),
+    cmocka_unit_test(test_wire_services),
   };
   return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
