@@ -212,11 +212,11 @@ struct cctx {
   struct metric *mx_e2e_total, *mx_vsess;
   uint64_t direct_total, direct_rejected, direct_lost, direct_rx, direct_tx,
       e2e_relay_tx, e2e_relay_rx;
-  struct metric *mx_ctl_limited, *mx_gone;
+  struct metric *mx_ctl_limited, *mx_gone, *mx_revoked;
   struct metric *mx_direct, *mx_direct_total, *mx_direct_rej,
       *mx_direct_lost, *mx_direct_rx, *mx_direct_tx;
   uint8_t dbuf[65536], rbuf[65536];
-  uint64_t ctl_limited, agents_gone;
+  uint64_t ctl_limited, agents_gone, revoked;
   struct punch_rate ctl_rate;
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active,
       *mx_punch_bound, *mx_punch_rejected;
@@ -623,6 +623,27 @@ static void on_datagram(struct uplink *u, const uint8_t *d, size_t n,
   case WIRE_KIND_SESSION_CLOSED:
     on_session_closed(s, d, n);
     return;
+  case WIRE_KIND_REVOKED: {
+    /* The intermediate's policy no longer lets that agent reach the
+     * service: its connections carrying it close, on whatever path, also
+     * where no relay session the intermediate ended leads to them. */
+    const uint8_t *fp;
+    size_t si = (size_t)(s - s->x->svcs);
+    if (wire_revoked_decode(d, n, &fp) < 0) {
+      drop(s->x, D_MALFORMED);
+      return;
+    }
+    for (struct dconn *dc = s->x->dconns, *next; dc; dc = next) {
+      next = dc->next; /* closing may free dc */
+      if (dc->up && dc->grants[si] && !memcmp(dc->cert_fp, fp, 32)) {
+        log_info("%s: the intermediate revoked its access to '%s': "
+                 "closing", dc->name, s->cfg->id);
+        s->x->revoked++;
+        quic_conn_close(dc->qc, 2, "access revoked");
+      }
+    }
+    return;
+  }
   case WIRE_KIND_AGENT_GONE: {
     /* ztna: the intermediate will give this address to another agent
      * one day; nothing of this one's may reach that one. */
@@ -1162,6 +1183,7 @@ static void collect(void *ud)
   metric_set(x->mx_direct_rx, (int64_t)x->direct_rx);
   metric_set(x->mx_ctl_limited, (int64_t)x->ctl_limited);
   metric_set(x->mx_gone, (int64_t)x->agents_gone);
+  metric_set(x->mx_revoked, (int64_t)x->revoked);
   metric_set(x->mx_direct_tx, (int64_t)x->direct_tx);
   metric_set(x->mx_pkts, (int64_t)x->fwd_packets);
   metric_set(x->mx_bytes, (int64_t)x->fwd_bytes);
@@ -1310,6 +1332,10 @@ static void metrics_init(struct cctx *x)
       m, "ztna_connector_agents_gone_total", NULL,
       "Notices from the intermediate that an agent left (one per service "
       "it used); that agent's state here was reset");
+  x->mx_revoked = metrics_counter(
+      m, "ztna_connector_revoked_connections_total", NULL,
+      "Agent connections closed because the intermediate revoked the "
+      "agent's access to a service they carry");
   x->mx_direct_rx = metrics_counter(
       m, "ztna_connector_direct_packets_received_total", NULL,
       "Packets received on direct connections");

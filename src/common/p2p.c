@@ -325,7 +325,8 @@ static void srv_timer(uv_timer_t *t)
   if (!ps->started) {
     struct sockaddr_storage local;
     struct punch_io io = { srv_send, s, NULL };
-    if (!srv_bind(ps) && now - ps->sig_ms < P2P_BIND_WAIT_MS) {
+    if (!srv_bind(ps) && !ps->result_seen &&
+        now - ps->sig_ms < P2P_BIND_WAIT_MS) {
       uv_timer_start(&ps->timer, srv_timer, 50, 0);
       return;
     }
@@ -464,9 +465,13 @@ void p2p_server_signal(struct p2p_server *s, void *svc,
     log_info("%s: p2p session %016llx: the agent reports %s", sname(ps),
              (unsigned long long)m->session_id,
              m->success ? "a direct path" : "no direct path");
-    /* Our own checks may still be running: let them finish. */
+    /* Our own checks may still be running: let them finish; ones still
+     * waiting to be bound (the agent's side is over, nobody will bind
+     * them now) begin at once, since the agent lingers to answer them. */
     ps->result_seen = 1;
-    if (!ps->started || ps->punch.state != PUNCH_CHECKING)
+    if (!ps->started && uv_is_active((uv_handle_t *)&ps->timer))
+      uv_timer_start(&ps->timer, srv_timer, 0, 0);
+    else if (!ps->started || ps->punch.state != PUNCH_CHECKING)
       srv_end(ps);
     return;
   case WIRE_SIG_ERROR:

@@ -538,6 +538,23 @@ static struct relay_client *newest_connector(struct relay *r,
   return best;
 }
 
+/* Tells every ztna connector of service s that agent c may no longer
+ * reach it: its end-to-end connections may run directly, where no relay
+ * session ends, or on a session the connector cannot tie to it. */
+static void tell_revoked(struct relay *r, struct relay_client *c,
+                         const struct service *s)
+{
+  uint8_t msg[WIRE_REVOKED_LEN];
+  struct iovec v = { msg, sizeof(msg) };
+
+  if (wire_revoked_encode(msg, sizeof(msg), c->id->fp) < 0)
+    return;
+  for (struct relay_client *k = r->clients; k; k = k->next)
+    if (k->takes_sessions && find_reg(k, s, POLICY_CONNECTOR) &&
+        r->io.send_dgram(k->conn, &v, 1, r->io.ud) < 0)
+      drop(r, RELAY_DROP_QUEUE_FULL);
+}
+
 static void unregister(struct relay *r, struct relay_client *c, size_t i,
                        uint8_t reason)
 {
@@ -557,6 +574,8 @@ static void unregister(struct relay *r, struct relay_client *c, size_t i,
           rsess_end(r, rs, reason, NULL);
       }
   }
+  if (reason == WIRE_SESSION_REVOKED && c->regs[i].role == POLICY_AGENT)
+    tell_revoked(r, c, s);
   if (c->regs[i].role == POLICY_CONNECTOR) {
     s->connectors--;
     /* A connector that was displaced serves again when the newer one

@@ -37,6 +37,8 @@ enum wire_kind wire_classify(const uint8_t *p, size_t n)
     return WIRE_KIND_PUNCH_BIND;
   case WIRE_SERVICES:
     return WIRE_KIND_SERVICES;
+  case WIRE_REVOKED:
+    return WIRE_KIND_REVOKED;
   }
   if (p[0] >= 0x45 && p[0] <= 0x4f)
     return WIRE_KIND_IPV4;
@@ -241,6 +243,23 @@ int wire_services_decode(const uint8_t *p, size_t n, struct wire_id *out,
     off += len;
   }
   return off == n ? (int)count : ZTNA_ERR_MALFORMED;
+}
+
+int wire_revoked_encode(uint8_t *buf, size_t cap, const uint8_t *fp)
+{
+  if (cap < WIRE_REVOKED_LEN)
+    return ZTNA_ERR_TOO_LARGE;
+  buf[0] = WIRE_REVOKED;
+  memcpy(buf + 1, fp, 32);
+  return WIRE_REVOKED_LEN;
+}
+
+int wire_revoked_decode(const uint8_t *p, size_t n, const uint8_t **fp)
+{
+  if (n != WIRE_REVOKED_LEN || p[0] != WIRE_REVOKED)
+    return ZTNA_ERR_MALFORMED;
+  *fp = p + 1;
+  return 0;
 }
 
 int wire_punch_bind_encode(uint8_t *buf, size_t cap, uint64_t session)

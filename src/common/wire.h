@@ -38,6 +38,11 @@
 /* ztna extension inside an end-to-end connection only (connector to
  * agent): the services this connection may carry (protocol.md 10). */
 #define WIRE_SERVICES 0x36
+/* ztna extension, intermediate to a connector that takes relay sessions,
+ * on its connection for the service: the agent with this certificate
+ * (SHA-256) may no longer reach it (protocol.md 10): 37 | fp (32). */
+#define WIRE_REVOKED 0x37
+#define WIRE_REVOKED_LEN 33
 
 #define WIRE_NACK_INVALID 0x01
 #define WIRE_NACK_DENIED 0x02
@@ -64,6 +69,7 @@ enum wire_kind {
   WIRE_KIND_SESSION_CLOSED,
   WIRE_KIND_PUNCH_BIND,
   WIRE_KIND_SERVICES,
+  WIRE_KIND_REVOKED,
 };
 
 /* What a relay DATAGRAM is, from its first byte. An empty one is UNKNOWN. */
@@ -172,6 +178,9 @@ int wire_services_encode(uint8_t *buf, size_t cap, const struct wire_id *ids,
                          size_t n);
 int wire_services_decode(const uint8_t *p, size_t n, struct wire_id *out,
                          size_t max);
+/* Revoked agent: 37 | certificate SHA-256 (32); exact length. */
+int wire_revoked_encode(uint8_t *buf, size_t cap, const uint8_t *fp);
+int wire_revoked_decode(const uint8_t *p, size_t n, const uint8_t **fp);
 /* Punch binding, inside an end-to-end connection: 35 | session u64 BE. */
 int wire_punch_bind_encode(uint8_t *buf, size_t cap, uint64_t session);
 int wire_punch_bind_decode(const uint8_t *p, size_t n, uint64_t *session);

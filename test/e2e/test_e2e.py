@@ -213,6 +213,36 @@ def test_revoked_agent_loses_both_paths_and_comes_back(world):
                         "ztna_connector_e2e_connections_total") > closed
 
 
+def test_revocation_reaches_connections_no_session_leads_to(world):
+    """An agent's end-to-end connection may run where no relay session the
+    intermediate could end leads to it (directly, by an agent that ignores
+    the intermediate's word). Here one is made straight to the connector
+    with alice's certificate; when the intermediate's policy takes web
+    from alice, it tells web's connector whose access ended, and the
+    connector closes that connection too, with a reason."""
+    from ztna import Client
+    wait_for(lambda: web_code(world) == "200", timeout=60, what="web")
+    c = Client("192.0.2.18:4434", world.pki, cert=world.agent_certs["alice"],
+               ns=world.conn_ns, sni="ztna-connector", alpn="ztna-e2e-v1")
+    try:
+        c.expect("up ", timeout=20)
+        revoked = world.metric(world.conn_ns, 9091,
+                               "ztna_connector_revoked_connections_total")
+        write_policy(["nobody"])
+        world.inter.signal(signal.SIGHUP)
+        ev = c.expect("closed", timeout=30)
+        assert "revoked" in ev, ev
+        assert world.metric(world.conn_ns, 9091,
+                            "ztna_connector_revoked_connections_total") \
+            > revoked
+    finally:
+        c.close()
+        write_policy(["*"])
+        world.inter.signal(signal.SIGHUP)
+    wait_for(lambda: web_code(world) == "200", timeout=90,
+             what="web back once the policy allows it")
+
+
 def ping(world, vip):
     p = world.run(["ping", "-c", "1", "-W", "2", vip], check=False)
     return p.returncode == 0

@@ -266,6 +266,30 @@ def forget_agent_flows(world):
                                      "198.51.100.2"], check=False)
 
 
+FORGER = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+n = 0
+count = sys.argv[2]
+while True:
+    d, a = s.recvfrom(2048)
+    # Every binding request (plain 26 bytes, tagged 71) gets the answers
+    # a stranger can make: plain, and tagged with a made-up tag.
+    if d[:1] != b"\x5a" or len(d) not in (26, 71):
+        continue
+    mapped = (b"\x01\x01\x00\x00\x00\x00" + socket.inet_aton(a[0]) +
+              a[1].to_bytes(2, "little"))
+    s.sendto(b"\x5a\x01\x00\x00\x00" + d[5:17] + mapped, a)
+    s.sendto(b"\x5a\x03\x00\x00\x00" + d[5:17] + mapped + os.urandom(16),
+             a)
+    n += 1
+    with open(count, "w") as f:
+        f.write(str(n))
+"""
+
+
 def test_rogue_connector_certificate_never_becomes_the_path(world):
     """Item 6: the agent dialled its direct path with SNI ztna-connector,
     which every connector certificate carries, and never checked that the
@@ -273,10 +297,12 @@ def test_rogue_connector_certificate_never_becomes_the_path(world):
     sends the agent's checks and direct path to a rogue ztna connector
     whose certificate is valid, for another service. The checks are
     tagged with a key from the agent's end-to-end connection, which the
-    rogue does not have: it cannot answer them, the punch finds no path
-    (it never "succeeds"), and even a path it did find would have to carry
-    the end-to-end connection (QUIC path validation under its keys),
-    which only the real connector can: the agent stays on the relay."""
+    rogue does not have: it cannot answer them, and a stranger there that
+    answers every check it sees (with the transaction id, plainly or with
+    a forged tag) wins nothing: the punch finds no path (it never
+    "succeeds"), and even a path it did find would have to carry the
+    end-to-end connection (QUIC path validation under its keys), which
+    only the real connector can: the agent stays on the relay."""
     net = world.net
     rogue_ns = net.ns("rogue")
     net.link(rogue_ns, "192.0.2.98/28", world.nat_c, "192.0.2.97/28")
@@ -299,7 +325,7 @@ def test_rogue_connector_certificate_never_becomes_the_path(world):
 table ip rogue {
  chain pre {
   type nat hook prerouting priority -100;
-  ip saddr 198.51.100.2 udp dport 4434 dnat to 192.0.2.98:5555
+  ip saddr 198.51.100.2 udp dport 4434 dnat to 192.0.2.98:%d
  }
  chain block_legit {
   type filter hook forward priority 0;
@@ -307,29 +333,25 @@ table ip rogue {
  }
 }
 """
-    net.exec(world.nat_c, ["nft", "-f", "-"], input=rules)
-    forget_agent_flows(world)
     label = 'ztna_agent_direct_failures_total{service="web",reason="%s"}'
-    try:
-        wait_for(lambda: world.metric(rogue_ns, 9096,
-                                      "ztna_connector_uptime_seconds")
-                 is not None, what="rogue connector up")
-        # A new agent punches at once: its checks meet the rogue.
+
+    def punch_meets(port):
+        """A new agent punches at once: its checks go to port."""
+        net.exec(world.nat_c, ["nft", "delete", "table", "ip", "rogue"],
+                 check=False)
+        net.exec(world.nat_c, ["nft", "-f", "-"], input=rules % port)
+        forget_agent_flows(world)
         world.procs["agent"].terminate()
         assert world.procs["agent"].wait(30) == 0
         world.start_agent("agent", world.agent_ns, "alice")
         wait_for(lambda: (world.metric(world.agent_ns, 9092,
                                        label % "timeout") or 0) >= 1,
-                 timeout=60, what="the punch through the rogue fails")
-        # The rogue could answer none of the tagged checks: no success,
-        # nothing to validate, and no connection of its own.
+                 timeout=60, what="the punch through port %d fails" % port)
+        # No success, nothing to validate, the relay still carries web.
         assert (world.metric(world.agent_ns, 9092,
                              'ztna_agent_punches_total{service="web",'
                              'result="success"}') or 0) == 0
         assert (world.metric(world.agent_ns, 9092, label % "validation")
-                or 0) == 0
-        assert (world.metric(rogue_ns, 9096,
-                             "ztna_connector_e2e_connections_total")
                 or 0) == 0
         assert world.path() != "direct"
         p = world.run(["curl", "-s", "-m", "20", "-o", "/dev/null", "-w",
@@ -337,10 +359,34 @@ table ip rogue {
                        % SERVICES["web"][0]],
                       check=False)
         assert p.stdout == "200"
+
+    # And a stranger that answers every check it sees, with the
+    # transaction id it saw: plainly, and with a forged tag.
+    answered = os.path.join(world.tmp, "forger.count")
+    forger = net.popen(rogue_ns, [sys.executable, "-c", FORGER, "5556",
+                                  answered],
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert forger.stdout.readline().strip() == "ready"
+        wait_for(lambda: world.metric(rogue_ns, 9096,
+                                      "ztna_connector_uptime_seconds")
+                 is not None, what="rogue connector up")
+        # The rogue connector can answer none of the tagged checks, and
+        # gets no connection of its own.
+        punch_meets(5555)
+        assert (world.metric(rogue_ns, 9096,
+                             "ztna_connector_e2e_connections_total")
+                or 0) == 0
+        # The forger answers them all, and none of its answers counts.
+        punch_meets(5556)
+        with open(answered) as f:
+            assert int(f.read()) >= 1, "the forger saw no check"
     finally:
         net.exec(world.nat_c, ["nft", "delete", "table", "ip", "rogue"],
                  check=False)
         forget_agent_flows(world)
+        forger.kill()
+        forger.wait(30)
         rogue.terminate()
         assert rogue.wait(30) == 0
 

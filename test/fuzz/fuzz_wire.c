@@ -61,6 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
       k = wire_session_closed_encode(buf, sizeof(buf), sid, st);
     else if (wire_punch_bind_decode(d, n, &sid) == 0)
       k = wire_punch_bind_encode(buf, sizeof(buf), sid);
+    else if (wire_revoked_decode(d, n, &pkt) == 0)
+      k = wire_revoked_encode(buf, sizeof(buf), pkt);
     else if (wire_session_data_decode(d, n, &sid, &pkt, &pktlen) == 0) {
       k = wire_session_data_header(buf, sizeof(buf), sid);
       if (pkt != d + k || pktlen != n - (size_t)k)

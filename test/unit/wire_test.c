@@ -313,6 +313,8 @@ static void test_wire_classify(void **state)
       assert_int_equal(k, WIRE_KIND_PUNCH_BIND);
     else if (v == 0x36)
       assert_int_equal(k, WIRE_KIND_SERVICES);
+    else if (v == 0x37)
+      assert_int_equal(k, WIRE_KIND_REVOKED);
     else
       assert_int_equal(k, WIRE_KIND_UNKNOWN);
   }
@@ -788,6 +790,20 @@ static void test_wire_services(void **state)
   n = wire_services_encode(buf, sizeof(buf), ids, 0);
   assert_bytes(buf, n, "36 00");
   assert_int_equal(wire_services_decode(buf, 2, back, 4), 0);
+  {
+    /* Revoked agent: 37 | certificate SHA-256. */
+    uint8_t fp[32];
+    const uint8_t *got;
+    memset(fp, 0xab, sizeof(fp));
+    n = wire_revoked_encode(buf, sizeof(buf), fp);
+    assert_int_equal(n, WIRE_REVOKED_LEN);
+    assert_int_equal(buf[0], 0x37);
+    assert_int_equal(wire_revoked_decode(buf, (size_t)n, &got), 0);
+    assert_memory_equal(got, fp, 32);
+    assert_int_equal(wire_revoked_decode(buf, (size_t)n - 1, &got),
+                     ZTNA_ERR_MALFORMED);
+    assert_int_equal(wire_revoked_encode(buf, 32, fp), ZTNA_ERR_TOO_LARGE);
+  }
 }
 
 int main(void)
