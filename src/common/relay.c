@@ -49,12 +49,12 @@ struct relay_client {
    * has room for TLS_MAX_SANS of the longest names (8 KB), and nothing
    * here reads id->dns past id->ndns. */
   struct tls_identity *id;
-  struct reg *regs;
-  size_t nregs;
+  struct reg *regs;   /* grown on demand: most clients have one or two */
+  size_t nregs, capregs;
   uint32_t xlat[MAX_SOURCES]; /* indexes into relay.xlat */
   size_t nxlat;
-  struct vip vips[MAX_VIPS];
-  size_t nvips;
+  struct vip *vips;   /* learned from raw IP only (original agents) */
+  size_t nvips, capvips;
   struct wire_sigbuf sig;
   size_t nsessions;
   size_t nrsess;      /* relay sessions it holds (as agent or connector) */
@@ -257,6 +257,21 @@ void relay_del(struct relay *r)
   free(r);
 }
 
+/* Doubles a per-client table (from 2 entries) up to max entries. */
+static int grow(void **tab, size_t *cap, size_t size, size_t max)
+{
+  size_t n = *cap ? *cap * 2 : 2;
+  void *t;
+
+  if (n > max)
+    n = max;
+  if (n <= *cap || !(t = realloc(*tab, n * size)))
+    return -1;
+  *tab = t;
+  *cap = n;
+  return 0;
+}
+
 struct relay_client *relay_client_new(struct relay *r, void *conn,
                                       const struct tls_identity *id)
 {
@@ -266,10 +281,8 @@ struct relay_client *relay_client_new(struct relay *r, void *conn,
 
   if (!c)
     return NULL;
-  c->regs = calloc(r->lim.services_per_client, sizeof(*c->regs));
   c->id = malloc(idsize);
-  if (!c->regs || !c->id || wire_sigbuf_init(&c->sig) < 0) {
-    free(c->regs);
+  if (!c->id || wire_sigbuf_init(&c->sig) < 0) {
     free(c->id);
     free(c);
     return NULL;
@@ -661,6 +674,7 @@ void relay_client_del(struct relay *r, struct relay_client *c)
   r->nclients--;
   wire_sigbuf_free(&c->sig);
   free(c->regs);
+  free(c->vips);
   free(c->id);
   free(c);
 }
@@ -756,6 +770,14 @@ static void on_register(struct relay *r, struct relay_client *c,
       refused(r, c, role, id, len, "too many services on one connection");
       return;
     }
+    if (c->nregs == c->capregs &&
+        grow((void **)&c->regs, &c->capregs, sizeof(*c->regs),
+             r->lim.services_per_client) < 0) {
+      r->stats.invalid_regs++;
+      send_status(r, c, WIRE_REG_NACK, WIRE_NACK_INVALID, id, len);
+      refused(r, c, role, id, len, "out of memory");
+      return;
+    }
     s = svc_get(r, id, len);
     if (!s) {
       r->stats.invalid_regs++;
@@ -763,6 +785,7 @@ static void on_register(struct relay *r, struct relay_client *c,
       refused(r, c, role, id, len, "the service table is full");
       return;
     }
+    memset(&c->regs[c->nregs], 0, sizeof(c->regs[0]));
     c->regs[c->nregs].svc = s;
     c->regs[c->nregs].role = role;
     c->nregs++;
@@ -895,6 +918,11 @@ static void learn_vip(struct relay *r, struct relay_client *c,
       return;
     }
   if (c->nvips >= MAX_VIPS) {
+    r->stats.limit_hits++;
+    return;
+  }
+  if (c->nvips == c->capvips &&
+      grow((void **)&c->vips, &c->capvips, sizeof(*c->vips), MAX_VIPS) < 0) {
     r->stats.limit_hits++;
     return;
   }
