@@ -180,6 +180,8 @@ struct asvc {
   uint64_t wait_since_ms;        /* for a path big enough for sessions */
   struct path path;
   struct p2p_client *pc;
+  struct punch_auth last_auth;   /* of the last punch: its checks from the */
+  uint64_t last_auth_ms;         /* connector are answered a while after */
   struct sockaddr_storage peer;  /* the address the last punch found */
   uint64_t punch_ms;
   uint64_t sessions, e2e_ups;
@@ -734,6 +736,24 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
   }
 }
 
+/* Access to a service a's connection carries was revoked (which one, the
+ * intermediate does not say): each of them registers again, and only
+ * those the intermediate still accepts connect (or ride) again. */
+static void reregister_carried(struct asvc *a)
+{
+  struct actx *x = a->x;
+  uint64_t now = uv_now(x->loop);
+
+  log_info("%s: registering the services of its connection again",
+           svc_id(a));
+  for (size_t i = 0; i < x->cfg.nservices; i++)
+    if (&x->svcs[i] == a ||
+        (x->svcs[i].e == E_SHARED && x->svcs[i].host == a)) {
+      uplink_register_again(x->up, i);
+      x->svcs[i].rereg_at_ms = now + OPEN_REFUSED_MS;
+    }
+}
+
 static void on_session_closed(struct actx *x, const uint8_t *d, size_t n)
 {
   uint64_t sid;
@@ -749,18 +769,9 @@ static void on_session_closed(struct actx *x, const uint8_t *d, size_t n)
     return;
   a->sid = 0;
   if (reason == WIRE_SESSION_REVOKED) {
-    /* For a service this connection carries (which one, the intermediate
-     * does not say): each of them registers again, and only those the
-     * intermediate still accepts connect (or ride) again. */
-    uint64_t now = uv_now(x->loop);
     log_warnx("%s: the intermediate revoked our access to a service on "
-              "this connection; registering its services again", svc_id(a));
-    for (size_t i = 0; i < x->cfg.nservices; i++)
-      if (&x->svcs[i] == a ||
-          (x->svcs[i].e == E_SHARED && x->svcs[i].host == a)) {
-        uplink_register_again(x->up, i);
-        x->svcs[i].rereg_at_ms = now + OPEN_REFUSED_MS;
-      }
+              "this connection", svc_id(a));
+    reregister_carried(a);
     if (a->ec)
       quic_conn_close(a->ec, 2, "access revoked");
     return;
@@ -894,6 +905,14 @@ static void detach_riders(struct asvc *h, const char *why)
       detach(&x->svcs[i], why);
 }
 
+/* A connection others may ride on: not one whose relay session the
+ * intermediate refused (a connector of the original kind took its
+ * service there), unless it runs directly. */
+static int host_usable(const struct asvc *h)
+{
+  return !h->refused_raw || h->path.state == PATH_DIRECT;
+}
+
 /* An up connection whose connector said it serves s for us, and whose
  * certificate grants s (what the connector says proves nothing by
  * itself). */
@@ -902,6 +921,7 @@ static struct asvc *find_host(struct actx *x, const struct asvc *s)
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *h = &x->svcs[i];
     if (h != s && h->e == E_UP && h->has_serves && h->serves[s->idx] &&
+        host_usable(h) &&
         policy_cert_grants(&h->peer_id, POLICY_CONNECTOR,
                            (const uint8_t *)svc_id(s), strlen(svc_id(s))))
       return h;
@@ -922,6 +942,8 @@ static void share(struct actx *x)
     if (s->e == E_SHARED) {
       if (s->host->e != E_UP || !s->host->serves[i])
         detach(s, "it no longer carries this service");
+      else if (!host_usable(s->host))
+        detach(s, "it has no relay session");
       else if (!ok)
         detach(s, "our registration for the service is not accepted");
       continue;
@@ -1041,6 +1063,11 @@ static void on_e2e_close(struct quic_conn *c, const struct quic_close_info *i,
   log_info("%s: end-to-end connection %s: %s", svc_id(a),
            a->e == E_UP ? "closed" : "failed",
            i->reason[0] ? i->reason : ztna_strerror(i->err));
+  /* The connector closes a connection whose access was revoked (code 2)
+   * also when the intermediate's word reaches it first, or only it: the
+   * services it carried ask the intermediate again. */
+  if (!i->local && i->app && i->code == 2 && !x->stopping)
+    reregister_carried(a);
   a->e = E_NONE;
   path_lost(&a->path);
   if (a->pc) {
@@ -1156,6 +1183,10 @@ static void on_punch_done(struct p2p_client *pc, void *ud)
 
   a->pc = NULL;
   a->punch_ms = pc->end_ms - pc->offer_ms;
+  /* The connector's own checks may still be on their way: they are
+   * answered (tagged) for a while, as the punch itself would have. */
+  a->last_auth = pc->auth;
+  a->last_auth_ms = now;
   snprintf(why, sizeof(why), "%s", pc->why);
   if (pc->success)
     a->peer = pc->punch.pairs[pc->punch.winner].remote;
@@ -1316,7 +1347,17 @@ static void on_raw_packet(struct quic_endpoint *ep, const uint8_t *d,
   }
   for (size_t i = 0; i < x->cfg.nservices; i++)
     if (x->svcs[i].pc && p2p_client_packet(x->svcs[i].pc, &c, from))
-      break;
+      return;
+  if (c.auth && c.kind == WIRE_CTL_BIND_REQ)
+    for (size_t i = 0; i < x->cfg.nservices; i++) {
+      struct asvc *a = &x->svcs[i];
+      struct punch_io io = { send_raw, x, NULL };
+      if (a->last_auth.on && a->last_auth.session == c.session &&
+          now - a->last_auth_ms < P2P_SESSION_MS) {
+        punch_answer(&io, &c, from, &a->last_auth);
+        return;
+      }
+    }
 }
 
 static void on_signal(struct uplink *u, const struct wire_sig *m, void *ud)

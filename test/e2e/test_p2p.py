@@ -89,6 +89,10 @@ def test_easy_x_easy_is_direct(world):
     wait_for(lambda: world.path() == "direct", what="agent direct")
     assert agent_punches(world, "success") >= 1
     assert_authenticated_punch(world)
+    # The connector's own (tagged) checks of the agent's punch got answers
+    # too, also those that arrived after the agent's side was done.
+    wait_for(lambda: connector_punches(world, "success") >= RUNS + 1,
+             what="the connector's checks of the agent's punch answered")
 
 
 @pytest.mark.parametrize("world", [("open", "open"), ("open", "easy"),
