@@ -652,6 +652,16 @@ static void use_session(struct asvc *a)
   a->e = E_CONNECTING;
 }
 
+/* Tells the intermediate we are done with relay session sid. */
+static void send_closed(struct actx *x, uint64_t sid)
+{
+  uint8_t msg[WIRE_SESSION_CLOSED_LEN];
+  struct iovec v = { msg, sizeof(msg) };
+
+  if (wire_session_closed_encode(msg, sizeof(msg), sid, 0) > 0)
+    uplink_send(x->up, &v, 1);
+}
+
 static void on_opened(struct actx *x, const uint8_t *d, size_t n)
 {
   uint32_t req;
@@ -671,12 +681,8 @@ static void on_opened(struct actx *x, const uint8_t *d, size_t n)
     /* An answer we repeated our request for, or no longer need (the
      * service rides on another connection now): a session nobody uses
      * goes back. */
-    if (status == WIRE_SESSION_OK && !by_session(x, sid)) {
-      uint8_t msg[WIRE_SESSION_CLOSED_LEN];
-      struct iovec v = { msg, sizeof(msg) };
-      wire_session_closed_encode(msg, sizeof(msg), sid, 0);
-      uplink_send(x->up, &v, 1);
-    }
+    if (status == WIRE_SESSION_OK && !by_session(x, sid))
+      send_closed(x, sid);
     return;
   }
   a->opening = 0;
@@ -876,13 +882,9 @@ static void on_e2e_handshake(struct quic_conn *c, void *ud)
 /* Tells the intermediate we are done with a's relay session. */
 static void end_session(struct asvc *a)
 {
-  uint8_t msg[WIRE_SESSION_CLOSED_LEN];
-  struct iovec v = { msg, sizeof(msg) };
-
   if (!a->sid)
     return;
-  wire_session_closed_encode(msg, sizeof(msg), a->sid, 0);
-  uplink_send(a->x->up, &v, 1);
+  send_closed(a->x, a->sid);
   a->sid = 0;
 }
 

@@ -267,8 +267,7 @@ int wire_punch_bind_encode(uint8_t *buf, size_t cap, uint64_t session)
   if (cap < WIRE_PUNCH_BIND_LEN)
     return ZTNA_ERR_TOO_LARGE;
   buf[0] = WIRE_PUNCH_BIND;
-  for (int i = 0; i < 8; i++)
-    buf[1 + i] = (uint8_t)(session >> (56 - 8 * i));
+  put_u64(buf + 1, session);
   return WIRE_PUNCH_BIND_LEN;
 }
 

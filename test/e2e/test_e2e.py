@@ -21,23 +21,25 @@ RECORD = "/tmp/ztna-e2e-record-%d.bin" % os.getpid()
 POLICY = "/tmp/ztna-e2e-policy-%d.json" % os.getpid()
 
 
-def write_policy(web):
-    """Every service open to every agent, but web to the agents listed."""
-    svcs = {k: {"allow": ["*"]} for k in SERVICES}
-    svcs["web"] = {"allow": web}
-    with open(POLICY, "w") as f:
-        json.dump({"services": svcs}, f)
-
-
 CPOLICY = "/tmp/ztna-e2e-cpolicy-%d.json" % os.getpid()
 
 
-def write_conn_policy(redis):
-    """The connector's own copy: everything open, redis to those listed."""
+def policy_file(path, service, allow):
+    """Every service open to every agent, but service to those listed."""
     svcs = {k: {"allow": ["*"]} for k in SERVICES}
-    svcs["redis"] = {"allow": redis}
-    with open(CPOLICY, "w") as f:
+    svcs[service] = {"allow": allow}
+    with open(path, "w") as f:
         json.dump({"services": svcs}, f)
+
+
+def write_policy(web):
+    """The intermediate's: web to the agents listed."""
+    policy_file(POLICY, "web", web)
+
+
+def write_conn_policy(redis):
+    """The connector's own copy: redis to the agents listed."""
+    policy_file(CPOLICY, "redis", redis)
 
 
 write_policy(["*"])
