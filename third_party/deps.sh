@@ -61,8 +61,10 @@ if [ "${1:-}" = --print-archive ]; then
 fi
 apt_dir=$cache/apt-$suite
 mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$cache/src"
+# deb-src for the sources; deb for nghttp3, whose source package the
+# archive does not serve (its binary -dev package ships a static library).
 cat > "$apt_dir/parts/ztna-src.sources" <<SRC
-Types: deb-src
+Types: deb deb-src
 URIs: $uri
 Suites: $suite
 Components: main
@@ -71,7 +73,9 @@ SRC
 apt_opts=(-o Dir::Etc::SourceList=/dev/null
           -o Dir::Etc::SourceParts="$apt_dir/parts"
           -o Dir::State::Lists="$apt_dir/lists"
+          -o Dir::Cache="$apt_dir/cache" -o Dir::State::status=/dev/null
           -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+mkdir -p "$apt_dir/cache/archives/partial"
 
 src_version() { # pkg -> version in the suite (updates the lists when needed)
   local v
@@ -80,8 +84,14 @@ src_version() { # pkg -> version in the suite (updates the lists when needed)
   printf '%s' "$v"
 }
 
+bin_version() { # pkg -> version of the binary package in the suite
+  apt-cache "${apt_opts[@]}" show "$1" 2>/dev/null \
+    | awk '/^Version:/ {print $2}' | sort -V | tail -1
+}
+
 ensure_lists() {
-  if [ -z "$(src_version wolfssl)" ] || [ -n "${ZTNA_REFRESH:-}" ]; then
+  if [ -z "$(src_version wolfssl)" ] || [ -z "$(bin_version libnghttp3-dev)" ] \
+     || [ -n "${ZTNA_REFRESH:-}" ]; then
     step "updating the private source list ($suite)"
     apt-get "${apt_opts[@]}" update -qq >&2 \
       || die "cannot reach the Debian archive at $uri for $suite sources"
@@ -133,11 +143,12 @@ fetch() { # pkg -> prints the unpacked source dir
 # A stamp over the versions and this recipe: any change rebuilds.
 ensure_lists
 wolf_ver=$(src_version wolfssl); ng_ver=$(src_version ngtcp2)
-lwip_ver=$(src_version lwip)
+lwip_ver=$(src_version lwip); h3_ver=$(bin_version libnghttp3-dev)
 [ -n "$wolf_ver" ] && [ -n "$ng_ver" ] && [ -n "$lwip_ver" ] \
-  || die "could not resolve wolfssl/ngtcp2/lwip versions in $suite"
+  && [ -n "$h3_ver" ] \
+  || die "could not resolve wolfssl/ngtcp2/lwip/libnghttp3-dev versions in $suite"
 sum=$(cat "$0" | sha256sum | cut -c1-12)
-prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$sum
+prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$h3_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
   # make runs this when the recipe or the package list is newer than the
   # build (a fresh clone, an edit): mark the build current so it does not
@@ -220,6 +231,25 @@ PKG_CONFIG_PATH=$pfx/lib/pkgconfig cmake -S "$ng_src" -B "$pfx/b-ngtcp2" \
   && cmake --install "$pfx/b-ngtcp2" >>"$pfx/ngtcp2.log" 2>&1 \
   || { tail -30 "$pfx/ngtcp2.log" >&2; die "ngtcp2 build failed (log: $pfx/ngtcp2.log)"; }
 
+# nghttp3 (the HTTP/3 API): the static library and headers of trixie's
+# libnghttp3-dev, which need nothing but libc. apt checks the .deb against
+# the signed Packages index.
+step "fetching libnghttp3-dev $h3_ver (binary package, static library)"
+rm -rf "$pfx/dl-h3"; mkdir -p "$pfx/dl-h3"
+(cd "$pfx/dl-h3" && apt-get "${apt_opts[@]}" download \
+   "libnghttp3-dev=$h3_ver" >&2) \
+  || die "libnghttp3-dev $h3_ver could not be downloaded from $uri"
+dpkg-deb -x "$pfx"/dl-h3/libnghttp3-dev_*.deb "$pfx/dl-h3/x" \
+  || die "libnghttp3-dev: cannot unpack the .deb"
+h3_a=$(ls "$pfx"/dl-h3/x/usr/lib/*/libnghttp3.a 2>/dev/null | head -1)
+[ -n "$h3_a" ] && [ -f "$pfx/dl-h3/x/usr/include/nghttp3/nghttp3.h" ] \
+  || die "libnghttp3-dev $h3_ver has no static library or header"
+cp "$h3_a" "$pfx/lib/"
+cp -r "$pfx/dl-h3/x/usr/include/nghttp3" "$pfx/include/"
+sed -e "s|^prefix=.*|prefix=$prefix|" -e 's|^libdir=.*|libdir=${prefix}/lib|' \
+  "$(dirname "$h3_a")/pkgconfig/libnghttp3.pc" >"$pfx/lib/pkgconfig/libnghttp3.pc"
+rm -rf "$pfx/dl-h3"
+
 step "unpacking lwIP $lwip_ver for the project's lwipopts.h"
 cp -a "$lwip_src/src" "$pfx/lwip"
 
@@ -228,6 +258,7 @@ cat > "$pfx/VERSIONS" <<V
 wolfssl $wolf_ver
 ngtcp2 $ng_ver
 lwip $lwip_ver
+nghttp3 $h3_ver
 V
 touch "$pfx/.ztna-built"
 rm -rf "$prefix"; mv "$pfx" "$prefix"
