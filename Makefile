@@ -33,17 +33,18 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(WERROR) \
 # Found by the linker when it runs, after deps.sh installed libuv1-dev (a
 # path looked up while make parses this file is empty on a fresh machine).
 LIBUV_A := -l:libuv_a.a
-DEP_LIBS := $(DEPS)/lib/libngtcp2_crypto_wolfssl.a $(DEPS)/lib/libngtcp2.a \
+DEP_LIBS := $(DEPS)/lib/libnghttp3.a \
+            $(DEPS)/lib/libngtcp2_crypto_wolfssl.a $(DEPS)/lib/libngtcp2.a \
             $(DEPS)/lib/libwolfssl.a
 SYS_LIBS := -lm -lpthread -ldl
 ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow
+COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow h3 api
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
-APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o)
+APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o) $(BUILD)/applets/status.o
 
 LWIP_FILES := core/init.c core/def.c core/inet_chksum.c core/ip.c core/mem.c \
   core/memp.c core/netif.c core/pbuf.c core/tcp.c core/tcp_in.c \

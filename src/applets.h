@@ -16,6 +16,9 @@
  * on stderr; returns 1, the exit status of a usage error. */
 int applet_usage_error(const char *applet, const char *fmt, const char *arg);
 
+/* diag's status and api commands (status.c); api: 1 for diag api. */
+int diag_status_main(int argc, char **argv, int api);
+
 #define APPLET(name, desc) int name##_main(int argc, char **argv);
 ZTNA_APPLETS
 #undef APPLET

@@ -14,6 +14,7 @@
 #include <uv.h>
 #include <wolfssl/options.h>
 #include <wolfssl/version.h>
+#include <nghttp3/nghttp3.h>
 
 #include "applets.h"
 #include "version.h"
@@ -52,6 +53,7 @@ static void version(void)
   printf("wolfSSL %s\n", LIBWOLFSSL_VERSION_STRING);
   printf("libuv %s\n", uv_version_string());
   printf("lwIP %s\n", LWIP_VERSION_STRING);
+  printf("nghttp3 %s\n", nghttp3_version(0)->version_str);
 }
 
 /* Creates DIR/<applet> -> ztna for every applet, for minimal containers. */

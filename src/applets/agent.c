@@ -50,6 +50,8 @@
 #include "quic.h"
 #include "tls.h"
 #include "tun.h"
+#include "../version.h"
+#include "api.h"
 #include "tunguard.h"
 #include "uplink.h"
 #include "wire.h"
@@ -1522,6 +1524,96 @@ static int ready(void *ud, char *why, size_t cap)
   return 1;
 }
 
+/* --- status (docs/api.md): local listener only -------------------------- */
+
+static void api_status(void *ud, struct jw *w)
+{
+  struct actx *x = ud;
+  struct quic_conn *uc = uplink_conn(x->up);
+  char a[64];
+
+  jw_str(w, "role", "agent");
+  jw_str(w, "version", ZTNA_VERSION);
+  jw_str(w, "tun", x->tun_name);
+  jw_u64(w, "mtu", (uint64_t)x->mtu);
+  jw_obj(w, "intermediate");
+  jw_str(w, "address", netaddr_str(
+                           (const struct sockaddr *)uplink_server(x->up), a,
+                           sizeof(a)));
+  jw_bool(w, "connected", uplink_is_up(x->up));
+  if (uc && uplink_is_up(x->up))
+    jw_fixed(w, "rtt_ms", quic_conn_rtt_us(uc), 3);
+  if (x->has_observed)
+    jw_str(w, "public_address", netaddr_str(
+                                    (struct sockaddr *)&x->observed, a,
+                                    sizeof(a)));
+  jw_end(w);
+  jw_bool(w, "direct_paths", !x->no_direct);
+  jw_arr(w, "services");
+  for (size_t i = 0; i < x->cfg.nservices; i++) {
+    struct asvc *own = &x->svcs[i];
+    const struct asvc *c = carrier(own);
+    const struct vip *v = NULL;
+    char ip[64];
+    jw_obj(w, NULL);
+    jw_str(w, "id", x->cfg.services[i].id);
+    for (size_t k = 0; k < x->nvips; k++)
+      if (x->vips[k].svc == i)
+        v = &x->vips[k];
+    if (v && inet_ntop(v->family, v->addr, ip, sizeof(ip)))
+      jw_str(w, "virtual_ip", ip);
+    jw_str(w, "connection", estate_names[own->e]);
+    if (own->e == E_SHARED && own->host)
+      jw_str(w, "carried_by", x->cfg.services[own->host->idx].id);
+    jw_str(w, "path", c->e == E_LEGACY ? "relay (raw IP)"
+                      : c->e == E_UP ? path_state_name(c->path.state)
+                                     : "-");
+    if (c->e == E_UP && c->ec) {
+      struct quic_conn_info qi;
+      quic_conn_get_info(c->ec, &qi);
+      jw_str(w, "connector", c->peer_id.cn);
+      jw_fixed(w, "rtt_ms", qi.rtt_us, 3);
+      jw_u64(w, "rx_bytes", qi.rx_bytes);
+      jw_u64(w, "tx_bytes", qi.tx_bytes);
+      if (c->path.state == PATH_DIRECT)
+        jw_str(w, "direct_address", netaddr_str(
+                                        (const struct sockaddr *)&c->peer, a,
+                                        sizeof(a)));
+    }
+    jw_u64(w, "punches_ok", own->path.punches_ok);
+    jw_u64(w, "punches_failed", own->path.punches_failed);
+    if (own->path.punches_failed)
+      jw_str(w, "last_punch_failure", path_fail_name(own->path.last_fail));
+    jw_u64(w, "fallbacks", own->path.fallbacks);
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_obj(w, "traffic");
+  jw_u64(w, "tx_packets", x->tx_packets);
+  jw_u64(w, "rx_packets", x->rx_packets);
+  jw_u64(w, "direct_tx", x->direct_tx);
+  jw_u64(w, "direct_rx", x->direct_rx);
+  jw_end(w);
+}
+
+static char *api_metrics(void *ud, size_t *len)
+{
+  struct actx *x = ud;
+  return metrics_render(x->m, len);
+}
+
+static const struct api_ops api_ops = {
+  .status = api_status,
+  .metrics = api_metrics,
+};
+
+static void api_local(void *ud, const char *method, const char *path,
+                      struct h3_response *rs)
+{
+  struct api_request rq = { .method = method, .path = path, .local = 1 };
+  api_handle(&api_ops, ud, &rq, rs);
+}
+
 static void metrics_init(struct actx *x)
 {
   char labels[64];
@@ -1987,6 +2079,7 @@ int agent_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
+  metrics_set_api(x.m, api_local, &x);
   if (x.cfg.metrics_port &&
       metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind,
                           x.cfg.metrics_port,

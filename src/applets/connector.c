@@ -32,6 +32,8 @@
 #include <uv.h>
 
 #include "../applets.h"
+#include "../version.h"
+#include "api.h"
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
@@ -42,6 +44,7 @@
 #include "netaddr.h"
 #include "netstack.h"
 #include "p2p.h"
+#include "pki.h"
 #include "policy.h"
 #include "punch.h"
 #include "quic.h"
@@ -221,6 +224,8 @@ struct cctx {
   struct metric *mx_punch_ok, *mx_punch_fail, *mx_punch_active,
       *mx_punch_bound, *mx_punch_rejected;
   uint8_t buf[65536];
+  /* SHA-256 of the files in use: what a reload reports as changed. */
+  uint8_t sums[4][32];
 };
 
 
@@ -930,6 +935,19 @@ static void send_services(struct dconn *dc)
     quic_conn_send_datagram(dc->qc, msg, (size_t)k);
 }
 
+static const struct api_ops api_ops;
+
+static void dconn_unlink(struct cctx *x, struct dconn *dc)
+{
+  if (dc->prev)
+    dc->prev->next = dc->next;
+  else
+    x->dconns = dc->next;
+  if (dc->next)
+    dc->next->prev = dc->prev;
+  x->ndconns--;
+}
+
 static void on_direct_handshake(struct quic_conn *c, void *ud)
 {
   struct dconn *dc = ud;
@@ -937,6 +955,16 @@ static void on_direct_handshake(struct quic_conn *c, void *ud)
   struct tls_identity id;
   char a[64];
   size_t ngrants = 0;
+
+  if (quic_conn_is_h3(c)) {
+    /* The status and admin API (docs/api.md): not an agent, it carries
+     * and signals nothing. */
+    quic_conn_set_cbs(c, NULL, NULL);
+    dconn_unlink(x, dc);
+    free(dc);
+    api_attach(c, &api_ops, x);
+    return;
+  }
 
   memset(&id, 0, sizeof(id));
   quic_conn_peer_identity(c, &id);
@@ -996,13 +1024,7 @@ static void on_direct_close(struct quic_conn *c,
     log_info("%s: closed (%s%s)", dc->name,
              i->local ? "" : "by the agent: ",
              i->reason[0] ? i->reason : "no reason");
-  if (dc->prev)
-    dc->prev->next = dc->next;
-  else
-    x->dconns = dc->next;
-  if (dc->next)
-    dc->next->prev = dc->prev;
-  x->ndconns--;
+  dconn_unlink(x, dc);
   free(dc->id);
   free(dc);
 }
@@ -1398,10 +1420,10 @@ static void on_terminate(void *ud, int signum)
 
 /* server: the context for direct connections from agents (our
  * certificate is valid for ztna-connector; theirs must chain to the CA). */
-static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
+static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server,
+                         char *err, size_t errlen)
 {
   struct tls_config tc;
-  char err[512];
   int rv;
 
   tls_config_init(&tc);
@@ -1411,9 +1433,9 @@ static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
   tc.verify_peer = x->cfg.verify_peer;
   if (!server)
     tc.verify_name = ID_SERVER_NAME;
-  else
-    tc.alpn = TLS_ALPN_E2E; /* agents' end-to-end connections */
-  rv = tls_ctx_new(out, server, &tc, err, sizeof(err));
+  else /* agents' end-to-end connections; the API (docs/api.md) */
+    tc.alpn = TLS_ALPN_E2E "," TLS_ALPN_H3;
+  rv = tls_ctx_new(out, server, &tc, err, errlen);
   if (rv < 0)
     log_warnx("%s", err);
   return rv;
@@ -1421,7 +1443,8 @@ static int make_tls_role(struct cctx *x, struct tls_ctx **out, int server)
 
 static int make_tls(struct cctx *x, struct tls_ctx **out)
 {
-  return make_tls_role(x, out, 0);
+  char err[512];
+  return make_tls_role(x, out, 0, err, sizeof(err));
 }
 
 /* Takes a new policy: agents lose what it no longer grants at once (their
@@ -1471,43 +1494,60 @@ static void policy_warn(const char *msg)
 
 /* The policy file named in the configuration, or NULL when there is none.
  * Returns 0 or -1 (logged). */
-static int load_policy(struct cctx *x, struct cfg_policy **out)
+static int load_policy(struct cctx *x, struct cfg_policy **out, char *err,
+                       size_t errlen)
 {
-  char err[512];
-
   *out = NULL;
   if (!x->cfg.policy_path[0])
     return 0;
-  if (policy_load(x->cfg.policy_path, out, err, sizeof(err),
-                  policy_warn) < 0) {
+  if (policy_load(x->cfg.policy_path, out, err, errlen, policy_warn) < 0) {
     log_warnx("policy: %s", err);
     return -1;
   }
   return 0;
 }
 
-static void on_hup(void *ud)
+static void file_sums(struct cctx *x, uint8_t sums[4][32])
 {
-  struct cctx *x = ud;
+  const char *files[4] = { x->cert, x->key, x->cfg.ca_cert,
+                           x->cfg.policy_path };
+  for (int i = 0; i < 4; i++)
+    if (!files[i] || !files[i][0] || pki_file_sha256(files[i], sums[i]) < 0)
+      memset(sums[i], 0, 32);
+}
+
+/* SIGHUP and POST /v1/reload: the policy and both certificate contexts,
+ * all or none. With w, what changed is written into it. */
+static int reload(struct cctx *x, struct jw *w, char *err, size_t errlen)
+{
+  static const char *const names[4] = { "certificate", "key", "ca",
+                                        "policy" };
   struct tls_ctx *tls, *srv;
   struct cfg_policy *pol;
+  uint8_t sums[4][32];
 
-  if (x->stopping)
-    return;
-  if (load_policy(x, &pol) < 0) {
+  if (x->stopping) {
+    snprintf(err, errlen, "shutting down");
+    return -1;
+  }
+  if (load_policy(x, &pol, err, errlen) < 0) {
     log_warnx("reload failed: keeping the certificates and policy in use");
-    return;
+    return -1;
+  }
+  if (make_tls_role(x, &tls, 0, err, errlen) < 0) {
+    cfg_policy_free(pol);
+    free(pol);
+    log_warnx("reload failed: keeping the certificates and policy in use");
+    return -1;
+  }
+  if (make_tls_role(x, &srv, 1, err, errlen) < 0) {
+    tls_ctx_unref(tls);
+    cfg_policy_free(pol);
+    free(pol);
+    log_warnx("reload failed: keeping the certificates and policy in use");
+    return -1;
   }
   set_policy(x, pol);
-  if (make_tls(x, &tls) < 0) {
-    log_warnx("reload failed: keeping the certificates in use");
-    return;
-  }
-  if (make_tls_role(x, &srv, 1) < 0) {
-    tls_ctx_unref(tls);
-    log_warnx("reload failed: keeping the certificates in use");
-    return;
-  }
   for (size_t i = 0; i < x->nsvcs; i++)
     uplink_set_tls(x->svcs[i].up, tls);
   tls_ctx_unref(x->tls);
@@ -1515,7 +1555,205 @@ static void on_hup(void *ud)
   quic_endpoint_set_server_tls(x->ep, srv);
   tls_ctx_unref(x->srv_tls);
   x->srv_tls = srv;
-  log_info("reloaded certificates");
+  file_sums(x, sums);
+  log_info("reloaded certificates%s", pol ? " and policy" : "");
+  if (w) {
+    jw_bool(w, "reloaded", 1);
+    jw_arr(w, "changed");
+    for (int i = 0; i < 4; i++)
+      if (memcmp(sums[i], x->sums[i], 32))
+        jw_str(w, NULL, names[i]);
+    jw_end(w);
+  }
+  memcpy(x->sums, sums, sizeof(sums));
+  return 0;
+}
+
+static void on_hup(void *ud)
+{
+  char err[512];
+  reload(ud, NULL, err, sizeof(err));
+}
+
+/* --- status and admin API (docs/api.md) ------------------------------------- */
+
+static void hex32(char *out, const uint8_t *b)
+{
+  for (int i = 0; i < 32; i++)
+    snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+static void write_agent(struct cctx *x, struct dconn *dc, struct jw *w)
+{
+  struct quic_conn_info qi;
+  char a[64], fp[65];
+  uint64_t sid;
+
+  quic_conn_get_info(dc->qc, &qi);
+  hex32(fp, dc->cert_fp);
+  jw_obj(w, NULL);
+  jw_str(w, "identity", dc->id ? dc->id->cn : "");
+  if (dc->id && dc->id->ou[0])
+    jw_str(w, "group", dc->id->ou);
+  jw_str(w, "fingerprint", fp);
+  if (quic_addr_virtual(quic_conn_peer(dc->qc), &sid)) {
+    jw_str(w, "path", "relay");
+    jw_u64(w, "relay_session", sid);
+  } else {
+    jw_str(w, "path", "direct");
+    jw_str(w, "address", netaddr_str(quic_conn_peer(dc->qc), a, sizeof(a)));
+  }
+  jw_fixed(w, "rtt_ms", qi.rtt_us, 3);
+  jw_u64(w, "rx_bytes", qi.rx_bytes);
+  jw_u64(w, "tx_bytes", qi.tx_bytes);
+  jw_u64(w, "connected_s", qi.age_ms / 1000);
+  jw_arr(w, "services");
+  for (size_t i = 0; i < x->nsvcs; i++)
+    if (dc->grants[i])
+      jw_str(w, NULL, x->svcs[i].cfg->id);
+  jw_end(w);
+  jw_end(w);
+}
+
+static size_t api_peers(void *ud, const char *who, struct jw *w)
+{
+  struct cctx *x = ud;
+  size_t n = 0;
+
+  for (struct dconn *dc = x->dconns; dc; dc = dc->next) {
+    if (!dc->up || !dc->id ||
+        (who && !api_peer_matches(who, dc->id->cn, dc->cert_fp)))
+      continue;
+    write_agent(x, dc, w);
+    n++;
+  }
+  return n;
+}
+
+static void limit(struct jw *w, const char *name, uint64_t max, uint64_t used)
+{
+  jw_obj(w, name);
+  jw_u64(w, "max", max);
+  jw_u64(w, "used", used);
+  jw_end(w);
+}
+
+static void api_status(void *ud, struct jw *w)
+{
+  static const char *const reg[] = { "registering", "registered", "refused",
+                                     "invalid", "no answer" };
+  static const char *const proto[] = { "udp", "tcp", "udp+tcp" };
+  struct cctx *x = ud;
+  const struct netstack_stats *ts = netstack_stats(x->ns);
+  struct sockaddr_storage ss;
+  size_t direct = 0;
+  char a[64];
+
+  jw_str(w, "role", "connector");
+  jw_str(w, "version", ZTNA_VERSION);
+  jw_u64(w, "uptime_s", (uv_now(x->loop) - x->started_ms) / 1000);
+  jw_bool(w, "draining", x->stopping);
+  jw_arr(w, "listening");
+  if (quic_endpoint_local_addr(x->ep, &ss) == 0) {
+    jw_obj(w, NULL);
+    jw_str(w, "address", netaddr_str((struct sockaddr *)&ss, a, sizeof(a)));
+    jw_str(w, "transport", "udp");
+    jw_str(w, "alpn", TLS_ALPN "," TLS_ALPN_E2E "," TLS_ALPN_H3);
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_arr(w, "services");
+  for (size_t i = 0; i < x->nsvcs; i++) {
+    struct csvc *s = &x->svcs[i];
+    int up = uplink_is_up(s->up);
+    enum uplink_reg r = up ? uplink_reg_state(s->up, 0) : UPLINK_REG_PENDING;
+    size_t agents = 0;
+    jw_obj(w, NULL);
+    jw_str(w, "id", s->cfg->id);
+    jw_str(w, "backend", s->cfg->backend);
+    if (s->cfg->protocol >= 0 && s->cfg->protocol < 3)
+      jw_str(w, "protocol", proto[s->cfg->protocol]);
+    jw_str(w, "intermediate", netaddr_str(
+                                  (const struct sockaddr *)uplink_server(s->up),
+                                  a, sizeof(a)));
+    jw_str(w, "registration", up ? reg[r] : "not connected");
+    if (s->has_observed)
+      jw_str(w, "public_address", netaddr_str(
+                                      (struct sockaddr *)&s->observed, a,
+                                      sizeof(a)));
+    for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+      agents += dc->up && dc->grants[i];
+    jw_u64(w, "agents", agents);
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_arr(w, "agents");
+  api_peers(x, NULL, w);
+  jw_end(w);
+  for (struct dconn *dc = x->dconns; dc; dc = dc->next)
+    direct += dc->up && !quic_addr_virtual(quic_conn_peer(dc->qc), NULL);
+  jw_obj(w, "paths");
+  jw_u64(w, "direct", direct);
+  jw_u64(w, "relay", x->ndconns - direct);
+  jw_u64(w, "direct_total", x->direct_total);
+  jw_u64(w, "direct_lost", x->direct_lost);
+  jw_end(w);
+  jw_obj(w, "limits");
+  limit(w, "agent_connections", MAX_DIRECT, x->ndconns);
+  limit(w, "udp_flows", MAX_UDP_FLOWS, udpflows_count(x->udp));
+  limit(w, "tcp_sessions", MAX_TCP_SESSIONS, ts->sessions_active);
+  limit(w, "agents", MAX_AGENT_IDS, x->nids);
+  jw_end(w);
+}
+
+static size_t api_disconnect(void *ud, const char *who, const char *reason)
+{
+  struct cctx *x = ud;
+  size_t n = 0;
+
+  for (struct dconn *dc = x->dconns, *next; dc; dc = next) {
+    next = dc->next; /* closing frees dc */
+    if (!dc->up || !dc->id || !api_peer_matches(who, dc->id->cn, dc->cert_fp))
+      continue;
+    log_info("%s: disconnected by an administrator: %s", dc->name, reason);
+    quic_conn_close(dc->qc, WIRE_CLOSE_ADMIN, reason);
+    n++;
+  }
+  return n;
+}
+
+static int api_reload(void *ud, struct jw *w, char *err, size_t errlen)
+{
+  return reload(ud, w, err, errlen);
+}
+
+static char *api_metrics(void *ud, size_t *len)
+{
+  struct cctx *x = ud;
+  return metrics_render(x->m, len);
+}
+
+static int api_authorize(void *ud, const struct tls_identity *id, char *why,
+                         size_t cap)
+{
+  struct cctx *x = ud;
+  return policy_admin_allowed(x->policy, id, why, cap);
+}
+
+static const struct api_ops api_ops = {
+  .authorize = api_authorize,
+  .status = api_status,
+  .peers = api_peers,
+  .disconnect = api_disconnect,
+  .reload = api_reload,
+  .metrics = api_metrics,
+};
+
+static void api_local(void *ud, const char *method, const char *path,
+                      struct h3_response *rs)
+{
+  struct api_request rq = { .method = method, .path = path, .local = 1 };
+  api_handle(&api_ops, ud, &rq, rs);
 }
 
 /* --- main ---------------------------------------------------------------------------- */
@@ -1727,10 +1965,12 @@ int connector_main(int argc, char **argv)
     if (resolve_backend(&x.svcs[i]) < 0)
       return 1;
   }
-  if (load_policy(&x, &x.policy) < 0)
+  if (load_policy(&x, &x.policy, err, sizeof(err)) < 0)
     return 1;
-  if (make_tls(&x, &x.tls) < 0 || make_tls_role(&x, &x.srv_tls, 1) < 0)
+  if (make_tls(&x, &x.tls) < 0 ||
+      make_tls_role(&x, &x.srv_tls, 1, err, sizeof(err)) < 0)
     return 1;
+  file_sums(&x, x.sums);
   {
     int literal;
     if (netaddr_resolve(x.cfg.server_host, x.cfg.server_port, &server_addr,
@@ -1784,6 +2024,7 @@ int connector_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
+  metrics_set_api(x.m, api_local, &x);
   for (size_t i = 0; i < x.nsvcs; i++) {
     struct uplink_config uc = { 0 };
     uc.ep = x.ep;

@@ -45,7 +45,10 @@
 #define LINGER_MS 1000
 
 static const char usage_text[] =
-    "Usage: ztna diag punch [--server HOST:PORT] [--diag-port N]\n"
+    "Usage: ztna diag status [OPTIONS]   a daemon's peers, services, paths\n"
+    "       ztna diag api [OPTIONS] METHOD PATH   one API request\n"
+    "       (ztna diag status --help for both)\n"
+    "       ztna diag punch [--server HOST:PORT] [--diag-port N]\n"
     "                       [--cert FILE --key FILE --ca FILE] [-c FILE]\n"
     "                       [--service ID] [--json] [-v]...\n"
     "\n"
@@ -897,12 +900,16 @@ int diag_main(int argc, char **argv)
 {
   if (argc > 1 && !strcmp(argv[1], "punch"))
     return punch_main(argc - 1, argv + 1);
+  if (argc > 1 && !strcmp(argv[1], "status"))
+    return diag_status_main(argc - 1, argv + 1, 0);
+  if (argc > 1 && !strcmp(argv[1], "api"))
+    return diag_status_main(argc - 1, argv + 1, 1);
   if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
     fputs(usage_text, stdout);
     return 0;
   }
   if (argc < 2)
-    return usage_error("%s", "which test? ('punch' is the one there is)");
-  return usage_error("unknown test '%s' ('punch' is the one there is)",
+    return usage_error("%s", "which one? punch, status or api");
+  return usage_error("unknown command '%s' (punch, status or api)",
                      argv[1]);
 }

@@ -23,6 +23,8 @@
 #include <uv.h>
 
 #include "../applets.h"
+#include "../version.h"
+#include "api.h"
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
@@ -105,6 +107,9 @@ struct ictx {
    * show what the relay is able to read. -1: off. */
   int record_fd;
   struct iconn *conns;
+  /* SHA-256 of the files in use: what a reload reports as changed. */
+  uint8_t sum_cert[32], sum_key[32], sum_ca[32], sum_policy[32];
+  uint64_t api_conns;
 };
 
 struct iconn {
@@ -205,12 +210,24 @@ static void send_qad(struct iconn *ic)
   }
 }
 
+static const struct api_ops api_ops;
+
 static void on_handshake(struct quic_conn *c, void *ud)
 {
   struct iconn *ic = ud;
   struct tls_identity id;
   char a[64];
 
+  if (quic_conn_is_h3(c)) {
+    /* The status and admin API: never a relay client, so it can
+     * register, relay and signal nothing. */
+    struct ictx *x = ic->x;
+    quic_conn_set_cbs(c, NULL, NULL);
+    free(ic);
+    x->api_conns++;
+    api_attach(c, &api_ops, x);
+    return;
+  }
   if (quic_conn_peer_identity(c, &id) < 0)
     memset(&id, 0, sizeof(id)); /* no client certificate: grants nothing */
   snprintf(ic->name, sizeof(ic->name), "%s (%s)",
@@ -502,24 +519,24 @@ static void warn_cb(const char *msg)
   log_warnx("%s", msg);
 }
 
-static int load_policy(struct ictx *x, struct cfg_policy **out)
+static int load_policy(struct ictx *x, struct cfg_policy **out, char *err,
+                       size_t errlen)
 {
-  char err[512];
   int rv;
 
   *out = NULL;
   if (!x->cfg.policy_path[0])
     return 0;
-  rv = policy_load(x->cfg.policy_path, out, err, sizeof(err), warn_cb);
+  rv = policy_load(x->cfg.policy_path, out, err, errlen, warn_cb);
   if (rv < 0)
     log_warnx("policy: %s", err);
   return rv;
 }
 
-static int load_tls(struct ictx *x, struct tls_ctx **out)
+static int load_tls(struct ictx *x, struct tls_ctx **out, char *err,
+                    size_t errlen)
 {
   struct tls_config tc;
-  char err[512];
   int rv;
 
   tls_config_init(&tc);
@@ -528,14 +545,17 @@ static int load_tls(struct ictx *x, struct tls_ctx **out)
   tc.ca_file = x->cfg.ca_cert_path[0] ? x->cfg.ca_cert_path : NULL;
   tc.verify_peer = x->cfg.verify_peer;
   tc.require_client_cert = x->cfg.require_client_cert;
+  /* The relay protocol, and the status and admin API (docs/api.md). */
+  tc.alpn = TLS_ALPN "," TLS_ALPN_H3;
   if (!tc.ca_file && (tc.verify_peer || tc.require_client_cert)) {
-    log_warnx("no CA file (ca_cert_path or --ca): client certificates "
-              "cannot be verified; set one, or set verify_peer and "
-              "require_client_cert to false to run without (every "
-              "registration is then denied)");
+    snprintf(err, errlen, "no CA file (ca_cert_path or --ca): client "
+             "certificates cannot be verified; set one, or set verify_peer "
+             "and require_client_cert to false to run without (every "
+             "registration is then denied)");
+    log_warnx("%s", err);
     return ZTNA_ERR_CONFIG;
   }
-  rv = tls_ctx_new(out, 1, &tc, err, sizeof(err));
+  rv = tls_ctx_new(out, 1, &tc, err, errlen);
   if (rv < 0)
     log_warnx("%s", err);
   return rv;
@@ -597,33 +617,306 @@ static void on_terminate(void *ud, int signum)
   daemon_drain_start(&x->drain, x->loop, eps, 2, drain_done, x);
 }
 
-static void on_hup(void *ud)
+/* The files' checksums now, into the four sums. */
+static void file_sums(struct ictx *x, uint8_t cert[32], uint8_t key[32],
+                      uint8_t ca[32], uint8_t pol[32])
 {
-  struct ictx *x = ud;
+  pki_file_sha256(x->cfg.cert_path, cert);
+  pki_file_sha256(x->cfg.key_path, key);
+  if (x->cfg.ca_cert_path[0])
+    pki_file_sha256(x->cfg.ca_cert_path, ca);
+  else
+    memset(ca, 0, 32);
+  if (x->cfg.policy_path[0])
+    pki_file_sha256(x->cfg.policy_path, pol);
+  else
+    memset(pol, 0, 32);
+}
+
+/* SIGHUP and POST /v1/reload: new certificates and policy, both or
+ * neither. With w, what changed is written into it. */
+static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
+{
   struct tls_ctx *tls;
   struct cfg_policy *p;
+  uint8_t cert[32], key[32], ca[32], pol[32];
+  size_t dropped;
 
-  if (x->draining)
-    return;
-  if (load_tls(x, &tls) < 0) {
+  if (x->draining) {
+    snprintf(err, errlen, "shutting down");
+    return -1;
+  }
+  if (load_tls(x, &tls, err, errlen) < 0) {
     metric_inc(x->mx_reload_failures);
     log_warnx("reload failed: keeping the certificates and policy in use");
-    return;
+    return -1;
   }
-  if (load_policy(x, &p) < 0) {
+  if (load_policy(x, &p, err, errlen) < 0) {
     tls_ctx_unref(tls); /* the certificates alone are not taken either */
     metric_inc(x->mx_reload_failures);
     log_warnx("reload failed: keeping the certificates and policy in use");
-    return;
+    return -1;
   }
+  file_sums(x, cert, key, ca, pol);
   quic_endpoint_set_server_tls(x->ep, tls);
   if (x->diag_ep)
     quic_endpoint_set_server_tls(x->diag_ep, tls);
   tls_ctx_unref(x->tls);
   x->tls = tls;
-  relay_set_policy(x->relay, p);
+  dropped = relay_set_policy(x->relay, p);
   metric_inc(x->mx_reloads);
-  log_info("reloaded certificates%s", p ? " and policy" : "");
+  log_info("reloaded certificates%s%s", p ? " and policy" : "",
+           dropped ? " (registrations the policy denies now: ended)" : "");
+  if (w) {
+    jw_bool(w, "reloaded", 1);
+    jw_arr(w, "changed");
+    if (memcmp(cert, x->sum_cert, 32))
+      jw_str(w, NULL, "certificate");
+    if (memcmp(key, x->sum_key, 32))
+      jw_str(w, NULL, "key");
+    if (memcmp(ca, x->sum_ca, 32))
+      jw_str(w, NULL, "ca");
+    if (memcmp(pol, x->sum_policy, 32))
+      jw_str(w, NULL, "policy");
+    jw_end(w);
+    jw_u64(w, "registrations_ended", dropped);
+    if (p) {
+      jw_obj(w, "policy");
+      jw_str(w, "file", x->cfg.policy_path);
+      jw_u64(w, "services", p->nservices);
+      if (p->has_admins)
+        jw_u64(w, "admins", p->nadmins);
+      else
+        jw_str(w, "admins", "every admin certificate");
+      jw_end(w);
+    }
+  }
+  memcpy(x->sum_cert, cert, 32);
+  memcpy(x->sum_key, key, 32);
+  memcpy(x->sum_ca, ca, 32);
+  memcpy(x->sum_policy, pol, 32);
+  return 0;
+}
+
+static void on_hup(void *ud)
+{
+  char err[512];
+  reload(ud, NULL, err, sizeof(err));
+}
+
+/* --- status and admin API (docs/api.md) ------------------------------------- */
+
+static void hex32(char *out, const uint8_t *b)
+{
+  for (int i = 0; i < 32; i++)
+    snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+static void write_peer(struct ictx *x, struct iconn *ic, struct jw *w)
+{
+  struct relay_client_info ri;
+  struct quic_conn_info qi;
+  char a[64], fp[65];
+  int agent = 0, connector = 0, role, active;
+  const char *id;
+  size_t len;
+
+  relay_client_describe(x->relay, ic->rc, &ri);
+  quic_conn_get_info(ic->c, &qi);
+  for (size_t i = 0; !relay_client_reg(ic->rc, i, &id, &len, &role, &active);
+       i++) {
+    if (role == POLICY_AGENT)
+      agent = 1;
+    else
+      connector = 1;
+  }
+  hex32(fp, ri.id->fp);
+  jw_obj(w, NULL);
+  jw_str(w, "identity", ri.id->cn);
+  if (ri.id->ou[0])
+    jw_str(w, "group", ri.id->ou);
+  jw_str(w, "fingerprint", fp);
+  jw_str(w, "role", agent && connector ? "agent+connector"
+                    : agent ? "agent" : connector ? "connector" : "none");
+  jw_str(w, "address", netaddr_str(quic_conn_peer(ic->c), a, sizeof(a)));
+  jw_fixed(w, "rtt_ms", qi.rtt_us, 3);
+  jw_u64(w, "rx_bytes", qi.rx_bytes);
+  jw_u64(w, "tx_bytes", qi.tx_bytes);
+  jw_u64(w, "connected_s", qi.age_ms / 1000);
+  jw_i64(w, "connected_since", (int64_t)time(NULL) -
+                                   (int64_t)(qi.age_ms / 1000));
+  if (ri.id->not_after)
+    jw_i64(w, "certificate_expires", ri.id->not_after);
+  jw_arr(w, "services");
+  for (size_t i = 0; !relay_client_reg(ic->rc, i, &id, &len, &role, &active);
+       i++) {
+    jw_obj(w, NULL);
+    jw_strn(w, "id", id, len);
+    jw_str(w, "role", role == POLICY_AGENT ? "agent" : "connector");
+    if (role == POLICY_CONNECTOR)
+      jw_bool(w, "active", active);
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_u64(w, "signaling_sessions", ri.sessions);
+  jw_u64(w, "relay_sessions", ri.relay_sessions);
+  jw_end(w);
+}
+
+static size_t api_peers(void *ud, const char *who, struct jw *w)
+{
+  struct ictx *x = ud;
+  size_t n = 0;
+
+  for (struct iconn *ic = x->conns; ic; ic = ic->next) {
+    const struct tls_identity *id;
+    struct relay_client_info ri;
+    relay_client_describe(x->relay, ic->rc, &ri);
+    id = ri.id;
+    if (who && !api_peer_matches(who, id->cn, id->fp))
+      continue;
+    write_peer(x, ic, w);
+    n++;
+  }
+  return n;
+}
+
+static void api_service(const struct relay_service_info *si, void *ud)
+{
+  struct jw *w = ud;
+
+  jw_obj(w, NULL);
+  jw_strn(w, "id", si->id, si->len);
+  jw_bool(w, "connector", si->has_connector);
+  if (si->connector_conn) {
+    struct iconn *ic = si->connector_conn;
+    struct relay_client_info ri;
+    relay_client_describe(ic->x->relay, ic->rc, &ri);
+    jw_str(w, "connector_identity", ri.id->cn);
+  }
+  jw_u64(w, "connectors", si->connectors);
+  jw_u64(w, "agents", si->agents);
+  jw_u64(w, "relay_sessions", si->relay_sessions);
+  jw_end(w);
+}
+
+static void limit(struct jw *w, const char *name, uint64_t max, uint64_t used)
+{
+  jw_obj(w, name);
+  jw_u64(w, "max", max);
+  jw_u64(w, "used", used);
+  jw_end(w);
+}
+
+static void api_status(void *ud, struct jw *w)
+{
+  struct ictx *x = ud;
+  struct relay_limits lim;
+  struct sockaddr_storage ss;
+  char a[64];
+
+  jw_str(w, "role", "intermediate");
+  jw_str(w, "version", ZTNA_VERSION);
+  jw_u64(w, "uptime_s", (uv_now(x->loop) - x->started_ms) / 1000);
+  jw_bool(w, "draining", x->draining);
+  jw_arr(w, "listening");
+  if (quic_endpoint_local_addr(x->ep, &ss) == 0) {
+    jw_obj(w, NULL);
+    jw_str(w, "address", netaddr_str((struct sockaddr *)&ss, a, sizeof(a)));
+    jw_str(w, "transport", "udp");
+    jw_str(w, "alpn", TLS_ALPN "," TLS_ALPN_H3);
+    jw_end(w);
+  }
+  if (x->diag_ep && quic_endpoint_local_addr(x->diag_ep, &ss) == 0) {
+    jw_obj(w, NULL);
+    jw_str(w, "address", netaddr_str((struct sockaddr *)&ss, a, sizeof(a)));
+    jw_str(w, "transport", "udp");
+    jw_str(w, "purpose", "diag");
+    jw_end(w);
+  }
+  if (x->http) {
+    char m[CFG_STR_MAX + 16];
+    jw_obj(w, NULL);
+    snprintf(m, sizeof(m), "%s:%d", x->cfg.metrics_bind,
+             metrics_http_port(x->http));
+    jw_str(w, "address", m);
+    jw_str(w, "transport", "tcp");
+    jw_str(w, "purpose", "metrics");
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_arr(w, "peers");
+  api_peers(x, NULL, w);
+  jw_end(w);
+  jw_arr(w, "services");
+  relay_describe_services(x->relay, api_service, w);
+  jw_end(w);
+  relay_limits_get(x->relay, &lim);
+  jw_obj(w, "limits");
+  limit(w, "connections", x->cfg.max_connections ? x->cfg.max_connections
+                                                  : 4096,
+        quic_endpoint_conn_count(x->ep) - quic_endpoint_half_open(x->ep));
+  limit(w, "handshakes", 1024, quic_endpoint_half_open(x->ep));
+  limit(w, "relay_sessions", lim.rsessions_total,
+        relay_rsession_count(x->relay));
+  limit(w, "signaling_sessions", lim.sessions_total,
+        relay_session_count(x->relay));
+  limit(w, "translations", lim.translations,
+        relay_translation_count(x->relay));
+  jw_end(w);
+}
+
+static size_t api_disconnect(void *ud, const char *who, const char *reason)
+{
+  struct ictx *x = ud;
+  size_t n = 0;
+
+  for (struct iconn *ic = x->conns, *next; ic; ic = next) {
+    struct relay_client_info ri;
+    next = ic->next; /* closing frees ic */
+    relay_client_describe(x->relay, ic->rc, &ri);
+    if (!api_peer_matches(who, ri.id->cn, ri.id->fp))
+      continue;
+    log_info("%s: disconnected by an administrator: %s", ic->name, reason);
+    quic_conn_close(ic->c, WIRE_CLOSE_ADMIN, reason);
+    n++;
+  }
+  return n;
+}
+
+static int api_reload(void *ud, struct jw *w, char *err, size_t errlen)
+{
+  return reload(ud, w, err, errlen);
+}
+
+static char *api_metrics(void *ud, size_t *len)
+{
+  struct ictx *x = ud;
+  return metrics_render(x->m, len);
+}
+
+static int api_authorize(void *ud, const struct tls_identity *id, char *why,
+                         size_t cap)
+{
+  struct ictx *x = ud;
+  return policy_admin_allowed(relay_policy(x->relay), id, why, cap);
+}
+
+static const struct api_ops api_ops = {
+  .authorize = api_authorize,
+  .status = api_status,
+  .peers = api_peers,
+  .disconnect = api_disconnect,
+  .reload = api_reload,
+  .metrics = api_metrics,
+};
+
+/* The same JSON on the local HTTP/1.1 listener, read-only. */
+static void api_local(void *ud, const char *method, const char *path,
+                      struct h3_response *rs)
+{
+  struct api_request rq = { .method = method, .path = path, .local = 1 };
+  api_handle(&api_ops, ud, &rq, rs);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -860,8 +1153,10 @@ int intermediate_main(int argc, char **argv)
   if (!x.cfg.require_client_cert)
     log_warnx("require_client_cert is off: clients without a certificate "
               "may connect (they can register nothing)");
-  if (load_tls(&x, &x.tls) < 0 || load_policy(&x, &pol) < 0)
+  if (load_tls(&x, &x.tls, err, sizeof(err)) < 0 ||
+      load_policy(&x, &pol, err, sizeof(err)) < 0)
     return 1;
+  file_sums(&x, x.sum_cert, x.sum_key, x.sum_ca, x.sum_policy);
   if (o.check) {
     printf("configuration OK\n");
     tls_ctx_unref(x.tls);
@@ -898,6 +1193,7 @@ int intermediate_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
+  metrics_set_api(x.m, api_local, &x);
 
   /* Tokens from a secret tied to the key: after a restart the old
    * connections are reset at their next packet instead of idling out. */

@@ -2,7 +2,7 @@
  *
  * usage: ztna keygen ca --out DIR [--name NAME] [--type ec|ed25519]
  *                       [--days N] [--force]
- *        ztna keygen issue --ca DIR --role intermediate|connector|agent
+ *        ztna keygen issue --ca DIR --role intermediate|connector|agent|admin
  *                       --name NAME [--service ID]... [--dns NAME]...
  *                       [--ip ADDR]... --out DIR [--type ec|ed25519]
  *                       [--days N] [--not-before YYYY-MM-DD] [--force]
@@ -43,7 +43,8 @@
 static const char usage_text[] =
     "Usage: ztna keygen ca --out DIR [--name NAME] [--type ec|ed25519]\n"
     "                      [--days N] [--force]\n"
-    "       ztna keygen issue --ca DIR --role intermediate|connector|agent\n"
+    "       ztna keygen issue --ca DIR\n"
+    "                      --role intermediate|connector|agent|admin\n"
     "                      --name NAME --out DIR [--service ID]...\n"
     "                      [--dns NAME]... [--ip ADDR]... [--type ec|ed25519]\n"
     "                      [--days N] [--not-before YYYY-MM-DD] [--force]\n"
@@ -58,6 +59,8 @@ static const char usage_text[] =
     "  --role R     intermediate: valid for ztna-server (SNI of agents)\n"
     "               connector: ztna-connector plus connector.<ID>.ztna\n"
     "               agent: agent.<ID>.ztna\n"
+    "               admin: admin.ztna, for the HTTP/3 status and admin API\n"
+    "               of the intermediate and connectors (no --service)\n"
     "  --service ID a service this identity may provide or reach; '*' for\n"
     "               all (repeatable)\n"
     "  --dns NAME   an extra DNS name (repeatable)\n"
@@ -463,11 +466,19 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     eku = "serverAuth,clientAuth";
   } else if (!strcmp(kg->role, "agent")) {
     eku = "clientAuth";
+  } else if (!strcmp(kg->role, "admin")) {
+    /* The status and admin API (docs/api.md): no service, no tunnel. */
+    if (kg->nservices)
+      return bad("%s", "an admin certificate grants no service: leave out "
+                 "--service");
+    snprintf(names[nnames++], 256, "%s", ID_ADMIN_NAME);
+    eku = "clientAuth";
   } else {
-    return bad("--role must be intermediate, connector or agent, not '%s'",
-               kg->role);
+    return bad("--role must be intermediate, connector, agent or admin, "
+               "not '%s'", kg->role);
   }
-  if (strcmp(kg->role, "intermediate") && kg->nservices == 0)
+  if (strcmp(kg->role, "intermediate") && strcmp(kg->role, "admin") &&
+      kg->nservices == 0)
     return bad("a %s certificate needs at least one --service ID",
                kg->role);
   for (int i = 0; i < kg->nservices; i++) {

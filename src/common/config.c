@@ -912,30 +912,38 @@ int cfg_agent_parse(struct cfg_agent *out, const char *name, const char *text,
 
 /* --- policy ------------------------------------------------------------ */
 
-static int allow_member(struct doc *d, int key, int val, void *out)
+/* A list of names: "CN", "group:OU" or "*". */
+static int name_list(struct doc *d, int val, char (*names)[CFG_NAME_MAX + 1],
+                     size_t *n, const char *who)
 {
-  struct cfg_policy_service *ps = out;
   int i = val + 1, rv;
 
-  if (!key_is(d, key, "allow"))
-    return 1;
   if (d->tok[val].type != JSMN_ARRAY)
     return fail(d, val, "expected an array of names, got %s",
                 type_name(d, val));
   if (d->tok[val].size > CFG_POLICY_MAX_ALLOW)
     return fail(d, val, "more than %d names", CFG_POLICY_MAX_ALLOW);
-  ps->nallow = 0;
+  *n = 0;
   for (int k = 0; k < d->tok[val].size; k++, i++) {
-    char *name = ps->allow[ps->nallow];
+    char *name = names[*n];
     rv = get_str(d, i, name, CFG_NAME_MAX + 1);
     if (rv < 0)
       return rv;
     if (!name[0] || !strcmp(name, "group:"))
       return fail(d, i, "an empty name allows nobody; use \"*\" for every "
-                  "agent the certificate allows");
-    ps->nallow++;
+                  "%s the certificate allows", who);
+    (*n)++;
   }
   return 0;
+}
+
+static int allow_member(struct doc *d, int key, int val, void *out)
+{
+  struct cfg_policy_service *ps = out;
+
+  if (!key_is(d, key, "allow"))
+    return 1;
+  return name_list(d, val, ps->allow, &ps->nallow, "agent");
 }
 
 static int policy_service(struct doc *d, int key, int val, void *out)
@@ -967,8 +975,14 @@ static int policy_service(struct doc *d, int key, int val, void *out)
 
 static int policy_member(struct doc *d, int key, int val, void *out)
 {
+  struct cfg_policy *p = out;
+
   if (key_is(d, key, "services"))
     return each_member(d, val, "services", policy_service, out);
+  if (key_is(d, key, "admins")) {
+    p->has_admins = 1;
+    return name_list(d, val, p->admins, &p->nadmins, "admin");
+  }
   return 1;
 }
 

@@ -91,7 +91,8 @@ struct cfg_agent {
  *   {"services": {"echo": {"allow": ["alice", "group:engineering", "*"]}}}
  * "name" matches the certificate's CN, "group:NAME" its OU, "*" any agent
  * whose certificate grants the service. A service not listed is denied to
- * every agent. */
+ * every agent. An optional "admins": [names] (the same forms) restricts
+ * the admin API to those admin certificates. */
 #define CFG_POLICY_MAX_SERVICES 256
 #define CFG_POLICY_MAX_ALLOW 64
 #define CFG_NAME_MAX 64
@@ -105,6 +106,11 @@ struct cfg_policy_service {
 struct cfg_policy {
   size_t nservices;
   struct cfg_policy_service *services; /* malloc'd */
+  /* "admins": who of the certificates with the admin role may use the
+   * HTTP/3 admin API (docs/api.md); without the key, all of them. */
+  int has_admins;
+  size_t nadmins;
+  char admins[CFG_POLICY_MAX_ALLOW][CFG_NAME_MAX + 1];
 };
 
 int cfg_policy_parse(struct cfg_policy *out, const char *name, const char *text,

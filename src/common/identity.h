@@ -7,13 +7,16 @@
  * "ztna-connector" on every connector certificate (the SNI of end-to-end
  * connections; it proves nothing about a service), and
  * "<role>.<service>.ztna" (or "<role>.*.ztna") for each service a
- * certificate grants. keygen refuses other names in the reserved ones.
+ * certificate grants; "admin.ztna" for the admin API. keygen refuses other
+ * names in the reserved ones.
  */
 #ifndef ZTNA_IDENTITY_H
 #define ZTNA_IDENTITY_H
 
 #define ID_SERVER_NAME "ztna-server"       /* the intermediate */
 #define ID_CONNECTOR_NAME "ztna-connector" /* any connector */
+/* An administrator of the HTTP/3 status and admin API (docs/api.md). */
+#define ID_ADMIN_NAME "admin.ztna"
 #define ID_GRANT_SUFFIX ".ztna"            /* <role>.<service>.ztna */
 #define ID_GRANT_SUFFIX_LEN 5
 #define ID_ROLE_AGENT "agent"

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "h3.h"
 #include "metrics.h"
 
 struct metrics {
@@ -15,7 +16,19 @@ struct metrics {
   void *collect_ud;
   int (*ready)(void *ud, char *why, size_t cap);
   void *ready_ud;
+  void (*api)(void *ud, const char *method, const char *path,
+              struct h3_response *rs);
+  void *api_ud;
 };
+
+void metrics_set_api(struct metrics *m,
+                     void (*fn)(void *ud, const char *method,
+                                const char *path, struct h3_response *rs),
+                     void *ud)
+{
+  m->api = fn;
+  m->api_ud = ud;
+}
 
 struct metrics *metrics_new(void)
 {
@@ -301,9 +314,22 @@ static void respond(struct client *c, int code, const char *reason,
     client_close(c);
 }
 
+static const char *reason_phrase(int code)
+{
+  switch (code) {
+  case 200: return "OK";
+  case 400: return "Bad Request";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 422: return "Unprocessable Content";
+  default: return code >= 500 ? "Internal Server Error" : "Error";
+  }
+}
+
 static void handle_request(struct client *c)
 {
-  char method[16], path[256];
+  char method[16], path[1024];
   int rv = metrics_http_parse(c->buf, c->len, method, sizeof(method), path,
                               sizeof(path));
   int head;
@@ -315,6 +341,17 @@ static void handle_request(struct client *c)
     return;
   }
   head = !strcmp(method, "HEAD");
+  if (!strncmp(path, "/v1/", 4) && c->h->m->api) {
+    struct h3_response rs;
+    struct metrics *m = c->h->m;
+    memset(&rs, 0, sizeof(rs));
+    m->api(m->api_ud, method, path, &rs);
+    respond(c, rs.status, reason_phrase(rs.status),
+            rs.content_type ? rs.content_type : "text/plain", rs.body,
+            rs.len, head);
+    free(rs.body);
+    return;
+  }
   if (strcmp(method, "GET") && !head) {
     respond(c, 405, "Method Not Allowed", "text/plain",
             "method not allowed\n", 19, 0);

@@ -62,6 +62,15 @@ void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud);
 void metrics_set_ready(struct metrics *m,
                        int (*fn)(void *ud, char *why, size_t cap), void *ud);
 
+/* The status API's JSON on this listener (docs/api.md): requests for
+ * /v1/... go to fn, which fills rs (status, content type, malloc'd
+ * body). Without fn they are 404. */
+struct h3_response;
+void metrics_set_api(struct metrics *m,
+                     void (*fn)(void *ud, const char *method,
+                                const char *path, struct h3_response *rs),
+                     void *ud);
+
 /* Renders the Prometheus text format into a malloc'd buffer; the caller
  * frees it. Returns NULL on allocation failure. */
 char *metrics_render(struct metrics *m, size_t *len);

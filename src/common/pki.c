@@ -157,3 +157,28 @@ int pki_derive_secret(const char *key_path, const char *label,
   explicit_bzero(pem, sizeof(pem));
   return 0;
 }
+
+int pki_file_sha256(const char *path, uint8_t out[32])
+{
+  FILE *f = fopen(path, "rb");
+  wc_Sha256 h;
+  uint8_t buf[4096];
+  size_t n;
+  int rv = 0;
+
+  memset(out, 0, 32);
+  if (!f)
+    return -1;
+  if (wc_InitSha256(&h) != 0) {
+    fclose(f);
+    return -1;
+  }
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+    if (wc_Sha256Update(&h, buf, (word32)n) != 0)
+      rv = -1;
+  if (ferror(f) || wc_Sha256Final(&h, out) != 0)
+    rv = -1;
+  wc_Sha256Free(&h);
+  fclose(f);
+  return rv;
+}

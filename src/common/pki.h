@@ -35,4 +35,7 @@ int pki_key_matches_cert(const char *key_path, const char *cert_path,
 int pki_derive_secret(const char *key_path, const char *label,
                       uint8_t out[32]);
 
+/* SHA-256 of a file's bytes (what a reload compares). 0 or -1. */
+int pki_file_sha256(const char *path, uint8_t out[32]);
+
 #endif

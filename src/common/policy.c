@@ -36,6 +36,16 @@ int policy_cert_grants(const struct tls_identity *id, enum policy_role role,
   return 0;
 }
 
+/* Whether a name of a policy list ("CN", "group:OU", "*") names id. */
+static int name_matches(const char *a, const struct tls_identity *id)
+{
+  if (!strcmp(a, "*"))
+    return 1;
+  if (!strncmp(a, "group:", 6))
+    return id->ou[0] && !strcmp(a + 6, id->ou);
+  return id->cn[0] && !strcmp(a, id->cn);
+}
+
 int policy_file_allows(const struct cfg_policy *p,
                        const struct tls_identity *id, const uint8_t *svc,
                        size_t len)
@@ -48,20 +58,37 @@ int policy_file_allows(const struct cfg_policy *p,
     /* Service ids ignore ASCII case, like the SANs that grant them. */
     if (strlen(ps->id) != len || strncasecmp(ps->id, (const char *)svc, len))
       continue;
-    for (size_t k = 0; k < ps->nallow; k++) {
-      const char *a = ps->allow[k];
-      if (!strcmp(a, "*"))
+    for (size_t k = 0; k < ps->nallow; k++)
+      if (name_matches(ps->allow[k], id))
         return 1;
-      if (!strncmp(a, "group:", 6)) {
-        if (id->ou[0] && !strcmp(a + 6, id->ou))
-          return 1;
-      } else if (id->cn[0] && !strcmp(a, id->cn)) {
-        return 1;
-      }
-    }
     return 0;
   }
   return 0; /* not listed: denied */
+}
+
+int policy_admin_allowed(const struct cfg_policy *p,
+                         const struct tls_identity *id, char *why,
+                         size_t cap)
+{
+  int granted = 0;
+
+  for (size_t i = 0; i < id->ndns; i++)
+    if (!strcmp(id->dns[i], ID_ADMIN_NAME))
+      granted = 1;
+  if (!granted) {
+    snprintf(why, cap, "certificate '%s' has no admin role (issue one "
+             "with: ztna keygen issue --role admin)",
+             id->cn[0] ? id->cn : "?");
+    return 0;
+  }
+  if (!p || !p->has_admins)
+    return 1;
+  for (size_t k = 0; k < p->nadmins; k++)
+    if (name_matches(p->admins[k], id))
+      return 1;
+  snprintf(why, cap, "admin '%s' is not in the policy file's \"admins\"",
+           id->cn[0] ? id->cn : "?");
+  return 0;
 }
 
 int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,

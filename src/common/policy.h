@@ -31,6 +31,13 @@ int policy_file_allows(const struct cfg_policy *p,
 int policy_allows(const struct cfg_policy *p, const struct tls_identity *id,
                   enum policy_role role, const uint8_t *svc, size_t len);
 
+/* 1 when id may use the admin API: its certificate has the admin role
+ * (SAN admin.ztna) and the policy file (NULL: none) lists it in
+ * "admins" or has no such list; else 0 with why filled. */
+int policy_admin_allowed(const struct cfg_policy *p,
+                         const struct tls_identity *id, char *why,
+                         size_t cap);
+
 /* Reads and parses a policy file into *out (malloc'd; free with
  * cfg_policy_free and free). Returns 0, or a negative error with a
  * message naming the file, line and problem in err. */

@@ -82,6 +82,9 @@ struct quic_conn {
   /* Client: the path it last asked to move to (quic_conn_migrate): what
    * packets from that peer are read on while ngtcp2 validates it. */
   struct sockaddr_storage mig_local, mig_remote;
+  int h3;               /* ALPN h3: uni streams allowed (quic.h) */
+  uint64_t created;     /* now_ns() when it was made */
+  uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
   uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
   uint64_t waiting_since; /* something ack-eliciting outstanding since */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
@@ -741,8 +744,59 @@ static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid,
       break;
     }
   }
-  if (!ngtcp2_conn_is_local_stream(conn, sid))
-    ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+  if (!ngtcp2_conn_is_local_stream(conn, sid)) {
+    if (sid & 0x2)
+      ngtcp2_conn_extend_max_streams_uni(conn, 1);
+    else
+      ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+  }
+  if (c->cbs && c->cbs->stream_close_cb && !c->dying)
+    c->cbs->stream_close_cb(c, sid, (flags &
+                            NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)
+                                ? code : 0, c->ud);
+  return 0;
+}
+
+static int stream_reset_cb(ngtcp2_conn *conn, int64_t sid, uint64_t size,
+                           uint64_t code, void *ud, void *sud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+  (void)size;
+  (void)sud;
+
+  if (c->cbs && c->cbs->stream_reset_cb && !c->dying)
+    c->cbs->stream_reset_cb(c, sid, code, c->ud);
+  return 0;
+}
+
+/* HTTP/3 (RFC 9114 6.2) needs three unidirectional streams each way,
+ * which the ztna protocols never use: a server allows them only once
+ * the client has chosen h3, before its transport parameters are sent
+ * (the handshake's receive key is installed just before the send key,
+ * and the parameters go out with the latter). */
+static void params_h3(ngtcp2_transport_params *p)
+{
+  p->initial_max_streams_uni = 3;
+  p->initial_max_stream_data_uni = 64 * 1024;
+}
+
+static int recv_rx_key_cb(ngtcp2_conn *conn, ngtcp2_encryption_level level,
+                          void *ud)
+{
+  struct quic_conn *c = ud;
+  char alpn[TLS_ALPN_MAX + 1];
+  ngtcp2_transport_params p;
+
+  if (!c->server || level != NGTCP2_ENCRYPTION_LEVEL_HANDSHAKE ||
+      !tls_session_alpn(c->ssl, alpn, sizeof(alpn)) ||
+      strcmp(alpn, TLS_ALPN_H3))
+    return 0;
+  p = *ngtcp2_conn_get_local_transport_params(conn);
+  params_h3(&p);
+  if (ngtcp2_conn_set_local_transport_params(conn, &p) != 0)
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  c->h3 = 1;
   return 0;
 }
 
@@ -775,6 +829,8 @@ static const ngtcp2_callbacks callbacks_template = {
   .recv_stream_data = recv_stream_data_cb,
   .acked_stream_data_offset = acked_stream_data_cb,
   .stream_close = stream_close_cb,
+  .stream_reset = stream_reset_cb,
+  .recv_rx_key = recv_rx_key_cb,
   .recv_retry = ngtcp2_crypto_recv_retry_cb,
   .rand = rand_cb,
   .get_new_connection_id = get_new_cid_cb,
@@ -1100,6 +1156,7 @@ static struct quic_conn *conn_alloc(struct quic_endpoint *ep,
   if (!c)
     return NULL;
   c->ep = ep;
+  c->created = now_ns();
   sa_copy(&c->remote, remote);
   c->ref.get_conn = get_conn_cb;
   c->ref.user_data = c;
@@ -1308,6 +1365,8 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   path.remote.addrlen = sa_len(from);
   path.user_data = NULL;
   c->last_rx = now_ns();
+  c->rx_bytes += n;
+  c->rx_packets++;
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
@@ -1507,6 +1566,8 @@ static int conn_write(struct quic_conn *c)
       if (n == 0)
         break;
     }
+    c->tx_bytes += (uint64_t)n;
+    c->tx_packets++;
     gso_add(c->ep, b, ps.path.remote.addr, (size_t)n);
   }
   gso_flush(c->ep, b);
@@ -1975,6 +2036,10 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
     return -ENOMEM;
   settings_init(ep, &settings, remote);
   params_init(ep, &params);
+  if (!strcmp(tls_ctx_alpn(tls), TLS_ALPN_H3)) {
+    params_h3(&params);
+    c->h3 = 1;
+  }
   dcid.datalen = 18;
   fill_random(dcid.data, dcid.datalen);
   scid.datalen = QUIC_SCID_LEN;
@@ -2266,6 +2331,63 @@ int quic_conn_open_stream(struct quic_conn *c, int64_t *sid)
   if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED)
     return ZTNA_ERR_LIMIT;
   return rv == 0 ? 0 : ZTNA_ERR_QUIC;
+}
+
+int quic_conn_open_uni_stream(struct quic_conn *c, int64_t *sid)
+{
+  int rv;
+
+  if (c->dying || c->want_close)
+    return ZTNA_ERR_CLOSED;
+  if (!c->h3)
+    return ZTNA_ERR_STATE;
+  rv = ngtcp2_conn_open_uni_stream(c->conn, sid, NULL);
+  if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED)
+    return ZTNA_ERR_LIMIT;
+  return rv == 0 ? 0 : ZTNA_ERR_QUIC;
+}
+
+void quic_conn_shutdown_stream(struct quic_conn *c, int64_t sid,
+                               uint64_t code, int read, int write)
+{
+  const uint32_t flags = 0;
+
+  if (c->dying || !c->conn)
+    return;
+  if (read && !write)
+    ngtcp2_conn_shutdown_stream_read(c->conn, flags, sid, code);
+  else if (write && !read)
+    ngtcp2_conn_shutdown_stream_write(c->conn, flags, sid, code);
+  else if (read && write)
+    ngtcp2_conn_shutdown_stream(c->conn, flags, sid, code);
+  conn_write(c);
+}
+
+int quic_conn_is_h3(struct quic_conn *c)
+{
+  return c->h3;
+}
+
+void quic_conn_get_info(struct quic_conn *c, struct quic_conn_info *out)
+{
+  const ngtcp2_conn_info *ci = NULL;
+  ngtcp2_conn_info buf;
+
+  memset(out, 0, sizeof(*out));
+  if (c->conn && !c->dying) {
+    ngtcp2_conn_get_conn_info(c->conn, &buf);
+    ci = &buf;
+  }
+  out->rtt_us = ci ? ci->smoothed_rtt / 1000 : 0;
+  out->min_rtt_us = ci && ci->min_rtt != UINT64_MAX ? ci->min_rtt / 1000 : 0;
+  out->cwnd = ci ? ci->cwnd : 0;
+  out->rx_bytes = c->rx_bytes;
+  out->tx_bytes = c->tx_bytes;
+  out->rx_packets = c->rx_packets;
+  out->tx_packets = c->tx_packets;
+  out->age_ms = (now_ns() - c->created) / NGTCP2_MILLISECONDS;
+  out->path_virtual = c->conn && !c->dying ? quic_conn_path_virtual(c) : 0;
+  out->h3 = c->h3;
 }
 
 int quic_conn_stream_send(struct quic_conn *c, int64_t sid, const uint8_t *d,

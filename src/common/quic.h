@@ -84,6 +84,12 @@ struct quic_conn_cbs {
   /* The peer's address as this connection sees it changed (after the
    * handshake: NAT rebinding or migration). */
   void (*path_cb)(struct quic_conn *c, const struct sockaddr *peer, void *ud);
+  /* Optional: a stream is closed both ways (code: the application error
+   * code of a reset, else 0), or the peer reset its sending side. */
+  void (*stream_close_cb)(struct quic_conn *c, int64_t sid, uint64_t code,
+                          void *ud);
+  void (*stream_reset_cb)(struct quic_conn *c, int64_t sid, uint64_t code,
+                          void *ud);
   /* The connection is gone; last callback. */
   void (*close_cb)(struct quic_conn *c, const struct quic_close_info *info,
                    void *ud);
@@ -250,6 +256,29 @@ int quic_conn_migrate(struct quic_conn *c, const struct sockaddr *remote,
                       int validate);
 /* 1 when the connection's current path is virtual. */
 int quic_conn_path_virtual(struct quic_conn *c);
+
+/* What a status page shows of a connection. */
+struct quic_conn_info {
+  uint64_t rtt_us, min_rtt_us, cwnd;
+  uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets; /* UDP payloads */
+  uint64_t age_ms;  /* since the first packet */
+  int path_virtual; /* through the relay (a virtual path) */
+  int h3;
+};
+void quic_conn_get_info(struct quic_conn *c, struct quic_conn_info *out);
+
+/* HTTP/3 (ALPN h3, TLS_ALPN_H3): a client whose TLS context asks only for
+ * h3, and a server connection whose client chose it, allow the peer three
+ * unidirectional streams (RFC 9114 6.2) and may open their own; every
+ * other connection allows none and opens none. */
+int quic_conn_is_h3(struct quic_conn *c);
+/* Opens a unidirectional stream (h3 connections only: ZTNA_ERR_STATE). */
+int quic_conn_open_uni_stream(struct quic_conn *c, int64_t *sid);
+
+/* Stops reading (STOP_SENDING) and/or sending (RESET_STREAM) a stream
+ * with an application error code. */
+void quic_conn_shutdown_stream(struct quic_conn *c, int64_t sid,
+                               uint64_t code, int read, int write);
 
 /* Opens a bidirectional stream (client-initiated on a client). */
 int quic_conn_open_stream(struct quic_conn *c, int64_t *sid);

@@ -26,6 +26,7 @@ struct service {
   struct relay_client *connector; /* newest wins */
   size_t connectors;              /* registrations, the active one too */
   size_t agents;
+  size_t nrsess;                  /* relay sessions for it */
   size_t len;
   char id[WIRE_SERVICE_ID_MAX + 1];
 };
@@ -357,6 +358,7 @@ static void rsess_end(struct relay *r, struct rsess *s, uint8_t reason,
     send_closed(r, s->connector, s->id, reason);
   s->agent->nrsess--;
   s->connector->nrsess--;
+  s->svc->nrsess--;
   r->nrsess--;
   r->stats.rsessions_closed++;
   free(s);
@@ -458,6 +460,7 @@ static void on_session_open(struct relay *r, struct relay_client *c,
   *rsess_slot(r, s->id) = s;
   c->nrsess++;
   s->connector->nrsess++;
+  svc->nrsess++;
   r->nrsess++;
   r->stats.rsessions_opened++;
   send_opened(r, c, req, WIRE_SESSION_OK, s->id);
@@ -679,8 +682,10 @@ void relay_client_del(struct relay *r, struct relay_client *c)
   free(c);
 }
 
-void relay_set_policy(struct relay *r, struct cfg_policy *p)
+size_t relay_set_policy(struct relay *r, struct cfg_policy *p)
 {
+  size_t dropped = 0;
+
   if (r->policy) {
     cfg_policy_free(r->policy);
     free(r->policy);
@@ -691,10 +696,11 @@ void relay_set_policy(struct relay *r, struct cfg_policy *p)
       struct service *s = c->regs[i].svc;
       if (!policy_allows(p, c->id, c->regs[i].role, (uint8_t *)s->id,
                          s->len))
-        unregister(r, c, i, WIRE_SESSION_REVOKED);
+        unregister(r, c, i, WIRE_SESSION_REVOKED), dropped++;
       else
         i++;
     }
+  return dropped;
 }
 
 /* --- registration -------------------------------------------------------- */
@@ -1304,4 +1310,66 @@ void relay_foreach_service(struct relay *r,
   for (size_t b = 0; b < SVC_BUCKETS; b++)
     for (struct service *s = r->svc[b]; s; s = s->next)
       fn(s->id, s->len, s->connector != NULL, s->agents, ud);
+}
+
+void relay_describe_services(struct relay *r,
+                             void (*fn)(const struct relay_service_info *si,
+                                        void *ud),
+                             void *ud)
+{
+  for (size_t b = 0; b < SVC_BUCKETS; b++)
+    for (struct service *s = r->svc[b]; s; s = s->next) {
+      struct relay_service_info si = {
+        .id = s->id, .len = s->len, .has_connector = s->connector != NULL,
+        .connectors = s->connectors, .agents = s->agents,
+        .relay_sessions = s->nrsess,
+        .connector_conn = s->connector ? s->connector->conn : NULL,
+      };
+      fn(&si, ud);
+    }
+}
+
+void relay_client_describe(const struct relay *r,
+                           const struct relay_client *c,
+                           struct relay_client_info *out)
+{
+  (void)r;
+  memset(out, 0, sizeof(*out));
+  out->id = c->id;
+  out->nregs = c->nregs;
+  out->sessions = c->nsessions;
+  out->relay_sessions = c->nrsess;
+  out->takes_sessions = c->takes_sessions;
+}
+
+int relay_client_reg(const struct relay_client *c, size_t i, const char **id,
+                     size_t *len, int *role, int *active)
+{
+  if (i >= c->nregs)
+    return -1;
+  *id = c->regs[i].svc->id;
+  *len = c->regs[i].svc->len;
+  *role = c->regs[i].role;
+  *active = c->regs[i].role == POLICY_AGENT ||
+            c->regs[i].svc->connector == c;
+  return 0;
+}
+
+const struct cfg_policy *relay_policy(const struct relay *r)
+{
+  return r->policy;
+}
+
+void relay_limits_get(const struct relay *r, struct relay_limits *out)
+{
+  *out = r->lim;
+}
+
+size_t relay_translation_count(const struct relay *r)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < r->lim.translations && r->xlat; i++)
+    if (r->xlat[i].c)
+      n++;
+  return n;
 }

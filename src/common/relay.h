@@ -112,8 +112,9 @@ int relay_new(struct relay **out, const struct relay_io *io,
 void relay_del(struct relay *r);
 
 /* Installs a policy (NULL: certificates alone decide); the relay owns it
- * from now on. Registrations the new policy denies are dropped. */
-void relay_set_policy(struct relay *r, struct cfg_policy *p);
+ * from now on. Registrations the new policy denies are dropped; returns
+ * how many. */
+size_t relay_set_policy(struct relay *r, struct cfg_policy *p);
 
 /* A connection whose handshake completed, with its certificate identity
  * (copied). Returns NULL when out of memory. */
@@ -140,5 +141,35 @@ void relay_foreach_service(struct relay *r,
                                       int has_connector, size_t agents,
                                       void *ud),
                            void *ud);
+
+/* What the status API shows (docs/api.md). */
+struct relay_service_info {
+  const char *id;
+  size_t len;
+  int has_connector;
+  size_t connectors, agents, relay_sessions;
+  void *connector_conn; /* the active connector's connection, or NULL */
+};
+void relay_describe_services(struct relay *r,
+                             void (*fn)(const struct relay_service_info *si,
+                                        void *ud),
+                             void *ud);
+struct relay_client_info {
+  const struct tls_identity *id;
+  size_t nregs, sessions, relay_sessions;
+  int takes_sessions;
+};
+void relay_client_describe(const struct relay *r,
+                           const struct relay_client *c,
+                           struct relay_client_info *out);
+/* The i-th registration of c: service id, role (enum policy_role) and
+ * whether it is in use (a connector's is not when a newer one took the
+ * service). Returns 0, or -1 past the last. */
+int relay_client_reg(const struct relay_client *c, size_t i, const char **id,
+                     size_t *len, int *role, int *active);
+/* The policy in use (NULL: none). */
+const struct cfg_policy *relay_policy(const struct relay *r);
+void relay_limits_get(const struct relay *r, struct relay_limits *out);
+size_t relay_translation_count(const struct relay *r);
 
 #endif

@@ -188,6 +188,11 @@ int tls_ctx_is_server(const struct tls_ctx *ctx)
   return ctx->server;
 }
 
+const char *tls_ctx_alpn(const struct tls_ctx *ctx)
+{
+  return ctx->alpn;
+}
+
 WOLFSSL *tls_session_new(struct tls_ctx *ctx, const char *sni)
 {
   WOLFSSL *ssl = wolfSSL_new(ctx->ctx);
@@ -221,12 +226,35 @@ fail:
 
 int tls_session_alpn_ok(struct tls_ctx *ctx, WOLFSSL *ssl)
 {
+  char name[TLS_ALPN_MAX + 1];
+  size_t len = tls_session_alpn(ssl, name, sizeof(name));
+
+  if (!len)
+    return 0;
+  /* ctx->alpn is one name or a comma-separated list (a server). */
+  for (const char *p = ctx->alpn; *p;) {
+    size_t n = strcspn(p, ",");
+    if (n == len && !memcmp(p, name, n))
+      return 1;
+    p += n;
+    if (*p)
+      p++;
+  }
+  return 0;
+}
+
+size_t tls_session_alpn(WOLFSSL *ssl, char *out, size_t cap)
+{
   char *name = NULL;
   unsigned short len = 0;
 
-  if (wolfSSL_ALPN_GetProtocol(ssl, &name, &len) != WOLFSSL_SUCCESS || !name)
+  out[0] = '\0';
+  if (wolfSSL_ALPN_GetProtocol(ssl, &name, &len) != WOLFSSL_SUCCESS ||
+      !name || !len || len >= cap)
     return 0;
-  return len == strlen(ctx->alpn) && memcmp(name, ctx->alpn, len) == 0;
+  memcpy(out, name, len);
+  out[len] = '\0';
+  return len;
 }
 
 static void copy_lower(char *dst, size_t cap, const unsigned char *src,

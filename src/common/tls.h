@@ -16,6 +16,11 @@
 #define TLS_ALPN "ztna-v1"
 /* An agent's end-to-end connection to a connector (protocol.md 10). */
 #define TLS_ALPN_E2E "ztna-e2e-v1"
+/* The HTTP/3 status and admin API (docs/api.md): a server that offers
+ * it lists it after its own ALPN ("ztna-v1,h3"); each connection gets
+ * the one its client asked for. */
+#define TLS_ALPN_H3 "h3"
+#define TLS_ALPN_MAX 32
 #define TLS_MAX_SANS 32
 #define TLS_NAME_MAX 253
 
@@ -25,7 +30,8 @@ struct tls_config {
   const char *ca_file;   /* PEM CA bundle to verify the peer */
   int verify_peer;       /* 1 by default (set by tls_config_init) */
   int require_client_cert; /* server: 1 by default */
-  const char *alpn;      /* NULL: TLS_ALPN */
+  const char *alpn;      /* NULL: TLS_ALPN; a server may list several,
+                          * comma-separated */
   /* client: the name the server certificate must be valid for when no SNI
    * is sent (the connector sends none to the intermediate) */
   const char *verify_name;
@@ -56,6 +62,8 @@ struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx);
 /* Drops a reference; frees on the last. Accepts NULL. */
 void tls_ctx_unref(struct tls_ctx *ctx);
 int tls_ctx_is_server(const struct tls_ctx *ctx);
+/* The context's ALPN (a server's may be a comma-separated list). */
+const char *tls_ctx_alpn(const struct tls_ctx *ctx);
 
 /* Creates a session for one QUIC connection. For a client, sni (if any) is
  * sent, and when verifying the server certificate must be valid for sni,
@@ -63,8 +71,11 @@ int tls_ctx_is_server(const struct tls_ctx *ctx);
  * frees the session with wolfSSL_free. Returns NULL on allocation failure. */
 WOLFSSL *tls_session_new(struct tls_ctx *ctx, const char *sni);
 
-/* Returns 1 if the session negotiated the context's ALPN, else 0. */
+/* Returns 1 if the session negotiated the context's ALPN (one of them),
+ * else 0. */
 int tls_session_alpn_ok(struct tls_ctx *ctx, WOLFSSL *ssl);
+/* Copies the negotiated ALPN into out; returns its length (0: none). */
+size_t tls_session_alpn(WOLFSSL *ssl, char *out, size_t cap);
 
 /* Fills id from the peer's certificate. Returns 0, or ZTNA_ERR_CERT when
  * the peer presented none. */

@@ -14,6 +14,9 @@
 #include <sys/socket.h>
 
 /* DATAGRAM type bytes on relay connections (section 2). */
+/* Application close code of a connection an administrator ended (DELETE
+ * /v1/peers/..., docs/api.md); the peer may connect again. */
+#define WIRE_CLOSE_ADMIN 3
 #define WIRE_QAD_V4 0x01
 #define WIRE_QAD_V6 0x02
 #define WIRE_REG_AGENT 0x10
