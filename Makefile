@@ -158,7 +158,7 @@ deb: release
 
 # --- tests -----------------------------------------------------------------
 
-UNIT := wire config metrics tls ippkt relay quic punch tunguard path
+UNIT := wire config metrics tls ippkt relay quic punch tunguard path api
 UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a

@@ -22,6 +22,7 @@
 
 #include "err.h"
 #include "testutil.h"
+#include "h3.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -252,6 +253,7 @@ static int tls_make(struct tls_ctx **out, int server, const char *crt,
 }
 
 static size_t max_conns_cfg, half_per_source_cfg; /* for world_init */
+static const char *server_alpn_cfg; /* for world_init, NULL: ztna-v1 */
 static int (*vsend_cfg)(struct quic_endpoint *, const struct sockaddr *,
                         const uint8_t *, size_t, void *);
 
@@ -267,7 +269,7 @@ static void world_init(struct world *w, int retry, uint64_t idle_ms)
   w->cli.seen = calloc(NDGRAMS, 1);
   w->srv.sid = w->cli.sid = -1;
   tls_make(&w->server_tls, 1, cert("server.crt"), cert("server.key"),
-           cert("ca.crt"), NULL);
+           cert("ca.crt"), server_alpn_cfg);
   uv_ip4_addr("127.0.0.1", 0, &any);
   cfg.server_tls = w->server_tls;
   cfg.retry = retry;
@@ -627,6 +629,134 @@ static void failing(struct world *w, const char *crt, const char *key,
   assert_true(run_until(w, client_closed));
   assert_false(w->srv.handshake);
   assert_false(w->cli.handshake);
+}
+
+/* --- HTTP/3 beside ztna-v1 ---------------------------------------------- */
+
+static int h3_status;
+static char h3_body[256];
+static char h3_seen_path[H3_PATH_MAX + 32];
+
+static void test_h3_handler(struct quic_conn *c, const struct h3_request *rq,
+                       struct h3_response *rs, void *ud)
+{
+  (void)c;
+  (void)ud;
+  snprintf(h3_seen_path, sizeof(h3_seen_path), "%s %s", rq->method,
+           rq->path);
+  rs->status = 207;
+  rs->content_type = "text/plain";
+  rs->body = strdup("hello over h3");
+  rs->len = strlen(rs->body);
+}
+
+static void h3_server_closed(struct quic_conn *c, void *ud)
+{
+  (void)c;
+  ((struct side *)ud)->closed = 1;
+}
+
+static void h3_srv_handshake(struct quic_conn *c, void *ud)
+{
+  struct side *s = ud;
+  s->handshake = 1;
+  if (quic_conn_is_h3(c))
+    h3_server_attach(c, test_h3_handler, h3_server_closed, s);
+}
+
+static const struct quic_conn_cbs h3_srv_cbs = {
+  .handshake_cb = h3_srv_handshake,
+  .close_cb = close_cb,
+};
+
+static int h3_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
+{
+  struct world *w = ud;
+  (void)ep;
+  w->srv.c = c;
+  quic_conn_set_cbs(c, &h3_srv_cbs, &w->srv);
+  return 0;
+}
+
+static void h3_done_cb(int status, const uint8_t *body, size_t len,
+                       const char *err, void *ud)
+{
+  (void)ud;
+  h3_status = status ? status : -1;
+  if (status)
+    snprintf(h3_body, sizeof(h3_body), "%.*s", (int)len, (const char *)body);
+  else
+    snprintf(h3_body, sizeof(h3_body), "error: %s", err);
+}
+
+static void h3_cli_handshake(struct quic_conn *c, void *ud)
+{
+  struct side *s = ud;
+  s->handshake = 1;
+  assert_true(quic_conn_is_h3(c));
+  assert_int_equal(h3_client_request(c, "GET", "ztna-server", "/v1/x?y=1",
+                                     h3_done_cb, s), 0);
+}
+
+static const struct quic_conn_cbs h3_cli_cbs = {
+  .handshake_cb = h3_cli_handshake,
+  .close_cb = close_cb,
+};
+
+static int h3_answered(struct world *w)
+{
+  return h3_status != 0 || w->srv.closed;
+}
+
+/* One server offers ztna-v1 and h3: each client gets what it asked for,
+ * and only h3 connections allow the unidirectional streams HTTP/3 needs
+ * (nghttp3's control and QPACK streams open both ways, or no answer). */
+static void test_quic_h3_beside_ztna(void **state)
+{
+  static const struct quic_endpoint_cbs cbs = { .accept_cb = h3_accept };
+  struct world w;
+  struct sockaddr_storage srv;
+  int64_t sid;
+  (void)state;
+
+  server_alpn_cfg = TLS_ALPN "," TLS_ALPN_H3;
+  world_init(&w, 0, 0);
+  server_alpn_cfg = NULL;
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+  assert_false(quic_conn_is_h3(w.srv.c));
+  assert_false(quic_conn_is_h3(w.cli.c));
+  assert_int_equal(quic_conn_open_uni_stream(w.cli.c, &sid), ZTNA_ERR_STATE);
+  world_free(&w);
+
+  server_alpn_cfg = TLS_ALPN "," TLS_ALPN_H3;
+  world_init(&w, 0, 0);
+  server_alpn_cfg = NULL;
+  quic_endpoint_del(w.server_ep);
+  {
+    struct quic_endpoint_config cfg = { 0 };
+    struct sockaddr_in any;
+    uv_ip4_addr("127.0.0.1", 0, &any);
+    cfg.server_tls = w.server_tls;
+    cfg.cbs = &cbs;
+    cfg.ud = &w;
+    assert_int_equal(quic_endpoint_new(&w.server_ep, &w.loop,
+                                       (struct sockaddr *)&any, &cfg), 0);
+  }
+  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
+           cert("ca.crt"), TLS_ALPN_H3);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  h3_status = 0;
+  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
+                                (struct sockaddr *)&srv, "ztna-server",
+                                &h3_cli_cbs, &w.cli), 0);
+  assert_true(run_until(&w, h3_answered));
+  assert_int_equal(h3_status, 207);
+  assert_string_equal(h3_body, "hello over h3");
+  assert_string_equal(h3_seen_path, "GET /v1/x?y=1");
+  world_free(&w);
 }
 
 static void test_quic_wrong_alpn(void **state)
@@ -1225,6 +1355,7 @@ int main(void)
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
+    cmocka_unit_test(test_quic_h3_beside_ztna),
     cmocka_unit_test(test_quic_half_open_flood),
     cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_cid_rotation),
