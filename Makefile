@@ -195,7 +195,7 @@ unit-run: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http relay punch packet path
+FUZZ := wire config http relay punch packet path h3
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -229,6 +229,12 @@ $(BUILD)/fuzz/fuzz_path: test/fuzz/fuzz_path.c src/common/path.c
 $(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(LIBUV_A) -lpthread -ldl
+
+# HTTP/3 requests through nghttp3 (from the dependencies) and the router.
+$(BUILD)/fuzz/fuzz_h3: test/fuzz/fuzz_h3.c src/common/h3.c src/common/api.c \
+  src/common/log.c src/common/netaddr.c src/common/err.c | $(STAMP)
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(DEPS)/lib/libnghttp3.a
 
 define run_fuzz
 	@for f in $(FUZZ); do \
