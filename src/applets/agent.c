@@ -1553,15 +1553,9 @@ static void api_status(void *ud, struct jw *w)
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *own = &x->svcs[i];
     const struct asvc *c = carrier(own);
-    const struct vip *v = NULL;
-    char ip[64];
     jw_obj(w, NULL);
     jw_str(w, "id", x->cfg.services[i].id);
-    for (size_t k = 0; k < x->nvips; k++)
-      if (x->vips[k].svc == i)
-        v = &x->vips[k];
-    if (v && inet_ntop(v->family, v->addr, ip, sizeof(ip)))
-      jw_str(w, "virtual_ip", ip);
+    jw_str(w, "virtual_ip", x->cfg.services[i].virtual_ip);
     jw_str(w, "connection", estate_names[own->e]);
     if (own->e == E_SHARED && own->host)
       jw_str(w, "carried_by", x->cfg.services[own->host->idx].id);

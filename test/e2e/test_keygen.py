@@ -62,8 +62,9 @@ def test_roles(ztna, ca, tmp_path):
           "--service", "echo-service", "--service", "web")
     issue(ztna, d, out, "--role", "agent", "--name", "alice",
           "--service", "Echo-Service", "--service", "*")
+    issue(ztna, d, out, "--role", "admin", "--name", "ops")
 
-    for name in ("relay", "conn", "alice"):
+    for name in ("relay", "conn", "alice", "ops"):
         ossl("verify", "-CAfile", str(d / "ca.crt"), str(out / (name + ".crt")))
         assert stat.S_IMODE(os.stat(out / (name + ".key")).st_mode) == 0o600
         # The key is the certificate's key.
@@ -80,6 +81,11 @@ def test_roles(ztna, ca, tmp_path):
         "DNS:connector.web.ztna"]
     assert sans(out / "alice.crt") == ["DNS:agent.echo-service.ztna",
                                        "DNS:agent.*.ztna"]
+    assert sans(out / "ops.crt") == ["DNS:admin.ztna"]
+    t = text(out / "ops.crt")
+    assert "TLS Web Client Authentication" in t
+    assert "Server Authentication" not in t
+    assert "OU = admin, CN = ops" in t
 
     t = text(out / "relay.crt")
     assert "TLS Web Server Authentication" in t
@@ -122,7 +128,10 @@ def test_validity(ztna, ca, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--role", "admin", "--name", "x"], "--role must be"),
+    (["--role", "root", "--name", "x"], "--role must be"),
+    # An admin certificate is for the API: it grants no service.
+    (["--role", "admin", "--name", "x", "--service", "s"],
+     "grants no service"),
     (["--role", "agent", "--name", "x"], "needs at least one --service"),
     (["--role", "agent", "--name", "../x", "--service", "s"], "--name"),
     (["--role", "agent", "--name", "x", "--service", "a b"], "--service"),
