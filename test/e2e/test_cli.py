@@ -74,7 +74,7 @@ def test_diag_needs_a_test_name(ztna):
     assert p.returncode == 1
     assert "punch, status or api" in p.stderr, p.stderr
     p = run([ztna, "diag", "stun"])
-    assert p.returncode == 1 and "unknown test 'stun'" in p.stderr
+    assert p.returncode == 1 and "unknown command 'stun'" in p.stderr
 
 
 def test_intermediate_without_certificate_explains(ztna, tmp_path):
