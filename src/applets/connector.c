@@ -1658,7 +1658,7 @@ static void api_status(void *ud, struct jw *w)
     jw_obj(w, NULL);
     jw_str(w, "address", netaddr_str((struct sockaddr *)&ss, a, sizeof(a)));
     jw_str(w, "transport", "udp");
-    jw_str(w, "alpn", TLS_ALPN "," TLS_ALPN_E2E "," TLS_ALPN_H3);
+    jw_str(w, "alpn", TLS_ALPN_E2E "," TLS_ALPN_H3);
     jw_end(w);
   }
   jw_end(w);

@@ -352,6 +352,11 @@ static void on_diag_handshake(struct quic_conn *c, void *ud)
   char a[64];
   (void)ud;
 
+  if (quic_conn_is_h3(c)) {
+    /* The API is on the main port only. */
+    quic_conn_close(c, 0x100, "no API on the diag port: use the main port");
+    return;
+  }
   log_debug("diag: %s connected", netaddr_str(quic_conn_peer(c), a,
                                                sizeof(a)));
   if (n < 0 || quic_conn_send_datagram(c, buf, (size_t)n) < 0)
