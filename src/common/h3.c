@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nghttp3/nghttp3.h>
 
@@ -173,7 +174,10 @@ static void respond(struct h3 *h, struct h3_stream *s)
   nv[nnv++] = (nghttp3_nv)NV("content-length", clen, strlen(clen));
   if (s->rs.allow)
     nv[nnv++] = (nghttp3_nv)NV("allow", s->rs.allow, strlen(s->rs.allow));
-  rv = nghttp3_conn_submit_response(h->conn, s->id, nv, nnv, &body_reader);
+  /* HEAD: the GET's headers, no content (RFC 9110 9.3.2). */
+  rv = nghttp3_conn_submit_response(h->conn, s->id, nv, nnv,
+                                    strcmp(s->rq.method, "HEAD")
+                                        ? &body_reader : NULL);
   if (rv != 0)
     h3_fail(h, NGHTTP3_H3_INTERNAL_ERROR, nghttp3_strerror(rv));
 }
@@ -557,7 +561,7 @@ static void api_request_cb(struct quic_conn *c, const struct h3_request *rq,
 {
   struct apiconn *ac = ud;
   struct api_request arq = { .method = rq->method, .path = rq->path };
-  char why[256];
+  char why[320];
   (void)c;
 
   why[0] = '\0';
@@ -566,10 +570,13 @@ static void api_request_cb(struct quic_conn *c, const struct h3_request *rq,
     rs->status = 400;
     return;
   }
-  if (ac->id)
-    arq.admin = ac->ops->authorize(ac->ud, ac->id, why, sizeof(why));
-  else
+  if (!ac->id)
     snprintf(why, sizeof(why), "no client certificate");
+  else if (ac->id->not_after && (int64_t)time(NULL) >= ac->id->not_after)
+    snprintf(why, sizeof(why), "certificate '%s' has expired",
+             ac->id->cn);
+  else
+    arq.admin = ac->ops->authorize(ac->ud, ac->id, why, sizeof(why));
   arq.denied = why;
   api_handle(ac->ops, ac->ud, &arq, rs);
   /* Every admin action is on record; refusals too. */

@@ -634,6 +634,7 @@ static void failing(struct world *w, const char *crt, const char *key,
 /* --- HTTP/3 beside ztna-v1 ---------------------------------------------- */
 
 static int h3_status;
+static const char *h3_method = "GET";
 static char h3_body[256];
 static char h3_seen_path[H3_PATH_MAX + 32];
 
@@ -694,8 +695,8 @@ static void h3_cli_handshake(struct quic_conn *c, void *ud)
   struct side *s = ud;
   s->handshake = 1;
   assert_true(quic_conn_is_h3(c));
-  assert_int_equal(h3_client_request(c, "GET", "ztna-server", "/v1/x?y=1",
-                                     h3_done_cb, s), 0);
+  assert_int_equal(h3_client_request(c, h3_method, "ztna-server",
+                                     "/v1/x?y=1", h3_done_cb, s), 0);
 }
 
 static const struct quic_conn_cbs h3_cli_cbs = {
@@ -731,32 +732,38 @@ static void test_quic_h3_beside_ztna(void **state)
   assert_int_equal(quic_conn_open_uni_stream(w.cli.c, &sid), ZTNA_ERR_STATE);
   world_free(&w);
 
-  server_alpn_cfg = TLS_ALPN "," TLS_ALPN_H3;
-  world_init(&w, 0, 0);
-  server_alpn_cfg = NULL;
-  quic_endpoint_del(w.server_ep);
-  {
-    struct quic_endpoint_config cfg = { 0 };
-    struct sockaddr_in any;
-    uv_ip4_addr("127.0.0.1", 0, &any);
-    cfg.server_tls = w.server_tls;
-    cfg.cbs = &cbs;
-    cfg.ud = &w;
-    assert_int_equal(quic_endpoint_new(&w.server_ep, &w.loop,
-                                       (struct sockaddr *)&any, &cfg), 0);
+  /* GET gets the body; HEAD the same status and no content. */
+  for (int k = 0; k < 2; k++) {
+    h3_method = k ? "HEAD" : "GET";
+    server_alpn_cfg = TLS_ALPN "," TLS_ALPN_H3;
+    world_init(&w, 0, 0);
+    server_alpn_cfg = NULL;
+    quic_endpoint_del(w.server_ep);
+    {
+      struct quic_endpoint_config cfg = { 0 };
+      struct sockaddr_in any;
+      uv_ip4_addr("127.0.0.1", 0, &any);
+      cfg.server_tls = w.server_tls;
+      cfg.cbs = &cbs;
+      cfg.ud = &w;
+      assert_int_equal(quic_endpoint_new(&w.server_ep, &w.loop,
+                                         (struct sockaddr *)&any, &cfg), 0);
+    }
+    tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
+             cert("ca.crt"), TLS_ALPN_H3);
+    quic_endpoint_local_addr(w.server_ep, &srv);
+    h3_status = 0;
+    assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
+                                  (struct sockaddr *)&srv, "ztna-server",
+                                  &h3_cli_cbs, &w.cli), 0);
+    assert_true(run_until(&w, h3_answered));
+    assert_int_equal(h3_status, 207);
+    assert_string_equal(h3_body, k ? "" : "hello over h3");
+    assert_string_equal(h3_seen_path, k ? "HEAD /v1/x?y=1"
+                                        : "GET /v1/x?y=1");
+    world_free(&w);
   }
-  tls_make(&w.client_tls, 0, cert("client.crt"), cert("client.key"),
-           cert("ca.crt"), TLS_ALPN_H3);
-  quic_endpoint_local_addr(w.server_ep, &srv);
-  h3_status = 0;
-  assert_int_equal(quic_connect(&w.cli.c, w.client_ep, w.client_tls,
-                                (struct sockaddr *)&srv, "ztna-server",
-                                &h3_cli_cbs, &w.cli), 0);
-  assert_true(run_until(&w, h3_answered));
-  assert_int_equal(h3_status, 207);
-  assert_string_equal(h3_body, "hello over h3");
-  assert_string_equal(h3_seen_path, "GET /v1/x?y=1");
-  world_free(&w);
+  h3_method = "GET";
 }
 
 static void test_quic_wrong_alpn(void **state)
