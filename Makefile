@@ -226,7 +226,7 @@ $(BUILD)/fuzz/fuzz_packet: test/fuzz/fuzz_packet.c src/common/tunguard.c \
 $(BUILD)/fuzz/fuzz_path: test/fuzz/fuzz_path.c src/common/path.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
-$(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c
+$(BUILD)/fuzz/fuzz_http: test/fuzz/fuzz_http.c src/common/metrics.c src/common/api.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^ $(LIBUV_A) -lpthread -ldl
 

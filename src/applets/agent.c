@@ -1601,13 +1601,6 @@ static const struct api_ops api_ops = {
   .metrics = api_metrics,
 };
 
-static void api_local(void *ud, const char *method, const char *path,
-                      struct h3_response *rs)
-{
-  struct api_request rq = { .method = method, .path = path, .local = 1 };
-  api_handle(&api_ops, ud, &rq, rs);
-}
-
 static void metrics_init(struct actx *x)
 {
   char labels[64];
@@ -2073,7 +2066,7 @@ int agent_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
-  metrics_set_api(x.m, api_local, &x);
+  metrics_set_api(x.m, &api_ops, &x);
   if (x.cfg.metrics_port &&
       metrics_http_listen(&x.http, x.loop, x.cfg.metrics_bind,
                           x.cfg.metrics_port,

@@ -1559,11 +1559,8 @@ static int reload(struct cctx *x, struct jw *w, char *err, size_t errlen)
   log_info("reloaded certificates%s", pol ? " and policy" : "");
   if (w) {
     jw_bool(w, "reloaded", 1);
-    jw_arr(w, "changed");
-    for (int i = 0; i < 4; i++)
-      if (memcmp(sums[i], x->sums[i], 32))
-        jw_str(w, NULL, names[i]);
-    jw_end(w);
+    jw_changed(w, names, (const uint8_t(*)[32])x->sums,
+               (const uint8_t(*)[32])sums, 4);
   }
   memcpy(x->sums, sums, sizeof(sums));
   return 0;
@@ -1577,12 +1574,6 @@ static void on_hup(void *ud)
 
 /* --- status and admin API (docs/api.md) ------------------------------------- */
 
-static void hex32(char *out, const uint8_t *b)
-{
-  for (int i = 0; i < 32; i++)
-    snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
-
 static void write_agent(struct cctx *x, struct dconn *dc, struct jw *w)
 {
   struct quic_conn_info qi;
@@ -1590,7 +1581,7 @@ static void write_agent(struct cctx *x, struct dconn *dc, struct jw *w)
   uint64_t sid;
 
   quic_conn_get_info(dc->qc, &qi);
-  hex32(fp, dc->cert_fp);
+  api_hex32(fp, dc->cert_fp);
   jw_obj(w, NULL);
   jw_str(w, "identity", dc->id ? dc->id->cn : "");
   if (dc->id && dc->id->ou[0])
@@ -1628,14 +1619,6 @@ static size_t api_peers(void *ud, const char *who, struct jw *w)
     n++;
   }
   return n;
-}
-
-static void limit(struct jw *w, const char *name, uint64_t max, uint64_t used)
-{
-  jw_obj(w, name);
-  jw_u64(w, "max", max);
-  jw_u64(w, "used", used);
-  jw_end(w);
 }
 
 static void api_status(void *ud, struct jw *w)
@@ -1699,10 +1682,10 @@ static void api_status(void *ud, struct jw *w)
   jw_u64(w, "direct_lost", x->direct_lost);
   jw_end(w);
   jw_obj(w, "limits");
-  limit(w, "agent_connections", MAX_DIRECT, x->ndconns);
-  limit(w, "udp_flows", MAX_UDP_FLOWS, udpflows_count(x->udp));
-  limit(w, "tcp_sessions", MAX_TCP_SESSIONS, ts->sessions_active);
-  limit(w, "agents", MAX_AGENT_IDS, x->nids);
+  jw_limit(w, "agent_connections", MAX_DIRECT, x->ndconns);
+  jw_limit(w, "udp_flows", MAX_UDP_FLOWS, udpflows_count(x->udp));
+  jw_limit(w, "tcp_sessions", MAX_TCP_SESSIONS, ts->sessions_active);
+  jw_limit(w, "agents", MAX_AGENT_IDS, x->nids);
   jw_end(w);
 }
 
@@ -1748,13 +1731,6 @@ static const struct api_ops api_ops = {
   .reload = api_reload,
   .metrics = api_metrics,
 };
-
-static void api_local(void *ud, const char *method, const char *path,
-                      struct h3_response *rs)
-{
-  struct api_request rq = { .method = method, .path = path, .local = 1 };
-  api_handle(&api_ops, ud, &rq, rs);
-}
 
 /* --- main ---------------------------------------------------------------------------- */
 
@@ -2024,7 +2000,7 @@ int connector_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
-  metrics_set_api(x.m, api_local, &x);
+  metrics_set_api(x.m, &api_ops, &x);
   for (size_t i = 0; i < x.nsvcs; i++) {
     struct uplink_config uc = { 0 };
     uc.ep = x.ep;

@@ -108,7 +108,7 @@ struct ictx {
   int record_fd;
   struct iconn *conns;
   /* SHA-256 of the files in use: what a reload reports as changed. */
-  uint8_t sum_cert[32], sum_key[32], sum_ca[32], sum_policy[32];
+  uint8_t sums[4][32]; /* certificate, key, CA, policy */
   uint64_t api_conns;
 };
 
@@ -622,20 +622,17 @@ static void on_terminate(void *ud, int signum)
   daemon_drain_start(&x->drain, x->loop, eps, 2, drain_done, x);
 }
 
-/* The files' checksums now, into the four sums. */
-static void file_sums(struct ictx *x, uint8_t cert[32], uint8_t key[32],
-                      uint8_t ca[32], uint8_t pol[32])
+static const char *const file_names[4] = { "certificate", "key", "ca",
+                                            "policy" };
+
+/* The files' checksums now (zero for a file not set or not readable). */
+static void file_sums(struct ictx *x, uint8_t sums[4][32])
 {
-  pki_file_sha256(x->cfg.cert_path, cert);
-  pki_file_sha256(x->cfg.key_path, key);
-  if (x->cfg.ca_cert_path[0])
-    pki_file_sha256(x->cfg.ca_cert_path, ca);
-  else
-    memset(ca, 0, 32);
-  if (x->cfg.policy_path[0])
-    pki_file_sha256(x->cfg.policy_path, pol);
-  else
-    memset(pol, 0, 32);
+  const char *files[4] = { x->cfg.cert_path, x->cfg.key_path,
+                           x->cfg.ca_cert_path, x->cfg.policy_path };
+  for (int i = 0; i < 4; i++)
+    if (!files[i][0] || pki_file_sha256(files[i], sums[i]) < 0)
+      memset(sums[i], 0, 32);
 }
 
 /* SIGHUP and POST /v1/reload: new certificates and policy, both or
@@ -644,7 +641,7 @@ static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
 {
   struct tls_ctx *tls;
   struct cfg_policy *p;
-  uint8_t cert[32], key[32], ca[32], pol[32];
+  uint8_t sums[4][32];
   size_t dropped;
 
   if (x->draining) {
@@ -662,7 +659,7 @@ static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
     log_warnx("reload failed: keeping the certificates and policy in use");
     return -1;
   }
-  file_sums(x, cert, key, ca, pol);
+  file_sums(x, sums);
   quic_endpoint_set_server_tls(x->ep, tls);
   if (x->diag_ep)
     quic_endpoint_set_server_tls(x->diag_ep, tls);
@@ -674,16 +671,8 @@ static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
            dropped ? " (registrations the policy denies now: ended)" : "");
   if (w) {
     jw_bool(w, "reloaded", 1);
-    jw_arr(w, "changed");
-    if (memcmp(cert, x->sum_cert, 32))
-      jw_str(w, NULL, "certificate");
-    if (memcmp(key, x->sum_key, 32))
-      jw_str(w, NULL, "key");
-    if (memcmp(ca, x->sum_ca, 32))
-      jw_str(w, NULL, "ca");
-    if (memcmp(pol, x->sum_policy, 32))
-      jw_str(w, NULL, "policy");
-    jw_end(w);
+    jw_changed(w, file_names, (const uint8_t(*)[32])x->sums,
+               (const uint8_t(*)[32])sums, 4);
     jw_u64(w, "registrations_ended", dropped);
     if (p) {
       jw_obj(w, "policy");
@@ -696,10 +685,7 @@ static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
       jw_end(w);
     }
   }
-  memcpy(x->sum_cert, cert, 32);
-  memcpy(x->sum_key, key, 32);
-  memcpy(x->sum_ca, ca, 32);
-  memcpy(x->sum_policy, pol, 32);
+  memcpy(x->sums, sums, sizeof(sums));
   return 0;
 }
 
@@ -710,12 +696,6 @@ static void on_hup(void *ud)
 }
 
 /* --- status and admin API (docs/api.md) ------------------------------------- */
-
-static void hex32(char *out, const uint8_t *b)
-{
-  for (int i = 0; i < 32; i++)
-    snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
 
 static void write_peer(struct ictx *x, struct iconn *ic, struct jw *w)
 {
@@ -735,7 +715,7 @@ static void write_peer(struct ictx *x, struct iconn *ic, struct jw *w)
     else
       connector = 1;
   }
-  hex32(fp, ri.id->fp);
+  api_hex32(fp, ri.id->fp);
   jw_obj(w, NULL);
   jw_str(w, "identity", ri.id->cn);
   if (ri.id->ou[0])
@@ -805,14 +785,6 @@ static void api_service(const struct relay_service_info *si, void *ud)
   jw_end(w);
 }
 
-static void limit(struct jw *w, const char *name, uint64_t max, uint64_t used)
-{
-  jw_obj(w, name);
-  jw_u64(w, "max", max);
-  jw_u64(w, "used", used);
-  jw_end(w);
-}
-
 static void api_status(void *ud, struct jw *w)
 {
   struct ictx *x = ud;
@@ -858,15 +830,15 @@ static void api_status(void *ud, struct jw *w)
   jw_end(w);
   relay_limits_get(x->relay, &lim);
   jw_obj(w, "limits");
-  limit(w, "connections", x->cfg.max_connections ? x->cfg.max_connections
+  jw_limit(w, "connections", x->cfg.max_connections ? x->cfg.max_connections
                                                   : 4096,
         quic_endpoint_conn_count(x->ep) - quic_endpoint_half_open(x->ep));
-  limit(w, "handshakes", 1024, quic_endpoint_half_open(x->ep));
-  limit(w, "relay_sessions", lim.rsessions_total,
+  jw_limit(w, "handshakes", 1024, quic_endpoint_half_open(x->ep));
+  jw_limit(w, "relay_sessions", lim.rsessions_total,
         relay_rsession_count(x->relay));
-  limit(w, "signaling_sessions", lim.sessions_total,
+  jw_limit(w, "signaling_sessions", lim.sessions_total,
         relay_session_count(x->relay));
-  limit(w, "translations", lim.translations,
+  jw_limit(w, "translations", lim.translations,
         relay_translation_count(x->relay));
   jw_end(w);
 }
@@ -917,13 +889,6 @@ static const struct api_ops api_ops = {
 };
 
 /* The same JSON on the local HTTP/1.1 listener, read-only. */
-static void api_local(void *ud, const char *method, const char *path,
-                      struct h3_response *rs)
-{
-  struct api_request rq = { .method = method, .path = path, .local = 1 };
-  api_handle(&api_ops, ud, &rq, rs);
-}
-
 static void on_tick(uv_timer_t *t)
 {
   struct ictx *x = t->data;
@@ -1161,7 +1126,7 @@ int intermediate_main(int argc, char **argv)
   if (load_tls(&x, &x.tls, err, sizeof(err)) < 0 ||
       load_policy(&x, &pol, err, sizeof(err)) < 0)
     return 1;
-  file_sums(&x, x.sum_cert, x.sum_key, x.sum_ca, x.sum_policy);
+  file_sums(&x, x.sums);
   if (o.check) {
     printf("configuration OK\n");
     tls_ctx_unref(x.tls);
@@ -1198,7 +1163,7 @@ int intermediate_main(int argc, char **argv)
   if (!x.m)
     fatalx("out of memory");
   metrics_init(&x);
-  metrics_set_api(x.m, api_local, &x);
+  metrics_set_api(x.m, &api_ops, &x);
 
   /* Tokens from a secret tied to the key: after a restart the old
    * connections are reset at their next packet instead of idling out. */

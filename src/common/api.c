@@ -241,6 +241,35 @@ void jw_free(struct jw *w)
   jw_init(w);
 }
 
+void jw_limit(struct jw *w, const char *name, uint64_t max, uint64_t used)
+{
+  jw_obj(w, name);
+  jw_u64(w, "max", max);
+  jw_u64(w, "used", used);
+  jw_end(w);
+}
+
+void api_hex32(char *out, const uint8_t *b)
+{
+  static const char hx[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = hx[b[i] >> 4];
+    out[2 * i + 1] = hx[b[i] & 15];
+  }
+  out[64] = '\0';
+}
+
+void jw_changed(struct jw *w, const char *const *names,
+                const uint8_t (*was)[32], const uint8_t (*now)[32],
+                size_t n)
+{
+  jw_arr(w, "changed");
+  for (size_t i = 0; i < n; i++)
+    if (memcmp(was[i], now[i], 32))
+      jw_str(w, NULL, names[i]);
+  jw_end(w);
+}
+
 /* --- helpers ------------------------------------------------------------------ */
 
 static int hexval(int c)

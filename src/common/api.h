@@ -60,6 +60,15 @@ void jw_fixed(struct jw *w, const char *key, uint64_t v, int decimals);
 char *jw_finish(struct jw *w, size_t *len);
 void jw_free(struct jw *w);
 
+/* {"name": {"max": max, "used": used}}: a bound and its use. */
+void jw_limit(struct jw *w, const char *name, uint64_t max, uint64_t used);
+/* A SHA-256 (32 bytes) as 64 lower-case hex digits into out[65]. */
+void api_hex32(char *out, const uint8_t *b);
+/* "changed": the names[i] whose sums differ between was and now. */
+void jw_changed(struct jw *w, const char *const *names,
+                const uint8_t (*was)[32], const uint8_t (*now)[32],
+                size_t n);
+
 /* --- router ----------------------------------------------------------------- */
 
 struct tls_identity;

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "h3.h"
+#include "api.h"
 #include "metrics.h"
 
 struct metrics {
@@ -16,17 +16,13 @@ struct metrics {
   void *collect_ud;
   int (*ready)(void *ud, char *why, size_t cap);
   void *ready_ud;
-  void (*api)(void *ud, const char *method, const char *path,
-              struct h3_response *rs);
+  const struct api_ops *api;
   void *api_ud;
 };
 
-void metrics_set_api(struct metrics *m,
-                     void (*fn)(void *ud, const char *method,
-                                const char *path, struct h3_response *rs),
-                     void *ud)
+void metrics_set_api(struct metrics *m, const struct api_ops *ops, void *ud)
 {
-  m->api = fn;
+  m->api = ops;
   m->api_ud = ud;
 }
 
@@ -344,8 +340,8 @@ static void handle_request(struct client *c)
   if (!strncmp(path, "/v1/", 4) && c->h->m->api) {
     struct h3_response rs;
     struct metrics *m = c->h->m;
-    memset(&rs, 0, sizeof(rs));
-    m->api(m->api_ud, method, path, &rs);
+    struct api_request rq = { .method = method, .path = path, .local = 1 };
+    api_handle(m->api, m->api_ud, &rq, &rs);
     respond(c, rs.status, reason_phrase(rs.status),
             rs.content_type ? rs.content_type : "text/plain", rs.body,
             rs.len, head);

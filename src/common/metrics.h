@@ -62,13 +62,11 @@ void metrics_set_collect(struct metrics *m, void (*fn)(void *), void *ud);
 void metrics_set_ready(struct metrics *m,
                        int (*fn)(void *ud, char *why, size_t cap), void *ud);
 
-/* The status API's JSON on this listener (docs/api.md): requests for
- * /v1/... go to fn, which fills rs (status, content type, malloc'd
- * body). Without fn they are 404. */
-struct h3_response;
-void metrics_set_api(struct metrics *m,
-                     void (*fn)(void *ud, const char *method,
-                                const char *path, struct h3_response *rs),
+/* The status API on this listener (docs/api.md): requests for /v1/...
+ * go to api_handle as local ones (read-only, no authentication). Without
+ * ops they are 404. */
+struct api_ops;
+void metrics_set_api(struct metrics *m, const struct api_ops *ops,
                      void *ud);
 
 /* Renders the Prometheus text format into a malloc'd buffer; the caller
