@@ -1606,7 +1606,8 @@ static void write_agent(struct cctx *x, struct dconn *dc, struct jw *w)
   jw_end(w);
 }
 
-static size_t api_peers(void *ud, const char *who, struct jw *w)
+static size_t api_peers(void *ud, const char *who, size_t offset,
+                        size_t limit, struct jw *w)
 {
   struct cctx *x = ud;
   size_t n = 0;
@@ -1615,7 +1616,8 @@ static size_t api_peers(void *ud, const char *who, struct jw *w)
     if (!dc->up || !dc->id ||
         (who && !api_peer_matches(who, dc->id->cn, dc->cert_fp)))
       continue;
-    write_agent(x, dc, w);
+    if (n >= offset && n - offset < limit)
+      write_agent(x, dc, w);
     n++;
   }
   return n;
@@ -1629,7 +1631,7 @@ static void api_status(void *ud, struct jw *w)
   struct cctx *x = ud;
   const struct netstack_stats *ts = netstack_stats(x->ns);
   struct sockaddr_storage ss;
-  size_t direct = 0;
+  size_t direct = 0, n;
   char a[64];
 
   jw_str(w, "role", "connector");
@@ -1671,8 +1673,9 @@ static void api_status(void *ud, struct jw *w)
   }
   jw_end(w);
   jw_arr(w, "agents");
-  api_peers(x, NULL, w);
+  n = api_peers(x, NULL, 0, API_PEERS_MAX, w);
   jw_end(w);
+  jw_u64(w, "agents_total", n);
   for (struct dconn *dc = x->dconns; dc; dc = dc->next)
     direct += dc->up && !quic_addr_virtual(quic_conn_peer(dc->qc), NULL);
   jw_obj(w, "paths");

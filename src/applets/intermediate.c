@@ -748,7 +748,8 @@ static void write_peer(struct ictx *x, struct iconn *ic, struct jw *w)
   jw_end(w);
 }
 
-static size_t api_peers(void *ud, const char *who, struct jw *w)
+static size_t api_peers(void *ud, const char *who, size_t offset,
+                        size_t limit, struct jw *w)
 {
   struct ictx *x = ud;
   size_t n = 0;
@@ -760,7 +761,8 @@ static size_t api_peers(void *ud, const char *who, struct jw *w)
     id = ri.id;
     if (who && !api_peer_matches(who, id->cn, id->fp))
       continue;
-    write_peer(x, ic, w);
+    if (n >= offset && n - offset < limit)
+      write_peer(x, ic, w);
     n++;
   }
   return n;
@@ -791,6 +793,7 @@ static void api_status(void *ud, struct jw *w)
   struct relay_limits lim;
   struct sockaddr_storage ss;
   char a[64];
+  size_t n;
 
   jw_str(w, "role", "intermediate");
   jw_str(w, "version", ZTNA_VERSION);
@@ -823,8 +826,9 @@ static void api_status(void *ud, struct jw *w)
   }
   jw_end(w);
   jw_arr(w, "peers");
-  api_peers(x, NULL, w);
+  n = api_peers(x, NULL, 0, API_PEERS_MAX, w);
   jw_end(w);
+  jw_u64(w, "peers_total", n);
   jw_arr(w, "services");
   relay_describe_services(x->relay, api_service, w);
   jw_end(w);

@@ -448,11 +448,25 @@ void api_handle(const struct api_ops *ops, void *ud,
       return;
     }
     if (method_is(rq, "GET") || method_is(rq, "HEAD")) {
+      char num[24], *end;
+      unsigned long long offset = 0;
+      int q = query_param(query, "offset", num, sizeof(num));
+
+      if (q < 0 || (q > 0 && (!num[0] || num[0] == '-' ||
+                              (offset = strtoull(num, &end, 10),
+                               *end != '\0')))) {
+        json_error(rs, 400, "bad offset: a number of peers to skip");
+        return;
+      }
       jw_init(&w);
       jw_obj(&w, NULL);
       jw_arr(&w, "peers");
-      n = ops->peers(ud, raw ? who : NULL, &w);
+      n = ops->peers(ud, raw ? who : NULL, (size_t)offset, API_PEERS_MAX,
+                     &w);
       jw_end(&w);
+      jw_u64(&w, "total", n);
+      if (offset + API_PEERS_MAX < n)
+        jw_u64(&w, "next_offset", offset + API_PEERS_MAX);
       jw_end(&w);
       if (raw && n == 0) {
         jw_free(&w);

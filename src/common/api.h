@@ -4,7 +4,7 @@
  *
  * Routes:
  *   GET    /v1/status            the daemon's status (JSON)
- *   GET    /v1/peers             its peers
+ *   GET    /v1/peers[?offset=N]  its peers, API_PEERS_MAX at a time
  *   GET    /v1/peers/{who}       those whose CN is who, or whose
  *                                certificate SHA-256 starts with who (hex,
  *                                at least 8 digits); 404 when none
@@ -27,6 +27,9 @@
 /* --- JSON writer ---------------------------------------------------------- */
 
 #define JW_DEPTH 16
+/* Peers in one answer (the status lists as many, and their total): the
+ * answer of a daemon with 100,000 peers stays a few hundred KB. */
+#define API_PEERS_MAX 1000
 
 /* An indented JSON document in a growing buffer; on allocation failure
  * it stops writing and jw_finish returns NULL. Strings are written as
@@ -81,9 +84,11 @@ struct api_ops {
                    size_t cap);
   /* Writes the status members into the open top-level object. */
   void (*status)(void *ud, struct jw *w);
-  /* Writes every peer matching who (NULL: all) as objects into the open
-   * array; returns how many. */
-  size_t (*peers)(void *ud, const char *who, struct jw *w);
+  /* Writes the peers matching who (NULL: all), from the offset-th on
+   * and at most limit of them, as objects into the open array; returns
+   * how many match in all. */
+  size_t (*peers)(void *ud, const char *who, size_t offset, size_t limit,
+                  struct jw *w);
   /* Disconnects every peer matching who with reason; returns how many
    * (NULL: the daemon has no peers to disconnect). */
   size_t (*disconnect)(void *ud, const char *who, const char *reason);

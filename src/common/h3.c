@@ -33,7 +33,8 @@ struct h3_stream {
   size_t nheaders;
   int answered;
   struct h3_response rs;
-  int sent_body;
+  size_t sent;           /* of rs.body, handed to nghttp3 */
+  int blocked;           /* waiting for room in quic.c's send buffer */
   int status;            /* client: the response's :status */
 };
 
@@ -124,21 +125,40 @@ static void flush(struct h3 *h)
   }
 }
 
+/* Room kept for the DATA frame's header when a body is cut to fit. */
+#define FRAME_SLACK 64
+
+/* The body in pieces that fit quic.c's send buffer: a large answer goes
+ * out as the peer acknowledges, never all at once. */
 static nghttp3_ssize read_body(nghttp3_conn *conn, int64_t sid,
                                nghttp3_vec *vec, size_t veccnt,
                                uint32_t *pflags, void *ud, void *sud)
 {
-  struct h3_stream *s = stream_get(ud, sid);
+  struct h3 *h = ud;
+  struct h3_stream *s = stream_get(h, sid);
+  size_t left, room;
   (void)conn;
   (void)sud;
 
-  *pflags = NGHTTP3_DATA_FLAG_EOF;
-  if (!s || s->sent_body || !s->rs.len || !veccnt)
+  *pflags = 0;
+  if (!s || !veccnt) {
+    *pflags = NGHTTP3_DATA_FLAG_EOF;
     return 0;
-  vec[0].base = (uint8_t *)s->rs.body;
-  vec[0].len = s->rs.len;
-  s->sent_body = 1;
-  return 1;
+  }
+  left = s->rs.len - s->sent;
+  room = h->c ? quic_conn_stream_room(h->c, sid) : left + FRAME_SLACK;
+  if (left && room <= FRAME_SLACK) {
+    s->blocked = 1;
+    return NGHTTP3_ERR_WOULDBLOCK;
+  }
+  if (left > room - FRAME_SLACK)
+    left = room - FRAME_SLACK;
+  vec[0].base = (uint8_t *)s->rs.body + s->sent;
+  vec[0].len = left;
+  s->sent += left;
+  if (s->sent == s->rs.len)
+    *pflags = NGHTTP3_DATA_FLAG_EOF;
+  return left ? 1 : 0;
 }
 
 static const nghttp3_data_reader body_reader = { read_body };
@@ -407,6 +427,20 @@ static void on_stream_reset(struct quic_conn *c, int64_t sid, uint64_t code,
     nghttp3_conn_shutdown_stream_read(h->conn, sid);
 }
 
+static void on_stream_acked(struct quic_conn *c, int64_t sid, void *ud)
+{
+  struct h3 *h = ud;
+  struct h3_stream *s = stream_get(h, sid);
+  (void)c;
+
+  if (h->failed || !s || !s->blocked ||
+      quic_conn_stream_room(h->c, sid) <= FRAME_SLACK)
+    return;
+  s->blocked = 0;
+  nghttp3_conn_resume_stream(h->conn, sid);
+  flush(h);
+}
+
 static void h3_free(struct h3 *h)
 {
   while (h->streams)
@@ -435,6 +469,7 @@ static const struct quic_conn_cbs h3_cbs = {
   .stream_cb = on_stream,
   .stream_close_cb = on_stream_close,
   .stream_reset_cb = on_stream_reset,
+  .stream_acked_cb = on_stream_acked,
   .close_cb = on_close,
 };
 

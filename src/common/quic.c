@@ -706,13 +706,16 @@ static int acked_stream_data_cb(ngtcp2_conn *conn, int64_t sid,
                                 uint64_t offset, uint64_t len, void *ud,
                                 void *sud)
 {
-  struct qstream *s = stream_find(ud, sid);
+  struct quic_conn *c = ud;
+  struct qstream *s = stream_find(c, sid);
   uint64_t acked = offset + len;
+  size_t before;
   (void)conn;
   (void)sud;
 
   if (!s)
     return 0;
+  before = s->buffered;
   /* ngtcp2 reports acknowledged data in order; a chunk goes when all of it
    * is acknowledged, never before (ngtcp2 keeps pointers into it). */
   while (s->head && s->head->off + s->head->len <= acked &&
@@ -724,6 +727,9 @@ static int acked_stream_data_cb(ngtcp2_conn *conn, int64_t sid,
     s->buffered -= k->len;
     free(k);
   }
+  if (s->buffered < before && c->cbs && c->cbs->stream_acked_cb &&
+      !c->dying)
+    c->cbs->stream_acked_cb(c, sid, c->ud);
   return 0;
 }
 
@@ -2388,6 +2394,13 @@ void quic_conn_get_info(struct quic_conn *c, struct quic_conn_info *out)
   out->age_ms = (now_ns() - c->created) / NGTCP2_MILLISECONDS;
   out->path_virtual = c->conn && !c->dying ? quic_conn_path_virtual(c) : 0;
   out->h3 = c->h3;
+}
+
+size_t quic_conn_stream_room(struct quic_conn *c, int64_t sid)
+{
+  struct qstream *s = stream_find(c, sid);
+  size_t used = s ? s->buffered : 0;
+  return used >= QUIC_STREAM_BUF_MAX ? 0 : QUIC_STREAM_BUF_MAX - used;
 }
 
 int quic_conn_stream_send(struct quic_conn *c, int64_t sid, const uint8_t *d,

@@ -90,6 +90,9 @@ struct quic_conn_cbs {
                           void *ud);
   void (*stream_reset_cb)(struct quic_conn *c, int64_t sid, uint64_t code,
                           void *ud);
+  /* Optional: the peer acknowledged data of sid, so there is room to
+   * send more (quic_conn_stream_room). */
+  void (*stream_acked_cb)(struct quic_conn *c, int64_t sid, void *ud);
   /* The connection is gone; last callback. */
   void (*close_cb)(struct quic_conn *c, const struct quic_close_info *info,
                    void *ud);
@@ -287,6 +290,9 @@ int quic_conn_open_stream(struct quic_conn *c, int64_t *sid);
  * ZTNA_ERR_CLOSED. */
 int quic_conn_stream_send(struct quic_conn *c, int64_t sid, const uint8_t *d,
                           size_t n, int fin);
+
+/* How many bytes quic_conn_stream_send would take on sid now. */
+size_t quic_conn_stream_room(struct quic_conn *c, int64_t sid);
 
 /* Closes with an application error code and reason. */
 void quic_conn_close(struct quic_conn *c, uint64_t code, const char *reason);

@@ -86,22 +86,31 @@ static void f_status(void *ud, struct jw *w)
   jw_end(w);
 }
 
-static size_t f_peers(void *ud, const char *who, struct jw *w)
+static size_t crowd; /* more peers named "peerN", for paging */
+
+static size_t f_peers(void *ud, const char *who, size_t offset, size_t limit,
+                      struct jw *w)
 {
+  static const char *const names[2] = { "alice", "bob smith" };
+  static const char *const roles[2] = { "agent", "connector" };
+  const uint8_t *fps[2] = { alice_fp, bob_fp };
   size_t n = 0;
   (void)ud;
-  if (!who || api_peer_matches(who, "alice", alice_fp)) {
-    jw_obj(w, NULL);
-    jw_str(w, "identity", "alice");
-    jw_str(w, "role", "agent");
-    jw_end(w);
-    n++;
-  }
-  if (!who || api_peer_matches(who, "bob smith", bob_fp)) {
-    jw_obj(w, NULL);
-    jw_str(w, "identity", "bob smith");
-    jw_str(w, "role", "connector");
-    jw_end(w);
+
+  for (size_t i = 0; i < 2 + crowd; i++) {
+    char name[32];
+    if (i < 2)
+      snprintf(name, sizeof(name), "%s", names[i]);
+    else
+      snprintf(name, sizeof(name), "peer%zu", i);
+    if (who && !api_peer_matches(who, name, i < 2 ? fps[i] : bob_fp))
+      continue;
+    if (n >= offset && n - offset < limit) {
+      jw_obj(w, NULL);
+      jw_str(w, "identity", name);
+      jw_str(w, "role", i < 2 ? roles[i] : "agent");
+      jw_end(w);
+    }
     n++;
   }
   return n;
@@ -202,6 +211,34 @@ static void test_peers(void **state)
   free(rs.body);
   assert_int_equal(call(&f, "GET", "/v1/peers/a%2fb", 0, 1, &rs), 400);
   free(rs.body);
+}
+
+/* A daemon with more peers than one answer holds: pages of
+ * API_PEERS_MAX, the total, and where the next page starts. */
+static void test_peers_paging(void **state)
+{
+  struct fake f = { 0 };
+  struct h3_response rs;
+  (void)state;
+
+  crowd = API_PEERS_MAX + 500;
+  assert_int_equal(call(&f, "GET", "/v1/peers", 0, 1, &rs), 200);
+  assert_non_null(strstr(rs.body, "\"total\": 1502"));
+  assert_non_null(strstr(rs.body, "\"next_offset\": 1000"));
+  assert_non_null(strstr(rs.body, "\"peer999\""));
+  assert_null(strstr(rs.body, "\"peer1000\""));
+  free(rs.body);
+  assert_int_equal(call(&f, "GET", "/v1/peers?offset=1000", 0, 1, &rs), 200);
+  assert_non_null(strstr(rs.body, "\"peer1000\""));
+  assert_non_null(strstr(rs.body, "\"peer1501\""));
+  assert_null(strstr(rs.body, "\"alice\""));
+  assert_null(strstr(rs.body, "next_offset"));
+  free(rs.body);
+  assert_int_equal(call(&f, "GET", "/v1/peers?offset=-1", 0, 1, &rs), 400);
+  free(rs.body);
+  assert_int_equal(call(&f, "GET", "/v1/peers?offset=12x", 0, 1, &rs), 400);
+  free(rs.body);
+  crowd = 0;
 }
 
 static void test_delete(void **state)
@@ -342,6 +379,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_status_golden),
     cmocka_unit_test(test_peers),
+    cmocka_unit_test(test_peers_paging),
     cmocka_unit_test(test_delete),
     cmocka_unit_test(test_reload),
     cmocka_unit_test(test_refusals),
