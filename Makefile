@@ -96,9 +96,11 @@ $(BIN): $(BUILD)/main.o $(APPLET_OBJ) $(COMMON_OBJ) $(BUILD)/liblwip.a
 # The release artefact: one static, stripped binary (glibc's resolver
 # reads /etc/hosts and /etc/resolv.conf by itself, so it runs in an empty
 # root), built with fixed flags from paths relative to the tree: the same
-# tree and toolchain give the same bytes. At most RELEASE_MAX bytes.
+# tree and toolchain give the same bytes. At most RELEASE_MAX bytes: 2.5 MB
+# until nghttp3 came (the HTTP/3 API), whose Debian library is built
+# without per-function sections, so --gc-sections cannot trim it (+140 KB).
 RELEASE := $(BUILD)/release/ztna
-RELEASE_MAX := 2500000
+RELEASE_MAX := 2750000
 RELEASE_CFLAGS := -Os -ffunction-sections -fdata-sections \
   -fno-asynchronous-unwind-tables -fno-unwind-tables \
   -ffile-prefix-map=$(CURDIR)=. -fdebug-prefix-map=$(CURDIR)=.

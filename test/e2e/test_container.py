@@ -72,7 +72,7 @@ def test_image_is_minimal(image):
         assert os.readlink(os.path.join(rootfs, "usr/bin", a)) == "ztna"
     out = sh(["file", os.path.join(rootfs, "usr/bin/ztna")]).stdout
     assert "statically linked" in out and "stripped" in out
-    assert os.path.getsize(os.path.join(rootfs, "usr/bin/ztna")) <= 2500000
+    assert os.path.getsize(os.path.join(rootfs, "usr/bin/ztna")) <= 2750000  # Makefile RELEASE_MAX (nghttp3 +140 KB)
     uid = conf["User"].split(":")[0]
     assert uid.isdigit() and int(uid) != 0
     assert conf["Entrypoint"] == ["/usr/bin/ztna"]

@@ -33,7 +33,7 @@ def test_release_is_static_small_and_reproducible(tmp_path):
         outs.append(os.path.join(build, "release", "ztna"))
     a, b = (open(o, "rb").read() for o in outs)
     assert a == b, "two release builds of one tree differ"
-    assert len(a) <= 2500000
+    assert len(a) <= 2750000  # Makefile RELEASE_MAX (nghttp3 +140 KB)
     info = sh(["file", outs[0]]).stdout
     assert "statically linked" in info and "stripped" in info
     assert sh(["ldd", outs[0]]).returncode != 0  # "not a dynamic executable"
