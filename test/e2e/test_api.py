@@ -313,6 +313,17 @@ def test_h3_connection_registers_nothing(world):
         c.quiet("nack", seconds=0.1)
         assert w.inter.metric("ztna_registrations_total") == regs
         assert len(status(w)["peers"]) == peers
+        # Bytes on the first bidirectional stream are an HTTP/3 request
+        # there, not signaling: malformed, they end the connection with
+        # an HTTP/3 error code (0x100-0x110), and no signaling happened.
+        sessions = w.inter.metric("ztna_signaling_sessions_total")
+        sig_errors = w.inter.metric("ztna_signaling_errors_total")
+        c.send("sig 0001020304050607")
+        ev = c.expect("closed", timeout=20).split()
+        assert ev[1:3] == ["0", "1"], ev  # by the server, an app code
+        assert 0x100 <= int(ev[3]) <= 0x110, ev
+        assert w.inter.metric("ztna_signaling_sessions_total") == sessions
+        assert w.inter.metric("ztna_signaling_errors_total") == sig_errors
     finally:
         c.close()
     # The same client on ztna-v1 registers (the test can tell).
