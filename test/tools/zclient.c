@@ -130,8 +130,9 @@ static void on_stream(struct quic_conn *c, int64_t sid, const uint8_t *d,
   struct client *cl = ud;
   (void)c;
   (void)fin;
-  if (cl->sid < 0)
-    cl->sid = sid; /* the intermediate opened one toward us */
+  if (cl->sid < 0 && !(sid & 0x2))
+    cl->sid = sid; /* the intermediate opened one toward us (h3's
+                      unidirectional streams take no bytes from us) */
   if (n)
     hex_out("sig", d, n);
 }
