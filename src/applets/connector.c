@@ -1518,8 +1518,9 @@ static void file_sums(struct cctx *x, uint8_t sums[4][32])
 
 /* SIGHUP and POST /v1/reload: the policy and both certificate contexts,
  * all or none. With w, what changed is written into it. */
-static int reload(struct cctx *x, struct jw *w, char *err, size_t errlen)
+static int reload(void *ud, struct jw *w, char *err, size_t errlen)
 {
+  struct cctx *x = ud;
   static const char *const names[4] = { "certificate", "key", "ca",
                                         "policy" };
   struct tls_ctx *tls, *srv;
@@ -1708,11 +1709,6 @@ static size_t api_disconnect(void *ud, const char *who, const char *reason)
   return n;
 }
 
-static int api_reload(void *ud, struct jw *w, char *err, size_t errlen)
-{
-  return reload(ud, w, err, errlen);
-}
-
 static char *api_metrics(void *ud, size_t *len)
 {
   struct cctx *x = ud;
@@ -1731,7 +1727,7 @@ static const struct api_ops api_ops = {
   .status = api_status,
   .peers = api_peers,
   .disconnect = api_disconnect,
-  .reload = api_reload,
+  .reload = reload,
   .metrics = api_metrics,
 };
 

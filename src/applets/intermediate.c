@@ -637,8 +637,9 @@ static void file_sums(struct ictx *x, uint8_t sums[4][32])
 
 /* SIGHUP and POST /v1/reload: new certificates and policy, both or
  * neither. With w, what changed is written into it. */
-static int reload(struct ictx *x, struct jw *w, char *err, size_t errlen)
+static int reload(void *ud, struct jw *w, char *err, size_t errlen)
 {
+  struct ictx *x = ud;
   struct tls_ctx *tls;
   struct cfg_policy *p;
   uint8_t sums[4][32];
@@ -865,11 +866,6 @@ static size_t api_disconnect(void *ud, const char *who, const char *reason)
   return n;
 }
 
-static int api_reload(void *ud, struct jw *w, char *err, size_t errlen)
-{
-  return reload(ud, w, err, errlen);
-}
-
 static char *api_metrics(void *ud, size_t *len)
 {
   struct ictx *x = ud;
@@ -888,7 +884,7 @@ static const struct api_ops api_ops = {
   .status = api_status,
   .peers = api_peers,
   .disconnect = api_disconnect,
-  .reload = api_reload,
+  .reload = reload,
   .metrics = api_metrics,
 };
 

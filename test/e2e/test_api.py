@@ -16,6 +16,7 @@ source package, talks to the API.
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -299,6 +300,29 @@ def test_delete_cuts_off_and_policy_decides(world):
     wait_for(lambda: web_works(w), timeout=90, what="web allowed again")
 
 
+def test_connector_delete_and_peers(world):
+    """The connector's own API: its agents, and DELETE of one, whose
+    end-to-end connection comes back (the policy allows it)."""
+    w = world
+    wait_for(lambda: web_works(w), timeout=60, what="web")
+    p = api(w, "ops", "GET", "/v1/peers/alice", server=CONN)
+    assert p.returncode == 0, p.stderr
+    before = json.loads(p.stdout)["peers"]
+    assert [a["identity"] for a in before] == ["alice"]
+    e2e = w.metric(w.conn_ns, 9091, "ztna_connector_e2e_connections_total")
+    p = api(w, "ops", "DELETE", "/v1/peers/alice?reason=rotate", server=CONN)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["disconnected"] == 1
+    wait_for(lambda: "disconnected by an administrator: rotate"
+             in open(w.conn_log.name).read(), what="the connector's log")
+    wait_for(lambda: web_works(w), timeout=60, what="web on a new connection")
+    assert w.metric(w.conn_ns, 9091,
+                    "ztna_connector_e2e_connections_total") > e2e
+    assert peer(status(w, CONN), "alice", "agents")["identity"] == "alice"
+    assert api(w, "ops", "DELETE", "/v1/peers/nobody",
+               server=CONN).returncode == 2
+
+
 def test_h3_connection_registers_nothing(world):
     w = world
     regs = w.inter.metric("ztna_registrations_total")
@@ -347,7 +371,7 @@ def test_ngtcp2_example_client(world, tmp_path):
     assert build.returncode == 0, build.stderr
     client = build.stdout.strip()
 
-    def fetch(ns, host, port, path, who="ops", method=None):
+    def fetch(ns, host, port, path, who="ops", method=None, extra=()):
         d = tmp_path / ("dl-%s-%s" % (who, path.strip("/").replace("/", "-")))
         d.mkdir(exist_ok=True)
         args = [client, "--exit-on-all-streams-close", "--no-quic-dump",
@@ -356,6 +380,7 @@ def test_ngtcp2_example_client(world, tmp_path):
             args += ["--key", w.admin[who][1], "--cert", w.admin[who][0]]
         if method:
             args += ["-m", method]
+        args += list(extra)
         p = w.net.exec(ns, args + [host, str(port),
                                    "https://%s:%d%s" % (host, port, path)],
                        check=False, timeout=60)
@@ -380,3 +405,12 @@ def test_ngtcp2_example_client(world, tmp_path):
     print(closes)
     assert not body
     assert any("frm rx" in l and "0x174" in l for l in closes), closes
+
+    # An admin certificate that ends while its connection is open: the
+    # handshake is made in time, the request (sent 15 s later) is not
+    # served.
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))
+    w.admin["brief"] = w.pki.issue("admin", "brief", "--not-after", end)
+    p, body = fetch(w.agent_ns, "198.51.100.10", 4433, "/v1/status",
+                    who="brief", extra=("--delay-stream=15s",))
+    assert body and "has expired" in body, (body, p.stderr[-2000:])
