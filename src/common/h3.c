@@ -101,8 +101,8 @@ static void flush(struct h3 *h)
               nghttp3_strerror((int)n));
       return;
     }
-    if (sid < 0)
-      return;
+    if (sid < 0 || (n == 0 && !fin))
+      return; /* nothing more now (never spin on an empty stream) */
     for (nghttp3_ssize i = 0; i < n; i++) {
       int last = i == n - 1;
       if (h->c && quic_conn_stream_send(h->c, sid, vec[i].base, vec[i].len,
