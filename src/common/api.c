@@ -282,7 +282,8 @@ static int hexval(int c)
   return -1;
 }
 
-int api_pct_decode(const char *src, size_t n, char *out, size_t cap)
+static int pct_decode(const char *src, size_t n, char *out, size_t cap,
+                      int plus_is_space)
 {
   size_t k = 0;
 
@@ -298,7 +299,7 @@ int api_pct_decode(const char *src, size_t n, char *out, size_t cap)
         return -1;
       ch = hi * 16 + lo;
       i += 2;
-    } else if (ch == '+') {
+    } else if (ch == '+' && plus_is_space) {
       ch = ' ';
     }
     if (ch < 0x20 || ch == 0x7f)
@@ -309,6 +310,11 @@ int api_pct_decode(const char *src, size_t n, char *out, size_t cap)
   }
   out[k] = '\0';
   return (int)k;
+}
+
+int api_pct_decode(const char *src, size_t n, char *out, size_t cap)
+{
+  return pct_decode(src, n, out, cap, 0);
 }
 
 int api_peer_matches(const char *who, const char *cn, const uint8_t fp[32])
@@ -340,7 +346,7 @@ static int query_param(const char *q, const char *name, char *out, size_t cap)
     const char *amp = strchr(q, '&');
     size_t len = amp ? (size_t)(amp - q) : strlen(q);
     if (len > nl && !strncmp(q, name, nl) && q[nl] == '=')
-      return api_pct_decode(q + nl + 1, len - nl - 1, out, cap) < 0 ? -1 : 1;
+      return pct_decode(q + nl + 1, len - nl - 1, out, cap, 1) < 0 ? -1 : 1;
     q = amp ? amp + 1 : NULL;
   }
   return 0;

@@ -118,8 +118,9 @@ void api_handle(const struct api_ops *ops, void *ud,
 struct quic_conn;
 int api_attach(struct quic_conn *c, const struct api_ops *ops, void *ud);
 
-/* Percent-decodes src[0..n) into out (cap bytes with the NUL); refuses
- * malformed escapes, NUL and control bytes. Returns the length or -1. */
+/* Percent-decodes a path segment src[0..n) into out (cap bytes with the
+ * NUL; '+' stays '+', a query's '+' is a space); refuses malformed
+ * escapes, NUL and control bytes. Returns the length or -1. */
 int api_pct_decode(const char *src, size_t n, char *out, size_t cap);
 
 /* Whether a peer named by cn with certificate fingerprint fp matches who

@@ -361,8 +361,11 @@ static void test_pct_and_match(void **state)
   char out[16];
   (void)state;
 
+  /* In a path '+' is itself (a query's is a space: test_delete). */
   assert_int_equal(api_pct_decode("a%41+b", 6, out, sizeof(out)), 4);
-  assert_string_equal(out, "aA b");
+  assert_string_equal(out, "aA+b");
+  assert_int_equal(api_pct_decode("a%20b", 5, out, sizeof(out)), 3);
+  assert_string_equal(out, "a b");
   assert_int_equal(api_pct_decode("%4", 2, out, sizeof(out)), -1);
   assert_int_equal(api_pct_decode("%zz", 3, out, sizeof(out)), -1);
   assert_int_equal(api_pct_decode("0123456789abcdefX", 17, out, sizeof(out)),
