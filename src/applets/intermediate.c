@@ -109,7 +109,6 @@ struct ictx {
   struct iconn *conns;
   /* SHA-256 of the files in use: what a reload reports as changed. */
   uint8_t sums[4][32]; /* certificate, key, CA, policy */
-  uint64_t api_conns;
 };
 
 struct iconn {
@@ -224,7 +223,6 @@ static void on_handshake(struct quic_conn *c, void *ud)
     struct ictx *x = ic->x;
     quic_conn_set_cbs(c, NULL, NULL);
     free(ic);
-    x->api_conns++;
     api_attach(c, &api_ops, x);
     return;
   }
