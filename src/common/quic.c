@@ -84,7 +84,7 @@ struct quic_conn {
   struct sockaddr_storage mig_local, mig_remote;
   int h3;               /* ALPN h3: uni streams allowed (quic.h) */
   uint64_t created;     /* now_ns() when it was made */
-  uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
+  uint64_t rx_bytes, tx_bytes; /* UDP payloads, for the status API */
   uint64_t last_rx;     /* uv_hrtime of the last packet from the peer */
   uint64_t waiting_since; /* something ack-eliciting outstanding since */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
@@ -1372,7 +1372,6 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   path.user_data = NULL;
   c->last_rx = now_ns();
   c->rx_bytes += n;
-  c->rx_packets++;
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
@@ -1573,7 +1572,6 @@ static int conn_write(struct quic_conn *c)
         break;
     }
     c->tx_bytes += (uint64_t)n;
-    c->tx_packets++;
     gso_add(c->ep, b, ps.path.remote.addr, (size_t)n);
   }
   gso_flush(c->ep, b);
@@ -2376,24 +2374,12 @@ int quic_conn_is_h3(struct quic_conn *c)
 
 void quic_conn_get_info(struct quic_conn *c, struct quic_conn_info *out)
 {
-  const ngtcp2_conn_info *ci = NULL;
-  ngtcp2_conn_info buf;
-
   memset(out, 0, sizeof(*out));
-  if (c->conn && !c->dying) {
-    ngtcp2_conn_get_conn_info(c->conn, &buf);
-    ci = &buf;
-  }
-  out->rtt_us = ci ? ci->smoothed_rtt / 1000 : 0;
-  out->min_rtt_us = ci && ci->min_rtt != UINT64_MAX ? ci->min_rtt / 1000 : 0;
-  out->cwnd = ci ? ci->cwnd : 0;
+  if (c->conn && !c->dying)
+    out->rtt_us = quic_conn_rtt_us(c);
   out->rx_bytes = c->rx_bytes;
   out->tx_bytes = c->tx_bytes;
-  out->rx_packets = c->rx_packets;
-  out->tx_packets = c->tx_packets;
   out->age_ms = (now_ns() - c->created) / NGTCP2_MILLISECONDS;
-  out->path_virtual = c->conn && !c->dying ? quic_conn_path_virtual(c) : 0;
-  out->h3 = c->h3;
 }
 
 size_t quic_conn_stream_room(struct quic_conn *c, int64_t sid)

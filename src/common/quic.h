@@ -262,11 +262,9 @@ int quic_conn_path_virtual(struct quic_conn *c);
 
 /* What a status page shows of a connection. */
 struct quic_conn_info {
-  uint64_t rtt_us, min_rtt_us, cwnd;
-  uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets; /* UDP payloads */
-  uint64_t age_ms;  /* since the first packet */
-  int path_virtual; /* through the relay (a virtual path) */
-  int h3;
+  uint64_t rtt_us;             /* smoothed */
+  uint64_t rx_bytes, tx_bytes; /* UDP payloads */
+  uint64_t age_ms;             /* since the first packet */
 };
 void quic_conn_get_info(struct quic_conn *c, struct quic_conn_info *out);
 

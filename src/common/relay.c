@@ -1336,10 +1336,8 @@ void relay_client_describe(const struct relay *r,
   (void)r;
   memset(out, 0, sizeof(*out));
   out->id = c->id;
-  out->nregs = c->nregs;
   out->sessions = c->nsessions;
   out->relay_sessions = c->nrsess;
-  out->takes_sessions = c->takes_sessions;
 }
 
 int relay_client_reg(const struct relay_client *c, size_t i, const char **id,

@@ -156,8 +156,7 @@ void relay_describe_services(struct relay *r,
                              void *ud);
 struct relay_client_info {
   const struct tls_identity *id;
-  size_t nregs, sessions, relay_sessions;
-  int takes_sessions;
+  size_t sessions, relay_sessions;
 };
 void relay_client_describe(const struct relay *r,
                            const struct relay_client *c,
