@@ -51,7 +51,8 @@ static const char status_usage[] =
     "\n"
     "Without --server, asks the daemons on this machine through their\n"
     "local metrics listeners (the intermediate's 9090, the connector's 9091,\n"
-    "the agent's 9092, or --local), read-only and without certificates.\n"
+    "and 9092: the agent has no metrics port unless given one; or --local),\n"
+    "read-only and without certificates.\n"
     "With --server, asks an intermediate or connector over HTTP/3 on its\n"
     "QUIC port with an admin certificate (ztna keygen issue --role admin).\n"
     "\n"
@@ -490,6 +491,31 @@ static void table(const struct doc *d, const char *title, int arr)
              c + 1 < ncol ? "  " : "\n");
 }
 
+/* How deep the document nests (outside strings): the renderer recurses
+ * once per level, and whatever listens on a local port may answer. */
+#define RENDER_DEPTH_MAX 16
+static int too_deep(const char *js, size_t len)
+{
+  int depth = 0, in_str = 0;
+
+  for (size_t i = 0; i < len; i++) {
+    if (in_str) {
+      if (js[i] == '\\')
+        i++;
+      else if (js[i] == '"')
+        in_str = 0;
+    } else if (js[i] == '"') {
+      in_str = 1;
+    } else if (js[i] == '{' || js[i] == '[') {
+      if (++depth > RENDER_DEPTH_MAX)
+        return 1;
+    } else if (js[i] == '}' || js[i] == ']') {
+      depth--;
+    }
+  }
+  return 0;
+}
+
 static int render(const char *from, const char *js, size_t len)
 {
   jsmn_parser p;
@@ -497,6 +523,8 @@ static int render(const char *from, const char *js, size_t len)
   char v[256];
   int n;
 
+  if (too_deep(js, len))
+    return -1; /* printed as it came */
   jsmn_init(&p);
   n = jsmn_parse(&p, js, len, NULL, 0);
   if (n <= 0)
