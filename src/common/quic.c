@@ -76,6 +76,7 @@ struct quic_conn {
   uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
   int free_arrays;      /* the exporter is taken: let wolfSSL free the rest */
+  int drop_tls;         /* server, handshake done: free the TLS session */
   int has_exporter;
   uint8_t exporter[QUIC_EXPORTER_LEN];
   int rotate_pending;   /* server: read the next packet on the other label */
@@ -625,7 +626,45 @@ static int conn_up(struct quic_conn *c)
   sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
   if (c->cbs && c->cbs->handshake_cb)
     c->cbs->handshake_cb(c, c->ud);
+  /* A server has what it keeps of the TLS session now (the application
+   * copied the peer's identity in handshake_cb, the exporter is taken) and
+   * a QUIC client sends nothing more at the TLS layer: the session goes
+   * once ngtcp2 is done with this read (tls_drop). */
+  c->drop_tls = c->server;
   return 0;
+}
+
+/* A server's TLS session after the handshake: some 14 KB per connection
+ * (the session object, its record buffers, cipher state QUIC never uses,
+ * the peer's decoded certificate) that nothing reads again. ngtcp2 keeps
+ * the packet keys itself, and key updates derive from them. */
+static void tls_drop(struct quic_conn *c)
+{
+  c->drop_tls = 0;
+  c->free_arrays = 0;
+  ngtcp2_conn_set_tls_native_handle(c->conn, NULL);
+  wolfSSL_free(c->ssl);
+  c->ssl = NULL;
+}
+
+/* CRYPTO frames after the session was dropped: a client has no TLS
+ * message to send after its Finished in QUIC (no post-handshake
+ * authentication, no KeyUpdate), so this is a peer breaking the protocol:
+ * unexpected_message, as a TLS stack would answer. */
+static int recv_crypto_data_cb(ngtcp2_conn *conn,
+                               ngtcp2_encryption_level level,
+                               uint64_t offset, const uint8_t *data,
+                               size_t len, void *ud)
+{
+  struct quic_conn *c = ud;
+
+  if (c->ssl)
+    return ngtcp2_crypto_recv_crypto_data_cb(conn, level, offset, data, len,
+                                             ud);
+  log_debug("quic: %zu bytes of TLS data after the handshake: refused",
+            len);
+  ngtcp2_conn_set_tls_alert(conn, 10 /* unexpected_message */);
+  return NGTCP2_ERR_CRYPTO;
 }
 
 static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
@@ -826,7 +865,7 @@ static void log_printf_cb(void *ud, const char *fmt, ...)
 static const ngtcp2_callbacks callbacks_template = {
   .client_initial = ngtcp2_crypto_client_initial_cb,
   .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
-  .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+  .recv_crypto_data = recv_crypto_data_cb,
   .handshake_completed = handshake_completed_cb,
   .handshake_confirmed = handshake_confirmed_cb,
   .encrypt = ngtcp2_crypto_encrypt_cb,
@@ -1375,6 +1414,8 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
+  if (c->drop_tls && !c->dying)
+    tls_drop(c);
   if (c->free_arrays) {
     c->free_arrays = 0;
     wolfSSL_FreeArrays(c->ssl);
@@ -2193,8 +2234,15 @@ struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c)
   return c->ep;
 }
 
+struct ngtcp2_conn *quic_conn_ngtcp2(struct quic_conn *c)
+{
+  return c->conn;
+}
+
 int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id)
 {
+  if (!c->ssl)
+    return -ENOENT; /* a server's session is gone after handshake_cb */
   return tls_peer_identity(c->ssl, id);
 }
 

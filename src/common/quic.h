@@ -201,6 +201,12 @@ int quic_conn_is_server(struct quic_conn *c);
 int quic_conn_handshake_done(struct quic_conn *c);
 const struct sockaddr *quic_conn_peer(struct quic_conn *c);
 struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c);
+/* The connection's ngtcp2 state, for tests and diagnostics that drive the
+ * transport directly (key updates, hand-made frames). */
+struct ngtcp2_conn;
+struct ngtcp2_conn *quic_conn_ngtcp2(struct quic_conn *c);
+/* The peer's certificate identity. A server frees its TLS session once
+ * handshake_cb has returned: copy what you need there (later: -ENOENT). */
 int quic_conn_peer_identity(struct quic_conn *c, struct tls_identity *id);
 /* Copies the connection ID packets to the peer carry now; returns its
  * length. */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <ngtcp2/ngtcp2.h>
 #include <uv.h>
 
 #include "err.h"
@@ -442,6 +443,100 @@ static void test_quic_transfer(void **state)
   assert_int_equal(w.srv.info.app, 1);
   assert_int_equal(w.srv.info.code, 7);
   assert_string_equal(w.srv.info.reason, "bye");
+  world_free(&w);
+}
+
+/* One datagram each way, and both see it. */
+static void exchange(struct world *w, uint32_t seq)
+{
+  uint8_t ping[64];
+
+  w->srv.received = w->cli.received = 0;
+  memset(w->srv.seen, 0, NDGRAMS);
+  memset(w->cli.seen, 0, NDGRAMS);
+  fill_dgram(ping, seq, sizeof(ping));
+  assert_int_equal(quic_conn_send_datagram(w->cli.c, ping, sizeof(ping)), 0);
+  assert_int_equal(quic_conn_send_datagram(w->srv.c, ping, sizeof(ping)), 0);
+  assert_true(run_until(w, got_one_each));
+  assert_false(w->cli.closed || w->srv.closed);
+}
+
+/* Traffic both ways: ngtcp2 prepares the next keys as it reads and
+ * writes. */
+static void traffic_cb(uv_timer_t *t)
+{
+  struct world *w = t->data;
+  uint8_t ping[16];
+
+  fill_dgram(ping, 0, sizeof(ping));
+  if (!w->cli.closed && !w->srv.closed) {
+    quic_conn_send_datagram(w->cli.c, ping, sizeof(ping));
+    quic_conn_send_datagram(w->srv.c, ping, sizeof(ping));
+  }
+}
+
+static int srv_key_update; /* the server started one */
+
+static int server_updated_keys(struct world *w)
+{
+  if (!srv_key_update && !w->cli.closed && !w->srv.closed)
+    srv_key_update = ngtcp2_conn_initiate_key_update(
+                       quic_conn_ngtcp2(w->srv.c), uv_hrtime()) == 0;
+  return srv_key_update || w->cli.closed || w->srv.closed;
+}
+
+/* A server frees its TLS session once the handshake is done (the memory
+ * per idle connection): key updates from either side still work on the
+ * keys ngtcp2 holds, and TLS bytes a client sends after the handshake end
+ * the connection with unexpected_message instead of reaching a freed
+ * session. */
+static void test_quic_server_drops_tls(void **state)
+{
+  struct world w;
+  uv_timer_t tick;
+  struct tls_identity id;
+  static const uint8_t junk[] = { 0x04, 0x00, 0x00, 0x01, 0x00 };
+  (void)state;
+
+  world_init(&w, 0, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"),
+                 cert("ca.crt"), NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_string_equal(w.srv.peer.cn, "client"); /* read in handshake_cb */
+  exchange(&w, 1);
+  assert_int_equal(quic_conn_peer_identity(w.srv.c, &id), -ENOENT);
+  assert_int_equal(quic_conn_peer_identity(w.cli.c, &id), 0);
+
+  /* Key updates: the client's, then (once confirmed) the server's. */
+  assert_int_equal(ngtcp2_conn_initiate_key_update(
+                     quic_conn_ngtcp2(w.cli.c), uv_hrtime()), 0);
+  exchange(&w, 2);
+  exchange(&w, 3);
+  /* ngtcp2 allows the next update three PTOs after the last: poll. */
+  uv_timer_init(&w.loop, &tick);
+  tick.data = &w;
+  uv_timer_start(&tick, traffic_cb, 10, 10);
+  assert_true(run_until(&w, server_updated_keys));
+  uv_close((uv_handle_t *)&tick, NULL);
+  assert_true(srv_key_update);
+  exchange(&w, 4);
+  exchange(&w, 5);
+
+  /* A TLS message in a 1-RTT CRYPTO frame. */
+  assert_int_equal(ngtcp2_conn_submit_crypto_data(
+                     quic_conn_ngtcp2(w.cli.c),
+                     NGTCP2_ENCRYPTION_LEVEL_1RTT, junk, sizeof(junk)), 0);
+  {
+    uint8_t ping[64];
+    fill_dgram(ping, 6, sizeof(ping));
+    assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)),
+                     0);
+  }
+  assert_true(run_until(&w, both_closed));
+  assert_int_equal(w.srv.info.local, 1);
+  assert_int_equal(w.cli.info.local, 0);
+  assert_int_equal(w.cli.info.app, 0);
+  assert_int_equal(w.cli.info.code, NGTCP2_CRYPTO_ERROR | 10);
   world_free(&w);
 }
 
@@ -1383,6 +1478,7 @@ int main(void)
   const char *d = getenv("ZTNA_TEST_CERTS");
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
+    cmocka_unit_test(test_quic_server_drops_tls),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
     cmocka_unit_test(test_quic_h3_beside_ztna),
