@@ -173,6 +173,21 @@ wolf_speed=""
 if [ "$(uname -m)" = x86_64 ]; then
   wolf_speed="-DWOLFSSL_AESNI -DHAVE_INTEL_AVX1 -DHAVE_INTEL_AVX2"
   wolf_speed="$wolf_speed -DWOLFSSL_X86_64_BUILD -maes -mpclmul -msse4.2"
+  # Every AES context (ngtcp2 keeps six per connection: packet and header
+  # keys each way, and the next packet keys) carries a 512-byte GHASH table
+  # that the AES-NI/PCLMULQDQ code never reads: 3 KB of each idle
+  # connection's memory. wolfSSL's CMake forces that table on every
+  # little-endian machine whatever WOLFSSL_AESGCM says, so build from a
+  # copy of the source (hard links; the cached tree stays as Debian ships
+  # it) whose CMakeLists honours the option. Without the table, a CPU
+  # lacking PCLMULQDQ takes wolfSSL's table-free 64-bit GHASH.
+  rm -rf "$pfx/wolfssl-src"
+  cp -al "$wolf_src" "$pfx/wolfssl-src" || die "cannot copy $wolf_src"
+  wolf_src=$pfx/wolfssl-src
+  grep -q 'override_cache(WOLFSSL_AESGCM "4bit")' "$wolf_src/CMakeLists.txt" \
+    || die "wolfSSL's CMakeLists.txt changed: review the GHASH table edit"
+  sed -i 's/override_cache(WOLFSSL_AESGCM "4bit")/# ztna: table kept off/' \
+    "$wolf_src/CMakeLists.txt"
 fi
 
 # One section per function and object, so that the static release binary
@@ -200,6 +215,9 @@ cmake -S "$wolf_src" -B "$pfx/b-wolfssl" -DCMAKE_INSTALL_PREFIX="$pfx" \
   || { tail -30 "$pfx/wolfssl.log" >&2; die "wolfSSL build failed (log: $pfx/wolfssl.log)"; }
 grep -q '#define WOLFSSL_QUIC' "$pfx/include/wolfssl/options.h" \
   || die "wolfSSL was built without WOLFSSL_QUIC"
+if [ -n "$wolf_speed" ] && grep -q '^#define GCM_TABLE' "$pfx/include/wolfssl/options.h"; then
+  die "wolfSSL was built with a GHASH table (see the AES-NI note above)"
+fi
 # Defines passed in CFLAGS do not reach options.h, but struct Cert's layout
 # depends on them: record them so every user of the headers agrees.
 cat >>"$pfx/include/wolfssl/options.h" <<'OPT'
@@ -253,7 +271,7 @@ rm -rf "$pfx/dl-h3"
 step "unpacking lwIP $lwip_ver for the project's lwipopts.h"
 cp -a "$lwip_src/src" "$pfx/lwip"
 
-rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2"
+rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2" "$pfx/wolfssl-src"
 cat > "$pfx/VERSIONS" <<V
 wolfssl $wolf_ver
 ngtcp2 $ng_ver
