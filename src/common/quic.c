@@ -5,6 +5,7 @@
  * the write loop and re-arm the connection's timer to ngtcp2's expiry.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
@@ -138,13 +140,20 @@ struct quic_endpoint {
   struct quic_stats stats;
   uint64_t reset_window_ms; /* stateless resets: at most 100 a second */
   unsigned resets_in_window;
-  /* Receive buffer: libuv reads up to RECV_BATCH datagrams with one
-   * recvmmsg, each into a 64 KiB slice (only the pages a datagram lands on
-   * are ever touched). */
+  /* The receive path is ztna's own (recv_io_cb): libuv's does not pass up
+   * the segment size of a coalesced read. The socket stays libuv's for
+   * sending; a duplicate of its descriptor is what rpoll watches, so the
+   * two watchers never share one (libuv allows one per descriptor). */
+  uv_poll_t rpoll;
+  int rfd;
+  int closing;          /* quic_endpoint_del ran: read nothing more */
+  /* Receive buffer: up to RECV_BATCH reads with one recvmmsg, each into a
+   * 64 KiB slice (only the pages a read lands on are ever touched). */
   uint8_t *rbuf;
 };
 
 #define RECV_BATCH 16
+#define RECV_SLICE 65536
 
 struct send_req {
   uv_udp_send_t req;
@@ -1877,30 +1886,120 @@ not_quic:
     ep->cfg.cbs->packet_cb(ep, d, n, from, ep->cfg.ud);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* UDP receive offload: the kernel may hand several datagrams of one
+ * sender as one read, all of the size in the UDP_GRO control message but
+ * the last (a burst another host sent with UDP_SEGMENT arrives that way,
+ * uncut, through veths, NATs and forwarding). One read then stands for
+ * many, which is the receive side of what UDP_SEGMENT saves the sender. */
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#define RECV_ROUNDS 4 /* recvmmsg calls per wakeup: other watchers get a turn */
+
+static void recv_io_cb(uv_poll_t *h, int status, int events)
 {
   struct quic_endpoint *ep = h->data;
-  (void)hint;
-  *buf = uv_buf_init((char *)ep->rbuf, RECV_BATCH * 65536);
-}
+  struct mmsghdr mm[RECV_BATCH];
+  struct iovec iov[RECV_BATCH];
+  struct sockaddr_storage from[RECV_BATCH];
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctl[RECV_BATCH];
+  int n, rounds = 0;
+  (void)events;
 
-static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
-                    const struct sockaddr *from, unsigned flags)
-{
-  struct quic_endpoint *ep = h->data;
-
-  if (nread <= 0 || !from || (flags & UV_UDP_PARTIAL))
+  if (status < 0) {
+    log_warnx("quic: UDP socket: %s", uv_strerror(status));
     return;
-  handle_datagram(ep, (const uint8_t *)buf->base, (size_t)nread, from);
+  }
+  do {
+    memset(mm, 0, sizeof(mm));
+    for (int i = 0; i < RECV_BATCH; i++) {
+      iov[i].iov_base = ep->rbuf + (size_t)i * RECV_SLICE;
+      iov[i].iov_len = RECV_SLICE;
+      mm[i].msg_hdr.msg_name = &from[i];
+      mm[i].msg_hdr.msg_namelen = sizeof(from[i]);
+      mm[i].msg_hdr.msg_iov = &iov[i];
+      mm[i].msg_hdr.msg_iovlen = 1;
+      mm[i].msg_hdr.msg_control = ctl[i].buf;
+      mm[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
+    }
+    do
+      n = recvmmsg(ep->rfd, mm, RECV_BATCH, MSG_DONTWAIT, NULL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      /* EAGAIN: drained. Anything else (an ICMP error queued on the
+       * socket, say) is reported once per read and the next read goes on. */
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        ep->stats.rx_errors++;
+      return;
+    }
+    ep->stats.rx_reads += (uint64_t)n;
+    for (int i = 0; i < n && !ep->closing; i++) {
+      const uint8_t *d = iov[i].iov_base;
+      size_t len = mm[i].msg_len, seg = len;
+      struct cmsghdr *cm;
+
+      if (mm[i].msg_hdr.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        ep->stats.rx_errors++;
+        continue;
+      }
+      for (cm = CMSG_FIRSTHDR(&mm[i].msg_hdr); cm;
+           cm = CMSG_NXTHDR(&mm[i].msg_hdr, cm)) {
+        int gso;
+        if (cm->cmsg_level != SOL_UDP || cm->cmsg_type != UDP_GRO ||
+            cm->cmsg_len < CMSG_LEN(sizeof(int)))
+          continue;
+        memcpy(&gso, CMSG_DATA(cm), sizeof(gso));
+        if (gso > 0 && (size_t)gso < len)
+          seg = (size_t)gso;
+      }
+      if (seg < len)
+        ep->stats.gro_reads++;
+      for (size_t off = 0; off < len && !ep->closing; off += seg)
+        handle_datagram(ep, d + off, len - off < seg ? len - off : seg,
+                        (const struct sockaddr *)&from[i]);
+    }
+  } while (n == RECV_BATCH && !ep->closing && ++rounds < RECV_ROUNDS);
 }
 
 /* --- public API ---------------------------------------------------------- */
+
+/* Starts the receive path on the bound socket: UDP_GRO where the kernel
+ * has it (without it reads are single datagrams, as before), and a
+ * readable watcher on a duplicate descriptor. */
+static int ep_recv_start(struct quic_endpoint *ep)
+{
+  uv_os_fd_t fd;
+  int one = 1, rv;
+
+  rv = uv_fileno((uv_handle_t *)&ep->udp, &fd);
+  if (rv < 0)
+    return rv;
+  if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+    log_debug("quic: no UDP receive offload here (%s)", strerror(errno));
+  ep->rfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (ep->rfd < 0)
+    return -errno;
+  rv = uv_poll_init_socket(ep->loop, &ep->rpoll, ep->rfd);
+  if (rv < 0) {
+    close(ep->rfd);
+    ep->rfd = -1;
+    return rv;
+  }
+  ep->rpoll.data = ep;
+  ep->open_handles++;
+  return uv_poll_start(&ep->rpoll, UV_READABLE, recv_io_cb);
+}
 
 /* The socket and the two flush handles: freed when all are closed. */
 static void ep_free_cb(uv_handle_t *h)
 {
   struct quic_endpoint *ep = h->data;
   if (--ep->open_handles == 0) {
+    if (ep->rfd >= 0)
+      close(ep->rfd);
     free(ep->rbuf);
     free(ep);
   }
@@ -1940,13 +2039,14 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   else
     fill_random(ep->secret, sizeof(ep->secret));
   fill_random(&ep->hash_seed, sizeof(ep->hash_seed));
-  ep->rbuf = malloc(RECV_BATCH * 65536);
+  ep->rfd = -1;
+  ep->rbuf = malloc(RECV_BATCH * RECV_SLICE);
   if (!ep->rbuf) {
     tls_ctx_unref(ep->server_tls);
     free(ep);
     return -ENOMEM;
   }
-  uv_udp_init_ex(loop, &ep->udp, AF_UNSPEC | UV_UDP_RECVMMSG);
+  uv_udp_init_ex(loop, &ep->udp, AF_UNSPEC);
   ep->udp.data = ep;
   uv_check_init(loop, &ep->flush);
   ep->flush.data = ep;
@@ -1958,6 +2058,9 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   uv_unref((uv_handle_t *)&ep->flush_pre);
   ep->open_handles = 3;
   rv = uv_udp_bind(&ep->udp, bind, 0);
+  if (rv < 0)
+    goto fail;
+  rv = ep_recv_start(ep);
   if (rv < 0)
     goto fail;
   rv = uv_udp_getsockname(&ep->udp, (struct sockaddr *)&ep->local, &namelen);
@@ -1972,15 +2075,15 @@ int quic_endpoint_new(struct quic_endpoint **out, uv_loop_t *loop,
   uv_recv_buffer_size((uv_handle_t *)&ep->udp, &sz);
   sz = 4 * 1024 * 1024;
   uv_send_buffer_size((uv_handle_t *)&ep->udp, &sz);
-  rv = uv_udp_recv_start(&ep->udp, alloc_cb, recv_cb);
-  if (rv < 0)
-    goto fail;
   *out = ep;
   return 0;
 fail:
   tls_ctx_unref(ep->server_tls);
   ep->server_tls = NULL;
   ep->cfg.cbs = NULL;
+  ep->closing = 1;
+  if (ep->rfd >= 0)
+    uv_close((uv_handle_t *)&ep->rpoll, ep_free_cb);
   uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
   uv_close((uv_handle_t *)&ep->flush_pre, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
@@ -2006,7 +2109,8 @@ void quic_endpoint_del(struct quic_endpoint *ep)
     }
   tls_ctx_unref(ep->server_tls);
   ep->server_tls = NULL;
-  uv_udp_recv_stop(&ep->udp);
+  ep->closing = 1;
+  uv_close((uv_handle_t *)&ep->rpoll, ep_free_cb);
   uv_close((uv_handle_t *)&ep->flush, ep_free_cb);
   uv_close((uv_handle_t *)&ep->flush_pre, ep_free_cb);
   uv_close((uv_handle_t *)&ep->udp, ep_free_cb);
