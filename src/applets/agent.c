@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -54,6 +55,7 @@
 #include "api.h"
 #include "tunguard.h"
 #include "uplink.h"
+#include "vnet.h"
 #include "wire.h"
 
 /* The TUN's IPv6 address when a service has an IPv6 virtual IP and the
@@ -232,7 +234,10 @@ struct actx {
   struct daemon_signals sig;
   struct daemon_drain drain;
   int stopping;
-  uint8_t buf[65536];
+  int offload;            /* the TUN has virtio-net headers and TSO */
+  uint64_t tso_reads;     /* reads that were several packets */
+  uint8_t buf[VNET_HDR_LEN + 65536];
+  uint8_t seg[4096];      /* one packet cut from such a read */
 };
 
 static void drop(struct actx *x, enum adrop d)
@@ -281,7 +286,13 @@ static int tunnel_mtu(struct actx *x)
 
 static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
 {
-  ssize_t w = write(x->tun_fd, pkt, n);
+  static const uint8_t none[VNET_HDR_LEN]; /* no offload asked: a packet */
+  struct iovec iov[2] = {
+    { (void *)(uintptr_t)none, sizeof(none) },
+    { (void *)(uintptr_t)pkt, n },
+  };
+  ssize_t w = x->offload ? writev(x->tun_fd, iov, 2)
+                         : write(x->tun_fd, pkt, n);
   if (w < 0)
     drop(x, A_TUN_FULL);
 }
@@ -475,6 +486,11 @@ static void from_tun(struct actx *x, uint8_t *pkt, size_t n)
   drop(x, rv == ZTNA_ERR_QUEUE_FULL ? A_QUEUE_FULL : A_NOT_CONNECTED);
 }
 
+static void from_tun_cb(void *ud, uint8_t *pkt, size_t n)
+{
+  from_tun(ud, pkt, n);
+}
+
 static void tun_readable(uv_poll_t *p, int status, int events)
 {
   struct actx *x = p->data;
@@ -485,9 +501,21 @@ static void tun_readable(uv_poll_t *p, int status, int events)
   /* Bounded, so that the loop also serves the network side. */
   for (int i = 0; i < 256; i++) {
     ssize_t n = read(x->tun_fd, x->buf, sizeof(x->buf));
+    int k;
     if (n <= 0)
       break;
-    from_tun(x, x->buf, (size_t)n);
+    if (!x->offload) {
+      from_tun(x, x->buf, (size_t)n);
+      continue;
+    }
+    /* With TSO one read may be a TCP segment of up to 64 KB: cut into
+     * the packets the tunnel carries (and counted as such). */
+    k = vnet_split(x->buf, (size_t)n, x->seg, sizeof(x->seg), from_tun_cb,
+                   x);
+    if (k < 0)
+      drop(x, A_MALFORMED);
+    else if (k > 1)
+      x->tso_reads++;
   }
 }
 
@@ -1536,6 +1564,7 @@ static void api_status(void *ud, struct jw *w)
   jw_str(w, "version", ZTNA_VERSION);
   jw_str(w, "tun", x->tun_name);
   jw_u64(w, "mtu", (uint64_t)x->mtu);
+  jw_bool(w, "tun_offload", x->offload);
   jw_obj(w, "intermediate");
   jw_str(w, "address", netaddr_str(
                            (const struct sockaddr *)uplink_server(x->up), a,
@@ -1587,6 +1616,7 @@ static void api_status(void *ud, struct jw *w)
   jw_u64(w, "rx_packets", x->rx_packets);
   jw_u64(w, "direct_tx", x->direct_tx);
   jw_u64(w, "direct_rx", x->direct_rx);
+  jw_u64(w, "tso_reads", x->tso_reads);
   jw_end(w);
 }
 
@@ -1994,13 +2024,20 @@ int agent_main(int argc, char **argv)
     return 0;
   }
 
-  x.tun_fd = tun_open(x.cfg.tun_name, x.tun_name, sizeof(x.tun_name));
+  x.offload = 1;
+  x.tun_fd = tun_open(x.cfg.tun_name, x.tun_name, sizeof(x.tun_name),
+                      &x.offload);
   if (x.tun_fd < 0) {
     fprintf(stderr, "ztna agent: cannot create TUN device '%s': %s%s\n",
             x.cfg.tun_name, strerror(-x.tun_fd),
             x.tun_fd == -EPERM ? " (run as root or with CAP_NET_ADMIN)" : "");
     return 1;
   }
+  log_info("%s: %s", x.tun_name,
+           x.offload ? "TCP segmentation offload: reads of up to 64 KB, "
+                       "cut into packets here"
+                     : "no offload (the kernel refused it): a packet per "
+                       "read");
   x.mtu = tunnel_mtu(&x);
   rv = tun_configure(x.tun_name, x.cfg.tunnel_addr, x.mtu);
   if (rv < 0) {

@@ -13,7 +13,8 @@
 
 #include "tun.h"
 
-int tun_open(const char *name, char *actual, size_t len)
+static int tun_open_flags(const char *name, char *actual, size_t len,
+                          short flags)
 {
   struct ifreq ifr;
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
@@ -21,7 +22,7 @@ int tun_open(const char *name, char *actual, size_t len)
   if (fd < 0)
     return -errno;
   memset(&ifr, 0, sizeof(ifr));
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  ifr.ifr_flags = flags;
   if (name)
     snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
@@ -31,6 +32,26 @@ int tun_open(const char *name, char *actual, size_t len)
   }
   snprintf(actual, len, "%s", ifr.ifr_name);
   return fd;
+}
+
+int tun_open(const char *name, char *actual, size_t len, int *offload)
+{
+  int fd;
+
+  if (offload && *offload) {
+    *offload = 0;
+    fd = tun_open_flags(name, actual, len, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR);
+    if (fd >= 0) {
+      int hs = 10; /* struct virtio_net_hdr: vnet.h's VNET_HDR_LEN */
+      if (ioctl(fd, TUNSETVNETHDRSZ, &hs) == 0 &&
+          ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) == 0) {
+        *offload = 1;
+        return fd;
+      }
+      close(fd);
+    }
+  }
+  return tun_open_flags(name, actual, len, IFF_TUN | IFF_NO_PI);
 }
 
 static int ifreq_ioctl(int family, unsigned long req, struct ifreq *ifr)

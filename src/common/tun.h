@@ -7,8 +7,12 @@
 
 /* Opens (creating) TUN device name ("" or NULL: the kernel picks), without
  * packet information, non-blocking. Writes the real name into actual.
- * Returns the fd or -errno. */
-int tun_open(const char *name, char *actual, size_t len);
+ * With offload (non-NULL, *offload set), asks for a virtio-net header on
+ * every read and write and TCP segmentation offload (reads may then be
+ * TCP segments of up to 64 KB with checksums to finish: vnet.h); *offload
+ * says whether it got them (a device or kernel that refuses gets the
+ * plain device). Returns the fd or -errno. */
+int tun_open(const char *name, char *actual, size_t len, int *offload);
 /* Brings ifname up with IPv4 address addr4 (/32; NULL: none) and mtu. */
 int tun_configure(const char *ifname, const char *addr4, int mtu);
 int tun_set_mtu(const char *ifname, int mtu);

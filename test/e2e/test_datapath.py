@@ -65,6 +65,33 @@ def test_redis_1000_keys(world):
     assert lines[1000:2000] == ["value-%d" % (i * 7) for i in range(1000)]
 
 
+def agent_status(world):
+    return json.loads(world.run(["curl", "-s", "-m", "10",
+                                 "http://127.0.0.1:9092/v1/status"]).stdout)
+
+
+def test_upload_20mb_through_tun_offload(world):
+    """The agent's TUN hands up TCP segments of up to 64 KB (segmentation
+    offload) that the agent cuts into packets: 20 MB SET into redis and
+    read back are the same bytes, and such reads happened."""
+    size = 20 << 20
+    src = world.make_file("up.bin", size)
+    vip = SERVICES["redis"][0]
+    before = agent_status(world)
+    assert before["tun_offload"] is True, before
+    p = world.run(["sh", "-c", "redis-cli -h %s -x SET up < %s" % (vip, src)],
+                  check=False, timeout=120)
+    assert p.stdout.strip() == "OK", (p.stdout[-500:], p.stderr[-500:])
+    out = os.path.join(world.tmp, "up.got")
+    world.run(["sh", "-c", "redis-cli -h %s --raw GET up | head -c %d > %s"
+               % (vip, size, out)], timeout=120)
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+    world.run(["redis-cli", "-h", vip, "DEL", "up"])
+    after = agent_status(world)
+    assert after["traffic"]["tso_reads"] > before["traffic"]["tso_reads"]
+
+
 UDP_CLIENT = r"""
 import os, socket, sys
 mtu = int(sys.argv[2])

@@ -1,0 +1,140 @@
+/* vnet.c - one TUN read with a virtio-net header into the packets it
+ * stands for (vnet.h). */
+#include <string.h>
+
+#include "err.h"
+#include "ippkt.h"
+#include "vnet.h"
+
+static uint16_t get16(const uint8_t *p)
+{
+  return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+  p[0] = (uint8_t)(v >> 8);
+  p[1] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+  put16(p, (uint16_t)(v >> 16));
+  put16(p + 2, (uint16_t)v);
+}
+
+/* The header's 16-bit fields are in the host's order (a TUN device's
+ * default). */
+static uint16_t host16(const uint8_t *p)
+{
+  uint16_t v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+/* Finishes a checksum the kernel left partial: the field at off holds the
+ * pseudo-header's sum, and everything from start on is summed into it. */
+static int finish_csum(uint8_t *pkt, size_t n, size_t start, size_t off)
+{
+  uint16_t c;
+
+  if (start > n || off > n - start || n - start - off < 2)
+    return ZTNA_ERR_MALFORMED;
+  c = (uint16_t)~ippkt_fold(ippkt_sum(pkt + start, n - start, 0));
+  if (c == 0 && off == 6) /* UDP: a computed 0 goes as 0xffff */
+    c = 0xffff;
+  put16(pkt + start + off, c);
+  return 0;
+}
+
+/* One segment: headers (hlen, IP header iplen) already in out, payload
+ * len behind them, number i of a segment whose first payload byte is at
+ * offset off. */
+static void fix_segment(uint8_t *out, size_t iplen, size_t hlen, size_t len,
+                        size_t i, size_t off, int last, uint32_t seq0,
+                        uint16_t id0)
+{
+  uint8_t *tcp = out + iplen;
+  size_t tot = hlen + len, l4 = tot - iplen;
+  uint32_t sum;
+
+  if ((out[0] >> 4) == 4) {
+    put16(out + 2, (uint16_t)tot);
+    put16(out + 4, (uint16_t)(id0 + i));
+    put16(out + 10, 0);
+    put16(out + 10, (uint16_t)~ippkt_fold(ippkt_sum(out, iplen, 0)));
+    sum = ippkt_sum(out + 12, 8, 0);
+  } else {
+    put16(out + 4, (uint16_t)l4);
+    sum = ippkt_sum(out + 8, 32, 0);
+  }
+  put32(tcp + 4, seq0 + (uint32_t)off);
+  if (!last)
+    tcp[13] &= (uint8_t)~0x09; /* FIN and PSH only on the last */
+  if (i)
+    tcp[13] &= (uint8_t)~0x80; /* CWR only on the first */
+  sum += 6 + (uint32_t)l4;
+  put16(tcp + 16, 0);
+  put16(tcp + 16, (uint16_t)~ippkt_fold(ippkt_sum(tcp, l4, sum)));
+}
+
+int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
+               vnet_pkt_fn fn, void *ud)
+{
+  uint8_t *pkt = rd + VNET_HDR_LEN;
+  size_t plen, iplen, hlen, mss, payload, count, off, i;
+  uint8_t flags, gso;
+
+  if (n <= VNET_HDR_LEN)
+    return ZTNA_ERR_MALFORMED;
+  plen = n - VNET_HDR_LEN;
+  flags = rd[0];
+  gso = rd[1] & (uint8_t)~VNET_GSO_ECN;
+  if (gso == VNET_GSO_NONE) {
+    if ((flags & VNET_F_NEEDS_CSUM) &&
+        finish_csum(pkt, plen, host16(rd + 6), host16(rd + 8)) < 0)
+      return ZTNA_ERR_MALFORMED;
+    fn(ud, pkt, plen);
+    return 1;
+  }
+  if (gso != VNET_GSO_TCPV4 && gso != VNET_GSO_TCPV6)
+    return ZTNA_ERR_MALFORMED;
+
+  /* TCP segmentation: the headers are the packet's own (an IPv6 packet
+   * with extension headers is not split, and refused). */
+  if (gso == VNET_GSO_TCPV4) {
+    if (plen < 20 || (pkt[0] >> 4) != 4 || pkt[9] != 6)
+      return ZTNA_ERR_MALFORMED;
+    iplen = (size_t)(pkt[0] & 15) * 4;
+    if (iplen < 20 || (get16(pkt + 6) & 0x3fff)) /* no fragments */
+      return ZTNA_ERR_MALFORMED;
+  } else {
+    if (plen < 40 || (pkt[0] >> 4) != 6 || pkt[6] != 6)
+      return ZTNA_ERR_MALFORMED;
+    iplen = 40;
+  }
+  if (plen < iplen + 20)
+    return ZTNA_ERR_MALFORMED;
+  hlen = iplen + (size_t)(pkt[iplen + 12] >> 4) * 4;
+  mss = host16(rd + 4);
+  if (hlen < iplen + 20 || hlen > plen || mss == 0 || hlen + mss > cap ||
+      hlen + mss > 65535)
+    return ZTNA_ERR_MALFORMED;
+  payload = plen - hlen;
+  count = payload ? (payload + mss - 1) / mss : 1;
+  for (i = 0, off = 0; i < count; i++, off += mss) {
+    size_t len = payload - off < mss ? payload - off : mss;
+    memcpy(out, pkt, hlen);
+    memcpy(out + hlen, pkt + hlen + off, len);
+    fix_segment(out, iplen, hlen, len, i, off, i + 1 == count,
+                get32(pkt + iplen + 4), get16(pkt + 4));
+    fn(ud, out, hlen + len);
+  }
+  return (int)count;
+}

@@ -1,0 +1,34 @@
+/* vnet.h - sans-IO reading of a TUN device opened with IFF_VNET_HDR and
+ * TCP segmentation offload: each read is a virtio-net header and a packet
+ * that may stand for many (a TCP segment of up to 64 KB that the kernel
+ * did not cut, its checksum left to finish). vnet_split turns one read
+ * into the MTU-sized packets with finished checksums that the tunnel
+ * carries, as a NIC's segmentation offload would on the wire. */
+#ifndef ZTNA_VNET_H
+#define ZTNA_VNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define VNET_HDR_LEN 10   /* struct virtio_net_hdr, as TUNSETVNETHDRSZ's default */
+
+/* virtio_net_hdr fields ztna reads (linux/virtio_net.h). */
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_GSO_NONE 0
+#define VNET_GSO_TCPV4 1
+#define VNET_GSO_TCPV6 4
+#define VNET_GSO_ECN 0x80
+
+typedef void (*vnet_pkt_fn)(void *ud, uint8_t *pkt, size_t n);
+
+/* Splits one read of n bytes (header and packet) into packets, each
+ * written into out (cap bytes: room for one packet of the device's MTU)
+ * and handed to fn before the next is made. A read that is one packet is
+ * handed over in place (its checksum finished there). Returns the number of packets,
+ * or ZTNA_ERR_MALFORMED when the read is not what the kernel hands up (a
+ * header that does not fit the packet, a segment size of 0, a GSO type
+ * other than TCP over IPv4/IPv6), in which case fn saw nothing. */
+int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
+               vnet_pkt_fn fn, void *ud);
+
+#endif
