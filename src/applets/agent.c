@@ -236,8 +236,12 @@ struct actx {
   int stopping;
   int offload;            /* the TUN has virtio-net headers and TSO */
   uint64_t tso_reads;     /* reads that were several packets */
+  uint64_t gro_writes;    /* writes that were several packets */
+  uv_check_t tun_check;   /* write what is joined at the end of each */
+  uv_prepare_t tun_prep;  /* loop round, and before the loop waits */
   uint8_t buf[VNET_HDR_LEN + 65536];
   uint8_t seg[4096];      /* one packet cut from such a read */
+  struct vnet_gro gro;    /* segments joined for one write */
 };
 
 static void drop(struct actx *x, enum adrop d)
@@ -284,17 +288,46 @@ static int tunnel_mtu(struct actx *x)
   return (int)(max - 2 - x->max_idlen);
 }
 
+static void flush_tun(struct actx *x);
+
+static void tun_write_cb(void *ud, const uint8_t *rd, size_t n)
+{
+  struct actx *x = ud;
+
+  if (rd[1] != VNET_GSO_NONE)
+    x->gro_writes++;
+  if (write(x->tun_fd, rd, n) < 0)
+    drop(x, A_TUN_FULL);
+}
+
+/* With offload, a TCP flow's consecutive segments of one loop round are
+ * joined into one write (vnet.h) and written when the round's I/O is
+ * done (flush_tun) or when something that cannot join comes. */
 static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
 {
-  static const uint8_t none[VNET_HDR_LEN]; /* no offload asked: a packet */
-  struct iovec iov[2] = {
-    { (void *)(uintptr_t)none, sizeof(none) },
-    { (void *)(uintptr_t)pkt, n },
-  };
-  ssize_t w = x->offload ? writev(x->tun_fd, iov, 2)
-                         : write(x->tun_fd, pkt, n);
-  if (w < 0)
+  if (x->offload) {
+    vnet_gro_add(&x->gro, pkt, n, tun_write_cb, x);
+    if (x->stopping) /* the flush handles are closed */
+      flush_tun(x);
+    return;
+  }
+  if (write(x->tun_fd, pkt, n) < 0)
     drop(x, A_TUN_FULL);
+}
+
+static void flush_tun(struct actx *x)
+{
+  vnet_gro_flush(&x->gro, tun_write_cb, x);
+}
+
+static void flush_tun_check_cb(uv_check_t *h)
+{
+  flush_tun(h->data);
+}
+
+static void flush_tun_prepare_cb(uv_prepare_t *h)
+{
+  flush_tun(h->data);
 }
 
 /* A packet from a service's end-to-end connection (via), or from the
@@ -1617,6 +1650,7 @@ static void api_status(void *ud, struct jw *w)
   jw_u64(w, "direct_tx", x->direct_tx);
   jw_u64(w, "direct_rx", x->direct_rx);
   jw_u64(w, "tso_reads", x->tso_reads);
+  jw_u64(w, "gro_writes", x->gro_writes);
   jw_end(w);
 }
 
@@ -1693,6 +1727,9 @@ static void on_terminate(void *ud, int signum)
   routes(x, 0);
   uv_poll_stop(&x->poll);
   close_handle((uv_handle_t *)&x->poll);
+  flush_tun(x);
+  close_handle((uv_handle_t *)&x->tun_check);
+  close_handle((uv_handle_t *)&x->tun_prep);
   close_handle((uv_handle_t *)&x->p2p_tick);
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *a = &x->svcs[i];
@@ -2099,6 +2136,14 @@ int agent_main(int argc, char **argv)
   uv_poll_init(x.loop, &x.poll, x.tun_fd);
   x.poll.data = &x;
   uv_poll_start(&x.poll, UV_READABLE, tun_readable);
+  uv_check_init(x.loop, &x.tun_check);
+  x.tun_check.data = &x;
+  uv_check_start(&x.tun_check, flush_tun_check_cb);
+  uv_unref((uv_handle_t *)&x.tun_check);
+  uv_prepare_init(x.loop, &x.tun_prep);
+  x.tun_prep.data = &x;
+  uv_prepare_start(&x.tun_prep, flush_tun_prepare_cb);
+  uv_unref((uv_handle_t *)&x.tun_prep);
   x.m = metrics_new();
   if (!x.m)
     fatalx("out of memory");

@@ -138,3 +138,155 @@ int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
   }
   return (int)count;
 }
+
+/* --- joining segments bound for the TUN --------------------------------- */
+
+/* The TCP flags a segment may carry to be joined: ACK, and PSH (which
+ * ends the run, as in the kernel's GRO). */
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
+
+/* Header lengths of a TCP packet that may be joined: IPv4 without options
+ * or fragments, IPv6 without extension headers; data, no flags but ACK
+ * and PSH. Returns 0, or -1 for a packet that is written as it is. */
+static int joinable(const uint8_t *p, size_t n, size_t *iplen, size_t *hlen)
+{
+  size_t tot;
+
+  if (n < 40)
+    return -1;
+  if ((p[0] >> 4) == 4) {
+    if (p[0] != 0x45 || p[9] != 6 || (get16(p + 6) & 0x3fff) ||
+        get16(p + 2) != n)
+      return -1;
+    *iplen = 20;
+  } else if ((p[0] >> 4) == 6) {
+    if (n < 60 || p[6] != 6 || get16(p + 4) != n - 40)
+      return -1;
+    *iplen = 40;
+  } else {
+    return -1;
+  }
+  tot = *iplen + (size_t)(p[*iplen + 12] >> 4) * 4;
+  if (tot < *iplen + 20 || tot >= n ||
+      (p[*iplen + 13] & (uint8_t)~TCP_PSH) != TCP_ACK)
+    return -1;
+  *hlen = tot;
+  return 0;
+}
+
+/* Does p (headers iplen/hlen) continue the run held? Everything but the
+ * lengths, IP ID, checksums and sequence number must be equal: addresses,
+ * ports, ACK number, window, flags, options, TOS/traffic class, TTL. */
+static int continues(const struct vnet_gro *g, const uint8_t *p, size_t n,
+                     size_t iplen, size_t hlen)
+{
+  const uint8_t *h = g->buf + VNET_HDR_LEN;
+  size_t pay = n - hlen;
+
+  if (iplen != g->iplen || hlen != g->hlen || pay > g->mss || g->len + pay > VNET_GRO_MAX ||
+      get32(p + iplen + 4) != g->next_seq)
+    return 0;
+  if (iplen == 20) {
+    if (get16(p + 4) != g->next_id || p[1] != h[1] ||
+        memcmp(p + 6, h + 6, 4) || memcmp(p + 12, h + 12, 8))
+      return 0;
+  } else if (memcmp(p, h, 4) || memcmp(p + 6, h + 6, 34)) {
+    return 0;
+  }
+  /* TCP: ports, ACK number, offset, flags (PSH aside), window, urgent
+   * pointer and options as the first segment's. */
+  return !memcmp(p + iplen, h + iplen, 4) &&
+         !memcmp(p + iplen + 8, h + iplen + 8, 5) &&
+         (p[iplen + 13] & (uint8_t)~TCP_PSH) ==
+             (h[iplen + 13] & (uint8_t)~TCP_PSH) &&
+         !memcmp(p + iplen + 14, h + iplen + 14, 2) &&
+         !memcmp(p + iplen + 18, h + iplen + 18, hlen - iplen - 18);
+}
+
+static void write_plain(const uint8_t *pkt, size_t n, uint8_t *buf,
+                        vnet_write_fn fn, void *ud)
+{
+  memset(buf, 0, VNET_HDR_LEN);
+  if (pkt != buf + VNET_HDR_LEN)
+    memmove(buf + VNET_HDR_LEN, pkt, n);
+  fn(ud, buf, VNET_HDR_LEN + n);
+}
+
+void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud)
+{
+  uint8_t *p = g->buf + VNET_HDR_LEN, *tcp = p + g->iplen;
+  uint16_t v;
+  uint32_t sum;
+
+  if (!g->len)
+    return;
+  if (g->count == 1) {
+    write_plain(p, g->len, g->buf, fn, ud);
+    g->len = 0;
+    return;
+  }
+  /* One segment of the joined length whose TCP checksum the kernel is to
+   * finish (it holds the pseudo header's sum), to be taken as g->count
+   * segments of g->mss bytes. */
+  if (g->iplen == 20) {
+    put16(p + 2, (uint16_t)g->len);
+    put16(p + 10, 0);
+    put16(p + 10, (uint16_t)~ippkt_fold(ippkt_sum(p, 20, 0)));
+    sum = ippkt_sum(p + 12, 8, 0);
+  } else {
+    put16(p + 4, (uint16_t)(g->len - 40));
+    sum = ippkt_sum(p + 8, 32, 0);
+  }
+  sum += 6 + (uint32_t)(g->len - g->iplen);
+  put16(tcp + 16, ippkt_fold(sum));
+  g->buf[0] = VNET_F_NEEDS_CSUM;
+  g->buf[1] = g->iplen == 20 ? VNET_GSO_TCPV4 : VNET_GSO_TCPV6;
+  v = (uint16_t)g->hlen;
+  memcpy(g->buf + 2, &v, 2);
+  v = (uint16_t)g->mss;
+  memcpy(g->buf + 4, &v, 2);
+  v = (uint16_t)g->iplen;
+  memcpy(g->buf + 6, &v, 2);
+  v = 16;
+  memcpy(g->buf + 8, &v, 2);
+  fn(ud, g->buf, VNET_HDR_LEN + g->len);
+  g->len = 0;
+}
+
+void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
+                  vnet_write_fn fn, void *ud)
+{
+  size_t iplen, hlen, pay;
+  uint8_t *h = g->buf + VNET_HDR_LEN;
+
+  if (n > VNET_GRO_MAX || joinable(pkt, n, &iplen, &hlen) < 0) {
+    /* Written after what is held: order is kept. */
+    vnet_gro_flush(g, fn, ud);
+    write_plain(pkt, n, g->buf, fn, ud);
+    return;
+  }
+  pay = n - hlen;
+  if (g->len && continues(g, pkt, n, iplen, hlen)) {
+    memcpy(h + g->len, pkt + hlen, pay);
+    g->len += pay;
+    g->count++;
+    if (pkt[iplen + 13] & TCP_PSH)
+      h[iplen + 13] |= TCP_PSH;
+  } else {
+    vnet_gro_flush(g, fn, ud);
+    memcpy(h, pkt, n);
+    g->len = n;
+    g->iplen = iplen;
+    g->hlen = hlen;
+    g->mss = pay;
+    g->count = 1;
+  }
+  g->next_seq = get32(pkt + iplen + 4) + (uint32_t)pay;
+  g->next_id = (uint16_t)(get16(pkt + 4) + 1);
+  /* A shorter segment or PSH ends a run (nothing may follow them in one
+   * segment the kernel cuts evenly); so does room for less than another. */
+  if (pay < g->mss || (pkt[iplen + 13] & TCP_PSH) ||
+      g->len + g->mss > VNET_GRO_MAX)
+    vnet_gro_flush(g, fn, ud);
+}

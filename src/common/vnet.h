@@ -31,4 +31,32 @@ typedef void (*vnet_pkt_fn)(void *ud, uint8_t *pkt, size_t n);
 int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
                vnet_pkt_fn fn, void *ud);
 
+/* The other way: packets bound for the TUN, a TCP flow's consecutive
+ * segments joined into one write the kernel takes as a single received
+ * segment (what GRO does for a NIC), so a download costs one write and
+ * one pass through the kernel's TCP per 64 KB instead of per packet.
+ * Packets are added in order; what cannot join is written after what is
+ * held, so the order on the wire is the order added. */
+#define VNET_GRO_MAX 65535 /* one IP packet */
+
+typedef void (*vnet_write_fn)(void *ud, const uint8_t *rd, size_t n);
+
+struct vnet_gro {
+  size_t len;          /* bytes held in buf after the header (0: none) */
+  size_t iplen, hlen;  /* IP header, IP + TCP headers */
+  size_t mss;          /* payload of the first segment */
+  size_t count;
+  uint32_t next_seq;
+  uint16_t next_id;
+  uint8_t buf[VNET_HDR_LEN + VNET_GRO_MAX];
+};
+
+/* Adds one packet (a whole IP packet with valid checksums): joins it to
+ * the segments held, or writes what is held and holds or writes this
+ * one. fn gets each write: a virtio-net header and a packet. */
+void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
+                  vnet_write_fn fn, void *ud);
+/* Writes what is held (at the end of each loop round). */
+void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud);
+
 #endif

@@ -70,10 +70,11 @@ def agent_status(world):
                                  "http://127.0.0.1:9092/v1/status"]).stdout)
 
 
-def test_upload_20mb_through_tun_offload(world):
+def test_20mb_up_and_down_through_tun_offload(world):
     """The agent's TUN hands up TCP segments of up to 64 KB (segmentation
-    offload) that the agent cuts into packets: 20 MB SET into redis and
-    read back are the same bytes, and such reads happened."""
+    offload) that the agent cuts into packets, and takes a flow's
+    consecutive segments joined into one write: 20 MB SET into redis and
+    read back are the same bytes, and both happened."""
     size = 20 << 20
     src = world.make_file("up.bin", size)
     vip = SERVICES["redis"][0]
@@ -90,6 +91,7 @@ def test_upload_20mb_through_tun_offload(world):
     world.run(["redis-cli", "-h", vip, "DEL", "up"])
     after = agent_status(world)
     assert after["traffic"]["tso_reads"] > before["traffic"]["tso_reads"]
+    assert after["traffic"]["gro_writes"] > before["traffic"]["gro_writes"]
 
 
 UDP_CLIENT = r"""

@@ -224,6 +224,178 @@ static void test_vnet_refused(void **state)
   assert_int_equal(g.n, 0);
 }
 
+/* --- joining segments bound for the TUN ---------------------------------- */
+
+struct writes {
+  size_t n;
+  size_t len[64];
+  uint8_t *rd[64];
+};
+
+static void keep(void *ud, const uint8_t *rd, size_t n)
+{
+  struct writes *w = ud;
+
+  assert_true(w->n < 64);
+  w->rd[w->n] = malloc(n);
+  memcpy(w->rd[w->n], rd, n);
+  w->len[w->n++] = n;
+}
+
+static void writes_free(struct writes *w)
+{
+  for (size_t i = 0; i < w->n; i++)
+    free(w->rd[i]);
+  memset(w, 0, sizeof(*w));
+}
+
+/* Segments as the connector sends them: cut from a super packet with ACK
+ * (and PSH on the last) only. */
+static void segments(struct got *g, int v6)
+{
+  static uint8_t rd[VNET_HDR_LEN + 8000], out[1500];
+  size_t n = super(rd, v6), iplen = v6 ? 40 : 20;
+
+  rd[VNET_HDR_LEN + iplen + 13] = 0x10 | 0x08;
+  memset(g, 0, sizeof(*g));
+  assert_int_equal(vnet_split(rd, n, out, sizeof(out), take, g), 4);
+}
+
+/* The four segments go in, one write comes out that the kernel takes as
+ * one segment: cut again, it gives back the very same four packets. */
+static void check_join(int v6)
+{
+  static struct got in, back;
+  static struct vnet_gro gro;
+  static uint8_t out[1500];
+  struct writes w = { 0 };
+  size_t iplen = v6 ? 40 : 20;
+  uint16_t v;
+
+  segments(&in, v6);
+  for (size_t i = 0; i < in.n; i++)
+    vnet_gro_add(&gro, in.pkt[i], in.len[i], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 1);
+  assert_int_equal(w.len[0], VNET_HDR_LEN + iplen + 32 + PAYLOAD);
+  assert_int_equal(w.rd[0][0], VNET_F_NEEDS_CSUM);
+  assert_int_equal(w.rd[0][1], v6 ? VNET_GSO_TCPV6 : VNET_GSO_TCPV4);
+  memcpy(&v, w.rd[0] + 4, 2);
+  assert_int_equal(v, MSS);
+  memcpy(&v, w.rd[0] + 6, 2);
+  assert_int_equal(v, iplen);
+  memset(&back, 0, sizeof(back));
+  assert_int_equal(vnet_split(w.rd[0], w.len[0], out, sizeof(out), take,
+                              &back), 4);
+  for (size_t i = 0; i < 4; i++) {
+    assert_int_equal(back.len[i], in.len[i]);
+    assert_memory_equal(back.pkt[i], in.pkt[i], in.len[i]);
+  }
+  writes_free(&w);
+}
+
+static void test_vnet_join4(void **state)
+{
+  (void)state;
+  check_join(0);
+}
+
+static void test_vnet_join6(void **state)
+{
+  (void)state;
+  check_join(1);
+}
+
+/* What must not be joined goes out as it came, in order: a single
+ * segment, a gap in the sequence, another flow in between, a packet that
+ * is not TCP data. */
+static void test_vnet_join_keeps_order(void **state)
+{
+  static struct got in;
+  static struct vnet_gro gro;
+  struct writes w = { 0 };
+  uint8_t other[1500];
+  (void)state;
+
+  segments(&in, 0);
+  /* One segment alone: written without an offload header. */
+  vnet_gro_add(&gro, in.pkt[0], in.len[0], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 1);
+  assert_int_equal(w.rd[0][1], VNET_GSO_NONE);
+  assert_memory_equal(w.rd[0] + VNET_HDR_LEN, in.pkt[0], in.len[0]);
+  writes_free(&w);
+
+  /* 0, 2 (a gap): two writes. */
+  vnet_gro_add(&gro, in.pkt[0], in.len[0], keep, &w);
+  vnet_gro_add(&gro, in.pkt[2], in.len[2], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 2);
+  assert_memory_equal(w.rd[1] + VNET_HDR_LEN, in.pkt[2], in.len[2]);
+  writes_free(&w);
+
+  /* 0, another flow's segment, 1: three writes in that order. */
+  memcpy(other, in.pkt[1], in.len[1]);
+  other[21] ^= 1; /* another source port */
+  vnet_gro_add(&gro, in.pkt[0], in.len[0], keep, &w);
+  vnet_gro_add(&gro, other, in.len[1], keep, &w);
+  vnet_gro_add(&gro, in.pkt[1], in.len[1], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 3);
+  assert_memory_equal(w.rd[0] + VNET_HDR_LEN, in.pkt[0], in.len[0]);
+  assert_memory_equal(w.rd[1] + VNET_HDR_LEN, other, in.len[1]);
+  assert_memory_equal(w.rd[2] + VNET_HDR_LEN, in.pkt[1], in.len[1]);
+  writes_free(&w);
+
+  /* 0, 1, a UDP packet, 2, 3: the first two joined, then the UDP packet,
+   * then the last two joined. */
+  memcpy(other, in.pkt[1], 60);
+  other[9] = 17;
+  other[2] = 0, other[3] = 60;
+  vnet_gro_add(&gro, in.pkt[0], in.len[0], keep, &w);
+  vnet_gro_add(&gro, in.pkt[1], in.len[1], keep, &w);
+  vnet_gro_add(&gro, other, 60, keep, &w);
+  vnet_gro_add(&gro, in.pkt[2], in.len[2], keep, &w);
+  vnet_gro_add(&gro, in.pkt[3], in.len[3], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 3);
+  assert_int_equal(w.rd[0][1], VNET_GSO_TCPV4);
+  assert_int_equal(w.rd[1][1], VNET_GSO_NONE);
+  assert_int_equal(w.len[1], VNET_HDR_LEN + 60);
+  assert_int_equal(w.rd[2][1], VNET_GSO_TCPV4);
+  writes_free(&w);
+}
+
+/* A long run stops short of the largest IP packet. */
+static void test_vnet_join_bounded(void **state)
+{
+  static struct got in;
+  static struct vnet_gro gro;
+  static uint8_t seg[1500];
+  struct writes w = { 0 };
+  size_t total = 0;
+  (void)state;
+
+  segments(&in, 0);
+  memcpy(seg, in.pkt[0], in.len[0]);
+  seg[33] &= (uint8_t)~0x08;
+  for (uint32_t i = 0; i < 60; i++) {
+    uint32_t seq = 0xfffffa00u + i * MSS;
+    seg[24] = (uint8_t)(seq >> 24), seg[25] = (uint8_t)(seq >> 16);
+    seg[26] = (uint8_t)(seq >> 8), seg[27] = (uint8_t)seq;
+    seg[4] = (uint8_t)((0x1234 + i) >> 8), seg[5] = (uint8_t)(0x1234 + i);
+    vnet_gro_add(&gro, seg, in.len[0], keep, &w);
+  }
+  vnet_gro_flush(&gro, keep, &w);
+  assert_true(w.n >= 2);
+  for (size_t i = 0; i < w.n; i++) {
+    assert_true(w.len[i] - VNET_HDR_LEN <= VNET_GRO_MAX);
+    total += (w.len[i] - VNET_HDR_LEN - 52) / MSS;
+  }
+  assert_int_equal(total, 60);
+  writes_free(&w);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -231,6 +403,10 @@ int main(void)
     cmocka_unit_test(test_vnet_tso6),
     cmocka_unit_test(test_vnet_plain_and_csum),
     cmocka_unit_test(test_vnet_refused),
+    cmocka_unit_test(test_vnet_join4),
+    cmocka_unit_test(test_vnet_join6),
+    cmocka_unit_test(test_vnet_join_keeps_order),
+    cmocka_unit_test(test_vnet_join_bounded),
   };
   return cmocka_run_group_tests_name("vnet", tests, NULL, NULL);
 }
