@@ -1910,7 +1910,24 @@ static void recv_io_cb(uv_poll_t *h, int status, int events)
   (void)events;
 
   if (status < 0) {
-    log_warnx("quic: UDP socket: %s", uv_strerror(status));
+    /* libuv stops the watcher on an error condition (a pending socket
+     * error): take the error off the socket and watch again, or every
+     * later packet would go unread. */
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(ep->rfd, SOL_SOCKET, SO_ERROR, &err, &len);
+    for (int i = 0; i < 64; i++) { /* and an error queue (IP_RECVERR) */
+      char cbuf[512];
+      struct msghdr mh = { .msg_control = cbuf,
+                           .msg_controllen = sizeof(cbuf) };
+      if (recvmsg(ep->rfd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+        break;
+    }
+    ep->stats.rx_errors++;
+    log_warnx("quic: UDP socket: %s", err ? strerror(err)
+                                          : uv_strerror(status));
+    if (!ep->closing)
+      uv_poll_start(&ep->rpoll, UV_READABLE, recv_io_cb);
     return;
   }
   do {

@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -471,6 +474,11 @@ static void exchange(struct world *w, uint32_t seq)
   assert_false(w->cli.closed || w->srv.closed);
 }
 
+static void wake_cb(uv_timer_t *t)
+{
+  (void)t;
+}
+
 /* Traffic both ways: ngtcp2 prepares the next keys as it reads and
  * writes. */
 static void traffic_cb(uv_timer_t *t)
@@ -599,6 +607,61 @@ static void test_quic_half_open_flood(void **state)
                                 &side_cbs, &w.cli), 0);
   assert_true(run_until(&w, both_up));
   assert_true(w.cli.handshake && w.srv.handshake);
+  world_free(&w);
+}
+
+static int saw_socket_error(struct world *w)
+{
+  return quic_endpoint_stats(w->server_ep)->rx_errors > 0;
+}
+
+/* A socket error (here an ICMP port unreachable queued with IP_RECVERR)
+ * makes libuv stop a poll watcher: the endpoint takes the error off and
+ * goes on reading, so a client still gets in afterwards. */
+static void test_quic_socket_error_keeps_reading(void **state)
+{
+  struct world w;
+  struct sockaddr_storage srv;
+  struct sockaddr_in closed;
+  socklen_t len = sizeof(closed);
+  uv_timer_t tick;
+  int one = 1, n = 0, s;
+  (void)state;
+
+  world_init(&w, 0, 0);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  for (int fd = 3; fd < 1024; fd++) {
+    struct sockaddr_storage a;
+    socklen_t alen = sizeof(a);
+    if (getsockname(fd, (struct sockaddr *)&a, &alen) == 0 &&
+        a.ss_family == AF_INET &&
+        ((struct sockaddr_in *)&a)->sin_port ==
+            ((struct sockaddr_in *)&srv)->sin_port &&
+        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one)) == 0)
+      n++;
+  }
+  assert_true(n >= 1);
+  /* A port nobody listens on. */
+  s = socket(AF_INET, SOCK_DGRAM, 0);
+  memset(&closed, 0, sizeof(closed));
+  closed.sin_family = AF_INET;
+  closed.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(s, (struct sockaddr *)&closed, sizeof(closed)), 0);
+  assert_int_equal(getsockname(s, (struct sockaddr *)&closed, &len), 0);
+  close(s);
+  assert_int_equal(quic_endpoint_send_raw(w.server_ep,
+                                          (struct sockaddr *)&closed,
+                                          (const uint8_t *)"x", 1), 0);
+  uv_timer_init(&w.loop, &tick);
+  uv_timer_start(&tick, wake_cb, 10, 10);
+  assert_true(run_until(&w, saw_socket_error));
+  uv_close((uv_handle_t *)&tick, NULL);
+
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_true(w.srv.handshake && w.cli.handshake);
+  exchange(&w, 1);
   world_free(&w);
 }
 
@@ -1489,6 +1552,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_server_drops_tls),
+    cmocka_unit_test(test_quic_socket_error_keeps_reading),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
     cmocka_unit_test(test_quic_h3_beside_ztna),
