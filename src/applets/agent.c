@@ -93,6 +93,9 @@ static const char usage_text[] =
     "                       relay, which the intermediate can read (off: its\n"
     "                       traffic is refused; an intermediate that claims\n"
     "                       so cannot downgrade the others)\n"
+    "      --no-tun-offload one packet per TUN read and write (default: the\n"
+    "                       kernel hands up TCP segments of up to 64 KB and\n"
+    "                       takes joined ones, cut and joined here)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
     "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
     "  -h, --help           this text\n"
@@ -1820,7 +1823,7 @@ static int parse_vip(const char *s, struct vip *v)
 enum { OPT_SERVER = 256, OPT_SERVICE, OPT_CERT, OPT_KEY, OPT_CA, OPT_TUN,
        OPT_TUNNEL_ADDR, OPT_TUNNEL_ADDR6, OPT_METRICS_PORT, OPT_NO_DIRECT,
        OPT_METRICS_BIND, OPT_LOG_FORMAT, OPT_USER, OPT_SERVICE_IP,
-       OPT_RAW_RELAY };
+       OPT_RAW_RELAY, OPT_NO_TUN_OFFLOAD };
 
 static const struct option opts[] = {
   { "config", required_argument, NULL, 'c' },
@@ -1836,6 +1839,7 @@ static const struct option opts[] = {
   { "tunnel-addr6", required_argument, NULL, OPT_TUNNEL_ADDR6 },
   { "no-direct", no_argument, NULL, OPT_NO_DIRECT },
   { "raw-relay", no_argument, NULL, OPT_RAW_RELAY },
+  { "no-tun-offload", no_argument, NULL, OPT_NO_TUN_OFFLOAD },
   { "metrics-port", required_argument, NULL, OPT_METRICS_PORT },
   { "metrics-bind", required_argument, NULL, OPT_METRICS_BIND },
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
@@ -1847,7 +1851,7 @@ static const struct option opts[] = {
   { "service-ip", required_argument, NULL, OPT_SERVICE_IP },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 18 /* the entries above before the original's */
+#define N_ENV_OPTS 19 /* the entries above before the original's */
 
 struct aopts {
   const char *config, *server, *cert, *key, *ca, *tun, *taddr, *taddr6,
@@ -1855,7 +1859,7 @@ struct aopts {
   const char *svc[CFG_MAX_SERVICES];
   const char *svcip[CFG_MAX_SERVICES]; /* --service-ip of svc[i] or NULL */
   size_t nsvc;
-  int check, verbose, help, no_direct, raw_relay;
+  int check, verbose, help, no_direct, raw_relay, no_offload;
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -1900,6 +1904,7 @@ static int parse_opts(int argc, char **argv, struct aopts *o)
     case OPT_TUNNEL_ADDR6: o->taddr6 = optarg; break;
     case OPT_NO_DIRECT: o->no_direct = 1; break;
     case OPT_RAW_RELAY: o->raw_relay = 1; break;
+    case OPT_NO_TUN_OFFLOAD: o->no_offload = 1; break;
     case OPT_METRICS_PORT: o->mport = optarg; break;
     case OPT_METRICS_BIND: o->mbind = optarg; break;
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
@@ -1956,6 +1961,8 @@ static int apply_opts(struct actx *x, const struct aopts *o)
     x->cfg.direct = 0;
   if (o->raw_relay)
     x->cfg.raw_relay = 1;
+  if (o->no_offload)
+    x->cfg.tun_offload = 0;
   if (o->mport && cfg_parse_port(o->mport, &x->cfg.metrics_port, 1) < 0)
     return usage_error("--metrics-port '%s' is not a port (0-65535)",
                        o->mport);
@@ -2061,7 +2068,7 @@ int agent_main(int argc, char **argv)
     return 0;
   }
 
-  x.offload = 1;
+  x.offload = x.cfg.tun_offload;
   x.tun_fd = tun_open(x.cfg.tun_name, x.tun_name, sizeof(x.tun_name),
                       &x.offload);
   if (x.tun_fd < 0) {
@@ -2072,9 +2079,11 @@ int agent_main(int argc, char **argv)
   }
   log_info("%s: %s", x.tun_name,
            x.offload ? "TCP segmentation offload: reads of up to 64 KB, "
-                       "cut into packets here"
-                     : "no offload (the kernel refused it): a packet per "
-                       "read");
+                       "cut into packets here; writes joined"
+           : x.cfg.tun_offload ? "no offload (the kernel refused it): a "
+                                 "packet per read and write"
+                               : "no offload (tun_offload off): a packet "
+                                 "per read and write");
   x.mtu = tunnel_mtu(&x);
   rv = tun_configure(x.tun_name, x.cfg.tunnel_addr, x.mtu);
   if (rv < 0) {

@@ -803,6 +803,7 @@ void cfg_agent_defaults(struct cfg_agent *c)
   snprintf(c->tunnel_addr, sizeof(c->tunnel_addr), "100.64.0.1");
   snprintf(c->metrics_bind, sizeof(c->metrics_bind), "127.0.0.1");
   c->direct = 1;
+  c->tun_offload = 1;
 }
 
 static int agent_member(struct doc *d, int key, int val, void *out)
@@ -872,6 +873,8 @@ static int agent_member(struct doc *d, int key, int val, void *out)
     return get_bool(d, val, &c->direct);
   if (key_is(d, key, "raw_relay"))
     return get_bool(d, val, &c->raw_relay);
+  if (key_is(d, key, "tun_offload"))
+    return get_bool(d, val, &c->tun_offload);
   if (key_is(d, key, "tunnelAddr6") || key_is(d, key, "tunnel_addr6"))
     return get_str(d, val, c->tunnel_addr6, sizeof(c->tunnel_addr6));
   if (key_is(d, key, "metrics_port"))

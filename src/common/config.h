@@ -83,6 +83,7 @@ struct cfg_agent {
   int direct;                   /* 1: punch for direct paths */
   int raw_relay;                /* 1: raw IP through the relay where the
                                    connector takes no relay sessions */
+  int tun_offload;              /* 1: TSO reads and joined writes */
   uint16_t metrics_port;        /* 0: off */
   char metrics_bind[CFG_STR_MAX]; /* "127.0.0.1" */
 };

@@ -278,6 +278,44 @@ def test_two_agents_same_nat_same_tunnel_address(world):
     world.procs["agent2"].terminate()
 
 
+def test_agent_without_tun_offload(world):
+    """--no-tun-offload: a packet per TUN read and write (the path a kernel
+    that refuses the offload takes), both ways intact."""
+    net = world.net
+    ns4 = net.ns("agent4")
+    # A LAN of its own behind the agent's NAT (agent2's may still exist).
+    net.link(ns4, "192.0.2.210/28", world.nat_a, "192.0.2.209/28")
+    net.route(ns4, "default", "192.0.2.209")
+    p4 = world.start_agent("agent4", ns4, "bob", port=9095,
+                           args=("--no-tun-offload",))
+    try:
+        st = json.loads(net.exec(ns4, ["curl", "-s", "-m", "10",
+                                       "http://127.0.0.1:9095/v1/status"]
+                                 ).stdout)
+        assert st["tun_offload"] is False, st
+        src = world.make_file("plain.bin", 8 << 20)
+        out = os.path.join(world.tmp, "plain.got")
+        net.exec(ns4, ["curl", "-s", "-S", "-m", "60", "-o", out,
+                       "http://%s/plain.bin" % SERVICES["web"][0]])
+        assert sha256(out) == sha256(src)
+        vip = SERVICES["redis"][0]
+        p = net.exec(ns4, ["sh", "-c", "redis-cli -h %s -x SET plain < %s"
+                           % (vip, src)], timeout=60)
+        assert p.stdout.strip() == "OK", p.stderr[-500:]
+        net.exec(ns4, ["sh", "-c", "redis-cli -h %s --raw GET plain | "
+                       "head -c %d > %s" % (vip, 8 << 20, out)], timeout=60)
+        assert sha256(out) == sha256(src)
+        os.unlink(out)
+        st = json.loads(net.exec(ns4, ["curl", "-s", "-m", "10",
+                                       "http://127.0.0.1:9095/v1/status"]
+                                 ).stdout)
+        assert st["traffic"]["tso_reads"] == 0
+        assert st["traffic"]["gro_writes"] == 0
+    finally:
+        p4.terminate()
+        assert p4.wait(30) == 0
+
+
 def test_denied_agent_reaches_nothing(world):
     net = world.net
     ns3 = net.ns("agent3")

@@ -237,12 +237,14 @@ static void test_config_escapes_and_agent_forms(void **state)
   const char *t = "{\"server\": \"[2001:db8::1]:4500\", \"tun_name\": "
                   "\"zt\\u00e9\\u20ac\\/\", \"services\": [{\"id\": \"web\", "
                   "\"virtual_ip\": \"10.100.0.2\"}], \"serviceId\": \"echo\", "
-                  "\"tunnel_addr6\": \"fd00::5\"}";
+                  "\"tunnel_addr6\": \"fd00::5\", \"tun_offload\": false}";
   (void)state;
 
   cfg_agent_defaults(c);
+  assert_int_equal(c->tun_offload, 1);
   assert_int_equal(cfg_agent_parse(c, "a.json", t, strlen(t), err,
                                    sizeof(err), NULL), 0);
+  assert_int_equal(c->tun_offload, 0);
   assert_string_equal(c->server_host, "2001:db8::1");
   assert_int_equal(c->server_port, 4500);
   assert_string_equal(c->tun_name, "zt\xc3\xa9\xe2\x82\xac/");
