@@ -54,14 +54,24 @@ int ippkt_parse(const uint8_t *p, size_t n, struct ippkt *out)
   return ZTNA_ERR_MALFORMED;
 }
 
+/* 32-bit words into a 64-bit sum: the same one's complement sum as 16-bit
+ * words (carries wrap around either way), a quarter of the steps. The
+ * result is folded to 16 bits, so callers may add to it freely. */
 uint32_t ippkt_sum(const uint8_t *d, size_t n, uint32_t sum)
 {
-  size_t i;
-  for (i = 0; i + 1 < n; i += 2)
-    sum += (uint32_t)d[i] << 8 | d[i + 1];
+  uint64_t acc = sum;
+  size_t i = 0;
+
+  for (; i + 4 <= n; i += 4)
+    acc += (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 |
+           (uint32_t)d[i + 2] << 8 | d[i + 3];
+  for (; i + 1 < n; i += 2)
+    acc += (uint32_t)d[i] << 8 | d[i + 1];
   if (i < n)
-    sum += (uint32_t)d[i] << 8;
-  return sum;
+    acc += (uint32_t)d[i] << 8;
+  while (acc >> 16)
+    acc = (acc & 0xffff) + (acc >> 16);
+  return (uint32_t)acc;
 }
 
 uint16_t ippkt_fold(uint32_t sum)

@@ -260,7 +260,11 @@ void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
   size_t iplen, hlen, pay;
   uint8_t *h = g->buf + VNET_HDR_LEN;
 
-  if (n > VNET_GRO_MAX || joinable(pkt, n, &iplen, &hlen) < 0) {
+  /* A joined segment's checksum is the kernel's to trust (it is left
+   * partial), so a packet joins only if its own checksum holds; one that
+   * does not goes as it came, for the kernel to refuse. */
+  if (n > VNET_GRO_MAX || joinable(pkt, n, &iplen, &hlen) < 0 ||
+      ippkt_verify(pkt, n) != 0) {
     /* Written after what is held: order is kept. */
     vnet_gro_flush(g, fn, ud);
     write_plain(pkt, n, g->buf, fn, ud);

@@ -366,6 +366,29 @@ static void test_vnet_join_keeps_order(void **state)
   writes_free(&w);
 }
 
+/* A segment whose checksum does not hold is never joined (a joined
+ * segment's checksum is left to the kernel, which would trust it): it is
+ * written as it came, for the kernel to drop, between the others. */
+static void test_vnet_join_checks_sums(void **state)
+{
+  static struct got in;
+  static struct vnet_gro gro;
+  struct writes w = { 0 };
+  (void)state;
+
+  segments(&in, 0);
+  in.pkt[1][100] ^= 0x40; /* a payload byte flipped */
+  for (size_t i = 0; i < in.n; i++)
+    vnet_gro_add(&gro, in.pkt[i], in.len[i], keep, &w);
+  vnet_gro_flush(&gro, keep, &w);
+  assert_int_equal(w.n, 3);
+  assert_int_equal(w.rd[0][1], VNET_GSO_NONE);
+  assert_int_equal(w.rd[1][1], VNET_GSO_NONE);
+  assert_memory_equal(w.rd[1] + VNET_HDR_LEN, in.pkt[1], in.len[1]);
+  assert_int_equal(w.rd[2][1], VNET_GSO_TCPV4);
+  writes_free(&w);
+}
+
 /* A long run stops short of the largest IP packet. */
 static void test_vnet_join_bounded(void **state)
 {
@@ -406,6 +429,7 @@ int main(void)
     cmocka_unit_test(test_vnet_join4),
     cmocka_unit_test(test_vnet_join6),
     cmocka_unit_test(test_vnet_join_keeps_order),
+    cmocka_unit_test(test_vnet_join_checks_sums),
     cmocka_unit_test(test_vnet_join_bounded),
   };
   return cmocka_run_group_tests_name("vnet", tests, NULL, NULL);
