@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -309,7 +308,8 @@ static void tun_write_cb(void *ud, const uint8_t *rd, size_t n)
 static void write_tun(struct actx *x, const uint8_t *pkt, size_t n)
 {
   if (x->offload) {
-    vnet_gro_add(&x->gro, pkt, n, tun_write_cb, x);
+    if (vnet_gro_add(&x->gro, pkt, n, tun_write_cb, x) < 0)
+      drop(x, A_TOO_LARGE);
     if (x->stopping) /* the flush handles are closed */
       flush_tun(x);
     return;

@@ -184,8 +184,8 @@ static int continues(const struct vnet_gro *g, const uint8_t *p, size_t n,
   const uint8_t *h = g->buf + VNET_HDR_LEN;
   size_t pay = n - hlen;
 
-  if (iplen != g->iplen || hlen != g->hlen || pay > g->mss || g->len + pay > VNET_GRO_MAX ||
-      get32(p + iplen + 4) != g->next_seq)
+  if (iplen != g->iplen || hlen != g->hlen || pay > g->mss ||
+      g->len + pay > VNET_GRO_MAX || get32(p + iplen + 4) != g->next_seq)
     return 0;
   if (iplen == 20) {
     if (get16(p + 4) != g->next_id || p[1] != h[1] ||
@@ -254,21 +254,22 @@ void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud)
   g->len = 0;
 }
 
-void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
-                  vnet_write_fn fn, void *ud)
+int vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
+                 vnet_write_fn fn, void *ud)
 {
   size_t iplen, hlen, pay;
   uint8_t *h = g->buf + VNET_HDR_LEN;
 
+  if (n > VNET_GRO_MAX)
+    return ZTNA_ERR_TOO_LARGE; /* no IP packet is */
   /* A joined segment's checksum is the kernel's to trust (it is left
    * partial), so a packet joins only if its own checksum holds; one that
    * does not goes as it came, for the kernel to refuse. */
-  if (n > VNET_GRO_MAX || joinable(pkt, n, &iplen, &hlen) < 0 ||
-      ippkt_verify(pkt, n) != 0) {
+  if (joinable(pkt, n, &iplen, &hlen) < 0 || ippkt_verify(pkt, n) != 0) {
     /* Written after what is held: order is kept. */
     vnet_gro_flush(g, fn, ud);
     write_plain(pkt, n, g->buf, fn, ud);
-    return;
+    return 0;
   }
   pay = n - hlen;
   if (g->len && continues(g, pkt, n, iplen, hlen)) {
@@ -293,4 +294,5 @@ void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
   if (pay < g->mss || (pkt[iplen + 13] & TCP_PSH) ||
       g->len + g->mss > VNET_GRO_MAX)
     vnet_gro_flush(g, fn, ud);
+  return 0;
 }

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VNET_HDR_LEN 10   /* struct virtio_net_hdr, as TUNSETVNETHDRSZ's default */
+#define VNET_HDR_LEN 10 /* struct virtio_net_hdr (TUNSETVNETHDRSZ's default) */
 
 /* virtio_net_hdr fields ztna reads (linux/virtio_net.h). */
 #define VNET_F_NEEDS_CSUM 1
@@ -24,10 +24,11 @@ typedef void (*vnet_pkt_fn)(void *ud, uint8_t *pkt, size_t n);
 /* Splits one read of n bytes (header and packet) into packets, each
  * written into out (cap bytes: room for one packet of the device's MTU)
  * and handed to fn before the next is made. A read that is one packet is
- * handed over in place (its checksum finished there). Returns the number of packets,
- * or ZTNA_ERR_MALFORMED when the read is not what the kernel hands up (a
- * header that does not fit the packet, a segment size of 0, a GSO type
- * other than TCP over IPv4/IPv6), in which case fn saw nothing. */
+ * handed over in place (its checksum finished there). Returns the number
+ * of packets, or ZTNA_ERR_MALFORMED when the read is not what the kernel
+ * hands up (a header that does not fit the packet, a segment size of 0, a
+ * GSO type other than TCP over IPv4/IPv6, an IPv6 extension header), in
+ * which case fn saw nothing. */
 int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
                vnet_pkt_fn fn, void *ud);
 
@@ -51,11 +52,12 @@ struct vnet_gro {
   uint8_t buf[VNET_HDR_LEN + VNET_GRO_MAX];
 };
 
-/* Adds one packet (a whole IP packet with valid checksums): joins it to
- * the segments held, or writes what is held and holds or writes this
- * one. fn gets each write: a virtio-net header and a packet. */
-void vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
-                  vnet_write_fn fn, void *ud);
+/* Adds one packet: joins it to the segments held, or writes what is held
+ * and holds or writes this one. fn gets each write: a virtio-net header
+ * and a packet. Returns 0, or ZTNA_ERR_TOO_LARGE (nothing written) for
+ * more than VNET_GRO_MAX bytes. */
+int vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
+                 vnet_write_fn fn, void *ud);
 /* Writes what is held (at the end of each loop round). */
 void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud);
 

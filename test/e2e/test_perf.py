@@ -1,7 +1,7 @@
 """Regression checks with wide margins. Throughput by ratio only: ztna's
 direct and relay paths against wireguard-go (Debian's) over the same
-namespaces and NATs, in the same run (make bench measures ztna at 2.5x
-wireguard-go and more direct, 1.6x and more relayed on a 2-core VM): only
+namespaces and NATs, in the same run (make bench measures ztna at 2.3x
+wireguard-go and more direct, 1.4x and more relayed on a 2-core VM): only
 a step backwards, not the machine's load, fails this. Memory per idle
 connection at the intermediate, which does not depend on load."""
 import json

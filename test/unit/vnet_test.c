@@ -394,7 +394,7 @@ static void test_vnet_join_bounded(void **state)
 {
   static struct got in;
   static struct vnet_gro gro;
-  static uint8_t seg[1500];
+  static uint8_t seg[1500], rd_big[VNET_GRO_MAX + 1];
   struct writes w = { 0 };
   size_t total = 0;
   (void)state;
@@ -417,6 +417,10 @@ static void test_vnet_join_bounded(void **state)
   }
   assert_int_equal(total, 60);
   writes_free(&w);
+  /* Nothing larger than an IP packet is taken. */
+  assert_int_equal(vnet_gro_add(&gro, rd_big, sizeof(rd_big), keep, &w),
+                   ZTNA_ERR_TOO_LARGE);
+  assert_int_equal(w.n, 0);
 }
 
 int main(void)
