@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -292,13 +293,18 @@ static int tunnel_mtu(struct actx *x)
 
 static void flush_tun(struct actx *x);
 
-static void tun_write_cb(void *ud, const uint8_t *rd, size_t n)
+static void tun_write_cb(void *ud, const uint8_t *hdr, const uint8_t *pkt,
+                         size_t n)
 {
   struct actx *x = ud;
+  struct iovec iov[2] = {
+    { (void *)(uintptr_t)hdr, VNET_HDR_LEN },
+    { (void *)(uintptr_t)pkt, n },
+  };
 
-  if (rd[1] != VNET_GSO_NONE)
+  if (hdr[1] != VNET_GSO_NONE)
     x->gro_writes++;
-  if (write(x->tun_fd, rd, n) < 0)
+  if (writev(x->tun_fd, iov, 2) < 0)
     drop(x, A_TUN_FULL);
 }
 

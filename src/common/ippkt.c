@@ -243,6 +243,39 @@ static void l4_checksum(uint8_t *p, size_t n, size_t off, int pseudo)
   put16(p + ip.hdrlen + off, c);
 }
 
+int ippkt_set_checksums(uint8_t *p, size_t n, int partial)
+{
+  struct ippkt ip;
+  size_t off, l4len;
+
+  if (ippkt_parse(p, n, &ip) < 0)
+    return ZTNA_ERR_MALFORMED;
+  if (ip.version == 4) {
+    p[10] = p[11] = 0;
+    put16(p + 10, (uint16_t)~ippkt_fold(ippkt_sum(p, ip.hdrlen, 0)));
+  }
+  if (!ip.first_fragment)
+    return 0;
+  l4len = ip.totlen - ip.hdrlen;
+  switch (ip.proto) {
+  case PROTO_TCP: off = 16; break;
+  case PROTO_UDP: off = 6; break;
+  case PROTO_ICMP: off = ip.version == 4 ? 2 : 0; break;
+  case PROTO_ICMPV6: off = ip.version == 6 ? 2 : 0; break;
+  default: off = 0; break;
+  }
+  if (!off)
+    return 0;
+  if (l4len < off + 2)
+    return ZTNA_ERR_MALFORMED;
+  if (partial && (ip.proto == PROTO_TCP || ip.proto == PROTO_UDP)) {
+    put16(p + ip.hdrlen + off, ippkt_fold(pseudo_sum(&ip, l4len)));
+    return 0;
+  }
+  l4_checksum(p, ip.totlen, off, ip.proto != PROTO_ICMP);
+  return 0;
+}
+
 int ippkt_build_udp(uint8_t *out, size_t cap, int version, const uint8_t *src,
                     uint16_t sport, const uint8_t *dst, uint16_t dport,
                     const uint8_t *payload, size_t plen)
@@ -322,16 +355,12 @@ int ippkt_echo_reply(uint8_t *p, size_t n)
   memcpy((uint8_t *)(uintptr_t)ip.dst, tmp, ip.addrlen);
   if (ip.version == 4) {
     p[8] = 64;
-    p[10] = p[11] = 0;
-    put16(p + 10, (uint16_t)~ippkt_fold(ippkt_sum(p, ip.hdrlen, 0)));
     l4[0] = 0;
-    l4_checksum(p, ip.totlen, 2, 0);
   } else {
     p[7] = 64;
     l4[0] = 129;
-    l4_checksum(p, ip.totlen, 2, 1);
   }
-  return 0;
+  return ippkt_set_checksums(p, ip.totlen, 0);
 }
 
 int ippkt_build_too_big(uint8_t *out, size_t cap, const uint8_t *orig,

@@ -34,6 +34,13 @@ uint16_t ippkt_fold(uint32_t sum);
  * Returns 0 or ZTNA_ERR_MALFORMED. */
 int ippkt_rewrite_addr(uint8_t *p, size_t n, int which, const uint8_t *addr);
 
+/* Fills a whole packet's checksums: the IPv4 header's and, on a first
+ * fragment, the TCP, UDP, ICMP or ICMPv6 one. With partial, a TCP or UDP
+ * checksum field gets only the pseudo header's sum, not inverted: what a
+ * device that finishes checksums (an offload) starts from. Returns 0 or
+ * ZTNA_ERR_MALFORMED. */
+int ippkt_set_checksums(uint8_t *p, size_t n, int partial);
+
 /* Verifies the IPv4 header checksum and, on a first fragment, the TCP,
  * UDP (0 = none over IPv4), ICMP or ICMPv6 checksum. Returns 0 or
  * ZTNA_ERR_MALFORMED. */

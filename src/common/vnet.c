@@ -61,27 +61,20 @@ static void fix_segment(uint8_t *out, size_t iplen, size_t hlen, size_t len,
                         uint16_t id0)
 {
   uint8_t *tcp = out + iplen;
-  size_t tot = hlen + len, l4 = tot - iplen;
-  uint32_t sum;
+  size_t tot = hlen + len;
 
   if ((out[0] >> 4) == 4) {
     put16(out + 2, (uint16_t)tot);
     put16(out + 4, (uint16_t)(id0 + i));
-    put16(out + 10, 0);
-    put16(out + 10, (uint16_t)~ippkt_fold(ippkt_sum(out, iplen, 0)));
-    sum = ippkt_sum(out + 12, 8, 0);
   } else {
-    put16(out + 4, (uint16_t)l4);
-    sum = ippkt_sum(out + 8, 32, 0);
+    put16(out + 4, (uint16_t)(tot - iplen));
   }
   put32(tcp + 4, seq0 + (uint32_t)off);
   if (!last)
     tcp[13] &= (uint8_t)~0x09; /* FIN and PSH only on the last */
   if (i)
     tcp[13] &= (uint8_t)~0x80; /* CWR only on the first */
-  sum += 6 + (uint32_t)l4;
-  put16(tcp + 16, 0);
-  put16(tcp + 16, (uint16_t)~ippkt_fold(ippkt_sum(tcp, l4, sum)));
+  ippkt_set_checksums(out, tot, 0); /* a whole TCP packet: cannot fail */
 }
 
 int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
@@ -204,42 +197,34 @@ static int continues(const struct vnet_gro *g, const uint8_t *p, size_t n,
          !memcmp(p + iplen + 18, h + iplen + 18, hlen - iplen - 18);
 }
 
-static void write_plain(const uint8_t *pkt, size_t n, uint8_t *buf,
-                        vnet_write_fn fn, void *ud)
+/* A packet as it is: a header that asks for nothing. */
+static void write_plain(const uint8_t *pkt, size_t n, vnet_write_fn fn,
+                        void *ud)
 {
-  memset(buf, 0, VNET_HDR_LEN);
-  if (pkt != buf + VNET_HDR_LEN)
-    memmove(buf + VNET_HDR_LEN, pkt, n);
-  fn(ud, buf, VNET_HDR_LEN + n);
+  static const uint8_t none[VNET_HDR_LEN];
+  fn(ud, none, pkt, n);
 }
 
 void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud)
 {
-  uint8_t *p = g->buf + VNET_HDR_LEN, *tcp = p + g->iplen;
+  uint8_t *p = g->buf + VNET_HDR_LEN;
   uint16_t v;
-  uint32_t sum;
 
   if (!g->len)
     return;
   if (g->count == 1) {
-    write_plain(p, g->len, g->buf, fn, ud);
+    write_plain(p, g->len, fn, ud);
     g->len = 0;
     return;
   }
   /* One segment of the joined length whose TCP checksum the kernel is to
    * finish (it holds the pseudo header's sum), to be taken as g->count
    * segments of g->mss bytes. */
-  if (g->iplen == 20) {
+  if (g->iplen == 20)
     put16(p + 2, (uint16_t)g->len);
-    put16(p + 10, 0);
-    put16(p + 10, (uint16_t)~ippkt_fold(ippkt_sum(p, 20, 0)));
-    sum = ippkt_sum(p + 12, 8, 0);
-  } else {
+  else
     put16(p + 4, (uint16_t)(g->len - 40));
-    sum = ippkt_sum(p + 8, 32, 0);
-  }
-  sum += 6 + (uint32_t)(g->len - g->iplen);
-  put16(tcp + 16, ippkt_fold(sum));
+  ippkt_set_checksums(p, g->len, 1);
   g->buf[0] = VNET_F_NEEDS_CSUM;
   g->buf[1] = g->iplen == 20 ? VNET_GSO_TCPV4 : VNET_GSO_TCPV6;
   v = (uint16_t)g->hlen;
@@ -250,7 +235,7 @@ void vnet_gro_flush(struct vnet_gro *g, vnet_write_fn fn, void *ud)
   memcpy(g->buf + 6, &v, 2);
   v = 16;
   memcpy(g->buf + 8, &v, 2);
-  fn(ud, g->buf, VNET_HDR_LEN + g->len);
+  fn(ud, g->buf, p, g->len);
   g->len = 0;
 }
 
@@ -268,7 +253,7 @@ int vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
   if (joinable(pkt, n, &iplen, &hlen) < 0 || ippkt_verify(pkt, n) != 0) {
     /* Written after what is held: order is kept. */
     vnet_gro_flush(g, fn, ud);
-    write_plain(pkt, n, g->buf, fn, ud);
+    write_plain(pkt, n, fn, ud);
     return 0;
   }
   pay = n - hlen;

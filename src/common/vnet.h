@@ -40,7 +40,9 @@ int vnet_split(uint8_t *rd, size_t n, uint8_t *out, size_t cap,
  * held, so the order on the wire is the order added. */
 #define VNET_GRO_MAX 65535 /* one IP packet */
 
-typedef void (*vnet_write_fn)(void *ud, const uint8_t *rd, size_t n);
+/* One write: a virtio-net header (VNET_HDR_LEN bytes) and a packet. */
+typedef void (*vnet_write_fn)(void *ud, const uint8_t *hdr,
+                              const uint8_t *pkt, size_t n);
 
 struct vnet_gro {
   size_t len;          /* bytes held in buf after the header (0: none) */
@@ -53,9 +55,8 @@ struct vnet_gro {
 };
 
 /* Adds one packet: joins it to the segments held, or writes what is held
- * and holds or writes this one. fn gets each write: a virtio-net header
- * and a packet. Returns 0, or ZTNA_ERR_TOO_LARGE (nothing written) for
- * more than VNET_GRO_MAX bytes. */
+ * and holds or writes this one. fn gets each write. Returns 0, or
+ * ZTNA_ERR_TOO_LARGE (nothing written) for more than VNET_GRO_MAX bytes. */
 int vnet_gro_add(struct vnet_gro *g, const uint8_t *pkt, size_t n,
                  vnet_write_fn fn, void *ud);
 /* Writes what is held (at the end of each loop round). */

@@ -74,16 +74,18 @@ static void back_cb(void *ud, uint8_t *pkt, size_t n)
   nback++;
 }
 
-static void write_cb(void *ud, const uint8_t *rd, size_t n)
+static void write_cb(void *ud, const uint8_t *hdr, const uint8_t *pkt,
+                     size_t n)
 {
   static uint8_t out[65536 + 64];
-  uint8_t *copy = malloc(n);
+  uint8_t *copy = malloc(VNET_HDR_LEN + n);
   (void)ud;
 
   if (!copy)
     abort();
-  memcpy(copy, rd, n);
-  if (vnet_split(copy, n, out, sizeof(out), back_cb, NULL) < 0)
+  memcpy(copy, hdr, VNET_HDR_LEN);
+  memcpy(copy + VNET_HDR_LEN, pkt, n);
+  if (vnet_split(copy, VNET_HDR_LEN + n, out, sizeof(out), back_cb, NULL) < 0)
     abort();
   free(copy);
 }
