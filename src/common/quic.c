@@ -78,7 +78,6 @@ struct quic_conn {
   uint8_t src_key[16];  /* the source it was counted under */
   int want_close;
   int free_arrays;      /* the exporter is taken: let wolfSSL free the rest */
-  int drop_tls;         /* server, handshake done: free the TLS session */
   int has_exporter;
   uint8_t exporter[QUIC_EXPORTER_LEN];
   int rotate_pending;   /* server: read the next packet on the other label */
@@ -637,9 +636,8 @@ static int conn_up(struct quic_conn *c)
     c->cbs->handshake_cb(c, c->ud);
   /* A server has what it keeps of the TLS session now (the application
    * copied the peer's identity in handshake_cb, the exporter is taken) and
-   * a QUIC client sends nothing more at the TLS layer: the session goes
-   * once ngtcp2 is done with this read (tls_drop). */
-  c->drop_tls = c->server;
+   * a QUIC client sends nothing more at the TLS layer: conn_read frees the
+   * session once ngtcp2 is done with this read (tls_drop). */
   return 0;
 }
 
@@ -649,7 +647,6 @@ static int conn_up(struct quic_conn *c)
  * the packet keys itself, and key updates derive from them. */
 static void tls_drop(struct quic_conn *c)
 {
-  c->drop_tls = 0;
   c->free_arrays = 0;
   ngtcp2_conn_set_tls_native_handle(c->conn, NULL);
   wolfSSL_free(c->ssl);
@@ -1423,7 +1420,7 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   c->in_ngtcp2 = 1;
   rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
   c->in_ngtcp2 = 0;
-  if (c->drop_tls && !c->dying)
+  if (c->server && c->handshake_done && c->ssl && !c->dying)
     tls_drop(c);
   if (c->free_arrays) {
     c->free_arrays = 0;
@@ -1952,7 +1949,6 @@ static void recv_io_cb(uv_poll_t *h, int status, int events)
         ep->stats.rx_errors++;
       return;
     }
-    ep->stats.rx_reads += (uint64_t)n;
     for (int i = 0; i < n && !ep->closing; i++) {
       const uint8_t *d = iov[i].iov_base;
       size_t len = mm[i].msg_len, seg = len;

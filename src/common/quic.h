@@ -153,8 +153,7 @@ struct quic_stats {
   uint64_t cid_rotations;       /* timed moves to a new CID */
   uint64_t rx_packets, tx_packets, rx_bytes, tx_bytes;
   uint64_t gso_sends;           /* sendmsg calls that carried a burst */
-  uint64_t rx_reads;            /* datagrams or coalesced runs read */
-  uint64_t gro_reads;           /* of them, runs of several datagrams */
+  uint64_t gro_reads;           /* reads that were several datagrams */
   uint64_t rx_errors;           /* failed or truncated reads */
   uint64_t vtx_packets, vrx_packets; /* on virtual paths */
   uint64_t vsend_errors;        /* packets vsend_cb did not take */
