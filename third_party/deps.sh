@@ -182,7 +182,9 @@ if [ "$(uname -m)" = x86_64 ]; then
   # it) whose CMakeLists honours the option. Without the table, a CPU
   # lacking PCLMULQDQ takes wolfSSL's table-free 64-bit GHASH.
   rm -rf "$pfx/wolfssl-src"
-  cp -al "$wolf_src" "$pfx/wolfssl-src" || die "cannot copy $wolf_src"
+  cp -al "$wolf_src" "$pfx/wolfssl-src" 2>/dev/null \
+    || { rm -rf "$pfx/wolfssl-src" && cp -a "$wolf_src" "$pfx/wolfssl-src"; } \
+    || die "cannot copy $wolf_src"
   wolf_src=$pfx/wolfssl-src
   grep -q 'override_cache(WOLFSSL_AESGCM "4bit")' "$wolf_src/CMakeLists.txt" \
     || die "wolfSSL's CMakeLists.txt changed: review the GHASH table edit"
