@@ -147,7 +147,7 @@ lwip_ver=$(src_version lwip); h3_ver=$(bin_version libnghttp3-dev)
 [ -n "$wolf_ver" ] && [ -n "$ng_ver" ] && [ -n "$lwip_ver" ] \
   && [ -n "$h3_ver" ] \
   || die "could not resolve wolfssl/ngtcp2/lwip/libnghttp3-dev versions in $suite"
-sum=$(cat "$0" | sha256sum | cut -c1-12)
+sum=$(cat "$0" "$here/ngtcp2-memory.patch" | sha256sum | cut -c1-12)
 prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$h3_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
   # make runs this when the recipe or the package list is newer than the
@@ -238,7 +238,24 @@ for d in $wolf_speed; do
   esac
 done
 
-step "building ngtcp2 $ng_ver (wolfSSL crypto backend)"
+# ngtcp2 with ztna's memory patch (third_party/ngtcp2-memory.patch, its
+# header says what and why): built from a copy of the source like wolfSSL
+# above; the files the patch changes are copied, not linked, first.
+rm -rf "$pfx/ngtcp2-src"
+cp -al "$ng_src" "$pfx/ngtcp2-src" 2>/dev/null \
+  || { rm -rf "$pfx/ngtcp2-src" && cp -a "$ng_src" "$pfx/ngtcp2-src"; } \
+  || die "cannot copy $ng_src"
+ng_src=$pfx/ngtcp2-src
+for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$here/ngtcp2-memory.patch"); do
+  cp "$ng_src/$f" "$ng_src/$f.tmp" \
+    && mv "$ng_src/$f.tmp" "$ng_src/$f" || die "cannot copy $ng_src/$f"
+done
+patch -d "$ng_src" -p1 -s --no-backup-if-mismatch -r - --forward \
+  <"$here/ngtcp2-memory.patch" \
+  || die "third_party/ngtcp2-memory.patch does not apply to ngtcp2 $ng_ver:
+  review it against that version's lib/ngtcp2_conn.c and lib/ngtcp2_ksl.h"
+
+step "building ngtcp2 $ng_ver (wolfSSL crypto backend, ztna's memory patch)"
 PKG_CONFIG_PATH=$pfx/lib/pkgconfig cmake -S "$ng_src" -B "$pfx/b-ngtcp2" \
   -DCMAKE_INSTALL_PREFIX="$pfx" -DCMAKE_INSTALL_LIBDIR=lib \
   -DCMAKE_BUILD_TYPE=Release -DENABLE_WOLFSSL=ON -DENABLE_OPENSSL=OFF \
@@ -273,7 +290,7 @@ rm -rf "$pfx/dl-h3"
 step "unpacking lwIP $lwip_ver for the project's lwipopts.h"
 cp -a "$lwip_src/src" "$pfx/lwip"
 
-rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2" "$pfx/wolfssl-src"
+rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2" "$pfx/wolfssl-src" "$pfx/ngtcp2-src"
 cat > "$pfx/VERSIONS" <<V
 wolfssl $wolf_ver
 ngtcp2 $ng_ver
