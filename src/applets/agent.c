@@ -1492,6 +1492,9 @@ static void routes(struct actx *x, int add)
 static void collect(void *ud)
 {
   struct actx *x = ud;
+
+  if (x->ep)
+    quic_endpoint_metrics(x->ep, x->m, "ztna_agent_");
   for (int i = 0; i < A_COUNT; i++)
     metric_set(x->mx_drops[i], (int64_t)x->drops[i]);
   metric_set(x->mx_tx, (int64_t)x->tx_packets);

@@ -1217,6 +1217,8 @@ static void collect(void *ud)
   metric_set(x->mx_uptime, (int64_t)(uv_now(x->loop) - x->started_ms) / 1000);
   metric_set(x->mx_flows, (int64_t)udpflows_count(x->udp));
   metric_set(x->mx_icmp, (int64_t)x->icmp_echo);
+  if (x->ep)
+    quic_endpoint_metrics(x->ep, x->m, "ztna_connector_");
   for (int i = 0; i < D_COUNT; i++)
     metric_set(x->mx_drops[i], (int64_t)x->drops[i]);
   metrics_zero(x->m, "ztna_connector_service_up");

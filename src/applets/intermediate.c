@@ -431,6 +431,9 @@ static void collect(void *ud)
   metric_set(x->mx_diag, (int64_t)x->diag_conns);
   for (int i = 0; i < RELAY_DROP_COUNT; i++)
     metric_set(x->mx_drops[i], (int64_t)rs->drops[i]);
+  quic_endpoint_metrics(x->ep, x->m, "ztna_");
+  if (x->diag_ep)
+    quic_endpoint_metrics(x->diag_ep, x->m, "ztna_diag_");
   metrics_zero(x->m, "ztna_service_connector_present");
   metrics_zero(x->m, "ztna_service_agents");
   relay_foreach_service(x->relay, service_gauge, x);

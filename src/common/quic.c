@@ -24,6 +24,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -2147,6 +2148,53 @@ void quic_endpoint_set_server_tls(struct quic_endpoint *ep,
 const struct quic_stats *quic_endpoint_stats(struct quic_endpoint *ep)
 {
   return &ep->stats;
+}
+
+/* One counter of the endpoint's, named prefix + name. */
+static void ep_metric(struct metrics *m, const char *prefix, const char *name,
+                      const char *labels, const char *help, uint64_t v)
+{
+  char full[96];
+
+  snprintf(full, sizeof(full), "%s%s", prefix, name);
+  metric_set(metrics_counter(m, full, labels, help), (int64_t)v);
+}
+
+void quic_endpoint_metrics(struct quic_endpoint *ep, struct metrics *m,
+                           const char *prefix)
+{
+  const struct quic_stats *s = &ep->stats;
+
+  ep_metric(m, prefix, "udp_packets_total", "direction=\"rx\"",
+            "UDP datagrams (GRO segments counted one by one)", s->rx_packets);
+  ep_metric(m, prefix, "udp_packets_total", "direction=\"tx\"",
+            "UDP datagrams (GRO segments counted one by one)", s->tx_packets);
+  ep_metric(m, prefix, "udp_bytes_total", "direction=\"rx\"",
+            "UDP payload bytes", s->rx_bytes);
+  ep_metric(m, prefix, "udp_bytes_total", "direction=\"tx\"",
+            "UDP payload bytes", s->tx_bytes);
+  ep_metric(m, prefix, "udp_send_errors_total", NULL,
+            "UDP datagrams the socket would not take (dropped)",
+            s->udp_send_errors);
+  ep_metric(m, prefix, "udp_receive_errors_total", NULL,
+            "Failed or truncated socket reads", s->rx_errors);
+  ep_metric(m, prefix, "udp_gso_sends_total", NULL,
+            "Sends that carried several datagrams (UDP_SEGMENT)",
+            s->gso_sends);
+  ep_metric(m, prefix, "udp_gro_reads_total", NULL,
+            "Reads that returned several datagrams (UDP_GRO)", s->gro_reads);
+  ep_metric(m, prefix, "quic_datagrams_dropped_total",
+            "reason=\"too_large\"",
+            "QUIC DATAGRAMs not sent: larger than the path carries, the "
+            "send queue full, or refused by the QUIC stack",
+            s->dgram_too_large);
+  ep_metric(m, prefix, "quic_datagrams_dropped_total",
+            "reason=\"queue_full\"", NULL, s->dgram_queue_full);
+  ep_metric(m, prefix, "quic_datagrams_dropped_total",
+            "reason=\"rejected\"", NULL, s->dgram_rejected);
+  ep_metric(m, prefix, "quic_stateless_resets_sent_total", NULL,
+            "Stateless resets sent for packets of unknown connections",
+            s->resets_sent);
 }
 
 size_t quic_endpoint_conn_count(struct quic_endpoint *ep)

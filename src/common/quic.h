@@ -173,6 +173,13 @@ int quic_endpoint_local_addr(struct quic_endpoint *ep,
 void quic_endpoint_set_server_tls(struct quic_endpoint *ep,
                                   struct tls_ctx *tls);
 const struct quic_stats *quic_endpoint_stats(struct quic_endpoint *ep);
+/* Sets the endpoint's counters in m (a metrics collect function calls
+ * this), each named prefix + name: UDP datagrams and bytes each way,
+ * send and receive errors, GSO sends and GRO reads, DATAGRAMs dropped by
+ * reason, stateless resets sent. */
+struct metrics;
+void quic_endpoint_metrics(struct quic_endpoint *ep, struct metrics *m,
+                           const char *prefix);
 size_t quic_endpoint_conn_count(struct quic_endpoint *ep);
 /* Server handshakes in progress. */
 size_t quic_endpoint_half_open(struct quic_endpoint *ep);

@@ -32,6 +32,53 @@ def test_curl_50mb_sha256(world):
     os.unlink(out)
 
 
+def test_udp_counters_follow_a_transfer(world):
+    """The daemons export their UDP endpoints' counters, and they follow
+    the traffic: a 10 MB download grows what the connector sent and the
+    agent received by at least its size, and the intermediate's both ways
+    on the relay path (not on the direct path); the connector writes its
+    packets in bursts (GSO)."""
+    src = world.make_file("ten.bin", 10 << 20)
+    relay = world.path("web") == "relay"
+
+    def snap():
+        i = world.inter.metrics()
+        return {
+            "a_rx": world.metric(world.agent_ns, 9092,
+                                 'ztna_agent_udp_bytes_total'
+                                 '{direction="rx"}'),
+            "c_tx": world.metric(world.conn_ns, 9091,
+                                 'ztna_connector_udp_bytes_total'
+                                 '{direction="tx"}'),
+            "c_gso": world.metric(world.conn_ns, 9091,
+                                  "ztna_connector_udp_gso_sends_total"),
+            "i_rx": i['ztna_udp_bytes_total{direction="rx"}'],
+            "i_tx": i['ztna_udp_bytes_total{direction="tx"}'],
+        }
+    before = snap()
+    out = os.path.join(world.tmp, "ten.got")
+    world.run(["curl", "-s", "-S", "-m", "120", "-o", out,
+               "http://%s/ten.bin" % SERVICES["web"][0]])
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+    after = snap()
+    grew = {k: after[k] - before[k] for k in before}
+    size = 10 << 20
+    assert grew["a_rx"] >= size and grew["c_tx"] >= size, grew
+    assert grew["c_gso"] > 0, grew
+    if relay:
+        assert grew["i_rx"] >= size and grew["i_tx"] >= size, grew
+    else:
+        assert grew["i_rx"] < size // 2 and grew["i_tx"] < size // 2, grew
+    for ns, port, p in ((world.conn_ns, 9091, "ztna_connector_"),
+                        (world.agent_ns, 9092, "ztna_agent_")):
+        for name in ("udp_send_errors_total", "udp_receive_errors_total",
+                     "udp_gro_reads_total"):
+            assert world.metric(ns, port, p + name) is not None, p + name
+        assert world.metric(ns, port, p + 'quic_datagrams_dropped_total'
+                            '{reason="queue_full"}') is not None
+
+
 def test_20_concurrent_curls(world):
     src = world.make_file("one.bin", 1 << 20)
     want = sha256(src)
