@@ -869,6 +869,19 @@ static void log_printf_cb(void *ud, const char *fmt, ...)
   va_end(ap);
 }
 
+/* The peer no longer knows this connection (it restarted, say): ngtcp2
+ * matched the reset's token and drains the connection. */
+static int recv_stateless_reset_cb(ngtcp2_conn *conn,
+                                   const ngtcp2_pkt_stateless_reset *sr,
+                                   void *ud)
+{
+  struct quic_conn *c = ud;
+  (void)conn;
+  (void)sr;
+  c->info.reset = 1;
+  return 0;
+}
+
 static const ngtcp2_callbacks callbacks_template = {
   .client_initial = ngtcp2_crypto_client_initial_cb,
   .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
@@ -891,6 +904,7 @@ static const ngtcp2_callbacks callbacks_template = {
   .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
   .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
   .recv_datagram = recv_datagram_cb,
+  .recv_stateless_reset = recv_stateless_reset_cb,
   .lost_datagram = lost_datagram_cb,
   .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
   .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
@@ -1249,6 +1263,13 @@ static void fill_close_info(struct quic_conn *c, int rv)
   const ngtcp2_ccerr *cc = ngtcp2_conn_get_ccerr(c->conn);
   size_t rl;
 
+  if (rv == NGTCP2_ERR_DRAINING && c->info.reset) {
+    c->info.local = 0;
+    c->info.err = ZTNA_ERR_CLOSED;
+    snprintf(c->info.reason, sizeof(c->info.reason),
+             "stateless reset (the peer lost the connection: restarted?)");
+    return;
+  }
   if (rv == NGTCP2_ERR_DRAINING) {
     /* The peer closed: report its code and reason. */
     c->info.local = 0;
@@ -1401,6 +1422,21 @@ static socklen_t read_local(struct quic_conn *c, const struct sockaddr *from,
   return conn_local(c, 0, out);
 }
 
+/* The path a packet from `from` arrived on, for ngtcp2 (remote and local
+ * are its storage). */
+static void read_path(struct quic_conn *c, const struct sockaddr *from,
+                      ngtcp2_path *path, struct sockaddr_storage *remote,
+                      struct sockaddr_storage *local)
+{
+  sa_copy(remote, from);
+  path->local.addrlen = read_local(c, from, local);
+  path->local.addr = (ngtcp2_sockaddr *)local;
+  c->rotate_pending = 0;
+  path->remote.addr = (ngtcp2_sockaddr *)remote;
+  path->remote.addrlen = sa_len(from);
+  path->user_data = NULL;
+}
+
 static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
                       const struct sockaddr *from)
 {
@@ -1409,13 +1445,7 @@ static void conn_read(struct quic_conn *c, const uint8_t *d, size_t n,
   ngtcp2_pkt_info pi = { 0 };
   int rv;
 
-  sa_copy(&remote, from);
-  path.local.addrlen = read_local(c, from, &local);
-  path.local.addr = (ngtcp2_sockaddr *)&local;
-  c->rotate_pending = 0;
-  path.remote.addr = (ngtcp2_sockaddr *)&remote;
-  path.remote.addrlen = sa_len(from);
-  path.user_data = NULL;
+  read_path(c, from, &path, &remote, &local);
   c->last_rx = now_ns();
   c->rx_bytes += n;
   c->in_ngtcp2 = 1;
@@ -1846,6 +1876,40 @@ static void send_stateless_reset(struct quic_endpoint *ep,
   }
 }
 
+/* A short-header datagram that no connection's ID matches may be a
+ * stateless reset (RFC 9000 10.3) from the server of one of our client
+ * connections: random bytes ending in a token that only that server can
+ * make. Each client connection to that address is asked (ngtcp2 compares
+ * the token; a packet that is not its own changes nothing there); the one
+ * whose token it is drains and ends. Returns 1 if the datagram was one. */
+static int is_stateless_reset(struct quic_endpoint *ep, const uint8_t *d,
+                              size_t n, const struct sockaddr *from)
+{
+  struct sockaddr_storage remote, local;
+  ngtcp2_path path;
+  ngtcp2_pkt_info pi = { 0 };
+  struct quic_conn *c;
+  int rv;
+
+  if (n < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN +
+              NGTCP2_STATELESS_RESET_TOKENLEN)
+    return 0;
+  for (c = ep->conns; c; c = c->next) {
+    if (c->server || c->dying || c->in_ngtcp2 || !c->handshake_done ||
+        !sa_equal(from, (const struct sockaddr *)&c->remote))
+      continue;
+    read_path(c, from, &path, &remote, &local);
+    c->in_ngtcp2 = 1;
+    rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, d, n, now_ns());
+    c->in_ngtcp2 = 0;
+    if (rv == NGTCP2_ERR_DRAINING || ngtcp2_err_is_fatal(rv)) {
+      conn_read_error(c, rv);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static void handle_datagram(struct quic_endpoint *ep, const uint8_t *d,
                             size_t n, const struct sockaddr *from)
 {
@@ -1870,6 +1934,8 @@ static void handle_datagram(struct quic_endpoint *ep, const uint8_t *d,
   }
   if (!(d[0] & 0x80)) {
     /* A short header of no connection here. */
+    if (is_stateless_reset(ep, d, n, from))
+      return;
     if (ep->cfg.stateless_reset)
       send_stateless_reset(ep, &vc, n, from);
     else

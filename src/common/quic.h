@@ -71,6 +71,7 @@ struct quic_close_info {
   uint64_t code;     /* transport or application error code */
   uint8_t tls_alert; /* TLS alert if the handshake failed (0 if none) */
   int err;           /* ZTNA_ERR_* summary, 0 for a clean close */
+  int reset;         /* ended by the peer's stateless reset */
   char reason[128];  /* the reason phrase, printable */
 };
 

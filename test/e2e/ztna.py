@@ -67,9 +67,11 @@ class Pki:
 class Intermediate:
     def __init__(self, pki, ns=None, port=4433, metrics_port=9090,
                  bind="0.0.0.0", extra=(), name="relay", logdir=None,
-                 env=None):
-        self.cert, self.key = pki.issue("intermediate", name, "--ip",
-                                        "127.0.0.1")
+                 env=None, creds=None):
+        """creds: (certificate, key) to run with, as a restarted daemon
+        does; default: a new pair issued for name."""
+        self.cert, self.key = creds or pki.issue("intermediate", name,
+                                                 "--ip", "127.0.0.1")
         self.ns = ns
         self.port = port
         self.metrics_port = metrics_port

@@ -261,6 +261,8 @@ static const char *server_alpn_cfg; /* for world_init, NULL: ztna-v1 */
 static int (*vsend_cfg)(struct quic_endpoint *, const struct sockaddr *,
                         const uint8_t *, size_t, void *);
 
+static const uint8_t *secret_cfg; /* for world_init: the server's secret */
+
 static void world_init(struct world *w, int retry, uint64_t idle_ms)
 {
   struct quic_endpoint_config cfg = { 0 };
@@ -284,6 +286,8 @@ static void world_init(struct world *w, int retry, uint64_t idle_ms)
   cfg.cbs = &server_cbs;
   cfg.ud = w;
   cfg.vsend_cb = vsend_cfg;
+  cfg.secret = secret_cfg;
+  cfg.stateless_reset = secret_cfg != NULL;
   assert_int_equal(quic_endpoint_new(&w->server_ep, &w->loop,
                                      (struct sockaddr *)&any, &cfg), 0);
   memset(&cfg, 0, sizeof(cfg));
@@ -710,6 +714,48 @@ static void test_quic_exporter(void **state)
     cid[0] ^= 0xff;
     assert_null(quic_endpoint_find_cid(w.server_ep, cid, n));
   }
+  world_free(&w);
+}
+
+/* A server that restarts (a new endpoint on the same port with the same
+ * secret) answers the old connection's next packet with a stateless
+ * reset, and the client ends at once instead of after its idle timeout
+ * (two minutes here). Before, the client's endpoint found no connection
+ * for the reset's random connection ID and dropped it. */
+static void test_quic_stateless_reset(void **state)
+{
+  static const uint8_t secret[32] = { 7, 7, 7 };
+  static const uint8_t ping[] = "are you there";
+  struct quic_endpoint_config cfg = { 0 };
+  struct sockaddr_storage srv;
+  struct world w;
+  (void)state;
+
+  secret_cfg = secret;
+  world_init(&w, 0, 120000);
+  secret_cfg = NULL;
+  connect_client(&w, cert("client.crt"), cert("client.key"), cert("ca.crt"),
+                 NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  assert_false(w.cli.closed);
+  /* The server goes without a word and comes back on its port. */
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  quic_endpoint_del(w.server_ep);
+  w.srv.c = NULL;
+  uv_run(&w.loop, UV_RUN_NOWAIT);
+  cfg.server_tls = w.server_tls;
+  cfg.secret = secret;
+  cfg.stateless_reset = 1;
+  cfg.cbs = &server_cbs;
+  cfg.ud = &w;
+  assert_int_equal(quic_endpoint_new(&w.server_ep, &w.loop,
+                                     (struct sockaddr *)&srv, &cfg), 0);
+  assert_int_equal(quic_conn_send_datagram(w.cli.c, ping, sizeof(ping)), 0);
+  assert_true(run_until(&w, client_closed));
+  assert_int_equal(w.cli.info.reset, 1);
+  assert_int_equal(w.cli.info.idle, 0);
+  assert_int_equal(w.cli.info.local, 0);
+  assert_true(quic_endpoint_stats(w.server_ep)->resets_sent >= 1);
   world_free(&w);
 }
 
@@ -1560,6 +1606,7 @@ int main(void)
     cmocka_unit_test(test_quic_rebinding_observed),
     cmocka_unit_test(test_quic_cid_rotation),
     cmocka_unit_test(test_quic_silence),
+    cmocka_unit_test(test_quic_stateless_reset),
     cmocka_unit_test(test_quic_idle_timeout),
     cmocka_unit_test(test_quic_version_negotiation),
     cmocka_unit_test(test_quic_wrong_alpn),
