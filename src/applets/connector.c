@@ -1217,6 +1217,11 @@ static void collect(void *ud)
   metric_set(x->mx_uptime, (int64_t)(uv_now(x->loop) - x->started_ms) / 1000);
   metric_set(x->mx_flows, (int64_t)udpflows_count(x->udp));
   metric_set(x->mx_icmp, (int64_t)x->icmp_echo);
+  metric_set(metrics_counter(x->m, "ztna_connector_tcp_stray_segments_total",
+                             NULL, "TCP segments of no connection here (the "
+                             "connector restarted, or the state went with "
+                             "an agent's connection): answered with RST"),
+             (int64_t)ts->stray);
   if (x->ep)
     quic_endpoint_metrics(x->ep, x->m, "ztna_connector_");
   for (int i = 0; i < D_COUNT; i++)

@@ -400,18 +400,23 @@ int ippkt_build_too_big(uint8_t *out, size_t cap, const uint8_t *orig,
   return (int)len;
 }
 
-int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *syn, size_t n)
+int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *seg, size_t n)
 {
   struct ippkt ip;
   const uint8_t *t;
-  size_t hl, len;
+  size_t hl, len, doff;
   uint32_t seq;
   uint8_t *r;
 
-  if (ippkt_parse(syn, n, &ip) < 0 || ip.proto != PROTO_TCP ||
+  if (ippkt_parse(seg, n, &ip) < 0 || ip.proto != PROTO_TCP ||
       !ip.first_fragment || ip.totlen - ip.hdrlen < 20)
     return ZTNA_ERR_MALFORMED;
-  t = syn + ip.hdrlen;
+  t = seg + ip.hdrlen;
+  doff = (size_t)(t[12] >> 4) * 4;
+  if (doff < 20 || doff > ip.totlen - ip.hdrlen)
+    return ZTNA_ERR_MALFORMED;
+  if (t[13] & 0x04)
+    return 0; /* a RST is never answered */
   hl = ip.version == 4 ? 20 : 40;
   len = hl + 20;
   if (len > cap)
@@ -421,15 +426,23 @@ int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *syn, size_t n)
   memset(r, 0, 20);
   memcpy(r, t + 2, 2); /* ports swapped */
   memcpy(r + 2, t, 2);
-  seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 | (uint32_t)t[6] << 8 |
-        t[7];
-  seq += 1; /* the SYN counts as one */
-  r[8] = (uint8_t)(seq >> 24);
-  r[9] = (uint8_t)(seq >> 16);
-  r[10] = (uint8_t)(seq >> 8);
-  r[11] = (uint8_t)seq;
+  if (t[13] & 0x10) {
+    memcpy(r + 4, t + 8, 4); /* SEQ = SEG.ACK */
+    r[13] = 0x04;            /* RST */
+  } else {
+    /* ACK = SEG.SEQ + SEG.LEN, where SYN and FIN count as one each */
+    seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 |
+          (uint32_t)t[6] << 8 | t[7];
+    seq += (uint32_t)(ip.totlen - ip.hdrlen - doff);
+    seq += (t[13] & 0x02) ? 1 : 0;
+    seq += (t[13] & 0x01) ? 1 : 0;
+    r[8] = (uint8_t)(seq >> 24);
+    r[9] = (uint8_t)(seq >> 16);
+    r[10] = (uint8_t)(seq >> 8);
+    r[11] = (uint8_t)seq;
+    r[13] = 0x14; /* RST, ACK */
+  }
   r[12] = 0x50;
-  r[13] = 0x14; /* RST, ACK */
   l4_checksum(out, len, 16, 1);
   return (int)len;
 }

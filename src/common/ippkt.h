@@ -77,8 +77,11 @@ int ippkt_echo_payload(const uint8_t *p, size_t n, const uint8_t **payload,
 int ippkt_build_too_big(uint8_t *out, size_t cap, const uint8_t *orig,
                         size_t n, uint16_t mtu, const uint8_t *from);
 
-/* Builds the RST|ACK a refused connection gets for its TCP SYN. Returns the
- * length or a negative error. */
-int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *syn, size_t n);
+/* Builds the RST a TCP segment of no connection gets (RFC 9293 3.10.7.1):
+ * for a segment with ACK, a RST with the sequence number it acknowledges;
+ * otherwise (a SYN) a RST|ACK of what it carried. Returns the length, 0
+ * for a segment that is itself a RST (never answered), or a negative
+ * error. */
+int ippkt_build_rst(uint8_t *out, size_t cap, const uint8_t *seg, size_t n);
 
 #endif

@@ -881,7 +881,8 @@ static int syn_allowed(struct netstack *ns, struct owner *o)
   return 1;
 }
 
-/* Answers a SYN we will not take with a RST (real addresses). */
+/* Answers a SYN we will not take, or a segment of no connection, with a
+ * RST (real addresses). */
 static void reset_syn(struct netstack *ns, void *conn, const uint8_t *pkt,
                       size_t n)
 {
@@ -917,8 +918,15 @@ void netstack_input(struct netstack *ns, void *conn,
   syn = (t[13] & 0x12) == 0x02; /* SYN without ACK */
   m = map_lookup(ns, conn, ip.version, ip.src, ip.dst, &idx);
   if (!m) {
-    if (!syn)
-      return; /* no connection of ours: nothing to answer for */
+    if (!syn) {
+      /* A segment of no connection here (this connector restarted, or
+       * the connection's state went with an end-to-end connection that
+       * ended): a RST ends it at the agent at once, where silence would
+       * leave the application retransmitting for minutes. */
+      ns->st.stray++;
+      reset_syn(ns, conn, pkt, n);
+      return;
+    }
     o = owner_get(ns, conn);
     if (!o) {
       log_warnx("tcp: out of memory");

@@ -41,6 +41,7 @@ struct netstack_stats {
   uint64_t resets;          /* connections ended by a reset either way */
   uint64_t syn_limited;     /* SYNs dropped by the per-source rate */
   uint64_t limit;           /* SYNs refused: too many sessions */
+  uint64_t stray;           /* segments of no connection: RST sent */
   uint64_t to_backend, to_agent; /* bytes spliced */
 };
 

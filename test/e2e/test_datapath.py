@@ -383,6 +383,82 @@ def test_denied_agent_reaches_nothing(world):
     p3.terminate()
 
 
+def test_connector_killed_during_a_download_resets_it(world):
+    """kill -9 of the connector while a download runs, and the connector
+    started again: it has none of the download's TCP state, so the next
+    segment of it that arrives (a retransmission, once the agent's
+    end-to-end connection is back) is answered with a RST and curl fails
+    with "connection reset" instead of retransmitting until its own
+    timeout. Before, the connector dropped such segments without a word
+    and the download hung."""
+    world.make_file("cut.bin", 100 << 20)
+    out = os.path.join(world.tmp, "cut.got")
+    p = world.net.popen(world.agent_ns,
+                        ["curl", "-s", "-S", "-m", "300", "--limit-rate",
+                         "4M", "-o", out, "http://%s/cut.bin"
+                         % SERVICES["web"][0]],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(out) and
+                 os.path.getsize(out) > 4 << 20, timeout=120,
+                 what="the download under way")
+        old = world.procs["connector"]
+        old.send_signal(signal.SIGKILL)
+        old.wait()
+        world.start_connector()
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    os.unlink(out)
+    assert p.returncode == 56 and b"reset" in err, (p.returncode, err)
+    assert world.metric(world.conn_ns, 9091,
+                        "ztna_connector_tcp_stray_segments_total") >= 1
+
+
+def test_intermediate_killed_during_a_download(world):
+    """kill -9 of the intermediate while a 100 MB download runs, and the
+    intermediate started again with its key (as systemd would): its
+    stateless resets end the agent's and the connector's old connections
+    at their next packet, they reconnect, the agent's end-to-end
+    connection moves to the new relay session, and the download completes
+    intact in the same TCP connection (a reset would fail curl; a second
+    connection to the backend would show in the connector's count). On
+    the direct path the intermediate is not in the way at all. Before,
+    the clients dropped the resets and noticed after their 30 s idle
+    timeout, when the end-to-end connection timed out as well."""
+    from ztna import Intermediate
+    src = world.make_file("hundred.bin", 100 << 20)
+    out = os.path.join(world.tmp, "hundred.got")
+    sessions = world.metric(world.conn_ns, 9091,
+                            "ztna_connector_tcp_sessions_total")
+    p = world.net.popen(world.agent_ns,
+                        ["curl", "-s", "-S", "-m", "240", "--limit-rate",
+                         "8M", "-o", out, "http://%s/hundred.bin"
+                         % SERVICES["web"][0]],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(out) and
+                 os.path.getsize(out) > 20 << 20, timeout=120,
+                 what="a fifth of the download")
+        world.inter.proc.send_signal(signal.SIGKILL)
+        world.inter.proc.wait()
+        at = os.path.getsize(out)
+        world.inter = Intermediate(world.pki, ns=world.inet,
+                                   logdir=world.tmp,
+                                   creds=(world.inter.cert, world.inter.key))
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert at < 100 << 20, "the download ended before the kill"
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+    assert world.metric(world.conn_ns, 9091,
+                        "ztna_connector_tcp_sessions_total") == sessions + 1
+
+
 def test_intermediate_killed_and_restarted(world):
     inter = world.inter
     before = world.metric(world.agent_ns, 9092,

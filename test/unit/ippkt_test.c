@@ -53,6 +53,68 @@ static size_t tcp4(uint8_t *p)
   return n;
 }
 
+static uint32_t get32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+  p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+/* The RST for a segment of no connection: addresses and ports swapped,
+ * both checksums right; a segment with ACK gets RST at the sequence
+ * number it acknowledged, one without (a SYN) RST|ACK of what it carried
+ * (data, SYN and FIN); a RST gets nothing; a bad data offset is refused. */
+static void test_ippkt_rst(void **state)
+{
+  static const struct {
+    uint8_t flags;
+    uint8_t want_flags;
+    uint32_t want_seq, want_ack;
+  } cases[] = {
+    { 0x18, 0x04, 0x0a0b0c0d, 0 },              /* PSH|ACK with data */
+    { 0x10, 0x04, 0x0a0b0c0d, 0 },              /* a bare ACK */
+    { 0x11, 0x04, 0x0a0b0c0d, 0 },              /* FIN|ACK */
+    { 0x02, 0x14, 0, 0x01020304 + 5 + 1 },      /* SYN with 5 data bytes */
+    { 0x03, 0x14, 0, 0x01020304 + 5 + 2 },      /* SYN|FIN */
+  };
+  uint8_t p[128], r[80];
+  size_t n;
+  int k;
+  (void)state;
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    n = tcp4(p);
+    put32(p + 24, 0x01020304);
+    put32(p + 28, 0x0a0b0c0d);
+    p[33] = cases[i].flags;
+    set_l4_checksum(p, n, 36);
+    k = ippkt_build_rst(r, sizeof(r), p, n);
+    assert_int_equal(k, 40);
+    assert_memory_equal(r + 12, p + 16, 4);
+    assert_memory_equal(r + 16, p + 12, 4);
+    assert_memory_equal(r + 20, p + 22, 2);
+    assert_memory_equal(r + 22, p + 20, 2);
+    assert_int_equal(r[33], cases[i].want_flags);
+    assert_int_equal(get32(r + 24), cases[i].want_seq);
+    assert_int_equal(get32(r + 28), cases[i].want_ack);
+    assert_int_equal(ippkt_fold(ippkt_sum(r, 20, 0)), 0xffff);
+    assert_int_equal(l4_sum(r, (size_t)k), 0xffff);
+  }
+  n = tcp4(p);
+  p[33] = 0x14; /* RST|ACK */
+  assert_int_equal(ippkt_build_rst(r, sizeof(r), p, n), 0);
+  p[33] = 0x10;
+  p[32] = 0x40; /* data offset 16 bytes */
+  assert_int_equal(ippkt_build_rst(r, sizeof(r), p, n), ZTNA_ERR_MALFORMED);
+  p[32] = 0xf0; /* 60 bytes: past the segment */
+  assert_int_equal(ippkt_build_rst(r, sizeof(r), p, n), ZTNA_ERR_MALFORMED);
+}
+
 static void test_ippkt_tcp4_rewrite(void **state)
 {
   uint8_t p[128], a[4];
@@ -146,6 +208,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_ippkt_tcp4_rewrite),
+    cmocka_unit_test(test_ippkt_rst),
     cmocka_unit_test(test_ippkt_udp_v6_and_zero),
     cmocka_unit_test(test_ippkt_fragment_keeps_payload),
     cmocka_unit_test(test_ippkt_hostile),
