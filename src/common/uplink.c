@@ -19,6 +19,7 @@ struct uplink {
   struct quic_conn *conn;
   uv_timer_t retry; /* reconnect */
   uv_timer_t regt;  /* registration resends */
+  uv_timer_t watch; /* the intermediate still answers */
   uint64_t backoff_ms;
   uint64_t reconnects;
   int up, closing, handles;
@@ -53,6 +54,29 @@ static void retry_later(struct uplink *u)
   u->backoff_ms *= 2;
   if (u->backoff_ms > UPLINK_BACKOFF_MAX_MS)
     u->backoff_ms = UPLINK_BACKOFF_MAX_MS;
+}
+
+/* An intermediate that is gone (killed, its host down, replaced by one
+ * with another key that cannot reset our connection) would only show
+ * at the idle timeout, 30 s, when the agents' end-to-end connections
+ * through it time out as well. Unanswered for UPLINK_SILENCE_MS while
+ * something is owed (a keepalive at least every 10 s), the connection is
+ * given up and made again: the end-to-end connections then move to the
+ * new relay sessions well inside their own idle timeout. */
+static void watch_cb(uv_timer_t *t)
+{
+  struct uplink *u = t->data;
+  uint64_t silent;
+  char why[64];
+
+  if (!u->up || !u->conn)
+    return;
+  silent = quic_conn_silence_ms(u->conn);
+  if (silent < UPLINK_SILENCE_MS)
+    return;
+  snprintf(why, sizeof(why), "no answer for %llu ms",
+           (unsigned long long)silent);
+  quic_conn_close(u->conn, 0, why);
 }
 
 static void regt_cb(uv_timer_t *t)
@@ -327,8 +351,10 @@ int uplink_new(struct uplink **out, uv_loop_t *loop,
   u->backoff_ms = UPLINK_BACKOFF_MIN_MS;
   uv_timer_init(loop, &u->retry);
   uv_timer_init(loop, &u->regt);
-  u->retry.data = u->regt.data = u;
-  u->handles = 2;
+  uv_timer_init(loop, &u->watch);
+  u->retry.data = u->regt.data = u->watch.data = u;
+  u->handles = 3;
+  uv_timer_start(&u->watch, watch_cb, 1000, 1000);
   u->sig_sid = -1;
   if (wire_sigbuf_init(&u->sig) < 0)
     u->sig.failed = 1;
@@ -357,6 +383,7 @@ void uplink_del(struct uplink *u, const char *reason)
     uv_cancel((uv_req_t *)&u->gai); /* its callback still comes */
   uv_close((uv_handle_t *)&u->retry, timer_closed);
   uv_close((uv_handle_t *)&u->regt, timer_closed);
+  uv_close((uv_handle_t *)&u->watch, timer_closed);
 }
 
 int uplink_send(struct uplink *u, const struct iovec *iov, int iovcnt)

@@ -29,6 +29,9 @@ struct wire_sig;
 #define UPLINK_BACKOFF_MAX_MS 30000
 #define UPLINK_REG_INTERVAL_MS 2000
 #define UPLINK_REG_ATTEMPTS 3
+/* Given up when the intermediate answered nothing for this long while it
+ * owed an answer (see watch_cb in uplink.c). */
+#define UPLINK_SILENCE_MS 8000
 
 enum uplink_reg { UPLINK_REG_PENDING, UPLINK_REG_OK, UPLINK_REG_DENIED,
                   UPLINK_REG_INVALID, UPLINK_REG_NO_ANSWER };

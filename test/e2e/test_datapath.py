@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from datapath import SERVICES, sha256, world_fixture
 from ztna import wait_for
@@ -416,17 +417,25 @@ def test_connector_killed_during_a_download_resets_it(world):
                         "ztna_connector_tcp_stray_segments_total") >= 1
 
 
-def test_intermediate_killed_during_a_download(world):
-    """kill -9 of the intermediate while a 100 MB download runs, and the
-    intermediate started again with its key (as systemd would): its
-    stateless resets end the agent's and the connector's old connections
-    at their next packet, they reconnect, the agent's end-to-end
-    connection moves to the new relay session, and the download completes
-    intact in the same TCP connection (a reset would fail curl; a second
-    connection to the backend would show in the connector's count). On
-    the direct path the intermediate is not in the way at all. Before,
-    the clients dropped the resets and noticed after their 30 s idle
-    timeout, when the end-to-end connection timed out as well."""
+@pytest.mark.parametrize("same_key", [True, False],
+                         ids=["restarted", "replaced"])
+def test_intermediate_killed_during_a_download(world, same_key):
+    """kill -9 of the intermediate while a 100 MB download runs, and an
+    intermediate started again on its address: the agent's and the
+    connector's old connections end, they reconnect, the agent's
+    end-to-end connection moves to the new relay session, and the
+    download completes intact in the same TCP connection (a reset would
+    fail curl; a second connection to the backend would show in the
+    connector's count). On the direct path the intermediate is not in the
+    way at all.
+
+    restarted: the same key (as systemd would restart it): its stateless
+    resets end the old connections at their next packet. Before, the
+    clients dropped the resets and noticed after their 30 s idle timeout,
+    when the end-to-end connection timed out as well.
+    replaced: another key (another machine took the address), which
+    cannot reset them: the clients give up after 8 s without an answer
+    (UPLINK_SILENCE_MS), inside the end-to-end connection's 30 s."""
     from ztna import Intermediate
     src = world.make_file("hundred.bin", 100 << 20)
     out = os.path.join(world.tmp, "hundred.got")
@@ -444,9 +453,9 @@ def test_intermediate_killed_during_a_download(world):
         world.inter.proc.send_signal(signal.SIGKILL)
         world.inter.proc.wait()
         at = os.path.getsize(out)
-        world.inter = Intermediate(world.pki, ns=world.inet,
-                                   logdir=world.tmp,
-                                   creds=(world.inter.cert, world.inter.key))
+        world.inter = Intermediate(
+            world.pki, ns=world.inet, logdir=world.tmp,
+            creds=(world.inter.cert, world.inter.key) if same_key else None)
         _, err = p.communicate(timeout=240)
     finally:
         if p.poll() is None:
