@@ -123,7 +123,9 @@ struct quic_endpoint {
   uint8_t secret[32];
   uint32_t hash_seed;
   struct cident *map[CIDMAP_BUCKETS];
-  struct quic_conn *conns;
+  /* Client connections first, then the servers': a stateless reset is
+   * looked for among the clients only (is_stateless_reset). */
+  struct quic_conn *conns, *last_client;
   size_t nconns;
   size_t half_open; /* of nconns: servers' handshakes in progress */
   struct src_count *srcs[SRC_BUCKETS];
@@ -1202,6 +1204,8 @@ static void conn_destroy(struct quic_conn *c)
   half_open_done(c);
   while (c->ncids > 0)
     cidmap_remove(c, &c->cids[c->ncids - 1]);
+  if (ep->last_client == c)
+    ep->last_client = c->prev; /* a client too, or none */
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -1215,23 +1219,29 @@ static void conn_destroy(struct quic_conn *c)
 }
 
 static struct quic_conn *conn_alloc(struct quic_endpoint *ep,
-                                    const struct sockaddr *remote)
+                                    const struct sockaddr *remote, int server)
 {
-  struct quic_conn *c = calloc(1, sizeof(*c));
+  struct quic_conn *c = calloc(1, sizeof(*c)), **at;
 
   if (!c)
     return NULL;
   c->ep = ep;
+  c->server = server;
   c->created = now_ns();
   sa_copy(&c->remote, remote);
   c->ref.get_conn = get_conn_cb;
   c->ref.user_data = c;
   uv_timer_init(ep->loop, &c->timer);
   c->timer.data = c;
-  c->next = ep->conns;
-  if (ep->conns)
-    ep->conns->prev = c;
-  ep->conns = c;
+  /* A client at the head, a server after the last client. */
+  c->prev = server ? ep->last_client : NULL;
+  at = c->prev ? &c->prev->next : &ep->conns;
+  c->next = *at;
+  if (c->next)
+    c->next->prev = c;
+  *at = c;
+  if (!server && !ep->last_client)
+    ep->last_client = c;
   ep->nconns++;
   return c;
 }
@@ -1790,10 +1800,9 @@ static void accept_conn(struct quic_endpoint *ep, const uint8_t *d, size_t n,
     send_close_stateless(ep, &hd, from, NGTCP2_CONNECTION_REFUSED);
     return;
   }
-  c = conn_alloc(ep, from);
+  c = conn_alloc(ep, from, 1);
   if (!c)
     return;
-  c->server = 1;
   if (half_open_start(c, from) < 0)
     goto fail;
   settings_init(ep, &settings, from);
@@ -1894,8 +1903,8 @@ static int is_stateless_reset(struct quic_endpoint *ep, const uint8_t *d,
   if (n < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN +
               NGTCP2_STATELESS_RESET_TOKENLEN)
     return 0;
-  for (c = ep->conns; c; c = c->next) {
-    if (c->server || c->dying || c->in_ngtcp2 || !c->handshake_done ||
+  for (c = ep->conns; c && !c->server; c = c->next) {
+    if (c->dying || c->in_ngtcp2 || !c->handshake_done ||
         !sa_equal(from, (const struct sockaddr *)&c->remote))
       continue;
     read_path(c, from, &path, &remote, &local);
@@ -2307,7 +2316,7 @@ int quic_connect(struct quic_conn **out, struct quic_endpoint *ep,
   *out = NULL;
   if (ep->nconns >= ep->cfg.max_conns)
     return ZTNA_ERR_LIMIT;
-  c = conn_alloc(ep, remote);
+  c = conn_alloc(ep, remote, 0);
   if (!c)
     return -ENOMEM;
   settings_init(ep, &settings, remote);
