@@ -384,6 +384,29 @@ def test_denied_agent_reaches_nothing(world):
     p3.terminate()
 
 
+def download_across(world, name, rate, after, action):
+    """Downloads name from the web service at rate, and runs action once
+    more than after bytes have arrived. Returns curl's exit code, its
+    stderr, the output file and how much had arrived at the action."""
+    out = os.path.join(world.tmp, name + ".got")
+    p = world.net.popen(world.agent_ns,
+                        ["curl", "-s", "-S", "-m", "300", "--limit-rate",
+                         rate, "-o", out, "http://%s/%s"
+                         % (SERVICES["web"][0], name)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(out) and
+                 os.path.getsize(out) > after, timeout=120,
+                 what="the download under way")
+        at = os.path.getsize(out)
+        action()
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err, out, at
+
+
 def test_connector_killed_during_a_download_resets_it(world):
     """kill -9 of the connector while a download runs, and the connector
     started again: it has none of the download's TCP state, so the next
@@ -392,27 +415,16 @@ def test_connector_killed_during_a_download_resets_it(world):
     with "connection reset" instead of retransmitting until its own
     timeout. Before, the connector dropped such segments without a word
     and the download hung."""
-    world.make_file("cut.bin", 100 << 20)
-    out = os.path.join(world.tmp, "cut.got")
-    p = world.net.popen(world.agent_ns,
-                        ["curl", "-s", "-S", "-m", "300", "--limit-rate",
-                         "4M", "-o", out, "http://%s/cut.bin"
-                         % SERVICES["web"][0]],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: os.path.exists(out) and
-                 os.path.getsize(out) > 4 << 20, timeout=120,
-                 what="the download under way")
+    def restart():
         old = world.procs["connector"]
         old.send_signal(signal.SIGKILL)
         old.wait()
         world.start_connector()
-        _, err = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    world.make_file("cut.bin", 100 << 20)
+    rc, err, out, _ = download_across(world, "cut.bin", "4M", 4 << 20,
+                                      restart)
     os.unlink(out)
-    assert p.returncode == 56 and b"reset" in err, (p.returncode, err)
+    assert rc == 56 and b"reset" in err, (rc, err)
     assert world.metric(world.conn_ns, 9091,
                         "ztna_connector_tcp_stray_segments_total") >= 1
 
@@ -437,30 +449,19 @@ def test_intermediate_killed_during_a_download(world, same_key):
     cannot reset them: the clients give up after 8 s without an answer
     (UPLINK_SILENCE_MS), inside the end-to-end connection's 30 s."""
     from ztna import Intermediate
-    src = world.make_file("hundred.bin", 100 << 20)
-    out = os.path.join(world.tmp, "hundred.got")
-    sessions = world.metric(world.conn_ns, 9091,
-                            "ztna_connector_tcp_sessions_total")
-    p = world.net.popen(world.agent_ns,
-                        ["curl", "-s", "-S", "-m", "240", "--limit-rate",
-                         "8M", "-o", out, "http://%s/hundred.bin"
-                         % SERVICES["web"][0]],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: os.path.exists(out) and
-                 os.path.getsize(out) > 20 << 20, timeout=120,
-                 what="a fifth of the download")
+
+    def replace():
         world.inter.proc.send_signal(signal.SIGKILL)
         world.inter.proc.wait()
-        at = os.path.getsize(out)
         world.inter = Intermediate(
             world.pki, ns=world.inet, logdir=world.tmp,
             creds=(world.inter.cert, world.inter.key) if same_key else None)
-        _, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 0, err
+    src = world.make_file("hundred.bin", 100 << 20)
+    sessions = world.metric(world.conn_ns, 9091,
+                            "ztna_connector_tcp_sessions_total")
+    rc, err, out, at = download_across(world, "hundred.bin", "8M", 20 << 20,
+                                       replace)
+    assert rc == 0, err
     assert at < 100 << 20, "the download ended before the kill"
     assert sha256(out) == sha256(src)
     os.unlink(out)
