@@ -1011,14 +1011,20 @@ static void share(struct actx *x)
 {
   for (size_t i = 0; i < x->cfg.nservices; i++) {
     struct asvc *s = &x->svcs[i], *h;
-    int ok = uplink_reg_state(x->up, i) == UPLINK_REG_OK;
+    enum uplink_reg reg = uplink_reg_state(x->up, i);
+    int ok = reg == UPLINK_REG_OK;
 
     if (s->e == E_SHARED) {
+      /* A registration sent again after a reconnect (pending) keeps the
+       * service where it is: the connection it rides moves to the new
+       * relay session, and its flows with it. */
       if (s->host->e != E_UP || !s->host->serves[i])
         detach(s, "it no longer carries this service");
       else if (!host_usable(s->host))
         detach(s, "it has no relay session");
-      else if (!ok)
+      else if (reg == UPLINK_REG_NO_ANSWER)
+        detach(s, "the intermediate did not answer our registration");
+      else if (!ok && reg != UPLINK_REG_PENDING)
         detach(s, "our registration for the service is not accepted");
       continue;
     }

@@ -447,7 +447,11 @@ def test_intermediate_killed_during_a_download(world, same_key):
     when the end-to-end connection timed out as well.
     replaced: another key (another machine took the address), which
     cannot reset them: the clients give up after 8 s without an answer
-    (UPLINK_SILENCE_MS), inside the end-to-end connection's 30 s."""
+    (UPLINK_SILENCE_MS), inside the end-to-end connection's 30 s.
+
+    The services that ride web's connection stay on it while their
+    registrations are sent again (they used to leave it, as if refused,
+    and come back once registered)."""
     from ztna import Intermediate
 
     def replace():
@@ -456,12 +460,17 @@ def test_intermediate_killed_during_a_download(world, same_key):
         world.inter = Intermediate(
             world.pki, ns=world.inet, logdir=world.tmp,
             creds=(world.inter.cert, world.inter.key) if same_key else None)
+    def left():
+        with open(world.procs["agent"].log.name) as f:
+            return f.read().count("off web's connection")
     src = world.make_file("hundred.bin", 100 << 20)
     sessions = world.metric(world.conn_ns, 9091,
                             "ztna_connector_tcp_sessions_total")
+    before = left()
     rc, err, out, at = download_across(world, "hundred.bin", "8M", 20 << 20,
                                        replace)
     assert rc == 0, err
+    assert left() == before
     assert at < 100 << 20, "the download ended before the kill"
     assert sha256(out) == sha256(src)
     os.unlink(out)
