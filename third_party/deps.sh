@@ -6,9 +6,10 @@
 # Installs missing Debian packages (root) or prints the apt-get line (non-root),
 # fetches the source packages of wolfSSL, ngtcp2 and lwIP from Debian trixie
 # through a private apt configuration (the system's apt sources are never
-# touched), builds wolfSSL and ngtcp2 static into a cache folder outside the
-# clone, unpacks lwIP there for the Makefile to compile with our lwipopts.h,
-# and points PREFIX_LINK at the result.
+# touched), builds wolfSSL and ngtcp2 (with third_party/ngtcp2-memory.patch)
+# static into a cache folder outside the clone, unpacks lwIP there for the
+# Makefile to compile with our lwipopts.h, and points PREFIX_LINK at the
+# result.
 set -euo pipefail
 
 link=${1:?usage: deps.sh PREFIX_LINK | --print-archive}
