@@ -33,7 +33,7 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(WERROR) \
 # Found by the linker when it runs, after deps.sh installed libuv1-dev (a
 # path looked up while make parses this file is empty on a fresh machine).
 LIBUV_A := -l:libuv_a.a
-DEP_LIBS := $(DEPS)/lib/libnghttp3.a \
+DEP_LIBS := $(DEPS)/lib/libnghttp3.a $(DEPS)/lib/libhiredis.a \
             $(DEPS)/lib/libngtcp2_crypto_wolfssl.a $(DEPS)/lib/libngtcp2.a \
             $(DEPS)/lib/libwolfssl.a
 SYS_LIBS := -lm -lpthread -ldl
@@ -41,7 +41,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow h3 api vnet
+COMMON := err log wire config registry cluster pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow h3 api vnet
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o) $(BUILD)/applets/status.o

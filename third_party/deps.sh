@@ -4,10 +4,11 @@
 #   third_party/deps.sh PREFIX_LINK
 #
 # Installs missing Debian packages (root) or prints the apt-get line (non-root),
-# fetches the source packages of wolfSSL, ngtcp2 and lwIP from Debian trixie
+# fetches the source packages of wolfSSL, ngtcp2, hiredis and lwIP from Debian trixie
 # through a private apt configuration (the system's apt sources are never
-# touched), builds wolfSSL and ngtcp2 (with third_party/ngtcp2-memory.patch)
-# static into a cache folder outside the clone, unpacks lwIP there for the
+# touched), builds wolfSSL, ngtcp2 (with third_party/ngtcp2-memory.patch)
+# and hiredis (the cluster's Redis client) static into a cache folder
+# outside the clone, unpacks lwIP there for the
 # Makefile to compile with our lwipopts.h, and points PREFIX_LINK at the
 # result.
 set -euo pipefail
@@ -145,11 +146,12 @@ fetch() { # pkg -> prints the unpacked source dir
 ensure_lists
 wolf_ver=$(src_version wolfssl); ng_ver=$(src_version ngtcp2)
 lwip_ver=$(src_version lwip); h3_ver=$(bin_version libnghttp3-dev)
+hi_ver=$(src_version hiredis)
 [ -n "$wolf_ver" ] && [ -n "$ng_ver" ] && [ -n "$lwip_ver" ] \
-  && [ -n "$h3_ver" ] \
-  || die "could not resolve wolfssl/ngtcp2/lwip/libnghttp3-dev versions in $suite"
+  && [ -n "$h3_ver" ] && [ -n "$hi_ver" ] \
+  || die "could not resolve wolfssl/ngtcp2/lwip/libnghttp3-dev/hiredis versions in $suite"
 sum=$(cat "$0" "$here/ngtcp2-memory.patch" | sha256sum | cut -c1-12)
-prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$h3_ver-$sum
+prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$h3_ver-$hi_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
   # make runs this when the recipe or the package list is newer than the
   # build (a fresh clone, an edit): mark the build current so it does not
@@ -160,8 +162,19 @@ if [ -f "$prefix/.ztna-built" ]; then
 fi
 
 wolf_src=$(fetch wolfssl); ng_src=$(fetch ngtcp2); lwip_src=$(fetch lwip)
+hi_src=$(fetch hiredis)
 rm -rf "$prefix.tmp"; mkdir -p "$prefix.tmp"
 pfx=$prefix.tmp
+
+# A build tree of src under $pfx/name (hard links: the cached tree stays
+# as Debian ships it; a file to be edited must be copied first); prints it.
+copy_source() {
+  rm -rf "${pfx:?}/$2"
+  cp -al "$1" "$pfx/$2" 2>/dev/null \
+    || { rm -rf "${pfx:?}/$2" && cp -a "$1" "$pfx/$2"; } \
+    || die "cannot copy $1"
+  printf '%s' "$pfx/$2"
+}
 
 # wolfSSL's CMake adds its AES-NI assembly with -DWOLFSSL_AESNI=yes but
 # never tells the C code, which then keeps the portable AES and GHASH
@@ -182,11 +195,7 @@ if [ "$(uname -m)" = x86_64 ]; then
   # copy of the source (hard links; the cached tree stays as Debian ships
   # it) whose CMakeLists honours the option. Without the table, a CPU
   # lacking PCLMULQDQ takes wolfSSL's table-free 64-bit GHASH.
-  rm -rf "$pfx/wolfssl-src"
-  cp -al "$wolf_src" "$pfx/wolfssl-src" 2>/dev/null \
-    || { rm -rf "$pfx/wolfssl-src" && cp -a "$wolf_src" "$pfx/wolfssl-src"; } \
-    || die "cannot copy $wolf_src"
-  wolf_src=$pfx/wolfssl-src
+  wolf_src=$(copy_source "$wolf_src" wolfssl-src)
   grep -q 'override_cache(WOLFSSL_AESGCM "4bit")' "$wolf_src/CMakeLists.txt" \
     || die "wolfSSL's CMakeLists.txt changed: review the GHASH table edit"
   sed -i 's/override_cache(WOLFSSL_AESGCM "4bit")/# ztna: table kept off/' \
@@ -242,11 +251,7 @@ done
 # ngtcp2 with ztna's memory patch (third_party/ngtcp2-memory.patch, its
 # header says what and why): built from a copy of the source like wolfSSL
 # above; the files the patch changes are copied, not linked, first.
-rm -rf "$pfx/ngtcp2-src"
-cp -al "$ng_src" "$pfx/ngtcp2-src" 2>/dev/null \
-  || { rm -rf "$pfx/ngtcp2-src" && cp -a "$ng_src" "$pfx/ngtcp2-src"; } \
-  || die "cannot copy $ng_src"
-ng_src=$pfx/ngtcp2-src
+ng_src=$(copy_source "$ng_src" ngtcp2-src)
 for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$here/ngtcp2-memory.patch"); do
   cp "$ng_src/$f" "$ng_src/$f.tmp" \
     && mv "$ng_src/$f.tmp" "$ng_src/$f" || die "cannot copy $ng_src/$f"
@@ -288,15 +293,31 @@ sed -e "s|^prefix=.*|prefix=$prefix|" -e 's|^libdir=.*|libdir=${prefix}/lib|' \
   "$(dirname "$h3_a")/pkgconfig/libnghttp3.pc" >"$pfx/lib/pkgconfig/libnghttp3.pc"
 rm -rf "$pfx/dl-h3"
 
+# hiredis (the cluster registry's Redis client, with its libuv adapter):
+# its own Makefile, the static library only, no TLS (hiredis' TLS needs
+# OpenSSL; ztna links wolfSSL).
+step "building hiredis $hi_ver (static, libuv adapter)"
+hi_src=$(copy_source "$hi_src" hiredis-src)
+make -C "$hi_src" -j"$jobs" static USE_SSL=0 OPTIMIZATION=-O2 \
+  CFLAGS="-fPIC $sections" >"$pfx/hiredis.log" 2>&1 \
+  || { tail -30 "$pfx/hiredis.log" >&2; die "hiredis build failed (log: $pfx/hiredis.log)"; }
+mkdir -p "$pfx/include/hiredis/adapters"
+cp "$hi_src/libhiredis.a" "$pfx/lib/" \
+  && cp "$hi_src"/{hiredis.h,read.h,sds.h,alloc.h,async.h} "$pfx/include/hiredis/" \
+  && cp "$hi_src/adapters/libuv.h" "$pfx/include/hiredis/adapters/" \
+  || die "hiredis $hi_ver: library or headers missing after the build"
+
 step "unpacking lwIP $lwip_ver for the project's lwipopts.h"
 cp -a "$lwip_src/src" "$pfx/lwip"
 
-rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2" "$pfx/wolfssl-src" "$pfx/ngtcp2-src"
+rm -rf "$pfx/b-wolfssl" "$pfx/b-ngtcp2" "$pfx/wolfssl-src" "$pfx/ngtcp2-src" \
+  "$pfx/hiredis-src"
 cat > "$pfx/VERSIONS" <<V
 wolfssl $wolf_ver
 ngtcp2 $ng_ver
 lwip $lwip_ver
 nghttp3 $h3_ver
+hiredis $hi_ver
 V
 touch "$pfx/.ztna-built"
 rm -rf "$prefix"; mv "$pfx" "$prefix"

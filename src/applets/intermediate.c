@@ -25,6 +25,7 @@
 #include "../applets.h"
 #include "../version.h"
 #include "api.h"
+#include "cluster.h"
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
@@ -35,6 +36,7 @@
 #include "policy.h"
 #include "quic.h"
 #include "relay.h"
+#include "identity.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -68,6 +70,16 @@ static const char usage_text[] =
     "                       observed address, for 'ztna diag punch' (0: off)\n"
     "      --log-format F   text or json (one JSON object per line)\n"
     "      --user U         run as user U (NAME or UID[:GID]) once set up\n"
+    "      --cluster-redis HOST:PORT  join a cluster of intermediates whose\n"
+    "                       registry is this Redis (docs/cluster.md; off)\n"
+    "      --cluster-node NAME  this intermediate's name in the cluster\n"
+    "                       (the host name)\n"
+    "      --cluster-advertise IP:PORT  where the other intermediates reach\n"
+    "                       this one (required with --cluster-redis)\n"
+    "      --cluster-prefix P   Redis key prefix of the cluster (ztna)\n"
+    "      --cluster-redis-user U  Redis ACL user (AUTH)\n"
+    "      --cluster-redis-password-file FILE  Redis password (AUTH), the\n"
+    "                       file's first line\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -109,6 +121,25 @@ struct ictx {
   struct iconn *conns;
   /* SHA-256 of the files in use: what a reload reports as changed. */
   uint8_t sums[4][32]; /* certificate, key, CA, policy */
+  /* The cluster (NULL: none): the registry, the client context of links
+   * to the other intermediates, and those links (made on demand). */
+  struct cluster *cl;
+  struct tls_ctx *peer_tls;
+  struct plink *peers;
+  uint64_t peer_links_made, peer_links_lost;
+};
+
+/* A link to another intermediate of the cluster, made when an agent here
+ * needs a service whose connector is there. */
+#define PEERS_MAX 64
+#define PEER_KEEPALIVE_MS 2000
+#define PEER_SILENCE_MS 6000 /* no answer this long: the link is dead */
+struct plink {
+  char node[REG_NODE_MAX + 1]; /* "" : a free slot */
+  struct sockaddr_storage addr;
+  struct iconn *ic;            /* the connection, NULL when none */
+  uint64_t next_try_ms;
+  uint64_t used_ms;
 };
 
 struct iconn {
@@ -120,6 +151,8 @@ struct iconn {
   struct relay_client *rc;
   int64_t sig_sid;
   int qad_pending;
+  int peer;          /* a link to or from another intermediate */
+  struct plink *pl;  /* ours to it (NULL: accepted, or not a link) */
   char name[320];
 };
 
@@ -211,6 +244,148 @@ static void send_qad(struct iconn *ic)
 
 static const struct api_ops api_ops;
 
+static int has_name(const struct tls_identity *id, const char *name)
+{
+  for (size_t i = 0; i < id->ndns; i++)
+    if (!strcmp(id->dns[i], name))
+      return 1;
+  return 0;
+}
+
+static const struct quic_conn_cbs conn_cbs;
+
+/* --- the cluster ------------------------------------------------------------ */
+
+static void plink_connect(struct ictx *x, struct plink *pl)
+{
+  struct iconn *ic;
+  char a[64];
+  uint64_t now = uv_now(x->loop);
+  int rv;
+
+  if (now < pl->next_try_ms)
+    return;
+  pl->next_try_ms = now + 1000;
+  ic = calloc(1, sizeof(*ic));
+  if (!ic)
+    return;
+  ic->x = x;
+  ic->sig_sid = -1;
+  ic->pl = pl;
+  snprintf(ic->name, sizeof(ic->name), "%s (intermediate %s)",
+           netaddr_str((struct sockaddr *)&pl->addr, a, sizeof(a)),
+           pl->node);
+  rv = quic_connect(&ic->c, x->ep, x->peer_tls, (struct sockaddr *)&pl->addr,
+                    NULL, &conn_cbs, ic);
+  if (rv < 0) {
+    log_warnx("%s: cannot start a cluster link: %s", ic->name,
+              ztna_strerror(rv));
+    free(ic);
+    return;
+  }
+  pl->ic = ic;
+  log_debug("%s: making a cluster link", ic->name);
+}
+
+static int same_addr(const struct sockaddr_storage *a,
+                     const struct sockaddr_storage *b)
+{
+  char x[64], y[64];
+  return !strcmp(netaddr_str((const struct sockaddr *)a, x, sizeof(x)),
+                 netaddr_str((const struct sockaddr *)b, y, sizeof(y)));
+}
+
+/* The link to node at addr: found, moved to a new address, or a new
+ * slot (the one unused longest goes when all are taken). */
+static struct plink *plink_get(struct ictx *x, const char *node,
+                               const struct sockaddr_storage *addr)
+{
+  struct plink *pl = NULL, *old = NULL;
+
+  for (size_t i = 0; i < PEERS_MAX; i++) {
+    if (!strcmp(x->peers[i].node, node)) {
+      pl = &x->peers[i];
+      break;
+    }
+    if (!x->peers[i].node[0] && !old)
+      old = &x->peers[i];
+  }
+  if (!pl) {
+    for (size_t i = 0; !old && i < PEERS_MAX; i++)
+      if (!x->peers[i].ic &&
+          (!old || x->peers[i].used_ms < old->used_ms))
+        old = &x->peers[i];
+    if (!old)
+      return NULL; /* 64 links up and in use */
+    pl = old;
+    memset(pl, 0, sizeof(*pl));
+    snprintf(pl->node, sizeof(pl->node), "%s", node);
+    pl->addr = *addr;
+  } else if (!same_addr(&pl->addr, addr)) {
+    /* The node came back elsewhere: its old link goes. */
+    if (pl->ic) {
+      struct iconn *ic = pl->ic;
+      ic->pl = NULL;
+      pl->ic = NULL;
+      quic_conn_close(ic->c, 0, "the intermediate moved");
+    }
+    pl->addr = *addr;
+    pl->next_try_ms = 0;
+  }
+  pl->used_ms = uv_now(x->loop);
+  return pl;
+}
+
+/* The relay asks where a service without a connector here is served. */
+static struct relay_client *route_cb(const char *id, size_t len, void *ud)
+{
+  struct ictx *x = ud;
+  char node[REG_NODE_MAX + 1];
+  struct sockaddr_storage addr;
+  struct plink *pl;
+
+  if (!x->cl || x->draining ||
+      cluster_route(x->cl, id, len, node, &addr) != 1 ||
+      !strcmp(node, cluster_node(x->cl)))
+    return NULL;
+  pl = plink_get(x, node, &addr);
+  if (!pl)
+    return NULL;
+  if (pl->ic && pl->ic->rc)
+    return pl->ic->rc;
+  if (!pl->ic)
+    plink_connect(x, pl);
+  return NULL;
+}
+
+static void service_cb(const char *id, size_t len, int up, void *ud)
+{
+  struct ictx *x = ud;
+
+  if (x->cl)
+    cluster_service(x->cl, id, len, up);
+}
+
+/* Links whose far end stopped answering go (the agents' sessions through
+ * them end and are asked again, and routed anew). */
+static void check_links(struct ictx *x)
+{
+  for (size_t i = 0; i < PEERS_MAX; i++) {
+    struct iconn *ic = x->peers[i].ic;
+    uint64_t silent;
+    if (!ic || !ic->rc)
+      continue;
+    silent = quic_conn_silence_ms(ic->c);
+    if (silent > PEER_SILENCE_MS) {
+      char why[64];
+      snprintf(why, sizeof(why), "no answer for %llu ms",
+               (unsigned long long)silent);
+      log_warnx("%s: cluster link lost: %s", ic->name, why);
+      quic_conn_close(ic->c, 0, why);
+    }
+  }
+}
+
 static void on_handshake(struct quic_conn *c, void *ud)
 {
   struct iconn *ic = ud;
@@ -237,11 +412,27 @@ static void on_handshake(struct quic_conn *c, void *ud)
     quic_conn_close(c, 1, "out of memory");
     return;
   }
+  /* Another intermediate: our link to it (its certificate was checked
+   * for the name), or one that proved the name with its client
+   * certificate. Without a cluster such a client registers nothing. */
+  if (ic->x->cl && (ic->pl || has_name(&id, ID_SERVER_NAME))) {
+    ic->peer = 1;
+    relay_client_set_peer(ic->rc);
+    if (ic->pl)
+      quic_conn_set_keepalive(c, PEER_KEEPALIVE_MS);
+  }
   ic->not_after = id.not_after;
   ic->next = ic->x->conns;
   if (ic->next)
     ic->next->prev = ic;
   ic->x->conns = ic;
+  if (ic->peer) {
+    if (ic->pl)
+      ic->x->peer_links_made++;
+    log_info("%s: cluster link %s", ic->name,
+             ic->pl ? "made" : "accepted");
+    return;
+  }
   log_info("%s: connected, %zu identities", ic->name, id.ndns);
   send_qad(ic);
 }
@@ -294,6 +485,23 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *info,
   struct iconn *ic = ud;
   (void)c;
 
+  if (ic->pl) {
+    if (!ic->rc && info->tls_alert)
+      log_warnx("%s: cluster link failed: TLS alert %u (%s)%s", ic->name,
+                info->tls_alert, info->local ? "ours" : "theirs",
+                info->tls_alert == 42 || info->tls_alert == 46
+                    ? ": both certificates must be intermediate ones of "
+                      "this CA, with clientAuth (ztna keygen issues them "
+                      "so)" : "");
+    else if (!ic->rc)
+      log_warnx("%s: cluster link failed: %s", ic->name,
+                info->reason[0] ? info->reason
+                                : ztna_strerror(info->err ? info->err
+                                                          : ZTNA_ERR_CLOSED));
+    ic->pl->ic = NULL;
+  }
+  if (ic->peer)
+    ic->x->peer_links_lost++;
   if (ic->rc) {
     log_info("%s: disconnected (%s%s)", ic->name,
              info->local ? "" : "by peer: ",
@@ -400,6 +608,61 @@ static void service_gauge(const char *id, size_t len, int has_connector,
              (int64_t)agents);
 }
 
+static void cluster_metrics(struct ictx *x, const struct relay_stats *rs)
+{
+  const struct cluster_stats *cs = cluster_stats(x->cl);
+  struct metrics *m = x->m;
+  size_t links = 0;
+
+  for (struct iconn *ic = x->conns; ic; ic = ic->next)
+    links += ic->peer;
+  metric_set(metrics_gauge(m, "ztna_cluster_redis_up", NULL,
+                           "1 while the registry's Redis is connected"),
+             cs->redis_up);
+  metric_set(metrics_counter(m, "ztna_cluster_redis_failures_total", NULL,
+                             "Redis connections lost or not made"),
+             (int64_t)cs->redis_failures);
+  metric_set(metrics_counter(m, "ztna_cluster_registry_writes_total", NULL,
+                             "Registry entries written (heartbeats, "
+                             "services)"), (int64_t)cs->writes);
+  metric_set(metrics_counter(m, "ztna_cluster_registry_write_errors_total",
+                             NULL, "Registry writes that failed"),
+             (int64_t)cs->write_errors);
+  metric_set(metrics_counter(m, "ztna_cluster_lookups_total", NULL,
+                             "Registry lookups of a service's intermediate"),
+             (int64_t)cs->lookups);
+  metric_set(metrics_counter(m, "ztna_cluster_lookup_errors_total", NULL,
+                             "Registry lookups that failed"),
+             (int64_t)cs->lookup_errors);
+  metric_set(metrics_counter(m, "ztna_cluster_stale_entries_total", NULL,
+                             "Registry entries read and not believed "
+                             "(malformed, expired, of no live node)"),
+             (int64_t)cs->stale_entries);
+  metric_set(metrics_gauge(m, "ztna_cluster_services_held", NULL,
+                           "Services whose connector is here, in the "
+                           "registry"), (int64_t)cs->services);
+  metric_set(metrics_gauge(m, "ztna_cluster_peer_links", NULL,
+                           "Links to and from other intermediates, up"),
+             (int64_t)links);
+  metric_set(metrics_counter(m, "ztna_cluster_peer_links_made_total", NULL,
+                             "Links to other intermediates made"),
+             (int64_t)x->peer_links_made);
+  metric_set(metrics_counter(m, "ztna_cluster_peer_links_lost_total", NULL,
+                             "Links to or from other intermediates ended"),
+             (int64_t)x->peer_links_lost);
+  metric_set(metrics_counter(m, "ztna_cluster_sessions_forwarded_total",
+                             NULL, "Relay sessions of agents here made at "
+                             "the connector's intermediate"),
+             (int64_t)rs->rsessions_forwarded);
+  metric_set(metrics_counter(m, "ztna_cluster_sessions_for_peers_total",
+                             NULL, "Relay sessions made here for agents "
+                             "of other intermediates"),
+             (int64_t)rs->rsessions_for_peers);
+  metric_set(metrics_counter(m, "ztna_cluster_peer_datagrams_total", NULL,
+                             "Session datagrams sent on links to other "
+                             "intermediates"), (int64_t)rs->peer_dgrams);
+}
+
 static void collect(void *ud)
 {
   struct ictx *x = ud;
@@ -434,6 +697,8 @@ static void collect(void *ud)
   quic_endpoint_metrics(x->ep, x->m, "ztna_");
   if (x->diag_ep)
     quic_endpoint_metrics(x->diag_ep, x->m, "ztna_diag_");
+  if (x->cl)
+    cluster_metrics(x, rs);
   metrics_zero(x->m, "ztna_service_connector_present");
   metrics_zero(x->m, "ztna_service_agents");
   relay_foreach_service(x->relay, service_gauge, x);
@@ -610,6 +875,9 @@ static void on_terminate(void *ud, int signum)
   x->draining = 1;
   /* No metrics, no expiry from here on; on_hup ignores reloads. */
   close_handle((uv_handle_t *)&x->tick);
+  /* Out of the cluster first: nobody is routed here any more. */
+  cluster_del(x->cl);
+  x->cl = NULL;
   metrics_http_stop(x->http);
   x->http = NULL;
   n = quic_endpoint_close_all(x->ep, 0, "server shutting down");
@@ -896,6 +1164,8 @@ static void on_tick(uv_timer_t *t)
   int64_t now = (int64_t)time(NULL);
 
   relay_expire(x->relay, uv_now(x->loop));
+  if (x->cl)
+    check_links(x);
   /* A certificate that expired since its handshake ends the connection
    * (and with it the peer's registrations and relay sessions). */
   for (struct iconn *ic = x->conns, *next; ic; ic = next) {
@@ -913,7 +1183,9 @@ static void on_tick(uv_timer_t *t)
 enum {
   OPT_CERT = 256, OPT_KEY, OPT_CA, OPT_POLICY, OPT_METRICS_PORT,
   OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
-  OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_USER, OPT_EXTERNAL_IP
+  OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_USER, OPT_EXTERNAL_IP,
+  OPT_CL_REDIS, OPT_CL_NODE, OPT_CL_ADVERTISE, OPT_CL_PREFIX, OPT_CL_USER,
+  OPT_CL_PASSFILE
 };
 
 static const struct option opts[] = {
@@ -936,16 +1208,23 @@ static const struct option opts[] = {
   { "log-format", required_argument, NULL, OPT_LOG_FORMAT },
   { "external-ip", required_argument, NULL, OPT_EXTERNAL_IP },
   { "user", required_argument, NULL, OPT_USER },
+  { "cluster-redis", required_argument, NULL, OPT_CL_REDIS },
+  { "cluster-node", required_argument, NULL, OPT_CL_NODE },
+  { "cluster-advertise", required_argument, NULL, OPT_CL_ADVERTISE },
+  { "cluster-prefix", required_argument, NULL, OPT_CL_PREFIX },
+  { "cluster-redis-user", required_argument, NULL, OPT_CL_USER },
+  { "cluster-redis-password-file", required_argument, NULL, OPT_CL_PASSFILE },
   { "help", no_argument, NULL, 'h' },
   /* The original's spellings (docs/migrating.md). */
   { "ca-cert", required_argument, NULL, OPT_CA },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 20 /* the entries above before the original's */
+#define N_ENV_OPTS 26 /* the entries above before the original's */
 
 struct iopts {
   const char *config, *port, *bind, *cert, *key, *ca, *policy, *mport,
-      *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip, *user;
+      *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip, *user,
+      *cl_redis, *cl_node, *cl_adv, *cl_prefix, *cl_user, *cl_passfile;
   int check, verbose, help, disable_retry;
 };
 
@@ -1001,6 +1280,12 @@ static int parse_opts(int argc, char **argv, struct iopts *o)
     case OPT_LOG_FORMAT: o->logfmt = optarg; break;
     case OPT_USER: o->user = optarg; break;
     case OPT_EXTERNAL_IP: o->extip = optarg; break;
+    case OPT_CL_REDIS: o->cl_redis = optarg; break;
+    case OPT_CL_NODE: o->cl_node = optarg; break;
+    case OPT_CL_ADVERTISE: o->cl_adv = optarg; break;
+    case OPT_CL_PREFIX: o->cl_prefix = optarg; break;
+    case OPT_CL_USER: o->cl_user = optarg; break;
+    case OPT_CL_PASSFILE: o->cl_passfile = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1059,6 +1344,117 @@ static int apply_opts(struct ictx *x, const struct iopts *o)
              o->extip);
   if (o->disable_retry)
     x->cfg.disable_retry = 1;
+#define SETSTR(field, val) \
+  if (val) \
+    snprintf(x->cfg.field, sizeof(x->cfg.field), "%s", val)
+  SETSTR(cluster_redis, o->cl_redis);
+  SETSTR(cluster_node, o->cl_node);
+  SETSTR(cluster_advertise, o->cl_adv);
+  SETSTR(cluster_prefix, o->cl_prefix);
+  SETSTR(cluster_redis_user, o->cl_user);
+  SETSTR(cluster_redis_password_file, o->cl_passfile);
+#undef SETSTR
+  return 0;
+}
+
+/* "host:port" or "[v6]:port" into host and port; -1 if not that. */
+static int split_host_port(const char *s, char *host, size_t cap,
+                           uint16_t *port)
+{
+  const char *colon = strrchr(s, ':'), *h = s;
+  size_t hl;
+
+  if (!colon || cfg_parse_port(colon + 1, port, 0) < 0)
+    return -1;
+  hl = (size_t)(colon - s);
+  if (s[0] == '[') {
+    if (hl < 3 || s[hl - 1] != ']')
+      return -1;
+    h++;
+    hl -= 2;
+  } else if (memchr(s, ':', hl)) {
+    return -1; /* an IPv6 literal needs its brackets */
+  }
+  if (hl == 0 || hl >= cap)
+    return -1;
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  return 0;
+}
+
+/* The cluster's settings checked, the password read and the client
+ * context of links to the others made; 0 or 1 after saying what is
+ * wrong. */
+static int cluster_setup(struct ictx *x, struct cluster_config *cc,
+                         char *host, size_t hostcap,
+                         struct sockaddr_storage *adv, char *pass,
+                         size_t passcap)
+{
+  struct tls_config tc;
+  char err[512];
+  const char *src = x->config_path[0] ? x->config_path : "the options";
+
+  if (split_host_port(x->cfg.cluster_redis, host, hostcap,
+                      &cc->redis_port) < 0)
+    return usage_error("cluster_redis '%s' is not HOST:PORT (a name or "
+                       "address, [IPv6]:PORT)", x->cfg.cluster_redis);
+  cc->redis_host = host;
+  if (!x->cfg.cluster_advertise[0]) {
+    fprintf(stderr, "ztna intermediate: a cluster member needs the address "
+            "the other intermediates reach it at: set --cluster-advertise "
+            "IP:PORT (cluster_advertise in %s)\n", src);
+    return 1;
+  }
+  if (registry_addr_parse(x->cfg.cluster_advertise,
+                          strlen(x->cfg.cluster_advertise), adv) < 0)
+    return usage_error("cluster_advertise '%s' is not IP:PORT (an address, "
+                       "[IPv6]:PORT; not a name)", x->cfg.cluster_advertise);
+  if (!x->cfg.cluster_node[0] &&
+      gethostname(x->cfg.cluster_node, sizeof(x->cfg.cluster_node) - 1) < 0)
+    x->cfg.cluster_node[0] = '\0';
+  if (!registry_name_ok(x->cfg.cluster_node, REG_NODE_MAX))
+    return usage_error("cluster_node '%s' must be 1-63 characters of "
+                       "[A-Za-z0-9._-] (every member a different one)",
+                       x->cfg.cluster_node);
+  if (!registry_name_ok(x->cfg.cluster_prefix, REG_NS_MAX))
+    return usage_error("cluster_prefix '%s' must be 1-32 characters of "
+                       "[A-Za-z0-9._-]", x->cfg.cluster_prefix);
+  cc->node = x->cfg.cluster_node;
+  cc->prefix = x->cfg.cluster_prefix;
+  cc->advertise = (struct sockaddr *)adv;
+  cc->redis_user = x->cfg.cluster_redis_user[0] ? x->cfg.cluster_redis_user
+                                                : NULL;
+  cc->redis_password = NULL;
+  if (x->cfg.cluster_redis_password_file[0]) {
+    FILE *f = fopen(x->cfg.cluster_redis_password_file, "r");
+    if (!f || !fgets(pass, (int)passcap, f)) {
+      fprintf(stderr, "ztna intermediate: cannot read the Redis password "
+              "from %s: %s\n", x->cfg.cluster_redis_password_file,
+              f ? "the file is empty" : strerror(errno));
+      if (f)
+        fclose(f);
+      return 1;
+    }
+    fclose(f);
+    pass[strcspn(pass, "\r\n")] = '\0';
+    cc->redis_password = pass;
+  }
+  /* Links to the others: our certificate as the client's, theirs must be
+   * valid for ztna-server under our CA. */
+  tls_config_init(&tc);
+  tc.cert_file = x->cfg.cert_path;
+  tc.key_file = x->cfg.key_path;
+  tc.ca_file = x->cfg.ca_cert_path[0] ? x->cfg.ca_cert_path : NULL;
+  tc.verify_name = ID_SERVER_NAME;
+  if (!tc.ca_file) {
+    fprintf(stderr, "ztna intermediate: a cluster member needs the CA "
+            "(--ca) to verify the other intermediates\n");
+    return 1;
+  }
+  if (tls_ctx_new(&x->peer_tls, 0, &tc, err, sizeof(err)) < 0) {
+    fprintf(stderr, "ztna intermediate: %s\n", err);
+    return 1;
+  }
   return 0;
 }
 
@@ -1072,7 +1468,10 @@ int intermediate_main(int argc, char **argv)
   struct quic_endpoint_config qc = { 0 };
   struct relay_limits lim = { 0 };
   struct relay_io rio = { relay_send_dgram, relay_send_signal, relay_drop_cb,
-                          NULL, relay_refused_cb };
+                          NULL, relay_refused_cb, route_cb, service_cb };
+  struct cluster_config cc = { 0 };
+  struct sockaddr_storage adv;
+  char redis_host[256], redis_pass[256];
   struct cfg_policy *pol = NULL;
   uint8_t secret[32];
   char err[512];
@@ -1128,9 +1527,14 @@ int intermediate_main(int argc, char **argv)
       load_policy(&x, &pol, err, sizeof(err)) < 0)
     return 1;
   file_sums(&x, x.sums);
+  if (x.cfg.cluster_redis[0] &&
+      cluster_setup(&x, &cc, redis_host, sizeof(redis_host), &adv,
+                    redis_pass, sizeof(redis_pass)))
+    return 1;
   if (o.check) {
     printf("configuration OK\n");
     tls_ctx_unref(x.tls);
+    tls_ctx_unref(x.peer_tls);
     cfg_policy_free(pol);
     free(pol);
     return 0;
@@ -1210,6 +1614,17 @@ int intermediate_main(int argc, char **argv)
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
   }
+  if (x.cfg.cluster_redis[0]) {
+    char a[64];
+    x.peers = calloc(PEERS_MAX, sizeof(*x.peers));
+    if (!x.peers || cluster_new(&x.cl, x.loop, &cc) < 0)
+      fatalx("out of memory");
+    explicit_bzero(redis_pass, sizeof(redis_pass));
+    log_info("cluster: node %s, reached at %s, registry at Redis %s:%u "
+             "(prefix %s)", cc.node,
+             netaddr_str((struct sockaddr *)&adv, a, sizeof(a)),
+             cc.redis_host, cc.redis_port, cc.prefix);
+  }
   daemon_signals_start(&x.sig, x.loop, on_terminate, on_hup, &x);
   uv_timer_init(x.loop, &x.tick);
   x.tick.data = &x;
@@ -1236,6 +1651,8 @@ int intermediate_main(int argc, char **argv)
   relay_del(x.relay);
   metrics_del(x.m);
   tls_ctx_unref(x.tls);
+  tls_ctx_unref(x.peer_tls);
+  free(x.peers);
   if (daemon_loop_close(x.loop) < 0)
     return 1;
   log_info("stopped");

@@ -460,7 +460,9 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
                kg->name);
   if (!strcmp(kg->role, "intermediate")) {
     snprintf(names[nnames++], 256, "%s", ID_SERVER_NAME);
-    eku = "serverAuth";
+    /* clientAuth too: a cluster member presents it on its links to the
+     * other intermediates (docs/cluster.md). */
+    eku = "serverAuth,clientAuth";
   } else if (!strcmp(kg->role, "connector")) {
     snprintf(names[nnames++], 256, "%s", ID_CONNECTOR_NAME);
     eku = "serverAuth,clientAuth";

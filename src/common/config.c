@@ -671,6 +671,7 @@ void cfg_intermediate_defaults(struct cfg_intermediate *c)
   c->max_connections = 4096;
   c->max_translations = 65536;
   c->translation_quarantine_s = 900;
+  snprintf(c->cluster_prefix, sizeof(c->cluster_prefix), "ztna");
 }
 
 static int intermediate_member(struct doc *d, int key, int val, void *out)
@@ -709,6 +710,21 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
     return get_u32(d, val, CFG_MAX_TRANSLATIONS, &c->max_translations);
   if (key_is(d, key, "translation_quarantine_s"))
     return get_u32(d, val, 86400, &c->translation_quarantine_s);
+  if (key_is(d, key, "cluster_redis"))
+    return get_ostr(d, val, c->cluster_redis, sizeof(c->cluster_redis));
+  if (key_is(d, key, "cluster_node"))
+    return get_ostr(d, val, c->cluster_node, sizeof(c->cluster_node));
+  if (key_is(d, key, "cluster_advertise"))
+    return get_ostr(d, val, c->cluster_advertise,
+                    sizeof(c->cluster_advertise));
+  if (key_is(d, key, "cluster_prefix"))
+    return get_str(d, val, c->cluster_prefix, sizeof(c->cluster_prefix));
+  if (key_is(d, key, "cluster_redis_user"))
+    return get_ostr(d, val, c->cluster_redis_user,
+                    sizeof(c->cluster_redis_user));
+  if (key_is(d, key, "cluster_redis_password_file"))
+    return get_ostr(d, val, c->cluster_redis_password_file,
+                    sizeof(c->cluster_redis_password_file));
   return 1;
 }
 

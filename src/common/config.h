@@ -38,6 +38,14 @@ struct cfg_intermediate {
   uint32_t max_connections;       /* ztna: 4096 */
   uint32_t max_translations;      /* ztna: agent addresses at once, 65536 */
   uint32_t translation_quarantine_s; /* ztna: rest of a freed one, 900 */
+  /* ztna: a cluster of intermediates (docs/cluster.md); off when
+   * cluster_redis is empty. */
+  char cluster_redis[CFG_STR_MAX];     /* "HOST:PORT" of Redis */
+  char cluster_node[CFG_STR_MAX];      /* this one's name (host name) */
+  char cluster_advertise[CFG_STR_MAX]; /* "IP:PORT" the others reach */
+  char cluster_prefix[CFG_STR_MAX];    /* Redis key prefix, "ztna" */
+  char cluster_redis_user[CFG_STR_MAX];
+  char cluster_redis_password_file[CFG_PATH_MAX];
 };
 
 /* Translated agent addresses come from 100.64.1.0 up to the end of

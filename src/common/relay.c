@@ -60,15 +60,26 @@ struct relay_client {
   size_t nsessions;
   size_t nrsess;      /* relay sessions it holds (as agent or connector) */
   int takes_sessions; /* a connector that announced relay sessions */
+  int peer;           /* another intermediate of the cluster */
   uint64_t unknown_tick; /* answers to DATA of unknown sessions ... */
   unsigned unknown_n;    /* ... since the last expiry tick */
 };
 
-/* A relay session: one agent connection, one connector connection. */
+/* A relay session: one agent connection, one connector connection. In a
+ * cluster either end may be a peer link: on the agent's intermediate the
+ * connector end is the link to the connector's intermediate (a forwarded
+ * session, known there by the id `remote`); on the connector's, the agent
+ * end is the link from the agent's. */
 struct rsess {
-  struct rsess *next; /* hash chain */
+  struct rsess *next;  /* hash chain by id */
+  struct rsess *rnext; /* forwarded: hash chain by (link, remote) */
+  struct rsess *pnext; /* forwarded, waiting for the answer: r->pending */
   uint64_t id;
-  uint32_t req;       /* the agent's request number */
+  uint64_t remote;     /* forwarded: the id at the far intermediate */
+  uint64_t created;    /* relay time it was asked for */
+  uint32_t req;        /* the agent's request number */
+  uint32_t preq;       /* forwarded: our request number on the link */
+  int pending;         /* forwarded, not answered yet */
   struct relay_client *agent, *connector;
   struct service *svc;
 };
@@ -103,6 +114,9 @@ struct relay {
   struct session *sessions;
   size_t nsessions;
   struct rsess *rs[RSESS_BUCKETS];
+  struct rsess *rr[RSESS_BUCKETS]; /* forwarded sessions by (link, remote) */
+  struct rsess *pending;           /* forwarded, waiting for OPENED */
+  uint32_t preq_next;
   size_t nrsess;
   uint64_t rsess_next;
   struct relay_stats stats;
@@ -330,6 +344,51 @@ static struct rsess *rsess_find(struct relay *r, uint64_t id)
   return s;
 }
 
+static struct rsess **rr_slot(struct relay *r, const struct relay_client *l,
+                             uint64_t remote)
+{
+  uint64_t h = (remote ^ (uint64_t)(uintptr_t)l) * 0x9e3779b97f4a7c15ull;
+  return &r->rr[(h >> 40) & (RSESS_BUCKETS - 1)];
+}
+
+/* The forwarded session the link l knows as remote. */
+static struct rsess *rr_find(struct relay *r, const struct relay_client *l,
+                             uint64_t remote)
+{
+  struct rsess *s = *rr_slot(r, l, remote);
+  while (s && (s->remote != remote || s->connector != l))
+    s = s->rnext;
+  return s;
+}
+
+/* Takes s out of the tables and the counts and frees it; says nothing. */
+static void rsess_free(struct relay *r, struct rsess *s)
+{
+  struct rsess **pp = rsess_slot(r, s->id);
+
+  while (*pp && *pp != s)
+    pp = &(*pp)->next;
+  if (*pp)
+    *pp = s->next;
+  if (s->pending) {
+    for (pp = &r->pending; *pp && *pp != s; pp = &(*pp)->pnext)
+      ;
+    if (*pp)
+      *pp = s->pnext;
+  } else if (s->connector->peer) {
+    for (pp = rr_slot(r, s->connector, s->remote); *pp && *pp != s;
+         pp = &(*pp)->rnext)
+      ;
+    if (*pp)
+      *pp = s->rnext;
+  }
+  s->agent->nrsess--;
+  s->connector->nrsess--;
+  s->svc->nrsess--;
+  r->nrsess--;
+  free(s);
+}
+
 static void send_closed(struct relay *r, struct relay_client *to, uint64_t id,
                         uint8_t reason)
 {
@@ -343,25 +402,24 @@ static void send_closed(struct relay *r, struct relay_client *to, uint64_t id,
 
 /* Ends a relay session, telling each side whose connection is not the
  * one going away (skip) why. */
+static void send_opened(struct relay *r, struct relay_client *c, uint32_t req,
+                        uint8_t status, uint64_t id);
+
 static void rsess_end(struct relay *r, struct rsess *s, uint8_t reason,
                       struct relay_client *skip)
 {
-  struct rsess **pp = rsess_slot(r, s->id);
-
-  while (*pp && *pp != s)
-    pp = &(*pp)->next;
-  if (*pp)
-    *pp = s->next;
-  if (s->agent != skip)
+  if (s->agent != skip && s->pending) /* the agent has no id yet */
+    send_opened(r, s->agent, s->req, WIRE_SESSION_NO_CONNECTOR, 0);
+  else if (s->agent != skip)
     send_closed(r, s->agent, s->id, reason);
-  if (s->connector != skip)
-    send_closed(r, s->connector, s->id, reason);
-  s->agent->nrsess--;
-  s->connector->nrsess--;
-  s->svc->nrsess--;
-  r->nrsess--;
+  /* A forwarded session is known to the far intermediate by its id
+   * there; one still waiting for it is closed there when the answer
+   * comes (on_peer_opened). */
+  if (s->connector != skip && !s->pending)
+    send_closed(r, s->connector, s->connector->peer ? s->remote : s->id,
+                reason);
+  rsess_free(r, s);
   r->stats.rsessions_closed++;
-  free(s);
 }
 
 /* Ends every relay session that involves c (as agent or connector) and,
@@ -397,6 +455,165 @@ static void send_opened(struct relay *r, struct relay_client *c, uint32_t req,
 static struct reg *find_reg(struct relay_client *c, const struct service *s,
                             int role);
 
+/* A new session in the id table: never 0 (the "no session" of a
+ * refusal), never handed out twice. */
+static struct rsess *rsess_new(struct relay *r, struct relay_client *agent,
+                               struct relay_client *connector,
+                               struct service *svc, uint32_t req)
+{
+  struct rsess *s = calloc(1, sizeof(*s));
+
+  if (!s)
+    return NULL;
+  do
+    s->id = r->rsess_next++;
+  while (s->id == 0 || rsess_find(r, s->id));
+  s->req = req;
+  s->agent = agent;
+  s->connector = connector;
+  s->svc = svc;
+  s->created = r->now_ms;
+  s->next = *rsess_slot(r, s->id);
+  *rsess_slot(r, s->id) = s;
+  agent->nrsess++;
+  connector->nrsess++;
+  svc->nrsess++;
+  r->nrsess++;
+  return s;
+}
+
+static int rsess_full(struct relay *r, struct relay_client *agent,
+                      struct relay_client *connector)
+{
+  if ((!agent->peer && agent->nrsess >= r->lim.rsessions_per_client) ||
+      r->nrsess >= r->lim.rsessions_total ||
+      connector->nrsess >= r->lim.rsessions_total) {
+    r->stats.limit_hits++;
+    return 1;
+  }
+  return 0;
+}
+
+/* The service's connector is at another intermediate of the cluster,
+ * reached through link p: ask it for a session there; the agent's answer
+ * waits for its answer (on_peer_opened) or the expiry. */
+static void forward_open(struct relay *r, struct relay_client *c,
+                         uint32_t req, struct service *svc,
+                         struct relay_client *p)
+{
+  uint8_t msg[WIRE_SESSION_OPENED_LEN + WIRE_SERVICE_ID_MAX + 8];
+  struct iovec v = { msg, 0 };
+  struct rsess *s;
+  int n;
+
+  /* A repeated request: answered as the first one is (or will be). */
+  for (s = r->pending; s; s = s->pnext)
+    if (s->agent == c && s->req == req && s->svc == svc)
+      return;
+  for (size_t b = 0; b < RSESS_BUCKETS && c->nrsess; b++)
+    for (s = r->rs[b]; s; s = s->next)
+      if (s->agent == c && s->req == req && s->svc == svc &&
+          s->connector == p) {
+        send_opened(r, c, req, WIRE_SESSION_OK, s->id);
+        return;
+      }
+  if (rsess_full(r, c, p)) {
+    send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  s = rsess_new(r, c, p, svc, req);
+  if (!s) {
+    send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  s->pending = 1;
+  if (++r->preq_next == 0)
+    r->preq_next = 1;
+  s->preq = r->preq_next;
+  s->pnext = r->pending;
+  r->pending = s;
+  n = wire_session_open_encode(msg, sizeof(msg), s->preq, svc->id, svc->len);
+  v.iov_len = n > 0 ? (size_t)n : 0;
+  if (n < 0 || r->io.send_dgram(p->conn, &v, 1, r->io.ud) < 0) {
+    drop(r, RELAY_DROP_QUEUE_FULL);
+    rsess_free(r, s);
+    send_opened(r, c, req, WIRE_SESSION_NO_CONNECTOR, 0);
+  }
+}
+
+/* OPEN from another intermediate for one of its agents: that
+ * intermediate authorized the agent (its certificate and policy), the
+ * connector authenticates it again end to end; here the session goes to
+ * the service's connector on this intermediate, never further (one hop). */
+static void peer_open(struct relay *r, struct relay_client *p, uint32_t req,
+                      const uint8_t *id, size_t len)
+{
+  struct service *svc = svc_find(r, id, len);
+  struct rsess *s;
+
+  if (!svc || !svc->connector) {
+    send_opened(r, p, req, WIRE_SESSION_NO_CONNECTOR, 0);
+    return;
+  }
+  if (!svc->connector->takes_sessions) {
+    send_opened(r, p, req, WIRE_SESSION_UNSUPPORTED, 0);
+    return;
+  }
+  if (rsess_full(r, p, svc->connector)) {
+    send_opened(r, p, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  s = rsess_new(r, p, svc->connector, svc, req);
+  if (!s) {
+    send_opened(r, p, req, WIRE_SESSION_LIMIT, 0);
+    return;
+  }
+  r->stats.rsessions_opened++;
+  r->stats.rsessions_for_peers++;
+  send_opened(r, p, req, WIRE_SESSION_OK, s->id);
+}
+
+/* The far intermediate's answer to forward_open. */
+static void on_peer_opened(struct relay *r, struct relay_client *p,
+                           const uint8_t *d, size_t n)
+{
+  uint32_t preq;
+  uint8_t status;
+  uint64_t id;
+  struct rsess *s, **pp;
+
+  if (wire_session_opened_decode(d, n, &preq, &status, &id) < 0) {
+    drop(r, RELAY_DROP_MALFORMED);
+    return;
+  }
+  for (pp = &r->pending; *pp; pp = &(*pp)->pnext)
+    if ((*pp)->connector == p && (*pp)->preq == preq)
+      break;
+  s = *pp;
+  if (!s) {
+    /* Too late (the agent was told "no connector" meanwhile) or a
+     * repeat: a session made there for nobody is closed there. */
+    if (status == WIRE_SESSION_OK && id && !rr_find(r, p, id))
+      send_closed(r, p, id, WIRE_SESSION_CLOSED_BY_PEER);
+    return;
+  }
+  if (status != WIRE_SESSION_OK || id == 0 || rr_find(r, p, id)) {
+    send_opened(r, s->agent, s->req,
+                status == WIRE_SESSION_OK ? WIRE_SESSION_NO_CONNECTOR
+                                          : status, 0);
+    rsess_free(r, s);
+    return;
+  }
+  *pp = s->pnext;
+  s->pending = 0;
+  s->remote = id;
+  s->rnext = *rr_slot(r, p, id);
+  *rr_slot(r, p, id) = s;
+  r->stats.rsessions_opened++;
+  r->stats.rsessions_forwarded++;
+  send_opened(r, s->agent, s->req, WIRE_SESSION_OK, s->id);
+}
+
 static void on_session_open(struct relay *r, struct relay_client *c,
                             const uint8_t *d, size_t n)
 {
@@ -410,6 +627,10 @@ static void on_session_open(struct relay *r, struct relay_client *c,
     drop(r, RELAY_DROP_MALFORMED);
     return;
   }
+  if (c->peer) {
+    peer_open(r, c, req, id, len);
+    return;
+  }
   /* Defence in depth: the connector authenticates the agent again. */
   if (!policy_allows(r->policy, c->id, POLICY_AGENT, id, len)) {
     send_opened(r, c, req, WIRE_SESSION_DENIED, 0);
@@ -421,7 +642,13 @@ static void on_session_open(struct relay *r, struct relay_client *c,
     return;
   }
   if (!svc->connector) {
-    send_opened(r, c, req, WIRE_SESSION_NO_CONNECTOR, 0);
+    struct relay_client *p = NULL;
+    if (r->io.route_cb)
+      p = r->io.route_cb(svc->id, svc->len, r->io.ud);
+    if (p && p->peer)
+      forward_open(r, c, req, svc, p);
+    else
+      send_opened(r, c, req, WIRE_SESSION_NO_CONNECTOR, 0);
     return;
   }
   if (!svc->connector->takes_sessions) {
@@ -436,34 +663,48 @@ static void on_session_open(struct relay *r, struct relay_client *c,
         send_opened(r, c, req, WIRE_SESSION_OK, s->id);
         return;
       }
-  if (c->nrsess >= r->lim.rsessions_per_client ||
-      r->nrsess >= r->lim.rsessions_total ||
-      svc->connector->nrsess >= r->lim.rsessions_total) {
-    r->stats.limit_hits++;
+  if (rsess_full(r, c, svc->connector)) {
     send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
     return;
   }
-  s = calloc(1, sizeof(*s));
+  s = rsess_new(r, c, svc->connector, svc, req);
   if (!s) {
     send_opened(r, c, req, WIRE_SESSION_LIMIT, 0);
     return;
   }
-  /* Never 0 (the "no session" of a refusal), never handed out twice. */
-  do
-    s->id = r->rsess_next++;
-  while (s->id == 0 || rsess_find(r, s->id));
-  s->req = req;
-  s->agent = c;
-  s->connector = svc->connector;
-  s->svc = svc;
-  s->next = *rsess_slot(r, s->id);
-  *rsess_slot(r, s->id) = s;
-  c->nrsess++;
-  s->connector->nrsess++;
-  svc->nrsess++;
-  r->nrsess++;
   r->stats.rsessions_opened++;
   send_opened(r, c, req, WIRE_SESSION_OK, s->id);
+}
+
+static void count_forward(struct relay *r, int rv, size_t n)
+{
+  if (rv == 0) {
+    r->stats.relayed_dgrams++;
+    r->stats.relayed_bytes += n;
+    r->stats.rsession_dgrams++;
+    r->stats.rsession_bytes += n;
+  } else {
+    drop(r, rv == ZTNA_ERR_TOO_LARGE ? RELAY_DROP_TOO_LARGE
+                                      : RELAY_DROP_QUEUE_FULL);
+  }
+}
+
+/* A forwarded session's packet under the id the next hop knows it by. */
+static void forward_renamed(struct relay *r, struct rsess *s,
+                            struct relay_client *to, uint64_t id,
+                            const uint8_t *pkt, size_t len)
+{
+  uint8_t hdr[WIRE_SESSION_HDR_LEN];
+  struct iovec v[2] = { { hdr, sizeof(hdr) },
+                        { (void *)(uintptr_t)pkt, len } };
+  int rv;
+
+  (void)s;
+  wire_session_data_header(hdr, sizeof(hdr), id);
+  rv = r->io.send_dgram(to->conn, v, 2, r->io.ud);
+  if (rv == 0)
+    r->stats.peer_dgrams++;
+  count_forward(r, rv, sizeof(hdr) + len);
 }
 
 /* Forwards the frame as it is: header and an end-to-end encrypted packet
@@ -484,7 +725,25 @@ static void on_session_data(struct relay *r, struct relay_client *c,
     return;
   }
   s = rsess_find(r, id);
-  if (!s || (s->agent != c && s->connector != c)) {
+  if (s && s->agent != c && s->connector != c)
+    s = NULL;
+  if (!s && c->peer && (s = rr_find(r, c, id)) != NULL) {
+    /* From the connector's intermediate: to the agent, by our id. */
+    forward_renamed(r, s, s->agent, s->id, pkt, len);
+    return;
+  }
+  if (s && s->connector == c && c->peer) /* our id from the far side */
+    s = NULL;
+  if (s && s->agent == c && s->connector->peer) {
+    /* To the connector's intermediate, by its id; nothing before it
+     * answered. */
+    if (s->pending)
+      drop(r, RELAY_DROP_NO_ROUTE);
+    else
+      forward_renamed(r, s, s->connector, s->remote, pkt, len);
+    return;
+  }
+  if (!s) {
     /* Tell the sender once in a while: it may hold a session that ended
      * while the CLOSED was lost. Not a stranger's session: its id is
      * not confirmed or denied beyond "not yours". */
@@ -500,15 +759,9 @@ static void on_session_data(struct relay *r, struct relay_client *c,
   }
   to = s->agent == c ? s->connector : s->agent;
   rv = r->io.send_dgram(to->conn, &v, 1, r->io.ud);
-  if (rv == 0) {
-    r->stats.relayed_dgrams++;
-    r->stats.relayed_bytes += n;
-    r->stats.rsession_dgrams++;
-    r->stats.rsession_bytes += n;
-  } else {
-    drop(r, rv == ZTNA_ERR_TOO_LARGE ? RELAY_DROP_TOO_LARGE
-                                      : RELAY_DROP_QUEUE_FULL);
-  }
+  if (rv == 0 && to->peer)
+    r->stats.peer_dgrams++;
+  count_forward(r, rv, n);
 }
 
 static void on_session_closed(struct relay *r, struct relay_client *c,
@@ -523,8 +776,21 @@ static void on_session_closed(struct relay *r, struct relay_client *c,
     return;
   }
   s = rsess_find(r, id);
-  if (s && (s->agent == c || s->connector == c))
+  if (s && s->connector == c && c->peer) /* our id from the far side */
+    s = NULL;
+  if (s && (s->agent == c || s->connector == c)) {
     rsess_end(r, s, WIRE_SESSION_CLOSED_BY_PEER, c);
+    return;
+  }
+  /* The connector's intermediate ended a forwarded session: the agent
+   * hears its reason (the connector left, was replaced, revoked). */
+  if (c->peer && (s = rr_find(r, c, id)) != NULL)
+    rsess_end(r, s, reason, c);
+}
+
+void relay_client_set_peer(struct relay_client *c)
+{
+  c->peer = 1;
 }
 
 size_t relay_rsession_count(const struct relay *r)
@@ -586,7 +852,9 @@ static void unregister(struct relay *r, struct relay_client *c, size_t i,
     for (size_t b = 0; b < RSESS_BUCKETS && c->nrsess; b++)
       for (struct rsess *rs = r->rs[b], *next; rs; rs = next) {
         next = rs->next;
-        if (rs->agent == c && find_reg(rs->connector, s, POLICY_CONNECTOR))
+        if (rs->agent == c &&
+            (find_reg(rs->connector, s, POLICY_CONNECTOR) ||
+             (rs->connector->peer && rs->svc == s)))
           rsess_end(r, rs, reason, NULL);
       }
   }
@@ -596,8 +864,11 @@ static void unregister(struct relay *r, struct relay_client *c, size_t i,
     s->connectors--;
     /* A connector that was displaced serves again when the newer one
      * goes. */
-    if (s->connector == c)
+    if (s->connector == c) {
       s->connector = s->connectors ? newest_connector(r, s, c) : NULL;
+      if (!s->connector && r->io.service_cb)
+        r->io.service_cb(s->id, s->len, 0, r->io.ud);
+    }
   } else {
     s->agents--;
   }
@@ -808,6 +1079,8 @@ static void on_register(struct relay *r, struct relay_client *c,
      * ones to the connector that serves now. */
     if (s->connector && s->connector != c)
       rsess_end_all(r, s->connector, s, WIRE_SESSION_REPLACED, NULL);
+    if (!s->connector && r->io.service_cb)
+      r->io.service_cb(s->id, s->len, 1, r->io.ud);
     s->connector = c; /* the newest connector wins the service */
   }
   r->stats.registrations++;
@@ -1058,8 +1331,17 @@ static void on_raw(struct relay *r, struct relay_client *c, const uint8_t *d,
 void relay_datagram(struct relay *r, struct relay_client *c,
                     const uint8_t *d, size_t n)
 {
+  int kind = wire_classify(d, n);
+
+  /* A link from another intermediate carries relay sessions only. */
+  if (c->peer && kind != WIRE_KIND_SESSION_OPEN &&
+      kind != WIRE_KIND_SESSION_OPENED && kind != WIRE_KIND_SESSION_DATA &&
+      kind != WIRE_KIND_SESSION_CLOSED) {
+    drop(r, RELAY_DROP_UNEXPECTED);
+    return;
+  }
   r->cur = c;
-  switch (wire_classify(d, n)) {
+  switch (kind) {
   case WIRE_KIND_REGISTER:
     on_register(r, c, d, n);
     break;
@@ -1079,6 +1361,12 @@ void relay_datagram(struct relay *r, struct relay_client *c,
   case WIRE_KIND_SESSION_CLOSED:
     on_session_closed(r, c, d, n);
     break;
+  case WIRE_KIND_SESSION_OPENED:
+    if (c->peer) {
+      on_peer_opened(r, c, d, n);
+      break;
+    }
+    /* fall through */
   default:
     drop(r, RELAY_DROP_UNEXPECTED);
   }
@@ -1262,6 +1550,10 @@ void relay_signal(struct relay *r, struct relay_client *c, const uint8_t *d,
 {
   int was_failed = c->sig.failed;
 
+  if (c->peer) { /* links between intermediates carry no signaling */
+    r->stats.sig_errors++;
+    return;
+  }
   r->sig_from = c;
   r->sig_now = now_ms;
   if (wire_sigbuf_feed(&c->sig, d, n, on_sig, r) < 0 && !was_failed)
@@ -1273,6 +1565,15 @@ void relay_expire(struct relay *r, uint64_t now_ms)
   struct session *s = r->sessions, *next;
 
   r->now_ms = now_ms;
+  /* Forwarded requests the far intermediate did not answer in time:
+   * the agent asks again (and may be routed elsewhere by then). */
+  for (struct rsess *f = r->pending, *fn; f; f = fn) {
+    fn = f->pnext;
+    if (now_ms - f->created >= RELAY_FORWARD_TTL_MS) {
+      send_opened(r, f->agent, f->req, WIRE_SESSION_NO_CONNECTOR, 0);
+      rsess_free(r, f);
+    }
+  }
   for (; s; s = next) {
     next = s->next;
     if (now_ms - s->created <

@@ -33,6 +33,10 @@ struct cfg_policy;
  * punch itself may take 10 s). */
 #define RELAY_PUNCH_TTL_MS 15000
 #define RELAY_START_DELAY_MS 100
+/* A session asked of another intermediate of the cluster (its connector
+ * is there) that has no answer after this long is refused to the agent
+ * as "no connector"; it asks again. */
+#define RELAY_FORWARD_TTL_MS 3000
 /* DATA for a session the sender does not hold is answered with CLOSED
  * (unknown), at most this many times per client between two
  * relay_expire ticks (the intermediate's is 1 s). */
@@ -66,6 +70,9 @@ struct relay_stats {
   uint64_t rsessions_refused;  /* OPENED with a failure status */
   uint64_t rsessions_closed;   /* relay sessions ended */
   uint64_t rsession_dgrams, rsession_bytes; /* forwarded, opaque */
+  uint64_t rsessions_forwarded; /* made at another intermediate for ours */
+  uint64_t rsessions_for_peers; /* made here for another's agents */
+  uint64_t peer_dgrams;         /* session datagrams sent to a peer link */
   uint64_t drops[RELAY_DROP_COUNT];
 };
 
@@ -83,6 +90,14 @@ struct relay_io {
    * what to fix, id/len is the service id as received. */
   void (*refused_cb)(void *conn, const char *role, const uint8_t *id,
                      size_t len, const char *why, void *ud);
+  /* Optional (a cluster): the link to the intermediate that serves the
+   * service id/len, for an agent's OPEN when no connector of it is here;
+   * NULL when none is known or the link is not up yet (the agent hears
+   * "no connector" and asks again). */
+  struct relay_client *(*route_cb)(const char *id, size_t len, void *ud);
+  /* Optional: the service id/len has a connector here now (up = 1), or
+   * no longer (0). */
+  void (*service_cb)(const char *id, size_t len, int up, void *ud);
 };
 
 /* A translated address is not handed out again for this long after its
@@ -120,6 +135,11 @@ size_t relay_set_policy(struct relay *r, struct cfg_policy *p);
  * (copied). Returns NULL when out of memory. */
 struct relay_client *relay_client_new(struct relay *r, void *conn,
                                       const struct tls_identity *id);
+/* Marks c as a link from or to another intermediate of the cluster
+ * (its certificate proved the intermediate role): it carries relay
+ * sessions only, OPENs from it are for its agents and go to connectors
+ * here, never further. */
+void relay_client_set_peer(struct relay_client *c);
 /* Forgets the connection: registrations, translations, sessions. */
 void relay_client_del(struct relay *r, struct relay_client *c);
 

@@ -1,0 +1,498 @@
+/* cluster.c - registry writes and lookups in Redis (cluster.h). */
+#include "cluster.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libuv.h>
+
+#include "err.h"
+#include "log.h"
+#include "wire.h"
+
+struct held { /* a service with a connector here */
+  struct held *next;
+  uint64_t since_ms;
+  size_t len;
+  char id[WIRE_SERVICE_ID_MAX + 1];
+};
+
+struct cached { /* what a lookup said */
+  size_t len;
+  char id[WIRE_SERVICE_ID_MAX + 1]; /* lowercased */
+  int found, inflight;
+  uint64_t asked_ms, answered_ms; /* loop time */
+  char node[REG_NODE_MAX + 1];
+  struct sockaddr_storage addr;
+};
+
+struct lookup { /* privdata of one lookup's reply */
+  struct cluster *cl;
+  size_t len;
+  char id[WIRE_SERVICE_ID_MAX + 1];
+};
+
+struct cluster {
+  uv_loop_t *loop;
+  char host[256], user[128], password[256], prefix[REG_NS_MAX + 1];
+  char node[REG_NODE_MAX + 1];
+  int has_user, has_password;
+  uint16_t port;
+  struct sockaddr_storage advertise;
+  redisAsyncContext *ac;
+  int connected;
+  uv_timer_t timer;
+  uint64_t next_connect_ms, last_beat_ms;
+  struct held *held;
+  struct cached *cache;
+  size_t ncache;
+  size_t inflight;
+  int closing;
+  int refs; /* the timer, and a Redis connection closing */
+  struct cluster_stats st;
+};
+
+static void release(struct cluster *cl)
+{
+  if (--cl->refs == 0) {
+    free(cl->cache);
+    free(cl);
+  }
+}
+
+static uint64_t wall_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void fold(char *dst, const char *src, size_t len)
+{
+  for (size_t i = 0; i < len; i++)
+    dst[i] = (src[i] >= 'A' && src[i] <= 'Z') ? (char)(src[i] - 'A' + 'a')
+                                              : src[i];
+  dst[len] = '\0';
+}
+
+/* --- writes ------------------------------------------------------------- */
+
+static void on_write(redisAsyncContext *ac, void *r, void *priv)
+{
+  struct cluster *cl = ac->data;
+  redisReply *reply = r;
+  const char *what = priv;
+
+  if (!cl)
+    return;
+  if (!reply || reply->type == REDIS_REPLY_ERROR) {
+    cl->st.write_errors++;
+    if (reply)
+      log_warnx("cluster: registry %s refused by Redis: %s", what,
+                reply->str);
+  }
+}
+
+static void write_node(struct cluster *cl, uint64_t now)
+{
+  char key[REG_KEY_MAX], val[REG_VALUE_MAX + 1];
+
+  if (registry_key(key, sizeof(key), cl->prefix, "node", cl->node,
+                   strlen(cl->node)) < 0 ||
+      registry_node_encode(val, sizeof(val),
+                           (struct sockaddr *)&cl->advertise, now) < 0)
+    return;
+  cl->st.writes++;
+  redisAsyncCommand(cl->ac, on_write, (void *)"heartbeat", "SET %s %s PX %d",
+                    key, val, CLUSTER_TTL_MS);
+}
+
+static void write_service(struct cluster *cl, const struct held *h,
+                          uint64_t now)
+{
+  char key[REG_KEY_MAX], val[REG_VALUE_MAX + 1], since[24];
+
+  if (registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len) < 0 ||
+      registry_svc_encode(val, sizeof(val), cl->node, h->since_ms, now) < 0)
+    return;
+  snprintf(since, sizeof(since), "%llu", (unsigned long long)h->since_ms);
+  cl->st.writes++;
+  redisAsyncCommand(cl->ac, on_write, (void *)"service entry",
+                    "EVAL %s 1 %s %s %s %s %d", registry_lua_set_svc, key,
+                    val, cl->node, since, CLUSTER_TTL_MS);
+}
+
+static void heartbeat(struct cluster *cl)
+{
+  uint64_t now = wall_ms();
+
+  if (!cl->connected)
+    return;
+  cl->last_beat_ms = uv_now(cl->loop);
+  write_node(cl, now);
+  for (struct held *h = cl->held; h; h = h->next)
+    write_service(cl, h, now);
+}
+
+void cluster_service(struct cluster *cl, const char *id, size_t len, int up)
+{
+  struct held **pp, *h;
+
+  if (len > WIRE_SERVICE_ID_MAX)
+    return;
+  for (pp = &cl->held; *pp; pp = &(*pp)->next)
+    if ((*pp)->len == len && !strncasecmp((*pp)->id, id, len))
+      break;
+  if (up && !*pp) {
+    if (cl->st.services >= CLUSTER_SERVICES_MAX)
+      return;
+    h = calloc(1, sizeof(*h));
+    if (!h)
+      return;
+    memcpy(h->id, id, len);
+    h->len = len;
+    h->since_ms = wall_ms();
+    h->next = cl->held;
+    cl->held = h;
+    cl->st.services++;
+    if (cl->connected)
+      write_service(cl, h, wall_ms());
+  } else if (!up && *pp) {
+    char key[REG_KEY_MAX];
+    h = *pp;
+    *pp = h->next;
+    cl->st.services--;
+    if (cl->connected &&
+        registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len) >= 0) {
+      cl->st.writes++;
+      redisAsyncCommand(cl->ac, on_write, (void *)"service removal",
+                        "EVAL %s 1 %s %s", registry_lua_del_svc, key,
+                        cl->node);
+    }
+    free(h);
+  }
+  /* Answers about it may be out of date now. */
+  for (size_t i = 0; i < cl->ncache; i++)
+    if (cl->cache[i].len == len && !strncasecmp(cl->cache[i].id, id, len))
+      cl->cache[i].answered_ms = 0;
+}
+
+/* --- lookups ------------------------------------------------------------ */
+
+static const char lua_lookup[] =
+  "local s = redis.call('GET', KEYS[1]) "
+  "if not s then return false end "
+  "local n = string.match(s, '^1 ([%w%.%-_]+) ') "
+  "if not n then return {s, false} end "
+  "return {s, redis.call('GET', ARGV[1] .. ':node:' .. n)}";
+
+static struct cached *cache_find(struct cluster *cl, const char *folded,
+                                 size_t len)
+{
+  for (size_t i = 0; i < cl->ncache; i++)
+    if (cl->cache[i].len == len && !memcmp(cl->cache[i].id, folded, len))
+      return &cl->cache[i];
+  return NULL;
+}
+
+static void on_lookup(redisAsyncContext *ac, void *r, void *priv)
+{
+  struct lookup *lk = priv;
+  struct cluster *cl = lk->cl;
+  redisReply *reply = r;
+  struct cached *c = cache_find(cl, lk->id, lk->len);
+  struct reg_svc_entry se;
+  struct reg_node_entry ne;
+  uint64_t now = wall_ms();
+
+  (void)ac;
+  cl->inflight--;
+  if (!c) { /* evicted meanwhile */
+    free(lk);
+    return;
+  }
+  c->inflight = 0;
+  c->found = 0;
+  if (!reply || reply->type == REDIS_REPLY_ERROR) {
+    cl->st.lookup_errors++;
+    free(lk);
+    return; /* asked again at the next route */
+  }
+  c->answered_ms = uv_now(cl->loop);
+  if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+      reply->element[0]->type == REDIS_REPLY_STRING) {
+    redisReply *s = reply->element[0], *n = reply->element[1];
+    if (registry_svc_decode(s->str, s->len, &se) < 0 ||
+        !registry_fresh(se.heartbeat_ms, now, CLUSTER_TTL_MS) ||
+        n->type != REDIS_REPLY_STRING ||
+        registry_node_decode(n->str, n->len, &ne) < 0 ||
+        !registry_fresh(ne.heartbeat_ms, now, CLUSTER_TTL_MS)) {
+      cl->st.stale_entries++;
+      log_debug("cluster: registry entry for '%s' not believed", lk->id);
+    } else {
+      c->found = 1;
+      memcpy(c->node, se.node, sizeof(c->node));
+      c->addr = ne.addr;
+    }
+  }
+  free(lk);
+}
+
+int cluster_route(struct cluster *cl, const char *id, size_t len,
+                  char node[REG_NODE_MAX + 1], struct sockaddr_storage *addr)
+{
+  char folded[WIRE_SERVICE_ID_MAX + 1], key[REG_KEY_MAX];
+  uint64_t now = uv_now(cl->loop);
+  struct cached *c;
+  struct lookup *lk;
+
+  if (len > WIRE_SERVICE_ID_MAX)
+    return 0;
+  fold(folded, id, len);
+  c = cache_find(cl, folded, len);
+  if (c && c->answered_ms && now - c->answered_ms < CLUSTER_CACHE_MS) {
+    if (!c->found)
+      return 0;
+    memcpy(node, c->node, REG_NODE_MAX + 1);
+    *addr = c->addr;
+    return 1;
+  }
+  if (!cl->connected || (c && c->inflight))
+    return c && c->found ? (memcpy(node, c->node, REG_NODE_MAX + 1),
+                            *addr = c->addr, 1)
+                         : 0;
+  if (cl->inflight >= CLUSTER_LOOKUPS_MAX) {
+    cl->st.lookups_dropped++;
+    return 0;
+  }
+  if (!c) {
+    if (cl->ncache == CLUSTER_CACHE_MAX) {
+      /* The entry asked least recently goes. */
+      size_t old = 0;
+      for (size_t i = 1; i < cl->ncache; i++)
+        if (!cl->cache[i].inflight &&
+            cl->cache[i].asked_ms < cl->cache[old].asked_ms)
+          old = i;
+      if (cl->cache[old].inflight)
+        return 0;
+      cl->cache[old] = cl->cache[--cl->ncache];
+    }
+    c = &cl->cache[cl->ncache++];
+    memset(c, 0, sizeof(*c));
+    memcpy(c->id, folded, len + 1);
+    c->len = len;
+  }
+  if (registry_key(key, sizeof(key), cl->prefix, "svc", id, len) < 0 ||
+      !(lk = calloc(1, sizeof(*lk))))
+    return 0;
+  lk->cl = cl;
+  lk->len = len;
+  memcpy(lk->id, folded, len + 1);
+  c->inflight = 1;
+  c->asked_ms = now;
+  cl->inflight++;
+  cl->st.lookups++;
+  if (redisAsyncCommand(cl->ac, on_lookup, lk, "EVAL %s 1 %s %s", lua_lookup,
+                        key, cl->prefix) != REDIS_OK) {
+    cl->inflight--;
+    c->inflight = 0;
+    cl->st.lookup_errors++;
+    free(lk);
+  }
+  return 0;
+}
+
+/* --- the connection ----------------------------------------------------- */
+
+static void connect_redis(struct cluster *cl);
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+  struct cluster *cl = ac->data;
+
+  if (!cl)
+    return;
+  if (status != REDIS_OK) {
+    /* hiredis frees the context after this callback. */
+    if (!cl->st.redis_failures++ || cl->st.redis_failures % 60 == 0)
+      log_warnx("cluster: cannot connect to Redis at %s:%u: %s (trying "
+                "every second)", cl->host, cl->port, ac->errstr);
+    cl->ac = NULL;
+    cl->st.redis_up = 0;
+    return;
+  }
+  cl->connected = 1;
+  cl->st.redis_up = 1;
+  cl->st.redis_connects++;
+  log_info("cluster: connected to Redis at %s:%u as node %s", cl->host,
+           cl->port, cl->node);
+  heartbeat(cl);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+  struct cluster *cl = ac->data;
+
+  if (!cl)
+    return;
+  if (!cl->closing) {
+    cl->st.redis_failures++;
+    log_warnx("cluster: lost Redis at %s:%u: %s; registry writes and "
+              "lookups wait until it is back", cl->host, cl->port,
+              status == REDIS_OK ? "closed" : ac->errstr);
+  }
+  cl->ac = NULL;
+  cl->connected = 0;
+  cl->st.redis_up = 0;
+  if (cl->closing)
+    release(cl);
+  /* What is cached stays in use until it ages; new lookups wait. */
+}
+
+static void connect_redis(struct cluster *cl)
+{
+  redisOptions o = { 0 };
+  struct timeval tv = { 2, 0 };
+
+  REDIS_OPTIONS_SET_TCP(&o, cl->host, cl->port);
+  o.connect_timeout = &tv;
+  o.command_timeout = &tv;
+  cl->ac = redisAsyncConnectWithOptions(&o);
+  if (!cl->ac)
+    return;
+  if (cl->ac->err) {
+    if (!cl->st.redis_failures++)
+      log_warnx("cluster: cannot connect to Redis at %s:%u: %s", cl->host,
+                cl->port, cl->ac->errstr);
+    redisAsyncFree(cl->ac);
+    cl->ac = NULL;
+    return;
+  }
+  cl->ac->data = cl;
+  redisLibuvAttach(cl->ac, cl->loop);
+  redisAsyncSetConnectCallback(cl->ac, on_connect);
+  redisAsyncSetDisconnectCallback(cl->ac, on_disconnect);
+  /* Sent as soon as the connection is up, before anything else. */
+  if (cl->has_password) {
+    if (cl->has_user)
+      redisAsyncCommand(cl->ac, on_write, (void *)"AUTH", "AUTH %s %s",
+                        cl->user, cl->password);
+    else
+      redisAsyncCommand(cl->ac, on_write, (void *)"AUTH", "AUTH %s",
+                        cl->password);
+  }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+  struct cluster *cl = t->data;
+  uint64_t now = uv_now(cl->loop);
+
+  if (!cl->ac) {
+    if (now >= cl->next_connect_ms) {
+      cl->next_connect_ms = now + 1000;
+      connect_redis(cl);
+    }
+    return;
+  }
+  /* The timer runs every second; a beat every CLUSTER_HEARTBEAT_MS. */
+  if (cl->connected && now - cl->last_beat_ms + 100 >= CLUSTER_HEARTBEAT_MS)
+    heartbeat(cl);
+}
+
+int cluster_new(struct cluster **out, uv_loop_t *loop,
+                const struct cluster_config *cfg)
+{
+  struct cluster *cl = calloc(1, sizeof(*cl));
+  size_t al;
+
+  if (!cl)
+    return -ENOMEM;
+  cl->loop = loop;
+  snprintf(cl->host, sizeof(cl->host), "%s", cfg->redis_host);
+  cl->port = cfg->redis_port;
+  if (cfg->redis_user) {
+    snprintf(cl->user, sizeof(cl->user), "%s", cfg->redis_user);
+    cl->has_user = 1;
+  }
+  if (cfg->redis_password) {
+    snprintf(cl->password, sizeof(cl->password), "%s", cfg->redis_password);
+    cl->has_password = 1;
+  }
+  snprintf(cl->prefix, sizeof(cl->prefix), "%s", cfg->prefix);
+  snprintf(cl->node, sizeof(cl->node), "%s", cfg->node);
+  al = cfg->advertise->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                             : sizeof(struct sockaddr_in);
+  memcpy(&cl->advertise, cfg->advertise, al);
+  cl->cache = calloc(CLUSTER_CACHE_MAX, sizeof(*cl->cache));
+  if (!cl->cache) {
+    free(cl);
+    return -ENOMEM;
+  }
+  uv_timer_init(loop, &cl->timer);
+  cl->timer.data = cl;
+  cl->refs = 1;
+  connect_redis(cl);
+  cl->next_connect_ms = uv_now(loop) + 1000;
+  uv_timer_start(&cl->timer, on_timer, 1000, 1000);
+  *out = cl;
+  return 0;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+  release(h->data);
+}
+
+void cluster_del(struct cluster *cl)
+{
+  char key[REG_KEY_MAX];
+
+  if (!cl)
+    return;
+  cl->closing = 1;
+  if (cl->ac && cl->connected) {
+    /* Leaving: our entries go now rather than at their expiry, so that
+     * nobody is routed here meanwhile; the connection closes once Redis
+     * answered (or the command timeout passed). */
+    for (struct held *h = cl->held; h; h = h->next)
+      if (registry_key(key, sizeof(key), cl->prefix, "svc", h->id,
+                       h->len) >= 0)
+        redisAsyncCommand(cl->ac, on_write, (void *)"service removal",
+                          "EVAL %s 1 %s %s", registry_lua_del_svc, key,
+                          cl->node);
+    if (registry_key(key, sizeof(key), cl->prefix, "node", cl->node,
+                     strlen(cl->node)) >= 0)
+      redisAsyncCommand(cl->ac, on_write, (void *)"node removal", "DEL %s",
+                        key);
+    cl->refs++; /* released by on_disconnect */
+    redisAsyncDisconnect(cl->ac);
+  } else if (cl->ac) {
+    redisAsyncContext *ac = cl->ac;
+    cl->ac = NULL;
+    ac->data = NULL; /* its callbacks find no cluster */
+    redisAsyncFree(ac);
+  }
+  while (cl->held) {
+    struct held *h = cl->held;
+    cl->held = h->next;
+    free(h);
+  }
+  uv_close((uv_handle_t *)&cl->timer, timer_closed);
+}
+
+const struct cluster_stats *cluster_stats(const struct cluster *cl)
+{
+  return &cl->st;
+}
+
+const char *cluster_node(const struct cluster *cl)
+{
+  return cl->node;
+}
