@@ -124,8 +124,8 @@ static void write_service(struct cluster *cl, const struct held *h,
   snprintf(since, sizeof(since), "%llu", (unsigned long long)h->since_ms);
   cl->st.writes++;
   redisAsyncCommand(cl->ac, on_write, (void *)"service entry",
-                    "EVAL %s 1 %s %s %s %s %d", registry_lua_set_svc, key,
-                    val, cl->node, since, CLUSTER_TTL_MS);
+                    "EVAL %s 1 %s %s %s %s %d %s", registry_lua_set_svc,
+                    key, val, cl->node, since, CLUSTER_TTL_MS, cl->prefix);
 }
 
 static void heartbeat(struct cluster *cl)
@@ -218,13 +218,13 @@ static void on_lookup(redisAsyncContext *ac, void *r, void *priv)
     return;
   }
   c->inflight = 0;
-  c->found = 0;
   if (!reply || reply->type == REDIS_REPLY_ERROR) {
     cl->st.lookup_errors++;
     free(lk);
-    return; /* asked again at the next route */
+    return; /* asked again at the next route; the old answer stays */
   }
   c->answered_ms = uv_now(cl->loop);
+  c->found = 0;
   if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
       reply->element[0]->type == REDIS_REPLY_STRING) {
     redisReply *s = reply->element[0], *n = reply->element[1];
@@ -244,6 +244,16 @@ static void on_lookup(redisAsyncContext *ac, void *r, void *priv)
   free(lk);
 }
 
+static int answer(const struct cached *c, char node[REG_NODE_MAX + 1],
+                  struct sockaddr_storage *addr)
+{
+  if (!c || !c->found)
+    return 0;
+  memcpy(node, c->node, REG_NODE_MAX + 1);
+  *addr = c->addr;
+  return 1;
+}
+
 int cluster_route(struct cluster *cl, const char *id, size_t len,
                   char node[REG_NODE_MAX + 1], struct sockaddr_storage *addr)
 {
@@ -256,20 +266,16 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
     return 0;
   fold(folded, id, len);
   c = cache_find(cl, folded, len);
-  if (c && c->answered_ms && now - c->answered_ms < CLUSTER_CACHE_MS) {
-    if (!c->found)
-      return 0;
-    memcpy(node, c->node, REG_NODE_MAX + 1);
-    *addr = c->addr;
-    return 1;
-  }
+  if (c && c->answered_ms && now - c->answered_ms < CLUSTER_CACHE_MS)
+    return answer(c, node, addr);
+  /* Older answers stay in use while a new one is asked for (or while
+   * Redis is away): a route that went stale fails at the far end, and
+   * the agent asks again. */
   if (!cl->connected || (c && c->inflight))
-    return c && c->found ? (memcpy(node, c->node, REG_NODE_MAX + 1),
-                            *addr = c->addr, 1)
-                         : 0;
+    return answer(c, node, addr);
   if (cl->inflight >= CLUSTER_LOOKUPS_MAX) {
     cl->st.lookups_dropped++;
-    return 0;
+    return answer(c, node, addr);
   }
   if (!c) {
     if (cl->ncache == CLUSTER_CACHE_MAX) {
@@ -305,7 +311,7 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
     cl->st.lookup_errors++;
     free(lk);
   }
-  return 0;
+  return answer(c, node, addr);
 }
 
 /* --- the connection ----------------------------------------------------- */

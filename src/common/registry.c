@@ -13,8 +13,9 @@
 const char registry_lua_set_svc[] =
   "local v = redis.call('GET', KEYS[1]) "
   "if v then "
-  "  local n, s = string.match(v, '^1 (%S+) (%d+) %d+$') "
-  "  if n and n ~= ARGV[2] and tonumber(s) > tonumber(ARGV[3]) then "
+  "  local n, s = string.match(v, '^1 ([%w%.%-_]+) (%d+) %d+$') "
+  "  if n and n ~= ARGV[2] and tonumber(s) > tonumber(ARGV[3]) and "
+  "     redis.call('EXISTS', ARGV[5] .. ':node:' .. n) == 1 then "
   "    return 0 "
   "  end "
   "end "

@@ -64,10 +64,10 @@ int registry_fresh(uint64_t heartbeat_ms, uint64_t now_ms, uint64_t ttl_ms);
 
 /* Lua run by Redis (EVAL), so that a write and the check it depends on
  * are one step:
- * - SET_SVC KEYS[1] = service key, ARGV = value, node, since, ttl ms:
- *   writes unless another node holds a newer registration (a connector
- *   that moved on must not be taken back by the intermediate it left);
- *   returns 1 when written.
+ * - SET_SVC KEYS[1] = service key, ARGV = value, node, since, ttl ms,
+ *   prefix: writes unless another live node (its node entry exists)
+ *   holds a newer registration (a connector that moved on must not be
+ *   taken back by the intermediate it left); returns 1 when written.
  * - DEL_SVC KEYS[1], ARGV[1] = node: deletes the entry if it is node's. */
 extern const char registry_lua_set_svc[];
 extern const char registry_lua_del_svc[];

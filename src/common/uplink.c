@@ -30,6 +30,10 @@ struct uplink {
   char host[256], port[8];
   uv_getaddrinfo_t gai;
   int resolving;
+  /* Which of the name's addresses to try next: a name with several (a
+   * cluster of intermediates) is tried address after address, moving on
+   * whenever a connection fails or is lost. */
+  unsigned pick;
 };
 
 static void uplink_free(struct uplink *u)
@@ -132,7 +136,11 @@ static void on_handshake(struct quic_conn *c, void *ud)
   u->attempts = 0;
   for (size_t i = 0; i < u->cfg.nservices; i++)
     u->reg[i] = UPLINK_REG_PENDING;
-  log_info("%s: connected", u->cfg.name);
+  {
+    char a[64];
+    log_info("%s: connected to %s", u->cfg.name,
+             netaddr_str((struct sockaddr *)&u->cfg.server, a, sizeof(a)));
+  }
   if (u->cbs.up)
     u->cbs.up(u, u->ud);
   send_registrations(u);
@@ -231,6 +239,7 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *i,
               u->up ? "lost" : "failed",
               i->reason[0] ? i->reason : ztna_strerror(i->err));
   u->up = 0;
+  u->pick++;
   if (u->cbs.down)
     u->cbs.down(u, i, u->ud);
   if (u->closing)
@@ -288,14 +297,26 @@ static void resolved_cb(uv_getaddrinfo_t *req, int status,
     retry_later(u);
     return;
   }
+  /* The address after the one that failed last (getaddrinfo's order is
+   * stable for the same answer). */
+  size_t n = 0, k;
+  struct addrinfo *a = res;
+  for (struct addrinfo *p = res; p; p = p->ai_next)
+    n++;
+  k = u->pick % n;
+  for (size_t i = 0; i < k; i++)
+    a = a->ai_next;
   netaddr_str((struct sockaddr *)&u->cfg.server, was, sizeof(was));
   memset(&u->cfg.server, 0, sizeof(u->cfg.server));
-  memcpy(&u->cfg.server, res->ai_addr,
-         res->ai_addrlen < sizeof(u->cfg.server) ? res->ai_addrlen
-                                                 : sizeof(u->cfg.server));
+  memcpy(&u->cfg.server, a->ai_addr,
+         a->ai_addrlen < sizeof(u->cfg.server) ? a->ai_addrlen
+                                               : sizeof(u->cfg.server));
   uv_freeaddrinfo(res);
   netaddr_str((struct sockaddr *)&u->cfg.server, now, sizeof(now));
-  if (strcmp(was, now))
+  if (strcmp(was, now) && n > 1)
+    log_info("%s: trying %s at %s (address %zu of %zu; was %s)",
+             u->cfg.name, u->host, now, k + 1, n, was);
+  else if (strcmp(was, now))
     log_info("%s: %s is at %s now (was %s)", u->cfg.name, u->host, now,
              was);
   dial(u);

@@ -5,7 +5,10 @@
  * observed address (QAD), hands every other DATAGRAM to the owner, and
  * reconnects with exponential backoff (1 s doubling to 30 s, reset only
  * after a handshake completes) without ever blocking the loop, looking
- * the intermediate's name up again before each attempt.
+ * the intermediate's name up again before each attempt. A name with
+ * several addresses (a cluster of intermediates, docs/cluster.md) is
+ * tried one address after the other: each failed or lost connection
+ * moves to the next.
  */
 #ifndef ZTNA_UPLINK_H
 #define ZTNA_UPLINK_H

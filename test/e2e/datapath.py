@@ -77,6 +77,29 @@ def sha256(path):
     return h.hexdigest()
 
 
+def download_across(world, name, rate, after, action):
+    """Downloads name from the web service at rate, and runs action once
+    more than after bytes have arrived. Returns curl's exit code, its
+    stderr, the output file and how much had arrived at the action."""
+    out = os.path.join(world.tmp, name + ".got")
+    p = world.net.popen(world.agent_ns,
+                        ["curl", "-s", "-S", "-m", "300", "--limit-rate",
+                         rate, "-o", out, "http://%s/%s"
+                         % (SERVICES["web"][0], name)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(out) and
+                 os.path.getsize(out) > after, timeout=120,
+                 what="the download under way")
+        at = os.path.getsize(out)
+        action()
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err, out, at
+
+
 class World:
     def __init__(self, net, tmp, nat_a="easy", nat_c="easy", inter_env=None,
                  inter_extra=(), agent_extra=None, conn_extra=None):

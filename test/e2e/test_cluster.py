@@ -1,7 +1,9 @@
 """A cluster of intermediates on Redis (docs/cluster.md): three
 intermediates and a Redis server, each in a namespace of its own; the
 agent connects to one, the connector to another, and the service's
-packets cross the link between the two.
+packets cross the link between the two. Both find the intermediates by
+one name with three addresses (their namespaces' /etc/hosts), in an
+order of their own: the agent i1, i3, i2; the connector i2, i1, i3.
 
  agent 203.0.113.2 --+                +-- i1 198.51.100.2
  conn 203.0.113.18 --+-- inet ------- +-- i2 198.51.100.18
@@ -9,17 +11,20 @@ packets cross the link between the two.
  backend 192.0.2.34   agent<->conn)   +-- redis 198.51.100.50:6379
 """
 import os
+import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
-from datapath import World, sha256, stop_world
+from datapath import World, download_across, sha256, stop_world
 from netns import Net
-from ztna import Intermediate, wait_for
+from ztna import Intermediate, Pki, wait_for
 
 REDIS = "198.51.100.50"
 NODES = {"i1": "198.51.100.2", "i2": "198.51.100.18", "i3": "198.51.100.34"}
+NAME = "relay.cluster.test"
 
 # No UDP between the agent and the connector: the relay path only.
 NO_DIRECT = """
@@ -37,7 +42,6 @@ class ClusterWorld(World):
     def __init__(self, net, tmp):
         self.net, self.tmp = net, str(tmp)
         self.conn_extra = {}
-        from ztna import Pki
         self.pki = Pki(os.path.join(self.tmp, "pki"))
         self.procs = {}
         self.inet = net.ns("inet")
@@ -60,6 +64,8 @@ class ClusterWorld(World):
         net.link(self.conn_ns, "192.0.2.33/28", self.backend_ns,
                  "192.0.2.34/28")
         net.exec(self.inet, ["nft", "-f", "-"], input=NO_DIRECT)
+        self.hosts(self.agent_ns, ("i1", "i3", "i2"))
+        self.hosts(self.conn_ns, ("i2", "i1", "i3"))
         self.files = os.path.join(self.tmp, "www")
         os.makedirs(self.files, mode=0o755, exist_ok=True)
         self.start_backends()
@@ -69,12 +75,35 @@ class ClusterWorld(World):
         for name in NODES:
             self.start_node(name)
         self.inter = self.inters["i1"]
-        self.conn_extra = {"intermediate_server": {"host": NODES["i2"],
+        self.conn_extra = {"intermediate_server": {"host": NAME,
                                                    "port": 4433}}
         self.start_connector()
         self.agent = self.start_agent("agent", self.agent_ns, "alice",
-                                      extra={"server": NODES["i1"] +
-                                             ":4433"})
+                                      extra={"server": NAME + ":4433"})
+
+    def hosts(self, ns, order):
+        """The name's addresses in ns, in that order (ip netns exec
+        mounts /etc/netns/<ns>/hosts over /etc/hosts)."""
+        d = "/etc/netns/" + ns
+        os.makedirs(d, exist_ok=True)
+        with open(d + "/hosts", "w") as f:
+            f.write("127.0.0.1 localhost\n")
+            for n in order:
+                f.write("%s %s\n" % (NODES[n], NAME))
+
+    def kill_node(self, name):
+        i = self.inters[name]
+        i.proc.send_signal(signal.SIGKILL)
+        i.proc.wait()
+
+    def restart_node(self, name):
+        i = self.inters[name]
+        return self.start_node(name, creds=(i.cert, i.key))
+
+    def on_node(self, name, metric):
+        """1 when the node holds a connection that registered: the
+        agent's or the connector's, by the registrations it counted."""
+        return self.node_metric(name, metric)
 
     def start_redis(self):
         self.procs["redis-registry"] = self.net.popen(
@@ -107,6 +136,21 @@ class ClusterWorld(World):
                 i.stop()
         World.stop(self)
 
+    def agent_node(self):
+        """The intermediate the agent's connection is at, by the address
+        its log says it connected to last."""
+        return self.node_of(self.procs["agent"].log.name)
+
+    def node_of(self, log):
+        with open(log) as f:
+            text = f.read()
+        last, where = -1, None
+        for n, a in NODES.items():
+            k = text.rfind("connected to %s:4433" % a)
+            if k > last:
+                last, where = k, n
+        return where
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -118,7 +162,11 @@ def cluster(tmp_path_factory):
         w = ClusterWorld(net, tmp_path_factory.mktemp("cluster"))
         yield w
     finally:
-        stop_world(w, net)
+        try:
+            stop_world(w, net)
+        finally:
+            for ns in net.namespaces:
+                shutil.rmtree("/etc/netns/" + ns, ignore_errors=True)
 
 
 def test_agent_and_connector_on_different_intermediates(cluster):
@@ -145,3 +193,52 @@ def test_agent_and_connector_on_different_intermediates(cluster):
     assert w.node_metric("i2", "ztna_cluster_peer_datagrams_total") > 100
     assert w.node_metric("i3", "ztna_cluster_sessions_for_peers_total") == 0
     assert w.node_metric("i1", "ztna_cluster_redis_up") == 1
+
+
+def download_through_a_kill(w, node):
+    """A 100 MB download at 8 MB/s, and kill -9 of node once 20 MB have
+    arrived: it must complete intact in the same TCP connection (a reset
+    fails curl; a second backend connection shows in the connector's
+    count) while the agent and the connector move to other members."""
+    src = w.make_file("hundred-%s.bin" % node, 100 << 20)
+    sessions = w.metric(w.conn_ns, 9091, "ztna_connector_tcp_sessions_total")
+    rc, err, out, at = download_across(w, os.path.basename(src), "8M",
+                                       20 << 20, lambda: w.kill_node(node))
+    assert rc == 0, err
+    assert at < 100 << 20, "the download ended before the kill"
+    assert sha256(out) == sha256(src)
+    os.unlink(out)
+    assert w.metric(w.conn_ns, 9091,
+                    "ztna_connector_tcp_sessions_total") == sessions + 1
+
+
+def test_agent_intermediate_killed_during_a_download(cluster):
+    """The agent's intermediate (i1) dies: the agent moves to the next
+    address (i3), whose link to i2 carries the end-to-end connection's
+    new relay session."""
+    w = cluster
+    assert w.agent_node() == "i1"
+    forwarded = w.node_metric("i3", "ztna_cluster_sessions_forwarded_total")
+    download_through_a_kill(w, "i1")
+    assert w.agent_node() == "i3"
+    assert w.node_of(w.conn_log.name) == "i2"
+    assert w.node_metric("i3", "ztna_cluster_sessions_forwarded_total") \
+        > forwarded
+    # i1 back (the same key), for the tests after this one.
+    w.restart_node("i1")
+
+
+def test_connector_intermediate_killed_during_a_download(cluster):
+    """The connector's intermediate (i2) dies: the connector moves to the
+    next address (i1) and registers there, the registry says so, and i3
+    ends the sessions of its dead link; the agent asks again and its
+    end-to-end connection moves to a session through i3's link to i1."""
+    w = cluster
+    assert w.agent_node() == "i3"
+    assert w.node_of(w.conn_log.name) == "i2"
+    download_through_a_kill(w, "i2")
+    assert w.node_of(w.conn_log.name) == "i1"
+    assert w.redis("GET", "ztna:svc:web").startswith("1 i1 ")
+    assert w.node_metric("i1", "ztna_cluster_sessions_for_peers_total") >= 1
+    assert w.node_metric("i3", "ztna_cluster_peer_links_lost_total") >= 1
+    w.restart_node("i2")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from datapath import SERVICES, sha256, world_fixture
+from datapath import SERVICES, download_across, sha256, world_fixture
 from ztna import wait_for
 
 
@@ -382,29 +382,6 @@ def test_denied_agent_reaches_nothing(world):
     time.sleep(0.5)
     assert open(log).read().count("\n") == before
     p3.terminate()
-
-
-def download_across(world, name, rate, after, action):
-    """Downloads name from the web service at rate, and runs action once
-    more than after bytes have arrived. Returns curl's exit code, its
-    stderr, the output file and how much had arrived at the action."""
-    out = os.path.join(world.tmp, name + ".got")
-    p = world.net.popen(world.agent_ns,
-                        ["curl", "-s", "-S", "-m", "300", "--limit-rate",
-                         rate, "-o", out, "http://%s/%s"
-                         % (SERVICES["web"][0], name)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: os.path.exists(out) and
-                 os.path.getsize(out) > after, timeout=120,
-                 what="the download under way")
-        at = os.path.getsize(out)
-        action()
-        _, err = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return p.returncode, err, out, at
 
 
 def test_connector_killed_during_a_download_resets_it(world):
