@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from datapath import World, download_across, sha256, stop_world
+from datapath import SERVICES, World, download_across, sha256, stop_world
 from netns import Net
 from ztna import Intermediate, Pki, wait_for
 
@@ -242,3 +242,112 @@ def test_connector_intermediate_killed_during_a_download(cluster):
     assert w.node_metric("i1", "ztna_cluster_sessions_for_peers_total") >= 1
     assert w.node_metric("i3", "ztna_cluster_peer_links_lost_total") >= 1
     w.restart_node("i2")
+
+
+def fetch_ok(w, timeout):
+    """Polls until a small file comes from web, whole."""
+    with open(os.path.join(w.files, "small.txt"), "w") as f:
+        f.write("cluster\n")
+    os.chmod(os.path.join(w.files, "small.txt"), 0o644)
+    wait_for(lambda: w.run(["curl", "-s", "-m", "3",
+                            "http://10.100.0.2/small.txt"],
+                           check=False).stdout == "cluster\n",
+             timeout=timeout, what="web answering")
+
+
+def restart_agent(w):
+    old = w.procs["agent"]
+    old.terminate()
+    assert old.wait(timeout=30) == 0
+    w.agent = w.start_agent("agent", w.agent_ns, "alice",
+                            extra={"server": NAME + ":4433"})
+
+
+def test_redis_restarted(cluster):
+    """Redis stops, and comes back empty (no persistence): what runs
+    keeps running without it, every member writes its entries again
+    within a few heartbeats, and new sessions find their way once more.
+    The registry grants nothing: eve's certificate still reaches nothing
+    of web."""
+    w = cluster
+    fetch_ok(w, 60)
+    w.procs["redis-registry"].send_signal(signal.SIGKILL)
+    w.procs["redis-registry"].wait()
+    # Running sessions do not need the registry.
+    fetch_ok(w, 30)
+    wait_for(lambda: w.node_metric("i3", "ztna_cluster_redis_up") == 0,
+             what="i3 sees Redis gone")
+    w.start_redis()
+    t0 = time.time()
+    wait_for(lambda: w.redis("GET", "ztna:svc:web").startswith("1 i1 ")
+             and all(w.redis("EXISTS", "ztna:node:" + n) == "1"
+                     for n in NODES), timeout=30,
+             what="the registry written again")
+    assert time.time() - t0 < 30
+    # A new agent process: a new end-to-end connection, a new session
+    # looked up in the new registry.
+    restart_agent(w)
+    fetch_ok(w, 60)
+    assert all(w.node_metric(n, "ztna_cluster_redis_up") == 1 for n in NODES)
+
+
+def test_forged_registry_entry(cluster):
+    """Entries written to Redis by someone else: one that sends web to a
+    node that is not an intermediate of this CA (a QUIC server with
+    another CA's intermediate certificate) routes nobody there: the link
+    fails its handshake, the agent hears "no connector", and no byte of
+    web reaches the impostor. Once the entry is gone, the real one is
+    written again and web works. And eve, whose certificate grants no
+    web, is refused at her own intermediate whatever the registry says."""
+    w = cluster
+    other = Pki(os.path.join(w.tmp, "pki-other"))
+    d = os.path.join(w.tmp, "rogue")
+    os.makedirs(d, exist_ok=True)
+    rogue = Intermediate(other, ns=w.redis_ns, port=4439, metrics_port=9099,
+                         logdir=d, name="rogue")
+    try:
+        now = int(time.time() * 1000)
+        w.redis("SET", "ztna:node:rogue", "1 %s:4439 %d" % (REDIS, now + 5000))
+        # Every service (web rides the end-to-end connection of whichever
+        # service the agent connects first), registered "later" than the
+        # real ones.
+        for svc in SERVICES:
+            w.redis("SET", "ztna:svc:" + svc,
+                    "1 rogue %d %d" % (now + 10 ** 9, now + 5000))
+        # The agent at i3, away from the connector (at i1 now); i3
+        # started afresh, so that it remembers no earlier answer.
+        w.inters["i3"].stop()
+        w.restart_node("i3")
+        w.hosts(w.agent_ns, ("i3", "i1", "i2"))
+        restart_agent(w)
+        node = w.agent_node()
+        assert node == "i3" and w.node_of(w.conn_log.name) == "i1"
+        # Its intermediate tries the impostor and refuses it.
+        wait_for(lambda: "intermediate rogue" in w.inters[node].logtext()
+                 and "cluster link failed" in w.inters[node].logtext(),
+                 what="the link to the impostor refused")
+        assert w.run(["curl", "-s", "-m", "5", "-o", "/dev/null",
+                      "http://10.100.0.2/"], check=False).returncode != 0
+        assert rogue.metric("ztna_relay_sessions_total") == 0
+        assert rogue.metric("ztna_relay_session_datagrams_total") == 0
+        w.redis("DEL", "ztna:node:rogue")
+        # Of no live node: overwritten at the next heartbeat.
+        wait_for(lambda: w.redis("GET", "ztna:svc:web").startswith("1 i1 "),
+                 timeout=30, what="the real entry back")
+        fetch_ok(w, 60)
+    finally:
+        rogue.stop()
+    # eve: web is not hers; the registry cannot make it so (an entry
+    # that is right, too, routes only what her intermediate authorized).
+    ns = w.net.ns("eve")
+    w.net.link(w.inet, "203.0.113.33/28", ns, "203.0.113.34/28")
+    w.net.route(ns, "default", "203.0.113.33")
+    w.hosts(ns, ("i3", "i1", "i2"))
+    rejected = w.node_metric("i3", "ztna_registration_rejections_total")
+    w.start_agent("eve", ns, "eve", port=9093,
+                  extra={"server": NAME + ":4433"})
+    wait_for(lambda: w.node_metric("i3", "ztna_registration_rejections_total")
+             > rejected, what="eve's registrations refused")
+    assert w.net.exec(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null",
+                           "http://10.100.0.2/"], check=False).returncode != 0
+    fetch_ok(w, 30)  # alice still does
