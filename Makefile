@@ -160,7 +160,7 @@ deb: release
 
 # --- tests -----------------------------------------------------------------
 
-UNIT := wire config metrics tls ippkt relay quic punch tunguard path api vnet
+UNIT := wire config metrics tls ippkt relay quic punch tunguard path api vnet registry
 UNIT_BIN := $(UNIT:%=$(BUILD)/test/%_test)
 
 $(BUILD)/test/%_test: test/unit/%_test.c $(COMMON_OBJ) $(BUILD)/liblwip.a
@@ -197,7 +197,7 @@ unit-run: $(UNIT_BIN) $(BUILD)/test/certs/.done
 	@set -e; for t in $(UNIT_BIN); do \
 	  echo "== $$t"; ZTNA_TEST_CERTS=$(BUILD)/test/certs $$t; done
 
-FUZZ := wire config http relay punch packet path h3 vnet
+FUZZ := wire config http relay punch packet path h3 vnet registry
 FUZZ_BIN := $(FUZZ:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 \
@@ -227,6 +227,10 @@ $(BUILD)/fuzz/fuzz_packet: test/fuzz/fuzz_packet.c src/common/tunguard.c \
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_vnet: test/fuzz/fuzz_vnet.c src/common/vnet.c \
   src/common/ippkt.c src/common/err.c
+	@mkdir -p $(@D)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_registry: test/fuzz/fuzz_registry.c src/common/registry.c \
+  src/common/netaddr.c src/common/err.c
 	@mkdir -p $(@D)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
 $(BUILD)/fuzz/fuzz_path: test/fuzz/fuzz_path.c src/common/path.c

@@ -1,7 +1,9 @@
 /* fuzz_relay.c - the intermediate's datagram dispatcher and signaling
  * reassembly on hostile input: a script of datagrams, stream bytes, clock
- * ticks and reconnects from three clients (agent, wildcard agent,
- * connector). */
+ * ticks and reconnects from four clients (agent, wildcard agent,
+ * connector, and a link to another intermediate of a cluster, where the
+ * relay forwards sessions for a service with no connector here:
+ * "other"). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,14 @@ static int send_signal(void *conn, const uint8_t *d, size_t n, void *ud)
   return 0;
 }
 
+static struct relay_client *link_client;
+
+static struct relay_client *route(const char *id, size_t len, void *ud)
+{
+  (void)ud;
+  return len == 5 && !memcmp(id, "other", 5) ? link_client : NULL;
+}
+
 static struct tls_identity ident(const char *cn, const char *san)
 {
   struct tls_identity id;
@@ -42,12 +52,13 @@ static struct tls_identity ident(const char *cn, const char *san)
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 {
   static const struct relay_io io = { send_dgram, send_signal, NULL, NULL,
-                                      NULL };
+                                      NULL, route, NULL };
   struct relay_limits lim = { 4, 4, 16, 8 };
-  struct tls_identity ids[3] = { ident("a", "agent.echo.ztna"),
+  struct tls_identity ids[4] = { ident("a", "agent.echo.ztna"),
                                  ident("b", "agent.*.ztna"),
-                                 ident("c", "connector.echo.ztna") };
-  struct relay_client *cl[3];
+                                 ident("c", "connector.echo.ztna"),
+                                 ident("i", "ztna-server") };
+  struct relay_client *cl[4];
   struct relay *r;
   uint8_t reg[16];
   uint64_t now = 0;
@@ -55,8 +66,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 
   if (relay_new(&r, &io, &lim) < 0)
     return 0;
+  int k;
+
   for (int i = 0; i < 3; i++) {
-    int k;
     cl[i] = relay_client_new(r, &cl[i], &ids[i]);
     k = wire_register_encode(reg, sizeof(reg),
                              i == 2 ? WIRE_REG_CONNECTOR : WIRE_REG_AGENT,
@@ -67,8 +79,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
     }
     relay_datagram(r, cl[i], reg, (size_t)k);
   }
+  k = wire_register_encode(reg, sizeof(reg), WIRE_REG_AGENT, "other", 5);
+  relay_datagram(r, cl[1], reg, (size_t)k);
+  cl[3] = link_client = relay_client_new(r, &cl[3], &ids[3]);
+  relay_client_set_peer(cl[3]);
   while (off + 4 <= n) {
-    uint8_t op = d[off] % 4, who = d[off + 1] % 3;
+    uint8_t op = d[off] % 4, who = d[off + 1] % 4;
     size_t len = (size_t)d[off + 2] << 8 | d[off + 3];
 
     off += 4;
@@ -88,6 +104,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
     case 3:
       relay_client_del(r, cl[who]);
       cl[who] = relay_client_new(r, &cl[who], &ids[who]);
+      if (who == 3) {
+        link_client = cl[who];
+        relay_client_set_peer(cl[who]);
+      }
       break;
     }
     off += len;

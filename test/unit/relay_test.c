@@ -70,7 +70,7 @@ static void f_refused(void *conn, const char *role, const uint8_t *id,
 }
 
 static const struct relay_io fio = { f_send_dgram, f_send_signal, NULL,
-                                     NULL, f_refused };
+                                     NULL, f_refused, NULL, NULL };
 
 static struct tls_identity ident(const char *cn, const char *san1,
                                  const char *san2)
@@ -846,6 +846,175 @@ static void test_relay_revocation_ends_carrying_sessions(void **state)
   relay_del(w.r);
 }
 
+/* --- a cluster: two relays joined by a link ------------------------------ */
+
+static struct relay_client *route_to; /* what A's route_cb answers */
+
+static struct relay_client *f_route(const char *id, size_t len, void *ud)
+{
+  (void)id, (void)len, (void)ud;
+  return route_to;
+}
+
+static const struct relay_io fio_cluster = { f_send_dgram, f_send_signal,
+                                             NULL, NULL, f_refused,
+                                             f_route, NULL };
+
+/* Hands what one relay sent on its link to the other relay. */
+static void deliver(struct relay *to, struct relay_client *from,
+                    struct fconn *f)
+{
+  relay_datagram(to, from, f->last, f->lastlen);
+}
+
+/* An agent at relay A, the connector at relay B: A asks B for the session
+ * over their link, the packets cross it under B's session id and reach
+ * the agent under A's, and either side's end reaches the other. A link
+ * carries sessions only, a pending request expires, a late answer is
+ * closed at B, and a lost link ends the sessions through it. */
+static void test_relay_cluster_forwarding(void **state)
+{
+  struct relay_limits la = { .rsession_base = 1000 };
+  struct relay_limits lb = { .rsession_base = 5000 };
+  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
+  struct tls_identity ic = ident("conn", "ztna-connector",
+                                 "connector.echo.ztna");
+  struct tls_identity ii = ident("i", "ztna-server", NULL);
+  struct fconn fa, fc, fpa, fpb;
+  struct relay *A, *B;
+  struct relay_client *a, *c, *pa, *pb;
+  uint8_t b[2048], st, reason;
+  uint32_t rq;
+  uint64_t sa, sb, got;
+  const uint8_t *pkt;
+  size_t n, plen;
+  int k;
+  (void)state;
+
+  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
+  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
+  assert_int_equal(relay_new(&A, &fio_cluster, &la), 0);
+  assert_int_equal(relay_new(&B, &fio_cluster, &lb), 0);
+  a = relay_client_new(A, &fa, &ia);
+  c = relay_client_new(B, &fc, &ic);
+  pa = relay_client_new(A, &fpa, &ii); /* A's end of the link */
+  pb = relay_client_new(B, &fpb, &ii); /* B's end */
+  relay_client_set_peer(pa);
+  relay_client_set_peer(pb);
+  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg(A, a, WIRE_REG_AGENT, "echo");
+  /* Not known where: no connector. */
+  route_to = NULL;
+  n = (size_t)wire_session_open_encode(b, sizeof(b), 7, "echo", 4);
+  relay_datagram(A, a, b, n);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &sa), 0);
+  assert_int_equal(st, WIRE_SESSION_NO_CONNECTOR);
+  /* Known: asked of B; the agent waits for B's answer. */
+  route_to = pa;
+  fa.ndgrams = 0;
+  relay_datagram(A, a, b, n);
+  assert_int_equal(fa.ndgrams, 0);
+  assert_int_equal(fpa.last[0], WIRE_SESSION_OPEN);
+  relay_datagram(A, a, b, n); /* repeated: still one request */
+  assert_int_equal(fpa.ndgrams, 1);
+  deliver(B, pb, &fpa);
+  assert_int_equal(wire_session_opened_decode(fpb.last, fpb.lastlen, &rq,
+                                              &st, &sb), 0);
+  assert_int_equal(st, WIRE_SESSION_OK);
+  assert_int_equal(sb, 5000);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &sa), 0);
+  assert_true(rq == 7 && st == WIRE_SESSION_OK && sa == 1000);
+  assert_int_equal(relay_stats(A)->rsessions_forwarded, 1);
+  assert_int_equal(relay_stats(B)->rsessions_for_peers, 1);
+  /* A repeated request once answered: the same session. */
+  relay_datagram(A, a, b, n);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &got), 0);
+  assert_true(st == WIRE_SESSION_OK && got == sa);
+  /* Agent to connector: renamed to B's id on the link, unchanged after. */
+  n = data(b, sa, "\x40 inner");
+  relay_datagram(A, a, b, n);
+  assert_int_equal(wire_session_data_decode(fpa.last, fpa.lastlen, &got,
+                                            &pkt, &plen), 0);
+  assert_true(got == sb && plen == 7 && !memcmp(pkt, "\x40 inner", 7));
+  deliver(B, pb, &fpa);
+  assert_int_equal(wire_session_data_decode(fc.last, fc.lastlen, &got, &pkt,
+                                            &plen), 0);
+  assert_true(got == sb && plen == 7);
+  /* And back. */
+  n = data(b, sb, "\x41 back");
+  relay_datagram(B, c, b, n);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_data_decode(fa.last, fa.lastlen, &got, &pkt,
+                                            &plen), 0);
+  assert_true(got == sa && plen == 6 && !memcmp(pkt, "\x41 back", 6));
+  /* A link carries sessions only: no registration, no raw IP. */
+  k = fpb.ndgrams;
+  reg(B, pb, WIRE_REG_CONNECTOR, "echo");
+  assert_int_equal(fpb.ndgrams, k);
+  assert_true(relay_stats(B)->drops[RELAY_DROP_UNEXPECTED] >= 1);
+  /* The agent's own id is not B's: DATA under it from the link is not
+   * taken for the agent's session. */
+  n = data(b, sa, "\x41 wrong id");
+  k = fa.ndgrams;
+  relay_datagram(A, pa, b, n);
+  assert_int_equal(fa.ndgrams, k);
+  /* The connector leaves B: the agent at A hears it, under its id. */
+  relay_client_del(B, c);
+  assert_int_equal(wire_session_closed_decode(fpb.last, fpb.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sb && reason == WIRE_SESSION_GONE);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_closed_decode(fa.last, fa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sa && reason == WIRE_SESSION_GONE);
+  assert_int_equal(relay_rsession_count(A), 0);
+  assert_int_equal(relay_rsession_count(B), 0);
+  /* No answer from B in time: the agent hears "no connector"; B's late
+   * answer is closed there. */
+  n = (size_t)wire_session_open_encode(b, sizeof(b), 8, "echo", 4);
+  relay_datagram(A, a, b, n);
+  assert_int_equal(relay_rsession_count(A), 1);
+  memcpy(b, fpa.last, fpa.lastlen); /* the request, kept */
+  relay_expire(A, RELAY_FORWARD_TTL_MS);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &got), 0);
+  assert_true(rq == 8 && st == WIRE_SESSION_NO_CONNECTOR);
+  assert_int_equal(relay_rsession_count(A), 0);
+  n = (size_t)wire_session_opened_encode(b, sizeof(b), 2, WIRE_SESSION_OK,
+                                         777);
+  relay_datagram(A, pa, b, n);
+  assert_int_equal(wire_session_closed_decode(fpa.last, fpa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == 777 && reason == WIRE_SESSION_CLOSED_BY_PEER);
+  /* A session through the link, then the link goes: the agent hears it. */
+  c = relay_client_new(B, &fc, &ic);
+  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  n = (size_t)wire_session_open_encode(b, sizeof(b), 9, "echo", 4);
+  relay_datagram(A, a, b, n);
+  deliver(B, pb, &fpa);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &sa), 0);
+  assert_true(rq == 9 && st == WIRE_SESSION_OK);
+  relay_client_del(A, pa);
+  assert_int_equal(wire_session_closed_decode(fa.last, fa.lastlen, &got,
+                                              &reason), 0);
+  assert_true(got == sa && reason == WIRE_SESSION_GONE);
+  relay_client_del(B, pb); /* and B's end: the connector hears it */
+  assert_int_equal(wire_session_closed_decode(fc.last, fc.lastlen, &got,
+                                              &reason), 0);
+  assert_true(reason == WIRE_SESSION_GONE);
+  assert_int_equal(relay_rsession_count(A), 0);
+  assert_int_equal(relay_rsession_count(B), 0);
+  route_to = NULL;
+  relay_del(A);
+  relay_del(B);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -863,6 +1032,7 @@ int main(void)
     cmocka_unit_test(test_relay_sessions_opaque_forwarding),
     cmocka_unit_test(test_relay_sessions_bounded),
     cmocka_unit_test(test_relay_revocation_ends_carrying_sessions),
+    cmocka_unit_test(test_relay_cluster_forwarding),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
