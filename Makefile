@@ -297,6 +297,7 @@ SAN_BUILD := $(BUILD)/asan
 SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
   test/e2e/test_direct.py test/e2e/test_hardening.py \
   test/e2e/test_deploy.py test/e2e/test_e2e.py test/e2e/test_api.py \
+  test/e2e/test_cluster.py \
   test/e2e/test_zz_sanitizer.py
 sanitize: tools $(BUILD)/zclient
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
