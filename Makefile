@@ -56,6 +56,7 @@ LWIP_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) -w -Isrc/lwip \
                -I$(LWIP_SRC)/include
 
 .PHONY: all deps check unit transport fuzz-short fuzz e2e install clean \
+        demo-cluster cluster-load \
         distclean format demo bench sanitize lint tools unit-run release \
         image deb
 all: ztna
@@ -273,6 +274,11 @@ $(BUILD)/zclient: test/tools/zclient.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
 
+$(BUILD)/zload: test/tools/zload.c $(COMMON_OBJ) $(BUILD)/liblwip.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc/common -o $@ $< $(COMMON_OBJ) \
+	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
+
 PYTEST := /usr/bin/python3 -m pytest
 e2e: tools ztna $(BUILD)/zclient
 	$(PYTEST) -v test/e2e
@@ -321,6 +327,15 @@ lint:
 # The main job, shown on this machine (root: namespaces and a TUN).
 demo: tools ztna
 	/usr/bin/python3 examples/demo.py
+
+# A cluster of three intermediates on Redis losing a member (docs/cluster.md).
+demo-cluster: tools ztna
+	/usr/bin/python3 examples/demo_cluster.py
+
+# The cluster's capacity figures: N simulated agents (default 2000) at one
+# member, their sessions made at another (docs/cluster.md).
+cluster-load: tools ztna $(BUILD)/zload
+	/usr/bin/python3 test/bench/cluster_load.py $(N)
 
 # Throughput and latency of the direct and relay paths against a baseline
 # measured in the same run (BENCH_SECONDS per iperf3 run, default 5).

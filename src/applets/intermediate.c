@@ -832,6 +832,22 @@ static int load_tls(struct ictx *x, struct tls_ctx **out, char *err,
   return rv;
 }
 
+/* The client context of links to the other intermediates: our
+ * certificate as the client's, theirs must be valid for ztna-server under
+ * our CA. */
+static int load_peer_tls(struct ictx *x, struct tls_ctx **out, char *err,
+                         size_t errlen)
+{
+  struct tls_config tc;
+
+  tls_config_init(&tc);
+  tc.cert_file = x->cfg.cert_path;
+  tc.key_file = x->cfg.key_path;
+  tc.ca_file = x->cfg.ca_cert_path;
+  tc.verify_name = ID_SERVER_NAME;
+  return tls_ctx_new(out, 0, &tc, err, errlen);
+}
+
 static int parse_bind(const char *host, uint16_t port,
                       struct sockaddr_storage *ss)
 {
@@ -928,6 +944,19 @@ static int reload(void *ud, struct jw *w, char *err, size_t errlen)
     metric_inc(x->mx_reload_failures);
     log_warnx("reload failed: keeping the certificates and policy in use");
     return -1;
+  }
+  if (x->peer_tls) { /* links made from now on use the new certificate */
+    struct tls_ctx *pt;
+    if (load_peer_tls(x, &pt, err, errlen) < 0) {
+      tls_ctx_unref(tls);
+      cfg_policy_free(p);
+      free(p);
+      metric_inc(x->mx_reload_failures);
+      log_warnx("reload failed: keeping the certificates and policy in use");
+      return -1;
+    }
+    tls_ctx_unref(x->peer_tls);
+    x->peer_tls = pt;
   }
   file_sums(x, sums);
   quic_endpoint_set_server_tls(x->ep, tls);
@@ -1057,6 +1086,50 @@ static void api_service(const struct relay_service_info *si, void *ud)
   jw_end(w);
 }
 
+/* The cluster part of the status (docs/api.md). */
+static void api_cluster(struct ictx *x, struct jw *w)
+{
+  const struct cluster_stats *cs = cluster_stats(x->cl);
+  const struct relay_stats *rs = relay_stats(x->relay);
+  char a[64];
+
+  jw_obj(w, "cluster");
+  jw_str(w, "node", cluster_node(x->cl));
+  jw_str(w, "advertise", x->cfg.cluster_advertise);
+  jw_str(w, "redis", x->cfg.cluster_redis);
+  jw_bool(w, "redis_up", cs->redis_up);
+  jw_u64(w, "services_held", cs->services);
+  jw_u64(w, "sessions_forwarded", rs->rsessions_forwarded);
+  jw_u64(w, "sessions_for_peers", rs->rsessions_for_peers);
+  jw_arr(w, "links");
+  for (size_t i = 0; i < PEERS_MAX; i++) {
+    const struct plink *pl = &x->peers[i];
+    if (!pl->node[0])
+      continue;
+    jw_obj(w, NULL);
+    jw_str(w, "node", pl->node);
+    jw_str(w, "address",
+           netaddr_str((const struct sockaddr *)&pl->addr, a, sizeof(a)));
+    jw_str(w, "direction", "out");
+    jw_bool(w, "up", pl->ic && pl->ic->rc);
+    if (pl->ic && pl->ic->rc)
+      jw_u64(w, "rtt_us", quic_conn_rtt_us(pl->ic->c));
+    jw_end(w);
+  }
+  for (struct iconn *ic = x->conns; ic; ic = ic->next) {
+    if (!ic->peer || ic->pl)
+      continue;
+    jw_obj(w, NULL);
+    jw_str(w, "address", netaddr_str(quic_conn_peer(ic->c), a, sizeof(a)));
+    jw_str(w, "direction", "in");
+    jw_bool(w, "up", 1);
+    jw_u64(w, "rtt_us", quic_conn_rtt_us(ic->c));
+    jw_end(w);
+  }
+  jw_end(w);
+  jw_end(w);
+}
+
 static void api_status(void *ud, struct jw *w)
 {
   struct ictx *x = ud;
@@ -1102,6 +1175,8 @@ static void api_status(void *ud, struct jw *w)
   jw_arr(w, "services");
   relay_describe_services(x->relay, api_service, w);
   jw_end(w);
+  if (x->cl)
+    api_cluster(x, w);
   relay_limits_get(x->relay, &lim);
   jw_obj(w, "limits");
   jw_limit(w, "connections", x->cfg.max_connections ? x->cfg.max_connections
@@ -1390,7 +1465,6 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
                          struct sockaddr_storage *adv, char *pass,
                          size_t passcap)
 {
-  struct tls_config tc;
   char err[512];
   const char *src = x->config_path[0] ? x->config_path : "the options";
 
@@ -1439,19 +1513,12 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
     pass[strcspn(pass, "\r\n")] = '\0';
     cc->redis_password = pass;
   }
-  /* Links to the others: our certificate as the client's, theirs must be
-   * valid for ztna-server under our CA. */
-  tls_config_init(&tc);
-  tc.cert_file = x->cfg.cert_path;
-  tc.key_file = x->cfg.key_path;
-  tc.ca_file = x->cfg.ca_cert_path[0] ? x->cfg.ca_cert_path : NULL;
-  tc.verify_name = ID_SERVER_NAME;
-  if (!tc.ca_file) {
+  if (!x->cfg.ca_cert_path[0]) {
     fprintf(stderr, "ztna intermediate: a cluster member needs the CA "
             "(--ca) to verify the other intermediates\n");
     return 1;
   }
-  if (tls_ctx_new(&x->peer_tls, 0, &tc, err, sizeof(err)) < 0) {
+  if (load_peer_tls(x, &x->peer_tls, err, sizeof(err)) < 0) {
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
   }
