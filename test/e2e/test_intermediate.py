@@ -99,15 +99,49 @@ def test_registration(lone, pki, inter, clients):
     assert "registration as agent for 'a\\xc3(' refused" in log
 
 
+def server_only_cert(pki, name):
+    """A certificate of the deployment's CA for serverAuth only (openssl:
+    ztna keygen makes none such any more)."""
+    d = str(pki.dir)
+    key, csr, crt = ("%s/%s.%s" % (d, name, x) for x in ("key", "csr", "crt"))
+    ext = "%s/%s.ext" % (d, name)
+    with open(ext, "w") as f:
+        f.write("extendedKeyUsage=serverAuth\n"
+                "subjectAltName=DNS:ztna-server\n")
+    for cmd in (["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out",
+                 csr, "-subj", "/CN=" + name],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", pki.ca,
+                 "-CAkey", d + "/ca.key", "-CAcreateserial", "-days", "30",
+                 "-extfile", ext, "-out", crt]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return crt, key
+
+
 def test_server_certificate_is_no_client_certificate(lone, pki, inter,
                                                      clients):
     # A certificate of the deployment, but only for serverAuth: the
     # handshake fails with bad_certificate (42) before anything else.
-    stray = pki.issue("intermediate", "stray")
+    stray = server_only_cert(pki, "stray")
     c = Client(SERVER, pki, cert=stray, ns=lone)
     clients.append(c)
     assert c.expect("closed ") == "closed 0 0 298 42 -"
     assert not [e for e in c.events if e.startswith("up ")]
+
+
+def test_intermediate_certificate_outside_a_cluster(lone, pki, inter,
+                                                    clients):
+    # An intermediate's certificate (serverAuth and clientAuth) as a
+    # client of an intermediate that is in no cluster: it connects, as
+    # any certificate of the CA does, and is no cluster link: it can
+    # register nothing and opens no relay session.
+    other = pki.issue("intermediate", "other-member")
+    c = client(clients, pki, lone, other)
+    c.send("reg connector echo")
+    assert c.expect("nack").startswith("nack 2 ")
+    c.send("raw " + (b"\x31\x00\x00\x00\x01\x04echo").hex())
+    # OPENED, request 1: denied (2), no session.
+    assert c.expect("dgram ") == "dgram 32" "00000001" "02" + "00" * 8
 
 
 def test_relay_with_translation(lone, pki, inter, clients):
