@@ -15,6 +15,7 @@
 #include <wolfssl/options.h>
 #include <wolfssl/version.h>
 #include <nghttp3/nghttp3.h>
+#include <hiredis/hiredis.h>
 
 #include "applets.h"
 #include "version.h"
@@ -54,6 +55,7 @@ static void version(void)
   printf("libuv %s\n", uv_version_string());
   printf("lwIP %s\n", LWIP_VERSION_STRING);
   printf("nghttp3 %s\n", nghttp3_version(0)->version_str);
+  printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
 /* Creates DIR/<applet> -> ztna for every applet, for minimal containers. */

@@ -1499,6 +1499,12 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
   cc->redis_user = x->cfg.cluster_redis_user[0] ? x->cfg.cluster_redis_user
                                                 : NULL;
   cc->redis_password = NULL;
+  if (cc->redis_user && !x->cfg.cluster_redis_password_file[0]) {
+    fprintf(stderr, "ztna intermediate: cluster_redis_user '%s' needs its "
+            "password: set --cluster-redis-password-file FILE "
+            "(cluster_redis_password_file in %s)\n", cc->redis_user, src);
+    return 1;
+  }
   if (x->cfg.cluster_redis_password_file[0]) {
     FILE *f = fopen(x->cfg.cluster_redis_password_file, "r");
     if (!f || !fgets(pass, (int)passcap, f)) {

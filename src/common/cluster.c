@@ -1,7 +1,9 @@
 /* cluster.c - registry writes and lookups in Redis (cluster.h). */
 #include "cluster.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +51,9 @@ struct cluster {
   int connected;
   uv_timer_t timer;
   uint64_t next_connect_ms, last_beat_ms;
+  uv_getaddrinfo_t gai; /* Redis' name, looked up off the loop */
+  int resolving;
+  char ip[256];         /* what it resolved to */
   struct held *held;
   struct cached *cache;
   size_t ncache;
@@ -318,6 +323,37 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
 
 static void connect_redis(struct cluster *cl);
 
+static void up(struct cluster *cl)
+{
+  cl->connected = 1;
+  cl->st.redis_up = 1;
+  cl->st.redis_connects++;
+  log_info("cluster: connected to Redis at %s:%u as node %s", cl->host,
+           cl->port, cl->node);
+  heartbeat(cl);
+}
+
+/* Nothing is written or looked up before Redis took the password; a
+ * refused one is said once a minute while it is tried every second. */
+static void on_auth(redisAsyncContext *ac, void *r, void *priv)
+{
+  struct cluster *cl = ac->data;
+  redisReply *reply = r;
+  (void)priv;
+
+  if (!cl || !reply)
+    return;
+  if (reply->type != REDIS_REPLY_ERROR) {
+    up(cl);
+    return;
+  }
+  if (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0)
+    log_warnx("cluster: Redis at %s:%u refused our credentials: %s (check "
+              "cluster_redis_user and the password file)", cl->host,
+              cl->port, reply->str);
+  redisAsyncDisconnect(ac);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
   struct cluster *cl = ac->data;
@@ -333,12 +369,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     cl->st.redis_up = 0;
     return;
   }
-  cl->connected = 1;
-  cl->st.redis_up = 1;
-  cl->st.redis_connects++;
-  log_info("cluster: connected to Redis at %s:%u as node %s", cl->host,
-           cl->port, cl->node);
-  heartbeat(cl);
+  if (!cl->has_password)
+    up(cl);
+  /* else up once AUTH is answered (on_auth) */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -349,9 +382,10 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     return;
   if (!cl->closing) {
     cl->st.redis_failures++;
-    log_warnx("cluster: lost Redis at %s:%u: %s; registry writes and "
-              "lookups wait until it is back", cl->host, cl->port,
-              status == REDIS_OK ? "closed" : ac->errstr);
+    if (cl->connected)
+      log_warnx("cluster: lost Redis at %s:%u: %s; registry writes and "
+                "lookups wait until it is back", cl->host, cl->port,
+                status == REDIS_OK ? "closed" : ac->errstr);
   }
   cl->ac = NULL;
   cl->connected = 0;
@@ -366,7 +400,8 @@ static void connect_redis(struct cluster *cl)
   redisOptions o = { 0 };
   struct timeval tv = { 2, 0 };
 
-  REDIS_OPTIONS_SET_TCP(&o, cl->host, cl->port);
+  /* An address: hiredis never resolves a name on the loop. */
+  REDIS_OPTIONS_SET_TCP(&o, cl->ip, cl->port);
   o.connect_timeout = &tv;
   o.command_timeout = &tv;
   cl->ac = redisAsyncConnectWithOptions(&o);
@@ -387,11 +422,63 @@ static void connect_redis(struct cluster *cl)
   /* Sent as soon as the connection is up, before anything else. */
   if (cl->has_password) {
     if (cl->has_user)
-      redisAsyncCommand(cl->ac, on_write, (void *)"AUTH", "AUTH %s %s",
-                        cl->user, cl->password);
-    else
-      redisAsyncCommand(cl->ac, on_write, (void *)"AUTH", "AUTH %s",
+      redisAsyncCommand(cl->ac, on_auth, NULL, "AUTH %s %s", cl->user,
                         cl->password);
+    else
+      redisAsyncCommand(cl->ac, on_auth, NULL, "AUTH %s", cl->password);
+  }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res)
+{
+  struct cluster *cl = req->data;
+
+  cl->resolving = 0;
+  if (cl->closing) {
+    uv_freeaddrinfo(res);
+    release(cl);
+    return;
+  }
+  if (status < 0 || !res) {
+    if (!cl->st.redis_failures++ || cl->st.redis_failures % 60 == 0)
+      log_warnx("cluster: cannot resolve Redis' name %s: %s (trying every "
+                "second)", cl->host, uv_strerror(status));
+  } else {
+    if (res->ai_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, cl->ip,
+                  sizeof(cl->ip));
+    else
+      uv_ip4_name((struct sockaddr_in *)res->ai_addr, cl->ip,
+                  sizeof(cl->ip));
+    connect_redis(cl);
+  }
+  uv_freeaddrinfo(res);
+  release(cl);
+}
+
+/* Connects to Redis, after looking its name up again (in libuv's thread
+ * pool: a slow name server never stalls the relay). */
+static void reconnect(struct cluster *cl)
+{
+  struct addrinfo hints;
+  unsigned char buf[16];
+
+  if (inet_pton(AF_INET, cl->host, buf) == 1 ||
+      inet_pton(AF_INET6, cl->host, buf) == 1) {
+    snprintf(cl->ip, sizeof(cl->ip), "%s", cl->host);
+    connect_redis(cl);
+    return;
+  }
+  if (cl->resolving)
+    return;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  cl->gai.data = cl;
+  if (uv_getaddrinfo(cl->loop, &cl->gai, on_resolved, cl->host, NULL,
+                     &hints) == 0) {
+    cl->resolving = 1;
+    cl->refs++; /* released by on_resolved */
   }
 }
 
@@ -403,7 +490,7 @@ static void on_timer(uv_timer_t *t)
   if (!cl->ac) {
     if (now >= cl->next_connect_ms) {
       cl->next_connect_ms = now + 1000;
-      connect_redis(cl);
+      reconnect(cl);
     }
     return;
   }
@@ -444,7 +531,7 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
   uv_timer_init(loop, &cl->timer);
   cl->timer.data = cl;
   cl->refs = 1;
-  connect_redis(cl);
+  reconnect(cl);
   cl->next_connect_ms = uv_now(loop) + 1000;
   uv_timer_start(&cl->timer, on_timer, 1000, 1000);
   *out = cl;

@@ -113,12 +113,20 @@ class ClusterWorld(World):
                              list(args), check=False).stdout.strip()
 
     def start_node(self, name, creds=None):
+        """i3 knows Redis by a name (its namespace's /etc/hosts), which it
+        looks up off the loop; the others by its address."""
         d = os.path.join(self.tmp, name)
         os.makedirs(d, exist_ok=True)
+        redis = REDIS
+        if name == "i3":
+            redis = "redis.cluster.test"
+            os.makedirs("/etc/netns/" + self.node_ns[name], exist_ok=True)
+            with open("/etc/netns/%s/hosts" % self.node_ns[name], "w") as f:
+                f.write("127.0.0.1 localhost\n%s %s\n" % (REDIS, redis))
         self.inters[name] = Intermediate(
             self.pki, ns=self.node_ns[name], logdir=d, name=name,
             creds=creds,
-            extra=("--cluster-redis", REDIS + ":6379", "--cluster-node", name,
+            extra=("--cluster-redis", redis + ":6379", "--cluster-node", name,
                    "--cluster-advertise", NODES[name] + ":4433"))
         return self.inters[name]
 

@@ -22,13 +22,14 @@ def test_version_names_the_libraries(ztna):
     assert p.returncode == 0
     lines = p.stdout.splitlines()
     assert lines[0].startswith("ztna ")
-    for lib in ("ngtcp2 1.", "wolfSSL 5.", "libuv 1.", "lwIP 2."):
+    for lib in ("ngtcp2 1.", "wolfSSL 5.", "libuv 1.", "lwIP 2.",
+                "hiredis 1."):
         assert any(line.startswith(lib) for line in lines), lib
 
 
 def test_statically_linked_dependencies(ztna):
     out = run(["ldd", ztna]).stdout
-    for lib in ("wolfssl", "ngtcp2", "lwip", "libuv"):
+    for lib in ("wolfssl", "ngtcp2", "lwip", "libuv", "hiredis"):
         assert lib not in out
 
 

@@ -223,3 +223,61 @@ def test_forged_registry_entry(cluster):
     assert w.net.exec(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null",
                            "http://10.100.0.2/"], check=False).returncode != 0
     fetch_ok(w, 30)  # alice still does
+
+
+def test_redis_credentials(tmp_path):
+    """A Redis that asks for a password (AUTH): the member that has it in
+    its password file joins; the one with a wrong one says so, writes
+    nothing and is not up; a user without a password is a configuration
+    error. On loopback, without the cluster's namespaces."""
+    import socket
+    import subprocess
+    from ztna import ZTNA, free_port
+    pki = Pki(str(tmp_path / "pki"))
+    rport = free_port()
+    redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1",
+                              "--port", str(rport), "--requirepass",
+                              "s3cret", "--save", "", "--appendonly", "no",
+                              "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL)
+
+    def cli(*args):
+        return subprocess.run(["redis-cli", "-p", str(rport), "-a", "s3cret",
+                               "--no-auth-warning"] + list(args),
+                              capture_output=True, text=True).stdout.strip()
+
+    members = []
+    try:
+        wait_for(lambda: cli("PING") == "PONG", what="redis")
+        for name, pw in (("good", "s3cret\n"), ("bad", "wrong\n")):
+            pf = tmp_path / (name + ".pw")
+            pf.write_text(pw)
+            port = free_port(socket.SOCK_DGRAM)
+            members.append(Intermediate(
+                pki, port=port, metrics_port=free_port(), bind="127.0.0.1",
+                name=name, logdir=str(tmp_path),
+                extra=("--cluster-redis", "127.0.0.1:%d" % rport,
+                       "--cluster-node", name, "--cluster-advertise",
+                       "127.0.0.1:%d" % port,
+                       "--cluster-redis-password-file", str(pf))))
+        good, bad = members
+        wait_for(lambda: good.metric("ztna_cluster_redis_up") == 1,
+                 what="the member with the password up")
+        assert cli("GET", "ztna:node:good").startswith("1 127.0.0.1:")
+        wait_for(lambda: "refused our credentials" in bad.logtext(),
+                 what="the wrong password said")
+        assert bad.metric("ztna_cluster_redis_up") == 0
+        assert cli("EXISTS", "ztna:node:bad") == "0"
+        p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                            good.cert, "--key", good.key, "--ca", pki.ca,
+                            "--cluster-redis", "127.0.0.1:%d" % rport,
+                            "--cluster-advertise", "127.0.0.1:4433",
+                            "--cluster-redis-user", "ops"],
+                           capture_output=True, text=True)
+        assert p.returncode == 1
+        assert "cluster_redis_user 'ops' needs its password" in p.stderr
+    finally:
+        for m in members:
+            m.stop()
+        redis.kill()
+        redis.wait()

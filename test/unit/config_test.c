@@ -230,6 +230,35 @@ static void test_config_unknown_keys_warn(void **state)
   assert_int_equal(c.port, 5);
 }
 
+/* The cluster's keys (docs/cluster.md), and their default prefix. */
+static void test_config_cluster_keys(void **state)
+{
+  struct cfg_intermediate c;
+  char err[256];
+  const char *t = "{\"cluster_redis\": \"redis.example:6379\", "
+                  "\"cluster_node\": \"i1\", \"cluster_advertise\": "
+                  "\"198.51.100.2:4433\", \"cluster_redis_user\": \"ztna\", "
+                  "\"cluster_redis_password_file\": \"/etc/ztna/redis.pw\"}";
+  const char *bad = "{\"cluster_prefix\": 7}";
+  (void)state;
+
+  cfg_intermediate_defaults(&c);
+  assert_string_equal(c.cluster_prefix, "ztna");
+  assert_string_equal(c.cluster_redis, "");
+  assert_int_equal(cfg_intermediate_parse(&c, "i.json", t, strlen(t), err,
+                                          sizeof(err), NULL), 0);
+  assert_string_equal(c.cluster_redis, "redis.example:6379");
+  assert_string_equal(c.cluster_node, "i1");
+  assert_string_equal(c.cluster_advertise, "198.51.100.2:4433");
+  assert_string_equal(c.cluster_redis_user, "ztna");
+  assert_string_equal(c.cluster_redis_password_file, "/etc/ztna/redis.pw");
+  assert_int_equal(cfg_intermediate_parse(&c, "i.json", bad, strlen(bad),
+                                          err, sizeof(err), NULL),
+                   ZTNA_ERR_CONFIG);
+  assert_non_null(strstr(err, "i.json:1:"));
+  assert_non_null(strstr(err, "cluster_prefix"));
+}
+
 static void test_config_escapes_and_agent_forms(void **state)
 {
   struct cfg_agent *c = malloc(sizeof(*c));
@@ -288,6 +317,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_config_original_intermediate),
+    cmocka_unit_test(test_config_cluster_keys),
     cmocka_unit_test(test_config_original_connector),
     cmocka_unit_test(test_config_original_agent),
     cmocka_unit_test(test_config_errors),
