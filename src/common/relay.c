@@ -1412,20 +1412,30 @@ static struct session *session_find(struct relay *r, uint64_t id,
   return NULL;
 }
 
+/* A CandidateOffer: from an agent registered for the service, to the
+ * service's connector here, or (a cluster) to the link to the member that
+ * has it; from a link (another member's agent, authorized there), to the
+ * connector here only. */
 static void on_offer(struct relay *r, struct relay_client *c,
                      const struct wire_sig *m)
 {
   struct service *svc = svc_find(r, (const uint8_t *)m->service_id,
                                  m->service_id_len);
+  struct relay_client *to = svc ? svc->connector : NULL;
   struct session *s;
 
-  if (!svc || !find_reg(c, svc, POLICY_AGENT)) {
+  if (!c->peer && (!svc || !find_reg(c, svc, POLICY_AGENT))) {
     r->stats.sig_errors++;
     send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_PEER_REJECTED,
                    "not registered as an agent of this service");
     return;
   }
-  if (!svc->connector) {
+  if (!to && !c->peer && r->io.route_cb) {
+    to = r->io.route_cb(svc->id, svc->len, r->io.ud);
+    if (to && !to->peer)
+      to = NULL;
+  }
+  if (!to) {
     send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_NO_CONNECTOR,
                    "no connector for this service");
     return;
@@ -1436,7 +1446,7 @@ static void on_offer(struct relay *r, struct relay_client *c,
                    "session id already in use");
     return;
   }
-  if (c->nsessions >= r->lim.sessions_per_client ||
+  if ((!c->peer && c->nsessions >= r->lim.sessions_per_client) ||
       r->nsessions >= r->lim.sessions_total) {
     r->stats.limit_hits++;
     send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_UNKNOWN,
@@ -1452,7 +1462,7 @@ static void on_offer(struct relay *r, struct relay_client *c,
   s->id = m->session_id;
   s->created = r->sig_now;
   s->agent = c;
-  s->connector = svc->connector;
+  s->connector = to;
   s->svc = svc;
   s->offer = *m;
   s->next = r->sessions;
@@ -1520,6 +1530,21 @@ static void on_peer_error(struct relay *r, struct relay_client *c,
   }
 }
 
+/* StartPunching from the member whose connector answered an offer we
+ * passed on: to the agent, as if we had made it. */
+static void on_peer_start(struct relay *r, struct relay_client *p,
+                          const struct wire_sig *m)
+{
+  struct session *s = session_find(r, m->session_id, NULL, p);
+
+  if (!s || s->started) {
+    r->stats.sig_errors++;
+    return;
+  }
+  s->started = 1;
+  send_sig(r, s->agent, m);
+}
+
 static void on_sig(const struct wire_sig *m, void *ud)
 {
   struct relay *r = ud;
@@ -1530,6 +1555,10 @@ static void on_sig(const struct wire_sig *m, void *ud)
     on_offer(r, c, m);
     break;
   case WIRE_SIG_ANSWER:
+    if (c->peer) { /* a member passes StartPunching on, never answers */
+      r->stats.sig_errors++;
+      break;
+    }
     on_answer(r, c, m);
     break;
   case WIRE_SIG_RESULT:
@@ -1538,6 +1567,12 @@ static void on_sig(const struct wire_sig *m, void *ud)
   case WIRE_SIG_ERROR:
     on_peer_error(r, c, m);
     break;
+  case WIRE_SIG_START:
+    if (c->peer) { /* the connector's member started a punch of ours */
+      on_peer_start(r, c, m);
+      break;
+    }
+    /* fall through */
   default:
     r->stats.sig_errors++;
     send_sig_error(r, c, m->session_id, 1, WIRE_SIGERR_INVALID_MESSAGE,
@@ -1550,10 +1585,6 @@ void relay_signal(struct relay *r, struct relay_client *c, const uint8_t *d,
 {
   int was_failed = c->sig.failed;
 
-  if (c->peer) { /* links between intermediates carry no signaling */
-    r->stats.sig_errors++;
-    return;
-  }
   r->sig_from = c;
   r->sig_now = now_ms;
   if (wire_sigbuf_feed(&c->sig, d, n, on_sig, r) < 0 && !was_failed)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from cluster import (NAME, NODES, REDIS, ClusterWorld, cleanup_hosts)
+from cluster import (NAME, NO_DIRECT, NODES, REDIS, ClusterWorld,
+                     cleanup_hosts)
 from datapath import SERVICES, download_across, sha256, stop_world
 from netns import Net
 from ztna import Intermediate, Pki, wait_for
@@ -223,6 +224,33 @@ def test_forged_registry_entry(cluster):
     assert w.net.exec(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null",
                            "http://10.100.0.2/"], check=False).returncode != 0
     fetch_ok(w, 30)  # alice still does
+
+
+def test_direct_path_across_members(cluster):
+    """The punch between an agent and a connector at different members:
+    the offer crosses the link, the connector's member starts it on both
+    sides, and the end-to-end connection moves to the direct path, off the
+    intermediates (until now the firewall kept them on the relay)."""
+    w = cluster
+    w.net.exec(w.inet, ["nft", "delete", "table", "ip", "no_direct"])
+    try:
+        w.hosts(w.agent_ns, ("i3", "i1", "i2"))
+        restart_agent(w)  # a punch at once, not after an earlier backoff
+        assert w.agent_node() != w.node_of(w.conn_log.name)
+        wait_for(lambda: w.path("web") == "direct", timeout=90,
+                 what="the direct path")
+        node = w.agent_node()
+        relayed = w.node_metric(node, "ztna_relay_bytes_total")
+        src = w.make_file("direct-10m", 10 << 20)
+        out = os.path.join(w.tmp, "direct-10m.out")
+        w.run(["curl", "-sf", "-m", "120", "-o", out,
+               "http://10.100.0.2/direct-10m"])
+        assert sha256(out) == sha256(src)
+        assert w.path("web") == "direct"
+        assert w.node_metric(node, "ztna_relay_bytes_total") - relayed \
+            < 1 << 20
+    finally:
+        w.net.exec(w.inet, ["nft", "-f", "-"], input=NO_DIRECT)
 
 
 def test_redis_credentials(tmp_path):

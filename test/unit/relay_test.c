@@ -1015,6 +1015,87 @@ static void test_relay_cluster_forwarding(void **state)
   relay_del(B);
 }
 
+/* Hands the signaling bytes one relay sent on its link to the other. */
+static void deliver_sig(struct relay *to, struct relay_client *from,
+                        struct fconn *f)
+{
+  uint8_t buf[sizeof(f->sig)];
+  size_t n = f->siglen;
+
+  memcpy(buf, f->sig, n);
+  f->siglen = 0;
+  relay_signal(to, from, buf, n, 0);
+}
+
+/* A punch between an agent at A and a connector at B: the offer crosses
+ * the link, the connector's member starts the punch on both sides, the
+ * agent's result ends it on both; a link never answers an offer itself,
+ * and "no connector" at B reaches the agent. */
+static void test_relay_cluster_signaling(void **state)
+{
+  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
+  struct tls_identity ic = ident("conn", "ztna-connector",
+                                 "connector.echo.ztna");
+  struct tls_identity ii = ident("i", "ztna-server", NULL);
+  struct fconn fa, fc, fpa, fpb;
+  struct relay *A, *B;
+  struct relay_client *a, *c, *pa, *pb;
+  uint32_t code = 0;
+  uint64_t sid = 0;
+  (void)state;
+
+  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
+  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
+  assert_int_equal(relay_new(&A, &fio_cluster, NULL), 0);
+  assert_int_equal(relay_new(&B, &fio_cluster, NULL), 0);
+  a = relay_client_new(A, &fa, &ia);
+  c = relay_client_new(B, &fc, &ic);
+  pa = relay_client_new(A, &fpa, &ii);
+  pb = relay_client_new(B, &fpb, &ii);
+  relay_client_set_peer(pa);
+  relay_client_set_peer(pb);
+  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg(A, a, WIRE_REG_AGENT, "echo");
+  /* Nowhere known: no connector. */
+  route_to = NULL;
+  sig(A, a, WIRE_SIG_OFFER, 7, "echo", 0);
+  assert_int_equal(last_sig(&fa, &code, NULL), WIRE_SIG_ERROR);
+  assert_int_equal(code, WIRE_SIGERR_NO_CONNECTOR);
+  /* At B: the offer crosses the link to the connector. */
+  route_to = pa;
+  sig(A, a, WIRE_SIG_OFFER, 7, "echo", 0);
+  assert_int_equal(fpa.nsig, 1);
+  deliver_sig(B, pb, &fpa);
+  assert_int_equal(last_sig(&fc, NULL, &sid), WIRE_SIG_OFFER);
+  assert_int_equal(sid, 7);
+  /* A link does not answer for a connector. */
+  sig(A, pa, WIRE_SIG_ANSWER, 7, NULL, 0);
+  assert_int_equal(last_sig(&fa, NULL, NULL), -1);
+  /* The connector answers: StartPunching to it, and across to the agent. */
+  sig(B, c, WIRE_SIG_ANSWER, 7, NULL, 0);
+  assert_int_equal(last_sig(&fc, NULL, NULL), WIRE_SIG_START);
+  deliver_sig(A, pa, &fpb);
+  assert_int_equal(last_sig(&fa, NULL, &sid), WIRE_SIG_START);
+  assert_int_equal(sid, 7);
+  /* The agent's result ends it at both. */
+  sig(A, a, WIRE_SIG_RESULT, 7, NULL, 0);
+  deliver_sig(B, pb, &fpa);
+  assert_int_equal(last_sig(&fc, NULL, NULL), WIRE_SIG_RESULT);
+  assert_int_equal(relay_session_count(A), 0);
+  assert_int_equal(relay_session_count(B), 0);
+  /* The connector gone from B: its "no connector" reaches the agent. */
+  relay_client_del(B, c);
+  sig(A, a, WIRE_SIG_OFFER, 8, "echo", 0);
+  deliver_sig(B, pb, &fpa);
+  deliver_sig(A, pa, &fpb);
+  assert_int_equal(last_sig(&fa, &code, &sid), WIRE_SIG_ERROR);
+  assert_true(code == WIRE_SIGERR_NO_CONNECTOR && sid == 8);
+  assert_int_equal(relay_session_count(A), 0);
+  route_to = NULL;
+  relay_del(A);
+  relay_del(B);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1033,6 +1114,7 @@ int main(void)
     cmocka_unit_test(test_relay_sessions_bounded),
     cmocka_unit_test(test_relay_revocation_ends_carrying_sessions),
     cmocka_unit_test(test_relay_cluster_forwarding),
+    cmocka_unit_test(test_relay_cluster_signaling),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
