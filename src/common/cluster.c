@@ -122,15 +122,17 @@ static void write_service(struct cluster *cl, const struct held *h,
                           uint64_t now)
 {
   char key[REG_KEY_MAX], val[REG_VALUE_MAX + 1], since[24];
+  int kl = registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len);
 
-  if (registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len) < 0 ||
+  if (kl < 0 ||
       registry_svc_encode(val, sizeof(val), cl->node, h->since_ms, now) < 0)
     return;
   snprintf(since, sizeof(since), "%llu", (unsigned long long)h->since_ms);
   cl->st.writes++;
   redisAsyncCommand(cl->ac, on_write, (void *)"service entry",
-                    "EVAL %s 1 %s %s %s %s %d %s", registry_lua_set_svc,
-                    key, val, cl->node, since, CLUSTER_TTL_MS, cl->prefix);
+                    "EVAL %s 1 %b %s %s %s %d %s", registry_lua_set_svc,
+                    key, (size_t)kl, val, cl->node, since, CLUSTER_TTL_MS,
+                    cl->prefix);
 }
 
 static void heartbeat(struct cluster *cl)
@@ -170,15 +172,16 @@ void cluster_service(struct cluster *cl, const char *id, size_t len, int up)
       write_service(cl, h, wall_ms());
   } else if (!up && *pp) {
     char key[REG_KEY_MAX];
+    int kl;
     h = *pp;
     *pp = h->next;
     cl->st.services--;
-    if (cl->connected &&
-        registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len) >= 0) {
+    kl = registry_key(key, sizeof(key), cl->prefix, "svc", h->id, h->len);
+    if (cl->connected && kl >= 0) {
       cl->st.writes++;
       redisAsyncCommand(cl->ac, on_write, (void *)"service removal",
-                        "EVAL %s 1 %s %s", registry_lua_del_svc, key,
-                        cl->node);
+                        "EVAL %s 1 %b %s", registry_lua_del_svc, key,
+                        (size_t)kl, cl->node);
     }
     free(h);
   }
@@ -266,6 +269,7 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
   uint64_t now = uv_now(cl->loop);
   struct cached *c;
   struct lookup *lk;
+  int kl;
 
   if (len > WIRE_SERVICE_ID_MAX)
     return 0;
@@ -299,8 +303,8 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
     memcpy(c->id, folded, len + 1);
     c->len = len;
   }
-  if (registry_key(key, sizeof(key), cl->prefix, "svc", id, len) < 0 ||
-      !(lk = calloc(1, sizeof(*lk))))
+  kl = registry_key(key, sizeof(key), cl->prefix, "svc", id, len);
+  if (kl < 0 || !(lk = calloc(1, sizeof(*lk))))
     return 0;
   lk->cl = cl;
   lk->len = len;
@@ -309,8 +313,8 @@ int cluster_route(struct cluster *cl, const char *id, size_t len,
   c->asked_ms = now;
   cl->inflight++;
   cl->st.lookups++;
-  if (redisAsyncCommand(cl->ac, on_lookup, lk, "EVAL %s 1 %s %s", lua_lookup,
-                        key, cl->prefix) != REDIS_OK) {
+  if (redisAsyncCommand(cl->ac, on_lookup, lk, "EVAL %s 1 %b %s", lua_lookup,
+                        key, (size_t)kl, cl->prefix) != REDIS_OK) {
     cl->inflight--;
     c->inflight = 0;
     cl->st.lookup_errors++;
@@ -554,12 +558,14 @@ void cluster_del(struct cluster *cl)
     /* Leaving: our entries go now rather than at their expiry, so that
      * nobody is routed here meanwhile; the connection closes once Redis
      * answered (or the command timeout passed). */
-    for (struct held *h = cl->held; h; h = h->next)
-      if (registry_key(key, sizeof(key), cl->prefix, "svc", h->id,
-                       h->len) >= 0)
+    for (struct held *h = cl->held; h; h = h->next) {
+      int kl = registry_key(key, sizeof(key), cl->prefix, "svc", h->id,
+                            h->len);
+      if (kl >= 0)
         redisAsyncCommand(cl->ac, on_write, (void *)"service removal",
-                          "EVAL %s 1 %s %s", registry_lua_del_svc, key,
-                          cl->node);
+                          "EVAL %s 1 %b %s", registry_lua_del_svc, key,
+                          (size_t)kl, cl->node);
+    }
     if (registry_key(key, sizeof(key), cl->prefix, "node", cl->node,
                      strlen(cl->node)) >= 0)
       redisAsyncCommand(cl->ac, on_write, (void *)"node removal", "DEL %s",
