@@ -309,3 +309,22 @@ def test_redis_credentials(tmp_path):
             m.stop()
         redis.kill()
         redis.wait()
+
+
+def test_cluster_alerts_use_exported_metrics(cluster):
+    """The alert rules on cluster metrics (packaging/monitoring) name
+    metrics a member exports (test_datapath.py checks the others)."""
+    import re
+    import yaml
+    mon = os.path.join(os.path.dirname(__file__), "..", "..", "packaging",
+                       "monitoring")
+    exported = set(cluster.inters["i1"].metrics())
+    exported = {k.split("{")[0] for k in exported}
+    rules = yaml.safe_load(open(os.path.join(mon, "ztna-alerts.yml")))
+    used = 0
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            for m in re.findall(r"\bztna_cluster_[a-z_]+", r["expr"]):
+                assert m in exported, (m, r["expr"])
+                used += 1
+    assert used >= 3
