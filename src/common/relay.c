@@ -598,6 +598,8 @@ static void on_peer_opened(struct relay *r, struct relay_client *p,
     return;
   }
   if (status != WIRE_SESSION_OK || id == 0 || rr_find(r, p, id)) {
+    if (status == WIRE_SESSION_OK && id) /* an id in use: not ours */
+      send_closed(r, p, id, WIRE_SESSION_CLOSED_BY_PEER);
     send_opened(r, s->agent, s->req,
                 status == WIRE_SESSION_OK ? WIRE_SESSION_NO_CONNECTOR
                                           : status, 0);
@@ -690,16 +692,14 @@ static void count_forward(struct relay *r, int rv, size_t n)
 }
 
 /* A forwarded session's packet under the id the next hop knows it by. */
-static void forward_renamed(struct relay *r, struct rsess *s,
-                            struct relay_client *to, uint64_t id,
-                            const uint8_t *pkt, size_t len)
+static void forward_renamed(struct relay *r, struct relay_client *to,
+                            uint64_t id, const uint8_t *pkt, size_t len)
 {
   uint8_t hdr[WIRE_SESSION_HDR_LEN];
   struct iovec v[2] = { { hdr, sizeof(hdr) },
                         { (void *)(uintptr_t)pkt, len } };
   int rv;
 
-  (void)s;
   wire_session_data_header(hdr, sizeof(hdr), id);
   rv = r->io.send_dgram(to->conn, v, 2, r->io.ud);
   if (rv == 0)
@@ -729,7 +729,7 @@ static void on_session_data(struct relay *r, struct relay_client *c,
     s = NULL;
   if (!s && c->peer && (s = rr_find(r, c, id)) != NULL) {
     /* From the connector's intermediate: to the agent, by our id. */
-    forward_renamed(r, s, s->agent, s->id, pkt, len);
+    forward_renamed(r, s->agent, s->id, pkt, len);
     return;
   }
   if (s && s->connector == c && c->peer) /* our id from the far side */
@@ -740,7 +740,7 @@ static void on_session_data(struct relay *r, struct relay_client *c,
     if (s->pending)
       drop(r, RELAY_DROP_NO_ROUTE);
     else
-      forward_renamed(r, s, s->connector, s->remote, pkt, len);
+      forward_renamed(r, s->connector, s->remote, pkt, len);
     return;
   }
   if (!s) {
