@@ -598,8 +598,6 @@ static void on_peer_opened(struct relay *r, struct relay_client *p,
     return;
   }
   if (status != WIRE_SESSION_OK || id == 0 || rr_find(r, p, id)) {
-    if (status == WIRE_SESSION_OK && id) /* an id in use: not ours */
-      send_closed(r, p, id, WIRE_SESSION_CLOSED_BY_PEER);
     send_opened(r, s->agent, s->req,
                 status == WIRE_SESSION_OK ? WIRE_SESSION_NO_CONNECTOR
                                           : status, 0);
