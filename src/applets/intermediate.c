@@ -1596,21 +1596,22 @@ int intermediate_main(int argc, char **argv)
   if (!x.cfg.require_client_cert)
     log_warnx("require_client_cert is off: clients without a certificate "
               "may connect (they can register nothing)");
-  if (load_tls(&x, &x.tls, err, sizeof(err)) < 0 ||
-      load_policy(&x, &pol, err, sizeof(err)) < 0)
+  if (load_tls(&x, &x.tls, err, sizeof(err)) < 0)
     return 1;
+  rv = load_policy(&x, &pol, err, sizeof(err)) < 0;
   file_sums(&x, x.sums);
-  if (x.cfg.cluster_redis[0] &&
-      cluster_setup(&x, &cc, redis_host, sizeof(redis_host), &adv,
-                    redis_pass, sizeof(redis_pass)))
-    return 1;
-  if (o.check) {
-    printf("configuration OK\n");
+  if (!rv && x.cfg.cluster_redis[0])
+    rv = cluster_setup(&x, &cc, redis_host, sizeof(redis_host), &adv,
+                       redis_pass, sizeof(redis_pass));
+  if (rv || o.check) {
+    /* A bad configuration, or only its check: nothing kept. */
+    if (!rv)
+      printf("configuration OK\n");
     tls_ctx_unref(x.tls);
     tls_ctx_unref(x.peer_tls);
     cfg_policy_free(pol);
     free(pol);
-    return 0;
+    return rv ? 1 : 0;
   }
 
   x.loop = uv_default_loop();

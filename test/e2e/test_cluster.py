@@ -48,7 +48,10 @@ def test_agent_and_connector_on_different_intermediates(cluster):
     w.run(["curl", "-sf", "-m", "120", "-o", out,
            "http://10.100.0.2/cl-10m"])
     assert sha256(out) == sha256(path)
-    assert w.path("web") == "relay"
+    # Not direct: the firewall keeps UDP between agent and connector out
+    # (the agent may be trying a punch meanwhile: its signaling crosses
+    # the members too, test_direct_path_across_members).
+    assert w.path("web") in ("relay", "punching")
     # Through i1's link to i2: the session was made at i2 for i1.
     assert w.node_metric("i1", "ztna_cluster_sessions_forwarded_total") >= 1
     assert w.node_metric("i2", "ztna_cluster_sessions_for_peers_total") >= 1
