@@ -400,11 +400,11 @@ static void send_closed(struct relay *r, struct relay_client *to, uint64_t id,
     drop(r, RELAY_DROP_QUEUE_FULL);
 }
 
-/* Ends a relay session, telling each side whose connection is not the
- * one going away (skip) why. */
 static void send_opened(struct relay *r, struct relay_client *c, uint32_t req,
                         uint8_t status, uint64_t id);
 
+/* Ends a relay session, telling each side whose connection is not the
+ * one going away (skip) why. */
 static void rsess_end(struct relay *r, struct rsess *s, uint8_t reason,
                       struct relay_client *skip)
 {
@@ -725,13 +725,13 @@ static void on_session_data(struct relay *r, struct relay_client *c,
   s = rsess_find(r, id);
   if (s && s->agent != c && s->connector != c)
     s = NULL;
+  if (s && s->connector == c && c->peer) /* our id means nothing there */
+    s = NULL;
   if (!s && c->peer && (s = rr_find(r, c, id)) != NULL) {
     /* From the connector's intermediate: to the agent, by our id. */
     forward_renamed(r, s->agent, s->id, pkt, len);
     return;
   }
-  if (s && s->connector == c && c->peer) /* our id from the far side */
-    s = NULL;
   if (s && s->agent == c && s->connector->peer) {
     /* To the connector's intermediate, by its id; nothing before it
      * answered. */

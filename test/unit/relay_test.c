@@ -1096,6 +1096,57 @@ static void test_relay_cluster_signaling(void **state)
   relay_del(B);
 }
 
+/* The same id at both members (their ids count from random starts, so
+ * this is rare, not impossible): the far member's packets still reach the
+ * agent. */
+static void test_relay_cluster_same_ids(void **state)
+{
+  struct relay_limits lim = { .rsession_base = 77 };
+  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
+  struct tls_identity ic = ident("conn", "ztna-connector",
+                                 "connector.echo.ztna");
+  struct tls_identity ii = ident("i", "ztna-server", NULL);
+  struct fconn fa, fc, fpa, fpb;
+  struct relay *A, *B;
+  struct relay_client *a, *c, *pa, *pb;
+  uint8_t b[2048], st;
+  uint32_t rq;
+  uint64_t sa, got;
+  const uint8_t *pkt;
+  size_t n, plen;
+  (void)state;
+
+  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
+  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
+  assert_int_equal(relay_new(&A, &fio_cluster, &lim), 0);
+  assert_int_equal(relay_new(&B, &fio_cluster, &lim), 0);
+  a = relay_client_new(A, &fa, &ia);
+  c = relay_client_new(B, &fc, &ic);
+  pa = relay_client_new(A, &fpa, &ii);
+  pb = relay_client_new(B, &fpb, &ii);
+  relay_client_set_peer(pa);
+  relay_client_set_peer(pb);
+  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg(A, a, WIRE_REG_AGENT, "echo");
+  route_to = pa;
+  n = (size_t)wire_session_open_encode(b, sizeof(b), 1, "echo", 4);
+  relay_datagram(A, a, b, n);
+  deliver(B, pb, &fpa);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+                                              &sa), 0);
+  assert_true(st == WIRE_SESSION_OK && sa == 77);
+  n = data(b, 77, "\x41 from B");
+  relay_datagram(B, c, b, n);
+  deliver(A, pa, &fpb);
+  assert_int_equal(wire_session_data_decode(fa.last, fa.lastlen, &got, &pkt,
+                                            &plen), 0);
+  assert_true(got == 77 && plen == 8);
+  route_to = NULL;
+  relay_del(A);
+  relay_del(B);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1115,6 +1166,7 @@ int main(void)
     cmocka_unit_test(test_relay_revocation_ends_carrying_sessions),
     cmocka_unit_test(test_relay_cluster_forwarding),
     cmocka_unit_test(test_relay_cluster_signaling),
+    cmocka_unit_test(test_relay_cluster_same_ids),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
