@@ -137,8 +137,8 @@ struct relay_client *relay_client_new(struct relay *r, void *conn,
                                       const struct tls_identity *id);
 /* Marks c as a link from or to another intermediate of the cluster
  * (its certificate proved the intermediate role): it carries relay
- * sessions only, OPENs from it are for its agents and go to connectors
- * here, never further. */
+ * sessions and punch signaling only; OPENs and offers from it are for its
+ * agents and go to connectors here, never further. */
 void relay_client_set_peer(struct relay_client *c);
 /* Forgets the connection: registrations, translations, sessions. */
 void relay_client_del(struct relay *r, struct relay_client *c);
