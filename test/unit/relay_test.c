@@ -1098,10 +1098,11 @@ static void test_relay_cluster_signaling(void **state)
 
 /* The same id at both members (their ids count from random starts, so
  * this is rare, not impossible): the far member's packets still reach the
- * agent. */
+ * agent. Then a link that floods OPENs: it gets what the bounds allow and
+ * "limit" for the rest, and its going ends every session it held. */
 static void test_relay_cluster_same_ids(void **state)
 {
-  struct relay_limits lim = { .rsession_base = 77 };
+  struct relay_limits lim = { .rsession_base = 77, .rsessions_total = 8 };
   struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
   struct tls_identity ic = ident("conn", "ztna-connector",
                                  "connector.echo.ztna");
@@ -1142,6 +1143,21 @@ static void test_relay_cluster_same_ids(void **state)
   assert_int_equal(wire_session_data_decode(fa.last, fa.lastlen, &got, &pkt,
                                             &plen), 0);
   assert_true(got == 77 && plen == 8);
+  /* The flood: 1 session held, 7 more allowed, 93 refused. */
+  for (uint32_t k = 0; k < 100; k++) {
+    n = (size_t)wire_session_open_encode(b, sizeof(b), 1000 + k, "echo", 4);
+    relay_datagram(B, pb, b, n);
+    assert_int_equal(wire_session_opened_decode(fpb.last, fpb.lastlen, &rq,
+                                                &st, &got), 0);
+    assert_int_equal(st, k < 7 ? WIRE_SESSION_OK : WIRE_SESSION_LIMIT);
+  }
+  assert_int_equal(relay_rsession_count(B), 8);
+  assert_true(relay_stats(B)->limit_hits >= 93);
+  relay_client_del(B, pb);
+  assert_int_equal(relay_rsession_count(B), 0);
+  assert_int_equal(wire_session_closed_decode(fc.last, fc.lastlen, &got,
+                                              &st), 0);
+  assert_int_equal(st, WIRE_SESSION_GONE);
   route_to = NULL;
   relay_del(A);
   relay_del(B);
