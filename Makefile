@@ -41,7 +41,7 @@ ifneq ($(STATIC),)
 LDFLAGS += -static
 endif
 
-COMMON := err log wire config registry cluster pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow h3 api vnet
+COMMON := err log wire config registry cluster redistls pki tls quic metrics ippkt policy relay netstack uplink tun netaddr punch p2p daemon tunguard path udpflow h3 api vnet
 COMMON_OBJ := $(COMMON:%=$(BUILD)/common/%.o)
 APPLETS := intermediate connector agent keygen diag
 APPLET_OBJ := $(APPLETS:%=$(BUILD)/applets/%.o) $(BUILD)/applets/status.o

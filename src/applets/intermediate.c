@@ -26,6 +26,7 @@
 #include "../version.h"
 #include "api.h"
 #include "cluster.h"
+#include "redistls.h"
 #include "config.h"
 #include "daemon.h"
 #include "err.h"
@@ -80,6 +81,10 @@ static const char usage_text[] =
     "      --cluster-redis-user U  Redis ACL user (AUTH)\n"
     "      --cluster-redis-password-file FILE  Redis password (AUTH), the\n"
     "                       file's first line\n"
+    "      --cluster-redis-ca FILE  talk TLS to Redis, its certificate\n"
+    "                       checked against this CA; ours is presented\n"
+    "      --cluster-redis-name NAME  the name Redis' certificate carries\n"
+    "                       (the host of --cluster-redis)\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -848,6 +853,18 @@ static int load_peer_tls(struct ictx *x, struct tls_ctx **out, char *err,
   return tls_ctx_new(out, 0, &tc, err, errlen);
 }
 
+/* Redis over TLS (cluster_redis_ca set): its certificate checked against
+ * that CA; ours, the one the clients see, presented to it. */
+static int load_redis_tls(struct ictx *x, struct redis_tls **out, char *err,
+                          size_t errlen)
+{
+  *out = NULL;
+  if (!x->cfg.cluster_redis_ca[0])
+    return 0;
+  return redis_tls_new(out, x->cfg.cluster_redis_ca, x->cfg.cert_path,
+                       x->cfg.key_path, err, errlen);
+}
+
 static int parse_bind(const char *host, uint16_t port,
                       struct sockaddr_storage *ss)
 {
@@ -946,8 +963,11 @@ static int reload(void *ud, struct jw *w, char *err, size_t errlen)
     return -1;
   }
   if (x->peer_tls) { /* links made from now on use the new certificate */
-    struct tls_ctx *pt;
-    if (load_peer_tls(x, &pt, err, errlen) < 0) {
+    struct tls_ctx *pt = NULL;
+    struct redis_tls *rt = NULL;
+    if (load_peer_tls(x, &pt, err, errlen) < 0 ||
+        load_redis_tls(x, &rt, err, errlen) < 0) {
+      tls_ctx_unref(pt);
       tls_ctx_unref(tls);
       cfg_policy_free(p);
       free(p);
@@ -957,6 +977,8 @@ static int reload(void *ud, struct jw *w, char *err, size_t errlen)
     }
     tls_ctx_unref(x->peer_tls);
     x->peer_tls = pt;
+    if (rt) /* so does the next connection to Redis */
+      cluster_set_tls(x->cl, rt);
   }
   file_sums(x, sums);
   quic_endpoint_set_server_tls(x->ep, tls);
@@ -1260,7 +1282,7 @@ enum {
   OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
   OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_USER, OPT_EXTERNAL_IP,
   OPT_CL_REDIS, OPT_CL_NODE, OPT_CL_ADVERTISE, OPT_CL_PREFIX, OPT_CL_USER,
-  OPT_CL_PASSFILE
+  OPT_CL_PASSFILE, OPT_CL_CA, OPT_CL_NAME
 };
 
 static const struct option opts[] = {
@@ -1289,17 +1311,20 @@ static const struct option opts[] = {
   { "cluster-prefix", required_argument, NULL, OPT_CL_PREFIX },
   { "cluster-redis-user", required_argument, NULL, OPT_CL_USER },
   { "cluster-redis-password-file", required_argument, NULL, OPT_CL_PASSFILE },
+  { "cluster-redis-ca", required_argument, NULL, OPT_CL_CA },
+  { "cluster-redis-name", required_argument, NULL, OPT_CL_NAME },
   { "help", no_argument, NULL, 'h' },
   /* The original's spellings (docs/migrating.md). */
   { "ca-cert", required_argument, NULL, OPT_CA },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 26 /* the entries above before the original's */
+#define N_ENV_OPTS 28 /* the entries above before the original's */
 
 struct iopts {
   const char *config, *port, *bind, *cert, *key, *ca, *policy, *mport,
       *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip, *user,
-      *cl_redis, *cl_node, *cl_adv, *cl_prefix, *cl_user, *cl_passfile;
+      *cl_redis, *cl_node, *cl_adv, *cl_prefix, *cl_user, *cl_passfile,
+      *cl_ca, *cl_name;
   int check, verbose, help, disable_retry;
 };
 
@@ -1361,6 +1386,8 @@ static int parse_opts(int argc, char **argv, struct iopts *o)
     case OPT_CL_PREFIX: o->cl_prefix = optarg; break;
     case OPT_CL_USER: o->cl_user = optarg; break;
     case OPT_CL_PASSFILE: o->cl_passfile = optarg; break;
+    case OPT_CL_CA: o->cl_ca = optarg; break;
+    case OPT_CL_NAME: o->cl_name = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1428,6 +1455,8 @@ static int apply_opts(struct ictx *x, const struct iopts *o)
   SETSTR(cluster_prefix, o->cl_prefix);
   SETSTR(cluster_redis_user, o->cl_user);
   SETSTR(cluster_redis_password_file, o->cl_passfile);
+  SETSTR(cluster_redis_ca, o->cl_ca);
+  SETSTR(cluster_redis_name, o->cl_name);
 #undef SETSTR
   return 0;
 }
@@ -1528,6 +1557,28 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
   }
+  if (x->cfg.cluster_redis_name[0] && !x->cfg.cluster_redis_ca[0]) {
+    fprintf(stderr, "ztna intermediate: cluster_redis_name is for Redis "
+            "over TLS: set cluster_redis_ca too (in %s)\n", src);
+    return 1;
+  }
+  if (x->cfg.cluster_redis_ca[0]) {
+    unsigned char a[16];
+    cc->tls_name = x->cfg.cluster_redis_name[0] ? x->cfg.cluster_redis_name
+                                                : host;
+    if (inet_pton(AF_INET, cc->tls_name, a) == 1 ||
+        inet_pton(AF_INET6, cc->tls_name, a) == 1) {
+      fprintf(stderr, "ztna intermediate: Redis is given as an address "
+              "(%s); its certificate is checked against a name: set "
+              "cluster_redis_name to the name in it (in %s)\n",
+              cc->tls_name, src);
+      return 1;
+    }
+    if (load_redis_tls(x, &cc->tls, err, sizeof(err)) < 0) {
+      fprintf(stderr, "ztna intermediate: %s\n", err);
+      return 1;
+    }
+  }
   return 0;
 }
 
@@ -1609,6 +1660,7 @@ int intermediate_main(int argc, char **argv)
       printf("configuration OK\n");
     tls_ctx_unref(x.tls);
     tls_ctx_unref(x.peer_tls);
+    redis_tls_free(cc.tls);
     cfg_policy_free(pol);
     free(pol);
     return rv ? 1 : 0;
@@ -1695,9 +1747,11 @@ int intermediate_main(int argc, char **argv)
       fatalx("out of memory");
     explicit_bzero(redis_pass, sizeof(redis_pass));
     log_info("cluster: node %s, reached at %s, registry at Redis %s:%u "
-             "(prefix %s)", cc.node,
+             "(prefix %s, %s)", cc.node,
              netaddr_str((struct sockaddr *)&adv, a, sizeof(a)),
-             cc.redis_host, cc.redis_port, cc.prefix);
+             cc.redis_host, cc.redis_port, cc.prefix,
+             cc.tls ? "TLS, certificate checked for the name" :
+                      "no TLS: keep Redis on a private network");
   }
   daemon_signals_start(&x.sig, x.loop, on_terminate, on_hup, &x);
   uv_timer_init(x.loop, &x.tick);

@@ -16,6 +16,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "redistls.h"
 #include "wire.h"
 
 struct held { /* a service with a connector here */
@@ -44,7 +45,10 @@ struct cluster {
   uv_loop_t *loop;
   char host[256], user[128], password[256], prefix[REG_NS_MAX + 1];
   char node[REG_NODE_MAX + 1];
+  char tls_name[256];
+  struct redis_tls *tls; /* NULL: plain TCP */
   int has_user, has_password;
+  int refused; /* the last connection's first command was refused (said) */
   uint16_t port;
   struct sockaddr_storage advertise;
   redisAsyncContext *ac;
@@ -66,6 +70,7 @@ struct cluster {
 static void release(struct cluster *cl)
 {
   if (--cl->refs == 0) {
+    redis_tls_free(cl->tls);
     free(cl->cache);
     free(cl);
   }
@@ -332,29 +337,38 @@ static void up(struct cluster *cl)
   cl->connected = 1;
   cl->st.redis_up = 1;
   cl->st.redis_connects++;
-  log_info("cluster: connected to Redis at %s:%u as node %s", cl->host,
-           cl->port, cl->node);
+  log_info("cluster: connected to Redis at %s:%u%s as node %s", cl->host,
+           cl->port, cl->tls ? " (TLS)" : "", cl->node);
   heartbeat(cl);
 }
 
-/* Nothing is written or looked up before Redis took the password; a
- * refused one is said once a minute while it is tried every second. */
-static void on_auth(redisAsyncContext *ac, void *r, void *priv)
+/* Nothing is written or looked up before Redis answered the first
+ * command (AUTH, or PING without a password): the connection is then
+ * known to work end to end, TLS included. A refusal is said once a minute
+ * while it is tried every second. */
+static void on_first(redisAsyncContext *ac, void *r, void *priv)
 {
   struct cluster *cl = ac->data;
   redisReply *reply = r;
   (void)priv;
 
   if (!cl || !reply)
-    return;
+    return; /* the connection failed: on_disconnect says why */
   if (reply->type != REDIS_REPLY_ERROR) {
     up(cl);
     return;
   }
-  if (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0)
-    log_warnx("cluster: Redis at %s:%u refused our credentials: %s (check "
-              "cluster_redis_user and the password file)", cl->host,
-              cl->port, reply->str);
+  cl->refused = 1;
+  if (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0) {
+    if (cl->has_password)
+      log_warnx("cluster: Redis at %s:%u refused our credentials: %s "
+                "(check cluster_redis_user and the password file)",
+                cl->host, cl->port, reply->str);
+    else
+      log_warnx("cluster: Redis at %s:%u refused us: %s (does it need a "
+                "password? set cluster_redis_password_file)", cl->host,
+                cl->port, reply->str);
+  }
   redisAsyncDisconnect(ac);
 }
 
@@ -373,9 +387,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     cl->st.redis_up = 0;
     return;
   }
-  if (!cl->has_password)
-    up(cl);
-  /* else up once AUTH is answered (on_auth) */
+  /* up once the first command is answered (on_first) */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -385,11 +397,19 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
   if (!cl)
     return;
   if (!cl->closing) {
-    cl->st.redis_failures++;
     if (cl->connected)
       log_warnx("cluster: lost Redis at %s:%u: %s; registry writes and "
                 "lookups wait until it is back", cl->host, cl->port,
                 status == REDIS_OK ? "closed" : ac->errstr);
+    else if (!cl->refused &&
+             (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0))
+      /* TCP was up, what came after failed (TLS, or Redis went away) */
+      log_warnx("cluster: cannot connect to Redis at %s:%u: %s%s (trying "
+                "every second)", cl->host, cl->port,
+                status == REDIS_OK ? "closed" : ac->errstr,
+                redis_tls_pending(ac) ? " before the TLS handshake ended "
+                "(is that Redis' TLS port?)" : "");
+    cl->st.redis_failures++;
   }
   cl->ac = NULL;
   cl->connected = 0;
@@ -419,18 +439,27 @@ static void connect_redis(struct cluster *cl)
     cl->ac = NULL;
     return;
   }
+  if (cl->tls && redis_tls_attach(cl->ac, cl->tls, cl->tls_name) < 0) {
+    log_warnx("cluster: cannot set up TLS to Redis: out of memory");
+    redisAsyncFree(cl->ac);
+    cl->ac = NULL;
+    return;
+  }
   cl->ac->data = cl;
+  cl->refused = 0;
   redisLibuvAttach(cl->ac, cl->loop);
   redisAsyncSetConnectCallback(cl->ac, on_connect);
   redisAsyncSetDisconnectCallback(cl->ac, on_disconnect);
-  /* Sent as soon as the connection is up, before anything else. */
-  if (cl->has_password) {
-    if (cl->has_user)
-      redisAsyncCommand(cl->ac, on_auth, NULL, "AUTH %s %s", cl->user,
-                        cl->password);
-    else
-      redisAsyncCommand(cl->ac, on_auth, NULL, "AUTH %s", cl->password);
-  }
+  /* Sent as soon as the connection is up (after the TLS handshake),
+   * before anything else; its answer brings the member up. The command
+   * timeout bounds a handshake that never ends, too. */
+  if (cl->has_password && cl->has_user)
+    redisAsyncCommand(cl->ac, on_first, NULL, "AUTH %s %s", cl->user,
+                      cl->password);
+  else if (cl->has_password)
+    redisAsyncCommand(cl->ac, on_first, NULL, "AUTH %s", cl->password);
+  else
+    redisAsyncCommand(cl->ac, on_first, NULL, "PING");
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status,
@@ -509,8 +538,10 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
   struct cluster *cl = calloc(1, sizeof(*cl));
   size_t al;
 
-  if (!cl)
+  if (!cl) {
+    redis_tls_free(cfg->tls);
     return -ENOMEM;
+  }
   cl->loop = loop;
   snprintf(cl->host, sizeof(cl->host), "%s", cfg->redis_host);
   cl->port = cfg->redis_port;
@@ -522,6 +553,9 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
     snprintf(cl->password, sizeof(cl->password), "%s", cfg->redis_password);
     cl->has_password = 1;
   }
+  cl->tls = cfg->tls;
+  if (cfg->tls_name)
+    snprintf(cl->tls_name, sizeof(cl->tls_name), "%s", cfg->tls_name);
   snprintf(cl->prefix, sizeof(cl->prefix), "%s", cfg->prefix);
   snprintf(cl->node, sizeof(cl->node), "%s", cfg->node);
   al = cfg->advertise->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
@@ -529,6 +563,7 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
   memcpy(&cl->advertise, cfg->advertise, al);
   cl->cache = calloc(CLUSTER_CACHE_MAX, sizeof(*cl->cache));
   if (!cl->cache) {
+    redis_tls_free(cl->tls);
     free(cl);
     return -ENOMEM;
   }
@@ -584,6 +619,12 @@ void cluster_del(struct cluster *cl)
     free(h);
   }
   uv_close((uv_handle_t *)&cl->timer, timer_closed);
+}
+
+void cluster_set_tls(struct cluster *cl, struct redis_tls *tls)
+{
+  redis_tls_free(cl->tls);
+  cl->tls = tls;
 }
 
 const struct cluster_stats *cluster_stats(const struct cluster *cl)

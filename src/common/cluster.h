@@ -16,6 +16,8 @@
 
 #include "registry.h"
 
+struct redis_tls;
+
 #define CLUSTER_TTL_MS 6000        /* entries live this long unwritten */
 #define CLUSTER_HEARTBEAT_MS 2000  /* and are written this often */
 #define CLUSTER_CACHE_MS 1000      /* a lookup's answer is used this long */
@@ -33,6 +35,9 @@ struct cluster_config {
   const char *prefix;         /* key prefix, "ztna" */
   const char *node;           /* this intermediate's name */
   const struct sockaddr *advertise; /* where the others reach it */
+  struct redis_tls *tls;      /* Redis over TLS (NULL: plain TCP); the
+                               * cluster owns it from cluster_new on */
+  const char *tls_name;       /* the name Redis' certificate carries */
 };
 
 struct cluster_stats {
@@ -61,6 +66,10 @@ void cluster_service(struct cluster *cl, const char *id, size_t len, int up);
  * again later). */
 int cluster_route(struct cluster *cl, const char *id, size_t len,
                   char node[REG_NODE_MAX + 1], struct sockaddr_storage *addr);
+
+/* A new TLS context for the connections made from now on (a reload);
+ * the cluster takes it and frees the one it had. */
+void cluster_set_tls(struct cluster *cl, struct redis_tls *tls);
 
 const struct cluster_stats *cluster_stats(const struct cluster *cl);
 const char *cluster_node(const struct cluster *cl);

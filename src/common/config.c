@@ -725,6 +725,11 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
   if (key_is(d, key, "cluster_redis_password_file"))
     return get_ostr(d, val, c->cluster_redis_password_file,
                     sizeof(c->cluster_redis_password_file));
+  if (key_is(d, key, "cluster_redis_ca"))
+    return get_ostr(d, val, c->cluster_redis_ca, sizeof(c->cluster_redis_ca));
+  if (key_is(d, key, "cluster_redis_name"))
+    return get_ostr(d, val, c->cluster_redis_name,
+                    sizeof(c->cluster_redis_name));
   return 1;
 }
 

@@ -46,6 +46,10 @@ struct cfg_intermediate {
   char cluster_prefix[CFG_STR_MAX];    /* Redis key prefix, "ztna" */
   char cluster_redis_user[CFG_STR_MAX];
   char cluster_redis_password_file[CFG_PATH_MAX];
+  /* Redis over TLS when set: the CA its certificate is checked against,
+   * and the name it must carry (the host of cluster_redis by default). */
+  char cluster_redis_ca[CFG_PATH_MAX];
+  char cluster_redis_name[CFG_STR_MAX];
 };
 
 /* Translated agent addresses come from 100.64.1.0 up to the end of

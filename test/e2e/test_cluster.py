@@ -314,6 +314,102 @@ def test_redis_credentials(tmp_path):
         redis.wait()
 
 
+def test_redis_tls(tmp_path):
+    """Redis over TLS (cluster_redis_ca): a member that trusts Redis' CA
+    and is known by name joins and writes; one that trusts another CA, one
+    that expects another name, and one whose own certificate Redis does
+    not take each say why, write nothing and are not up. A SIGHUP after
+    the right CA file is in place brings the first of them up. Redis
+    listens on its TLS port only. On loopback ("localhost" is in the
+    certificate)."""
+    import shutil
+    import socket
+    import subprocess
+    from ztna import ZTNA, free_port
+    pki = Pki(str(tmp_path / "pki"))
+    other = Pki(str(tmp_path / "other"))
+    rcrt, rkey = pki.issue("intermediate", "redis", "--dns", "localhost")
+    rport = free_port()
+    redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1",
+                              "--port", "0", "--tls-port", str(rport),
+                              "--tls-cert-file", rcrt, "--tls-key-file", rkey,
+                              "--tls-ca-cert-file", pki.ca, "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL)
+    ccrt, ckey = pki.issue("intermediate", "cli")
+
+    def cli(*args):
+        return subprocess.run(["redis-cli", "-h", "localhost", "-p",
+                               str(rport), "--tls", "--cacert", pki.ca,
+                               "--cert", ccrt, "--key", ckey] + list(args),
+                              capture_output=True, text=True).stdout.strip()
+
+    wrong_ca = tmp_path / "wrong-ca.crt"
+    shutil.copy(other.ca, wrong_ca)
+    members = {}
+    try:
+        wait_for(lambda: cli("PING") == "PONG", what="redis over TLS")
+        for name, p, extra in (
+                ("good", pki, ("--cluster-redis-ca", pki.ca)),
+                ("wrongca", pki, ("--cluster-redis-ca", str(wrong_ca))),
+                ("wrongname", pki, ("--cluster-redis-ca", pki.ca,
+                                    "--cluster-redis-name",
+                                    "redis.example")),
+                ("stranger", other, ("--cluster-redis-ca", pki.ca))):
+            port = free_port(socket.SOCK_DGRAM)
+            members[name] = Intermediate(
+                p, port=port, metrics_port=free_port(), bind="127.0.0.1",
+                name=name, logdir=str(tmp_path),
+                extra=("--cluster-redis", "localhost:%d" % rport,
+                       "--cluster-node", name, "--cluster-advertise",
+                       "127.0.0.1:%d" % port) + extra)
+        good = members["good"]
+        wait_for(lambda: good.metric("ztna_cluster_redis_up") == 1,
+                 what="the member that trusts Redis' CA up")
+        assert cli("GET", "ztna:node:good").startswith("1 127.0.0.1:")
+        assert "connected to Redis at localhost:%d (TLS)" % rport \
+            in good.logtext()
+        for name, says in (("wrongca", "TLS handshake with Redis"),
+                           ("wrongname", "name mismatch"),
+                           ("stranger", "cannot connect to Redis")):
+            m = members[name]
+            wait_for(lambda: says in m.logtext(),
+                     what="%s: '%s' said" % (name, says))
+            wait_for(lambda: m.metric(
+                "ztna_cluster_redis_failures_total") >= 2,
+                what="%s: tried again" % name)
+            assert m.metric("ztna_cluster_redis_up") == 0, name
+            assert cli("EXISTS", "ztna:node:" + name) == "0", name
+        # The right CA in place, and a reload: the next connection uses it.
+        shutil.copy(pki.ca, wrong_ca)
+        members["wrongca"].proc.send_signal(1)
+        wait_for(lambda: members["wrongca"].metric(
+            "ztna_cluster_redis_up") == 1, what="up after the reload")
+        assert cli("GET", "ztna:node:wrongca").startswith("1 127.0.0.1:")
+        # An address is not checked against a certificate's names.
+        p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                            good.cert, "--key", good.key, "--ca", pki.ca,
+                            "--cluster-redis", "127.0.0.1:%d" % rport,
+                            "--cluster-advertise", "127.0.0.1:4433",
+                            "--cluster-redis-ca", pki.ca],
+                           capture_output=True, text=True)
+        assert p.returncode == 1
+        assert "set cluster_redis_name" in p.stderr
+        p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                            good.cert, "--key", good.key, "--ca", pki.ca,
+                            "--cluster-redis", "localhost:%d" % rport,
+                            "--cluster-advertise", "127.0.0.1:4433",
+                            "--cluster-redis-ca", str(tmp_path / "nope")],
+                           capture_output=True, text=True)
+        assert p.returncode == 1
+        assert "Redis CA file" in p.stderr and "nope" in p.stderr
+    finally:
+        for m in members.values():
+            m.stop()
+        redis.kill()
+        redis.wait()
+
+
 def test_cluster_alerts_use_exported_metrics(cluster):
     """The alert rules on cluster metrics (packaging/monitoring) name
     metrics a member exports (test_datapath.py checks the others)."""

@@ -238,7 +238,9 @@ static void test_config_cluster_keys(void **state)
   const char *t = "{\"cluster_redis\": \"redis.example:6379\", "
                   "\"cluster_node\": \"i1\", \"cluster_advertise\": "
                   "\"198.51.100.2:4433\", \"cluster_redis_user\": \"ztna\", "
-                  "\"cluster_redis_password_file\": \"/etc/ztna/redis.pw\"}";
+                  "\"cluster_redis_password_file\": \"/etc/ztna/redis.pw\", "
+                  "\"cluster_redis_ca\": \"/etc/ztna/redis-ca.crt\", "
+                  "\"cluster_redis_name\": \"redis.example\"}";
   const char *bad = "{\"cluster_prefix\": 7}";
   (void)state;
 
@@ -252,6 +254,8 @@ static void test_config_cluster_keys(void **state)
   assert_string_equal(c.cluster_advertise, "198.51.100.2:4433");
   assert_string_equal(c.cluster_redis_user, "ztna");
   assert_string_equal(c.cluster_redis_password_file, "/etc/ztna/redis.pw");
+  assert_string_equal(c.cluster_redis_ca, "/etc/ztna/redis-ca.crt");
+  assert_string_equal(c.cluster_redis_name, "redis.example");
   assert_int_equal(cfg_intermediate_parse(&c, "i.json", bad, strlen(bad),
                                           err, sizeof(err), NULL),
                    ZTNA_ERR_CONFIG);
