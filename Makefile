@@ -280,7 +280,7 @@ $(BUILD)/zload: test/tools/zload.c $(COMMON_OBJ) $(BUILD)/liblwip.a
 	  $(BUILD)/liblwip.a $(DEP_LIBS) $(LIBUV_A) $(SYS_LIBS)
 
 PYTEST := /usr/bin/python3 -m pytest
-e2e: tools ztna $(BUILD)/zclient
+e2e: tools ztna $(BUILD)/zclient $(BUILD)/zload
 	$(PYTEST) -v test/e2e
 
 check: ztna
@@ -305,7 +305,7 @@ SAN_E2E := test/e2e/test_intermediate.py test/e2e/test_datapath.py \
   test/e2e/test_deploy.py test/e2e/test_e2e.py test/e2e/test_api.py \
   test/e2e/test_cluster.py \
   test/e2e/test_zz_sanitizer.py
-sanitize: tools $(BUILD)/zclient
+sanitize: tools $(BUILD)/zclient $(BUILD)/zload
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/ztna \
 	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" unit-run
 	rm -rf $(SAN_BUILD)/reports && mkdir -p $(SAN_BUILD)/reports

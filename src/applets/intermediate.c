@@ -85,6 +85,10 @@ static const char usage_text[] =
     "                       checked against this CA; ours is presented\n"
     "      --cluster-redis-name NAME  the name Redis' certificate carries\n"
     "                       (the host of --cluster-redis)\n"
+    "      --cluster-redis-sentinels HOST:PORT[,...]  instead of\n"
+    "                       --cluster-redis: Redis Sentinels to ask where\n"
+    "                       the primary is (up to 8, asked in turn)\n"
+    "      --cluster-redis-master NAME  the primary's name at the sentinels\n"
     "  -h, --help           this text\n"
     "\n"
     "Every option but --help and --check can also come from the\n"
@@ -129,6 +133,7 @@ struct ictx {
   /* The cluster (NULL: none): the registry, the client context of links
    * to the other intermediates, and those links (made on demand). */
   struct cluster *cl;
+  struct cluster_endpoint sentinels[CLUSTER_SENTINELS_MAX];
   struct tls_ctx *peer_tls;
   struct plink *peers;
   uint64_t peer_links_made, peer_links_lost;
@@ -639,6 +644,17 @@ static void cluster_metrics(struct ictx *x, const struct relay_stats *rs)
   metric_set(metrics_counter(m, "ztna_cluster_lookup_errors_total", NULL,
                              "Registry lookups that failed"),
              (int64_t)cs->lookup_errors);
+  metric_set(metrics_counter(m, "ztna_cluster_sentinel_queries_total", NULL,
+                             "Sentinels asked where the Redis primary is"),
+             (int64_t)cs->sentinel_queries);
+  metric_set(metrics_counter(m, "ztna_cluster_sentinel_failures_total", NULL,
+                             "Sentinels that could not be asked or did "
+                             "not tell"),
+             (int64_t)cs->sentinel_failures);
+  metric_set(metrics_counter(m, "ztna_cluster_redis_not_primary_total", NULL,
+                             "Redis connections left because Redis was "
+                             "or became a replica"),
+             (int64_t)cs->not_primary);
   metric_set(metrics_counter(m, "ztna_cluster_stale_entries_total", NULL,
                              "Registry entries read and not believed "
                              "(malformed, expired, of no live node)"),
@@ -1118,7 +1134,13 @@ static void api_cluster(struct ictx *x, struct jw *w)
   jw_obj(w, "cluster");
   jw_str(w, "node", cluster_node(x->cl));
   jw_str(w, "advertise", x->cfg.cluster_advertise);
-  jw_str(w, "redis", x->cfg.cluster_redis);
+  if (x->cfg.cluster_redis_sentinels[0]) {
+    jw_str(w, "redis_sentinels", x->cfg.cluster_redis_sentinels);
+    jw_str(w, "redis_master", x->cfg.cluster_redis_master);
+  } else {
+    jw_str(w, "redis", x->cfg.cluster_redis);
+  }
+  jw_str(w, "redis_at", cluster_redis_where(x->cl));
   jw_bool(w, "redis_up", cs->redis_up);
   jw_u64(w, "services_held", cs->services);
   jw_u64(w, "sessions_forwarded", rs->rsessions_forwarded);
@@ -1282,7 +1304,7 @@ enum {
   OPT_METRICS_BIND, OPT_DISABLE_RETRY, OPT_MAX_CONNS, OPT_DIAG_PORT,
   OPT_MAX_XLAT, OPT_XLAT_REST, OPT_LOG_FORMAT, OPT_USER, OPT_EXTERNAL_IP,
   OPT_CL_REDIS, OPT_CL_NODE, OPT_CL_ADVERTISE, OPT_CL_PREFIX, OPT_CL_USER,
-  OPT_CL_PASSFILE, OPT_CL_CA, OPT_CL_NAME
+  OPT_CL_PASSFILE, OPT_CL_CA, OPT_CL_NAME, OPT_CL_SENTINELS, OPT_CL_MASTER
 };
 
 static const struct option opts[] = {
@@ -1313,18 +1335,20 @@ static const struct option opts[] = {
   { "cluster-redis-password-file", required_argument, NULL, OPT_CL_PASSFILE },
   { "cluster-redis-ca", required_argument, NULL, OPT_CL_CA },
   { "cluster-redis-name", required_argument, NULL, OPT_CL_NAME },
+  { "cluster-redis-sentinels", required_argument, NULL, OPT_CL_SENTINELS },
+  { "cluster-redis-master", required_argument, NULL, OPT_CL_MASTER },
   { "help", no_argument, NULL, 'h' },
   /* The original's spellings (docs/migrating.md). */
   { "ca-cert", required_argument, NULL, OPT_CA },
   { NULL, 0, NULL, 0 },
 };
-#define N_ENV_OPTS 28 /* the entries above before the original's */
+#define N_ENV_OPTS 30 /* the entries above before the original's */
 
 struct iopts {
   const char *config, *port, *bind, *cert, *key, *ca, *policy, *mport,
       *mbind, *maxconns, *dport, *maxxlat, *xlatrest, *logfmt, *extip, *user,
       *cl_redis, *cl_node, *cl_adv, *cl_prefix, *cl_user, *cl_passfile,
-      *cl_ca, *cl_name;
+      *cl_ca, *cl_name, *cl_sentinels, *cl_master;
   int check, verbose, help, disable_retry;
 };
 
@@ -1388,6 +1412,8 @@ static int parse_opts(int argc, char **argv, struct iopts *o)
     case OPT_CL_PASSFILE: o->cl_passfile = optarg; break;
     case OPT_CL_CA: o->cl_ca = optarg; break;
     case OPT_CL_NAME: o->cl_name = optarg; break;
+    case OPT_CL_SENTINELS: o->cl_sentinels = optarg; break;
+    case OPT_CL_MASTER: o->cl_master = optarg; break;
     case 'h': o->help = 1; break;
     default:
       fputs(usage_text, stderr);
@@ -1457,6 +1483,8 @@ static int apply_opts(struct ictx *x, const struct iopts *o)
   SETSTR(cluster_redis_password_file, o->cl_passfile);
   SETSTR(cluster_redis_ca, o->cl_ca);
   SETSTR(cluster_redis_name, o->cl_name);
+  SETSTR(cluster_redis_sentinels, o->cl_sentinels);
+  SETSTR(cluster_redis_master, o->cl_master);
 #undef SETSTR
   return 0;
 }
@@ -1486,6 +1514,11 @@ static int split_host_port(const char *s, char *host, size_t cap,
   return 0;
 }
 
+static int in_cluster(const struct ictx *x)
+{
+  return x->cfg.cluster_redis[0] || x->cfg.cluster_redis_sentinels[0];
+}
+
 /* The cluster's settings checked, the password read and the client
  * context of links to the others made; 0 or 1 after saying what is
  * wrong. */
@@ -1497,10 +1530,48 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
   char err[512];
   const char *src = x->config_path[0] ? x->config_path : "the options";
 
-  if (split_host_port(x->cfg.cluster_redis, host, hostcap,
-                      &cc->redis_port) < 0)
+  if (x->cfg.cluster_redis_sentinels[0]) {
+    char list[sizeof(x->cfg.cluster_redis_sentinels)], *save = NULL, *t;
+    if (x->cfg.cluster_redis[0]) {
+      fprintf(stderr, "ztna intermediate: set cluster_redis (one Redis) or "
+              "cluster_redis_sentinels (Sentinel), not both (in %s)\n", src);
+      return 1;
+    }
+    if (!registry_name_ok(x->cfg.cluster_redis_master, REG_NODE_MAX)) {
+      fprintf(stderr, "ztna intermediate: cluster_redis_sentinels needs "
+              "cluster_redis_master: the name the sentinels monitor the "
+              "primary under, 1-63 of [A-Za-z0-9._-] (in %s; now '%s')\n",
+              src, x->cfg.cluster_redis_master);
+      return 1;
+    }
+    snprintf(list, sizeof(list), "%s", x->cfg.cluster_redis_sentinels);
+    for (t = strtok_r(list, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+      struct cluster_endpoint *e = &x->sentinels[cc->nsentinels];
+      if (cc->nsentinels == CLUSTER_SENTINELS_MAX)
+        return usage_error("cluster_redis_sentinels: at most 8 sentinels "
+                           "('%s' is one too many)", t);
+      if (split_host_port(t, e->host, sizeof(e->host), &e->port) < 0)
+        return usage_error("cluster_redis_sentinels: '%s' is not HOST:PORT "
+                           "(a name or address, [IPv6]:PORT; the list is "
+                           "comma-separated)", t);
+      cc->nsentinels++;
+    }
+    if (!cc->nsentinels)
+      return usage_error("cluster_redis_sentinels '%s' names no sentinel",
+                         x->cfg.cluster_redis_sentinels);
+    cc->sentinels = x->sentinels;
+    cc->master = x->cfg.cluster_redis_master;
+    host[0] = '\0';
+  } else if (x->cfg.cluster_redis_master[0]) {
+    fprintf(stderr, "ztna intermediate: cluster_redis_master is the name "
+            "of the primary at the sentinels: set cluster_redis_sentinels "
+            "too (in %s)\n", src);
+    return 1;
+  } else if (split_host_port(x->cfg.cluster_redis, host, hostcap,
+                             &cc->redis_port) < 0) {
     return usage_error("cluster_redis '%s' is not HOST:PORT (a name or "
                        "address, [IPv6]:PORT)", x->cfg.cluster_redis);
+  }
   cc->redis_host = host;
   if (!x->cfg.cluster_advertise[0]) {
     fprintf(stderr, "ztna intermediate: a cluster member needs the address "
@@ -1566,6 +1637,13 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
     unsigned char a[16];
     cc->tls_name = x->cfg.cluster_redis_name[0] ? x->cfg.cluster_redis_name
                                                 : host;
+    if (!cc->tls_name[0]) {
+      fprintf(stderr, "ztna intermediate: with sentinels, Redis is reached "
+              "at the address they tell: set cluster_redis_name to the "
+              "name in the certificates of Redis and the sentinels (in "
+              "%s)\n", src);
+      return 1;
+    }
     if (inet_pton(AF_INET, cc->tls_name, a) == 1 ||
         inet_pton(AF_INET6, cc->tls_name, a) == 1) {
       fprintf(stderr, "ztna intermediate: Redis is given as an address "
@@ -1651,7 +1729,7 @@ int intermediate_main(int argc, char **argv)
     return 1;
   rv = load_policy(&x, &pol, err, sizeof(err)) < 0;
   file_sums(&x, x.sums);
-  if (!rv && x.cfg.cluster_redis[0])
+  if (!rv && in_cluster(&x))
     rv = cluster_setup(&x, &cc, redis_host, sizeof(redis_host), &adv,
                        redis_pass, sizeof(redis_pass));
   if (rv || o.check) {
@@ -1740,16 +1818,16 @@ int intermediate_main(int argc, char **argv)
     fprintf(stderr, "ztna intermediate: %s\n", err);
     return 1;
   }
-  if (x.cfg.cluster_redis[0]) {
+  if (in_cluster(&x)) {
     char a[64];
     x.peers = calloc(PEERS_MAX, sizeof(*x.peers));
     if (!x.peers || cluster_new(&x.cl, x.loop, &cc) < 0)
       fatalx("out of memory");
     explicit_bzero(redis_pass, sizeof(redis_pass));
-    log_info("cluster: node %s, reached at %s, registry at Redis %s:%u "
+    log_info("cluster: node %s, reached at %s, registry at Redis %s "
              "(prefix %s, %s)", cc.node,
              netaddr_str((struct sockaddr *)&adv, a, sizeof(a)),
-             cc.redis_host, cc.redis_port, cc.prefix,
+             cluster_redis_where(x.cl), cc.prefix,
              cc.tls ? "TLS, certificate checked for the name" :
                       "no TLS: keep Redis on a private network");
   }

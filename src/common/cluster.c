@@ -49,15 +49,28 @@ struct cluster {
   struct redis_tls *tls; /* NULL: plain TCP */
   int has_user, has_password;
   int refused; /* the last connection's first command was refused (said) */
+  int demoted; /* the last connection's Redis turned replica (said) */
+  unsigned role_refusals; /* replicas found since the last time up */
   uint16_t port;
   struct sockaddr_storage advertise;
   redisAsyncContext *ac;
   int connected;
   uv_timer_t timer;
-  uint64_t next_connect_ms, last_beat_ms;
-  uv_getaddrinfo_t gai; /* Redis' name, looked up off the loop */
+  uint64_t next_connect_ms, last_beat_ms, last_check_ms;
+  uv_getaddrinfo_t gai; /* a name, looked up off the loop */
   int resolving;
-  char ip[256];         /* what it resolved to */
+  char resolving_host[256];
+  char rip[256];        /* what it resolved to */
+  char ip[256];         /* the address of the Redis in use */
+  uint16_t rport;       /* the port of the Redis in use */
+  char where[400];      /* the Redis in use, for the logs */
+  /* Sentinel (nsentinels > 0): asked in turn where the primary is. */
+  struct cluster_endpoint sentinels[CLUSTER_SENTINELS_MAX];
+  size_t nsentinels, next_sentinel;
+  const struct cluster_endpoint *asking;
+  char swhere[300];     /* the sentinel asked, for the logs */
+  char master[REG_NODE_MAX + 1];
+  redisAsyncContext *sac; /* the connection to it */
   struct held *held;
   struct cached *cache;
   size_t ncache;
@@ -103,9 +116,21 @@ static void on_write(redisAsyncContext *ac, void *r, void *priv)
     return;
   if (!reply || reply->type == REDIS_REPLY_ERROR) {
     cl->st.write_errors++;
-    if (reply)
+    if (reply && !strncmp(reply->str, "READONLY", 8)) {
+      /* The primary became a replica (a failover): write elsewhere. */
+      if (!cl->demoted) {
+        cl->demoted = 1;
+        cl->st.not_primary++;
+        log_warnx("cluster: Redis at %s is a replica now (%s); %s",
+                  cl->where, reply->str, cl->nsentinels
+                  ? "asking the sentinels where the primary is"
+                  : "connecting again");
+        redisAsyncDisconnect(ac);
+      }
+    } else if (reply) {
       log_warnx("cluster: registry %s refused by Redis: %s", what,
                 reply->str);
+    }
   }
 }
 
@@ -335,11 +360,40 @@ static void connect_redis(struct cluster *cl);
 static void up(struct cluster *cl)
 {
   cl->connected = 1;
+  cl->role_refusals = 0;
   cl->st.redis_up = 1;
   cl->st.redis_connects++;
-  log_info("cluster: connected to Redis at %s:%u%s as node %s", cl->host,
-           cl->port, cl->tls ? " (TLS)" : "", cl->node);
+  log_info("cluster: connected to Redis at %s%s as node %s", cl->where,
+           cl->tls ? " (TLS)" : "", cl->node);
   heartbeat(cl);
+}
+
+/* Registry writes go to the primary only: a replica (an old primary
+ * still reachable after a failover, or a wrong address) is left at once.
+ * A ROLE refused by Redis' ACL is no answer either way: writes tell. */
+static void on_role(redisAsyncContext *ac, void *r, void *priv)
+{
+  struct cluster *cl = ac->data;
+  redisReply *reply = r, *role;
+  (void)priv;
+
+  if (!cl || !reply)
+    return;
+  if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+      (role = reply->element[0])->type == REDIS_REPLY_STRING &&
+      strcmp(role->str, "master")) {
+    cl->refused = 1;
+    cl->st.not_primary++;
+    if (cl->role_refusals++ % 60 == 0)
+      log_warnx("cluster: Redis at %s is a %s, not the primary: nothing is "
+                "written there (%s)", cl->where, role->str, cl->nsentinels
+                ? "asking the sentinels again every second"
+                : "point cluster_redis at the primary, or use "
+                  "cluster_redis_sentinels");
+    redisAsyncDisconnect(ac);
+    return;
+  }
+  up(cl);
 }
 
 /* Nothing is written or looked up before Redis answered the first
@@ -355,19 +409,19 @@ static void on_first(redisAsyncContext *ac, void *r, void *priv)
   if (!cl || !reply)
     return; /* the connection failed: on_disconnect says why */
   if (reply->type != REDIS_REPLY_ERROR) {
-    up(cl);
+    redisAsyncCommand(ac, on_role, NULL, "ROLE");
     return;
   }
   cl->refused = 1;
   if (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0) {
     if (cl->has_password)
-      log_warnx("cluster: Redis at %s:%u refused our credentials: %s "
+      log_warnx("cluster: Redis at %s refused our credentials: %s "
                 "(check cluster_redis_user and the password file)",
-                cl->host, cl->port, reply->str);
+                cl->where, reply->str);
     else
-      log_warnx("cluster: Redis at %s:%u refused us: %s (does it need a "
-                "password? set cluster_redis_password_file)", cl->host,
-                cl->port, reply->str);
+      log_warnx("cluster: Redis at %s refused us: %s (does it need a "
+                "password? set cluster_redis_password_file)", cl->where,
+                reply->str);
   }
   redisAsyncDisconnect(ac);
 }
@@ -381,8 +435,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
   if (status != REDIS_OK) {
     /* hiredis frees the context after this callback. */
     if (!cl->st.redis_failures++ || cl->st.redis_failures % 60 == 0)
-      log_warnx("cluster: cannot connect to Redis at %s:%u: %s (trying "
-                "every second)", cl->host, cl->port, ac->errstr);
+      log_warnx("cluster: cannot connect to Redis at %s: %s (trying "
+                "every second)", cl->where, ac->errstr);
     cl->ac = NULL;
     cl->st.redis_up = 0;
     return;
@@ -398,14 +452,14 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     return;
   if (!cl->closing) {
     if (cl->connected)
-      log_warnx("cluster: lost Redis at %s:%u: %s; registry writes and "
-                "lookups wait until it is back", cl->host, cl->port,
+      log_warnx("cluster: lost Redis at %s: %s; registry writes and "
+                "lookups wait until it is back", cl->where,
                 status == REDIS_OK ? "closed" : ac->errstr);
     else if (!cl->refused &&
              (!cl->st.redis_failures || cl->st.redis_failures % 60 == 0))
       /* TCP was up, what came after failed (TLS, or Redis went away) */
-      log_warnx("cluster: cannot connect to Redis at %s:%u: %s%s (trying "
-                "every second)", cl->host, cl->port,
+      log_warnx("cluster: cannot connect to Redis at %s: %s%s (trying "
+                "every second)", cl->where,
                 status == REDIS_OK ? "closed" : ac->errstr,
                 redis_tls_pending(ac) ? " before the TLS handshake ended "
                 "(is that Redis' TLS port?)" : "");
@@ -425,7 +479,11 @@ static void connect_redis(struct cluster *cl)
   struct timeval tv = { 2, 0 };
 
   /* An address: hiredis never resolves a name on the loop. */
-  REDIS_OPTIONS_SET_TCP(&o, cl->ip, cl->port);
+  if (cl->nsentinels)
+    snprintf(cl->where, sizeof(cl->where), "%s%s%s:%u (primary of %s)",
+             strchr(cl->ip, ':') ? "[" : "", cl->ip,
+             strchr(cl->ip, ':') ? "]" : "", cl->rport, cl->master);
+  REDIS_OPTIONS_SET_TCP(&o, cl->ip, cl->rport);
   o.connect_timeout = &tv;
   o.command_timeout = &tv;
   cl->ac = redisAsyncConnectWithOptions(&o);
@@ -433,8 +491,8 @@ static void connect_redis(struct cluster *cl)
     return;
   if (cl->ac->err) {
     if (!cl->st.redis_failures++)
-      log_warnx("cluster: cannot connect to Redis at %s:%u: %s", cl->host,
-                cl->port, cl->ac->errstr);
+      log_warnx("cluster: cannot connect to Redis at %s: %s", cl->where,
+                cl->ac->errstr);
     redisAsyncFree(cl->ac);
     cl->ac = NULL;
     return;
@@ -446,7 +504,7 @@ static void connect_redis(struct cluster *cl)
     return;
   }
   cl->ac->data = cl;
-  cl->refused = 0;
+  cl->refused = cl->demoted = 0;
   redisLibuvAttach(cl->ac, cl->loop);
   redisAsyncSetConnectCallback(cl->ac, on_connect);
   redisAsyncSetDisconnectCallback(cl->ac, on_disconnect);
@@ -462,6 +520,134 @@ static void connect_redis(struct cluster *cl)
     redisAsyncCommand(cl->ac, on_first, NULL, "PING");
 }
 
+/* --- Sentinel: asking where the primary is --------------------------------- */
+
+static void on_sentinel_connect(const redisAsyncContext *ac, int status)
+{
+  struct cluster *cl = ac->data;
+
+  if (!cl || status == REDIS_OK)
+    return;
+  /* hiredis frees the context after this callback */
+  cl->sac = NULL;
+  if (!cl->st.sentinel_failures++ || cl->st.sentinel_failures % 60 == 0)
+    log_warnx("cluster: cannot reach sentinel %s: %s (trying the next "
+              "every second)", cl->swhere, ac->errstr);
+}
+
+static void on_sentinel_disconnect(const redisAsyncContext *ac, int status)
+{
+  struct cluster *cl = ac->data;
+
+  if (!cl)
+    return;
+  cl->sac = NULL;
+  if (status != REDIS_OK &&
+      (!cl->st.sentinel_failures++ || cl->st.sentinel_failures % 60 == 0))
+    log_warnx("cluster: sentinel %s: %s (trying the next every second)",
+              cl->swhere, ac->errstr);
+}
+
+/* SENTINEL get-master-addr-by-name answers [ip, port]; Redis is then
+ * reached there (connect_redis checks that it is the primary). */
+static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+  struct cluster *cl = ac->data;
+  redisReply *reply = r;
+  unsigned char a[16];
+  char *end;
+  unsigned long port = 0;
+  (void)priv;
+
+  if (!cl || !reply)
+    return;
+  if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+      reply->element[0]->type == REDIS_REPLY_STRING &&
+      reply->element[1]->type == REDIS_REPLY_STRING &&
+      reply->element[0]->len < sizeof(cl->ip))
+    port = strtoul(reply->element[1]->str, &end, 10);
+  if (port && port <= 65535 && !*end &&
+      (inet_pton(AF_INET, reply->element[0]->str, a) == 1 ||
+       inet_pton(AF_INET6, reply->element[0]->str, a) == 1)) {
+    int moved = strcmp(cl->ip, reply->element[0]->str) || cl->rport != port;
+    redisAsyncDisconnect(ac);
+    if (cl->ac) {
+      /* The periodic check: still where we write? A primary that lost
+       * a failover may not know it yet (and takes writes nobody reads):
+       * leave it, and ask again at the next tick. */
+      if (moved && !cl->demoted) {
+        cl->demoted = 1;
+        cl->st.not_primary++;
+        log_warnx("cluster: sentinel %s: the primary of %s moved to %s:%lu; "
+                  "leaving %s", cl->swhere, cl->master,
+                  reply->element[0]->str, port, cl->where);
+        redisAsyncDisconnect(cl->ac);
+        cl->next_connect_ms = 0;
+      }
+      return;
+    }
+    if (moved)
+      log_info("cluster: sentinel %s: the primary of %s is at %s:%lu",
+               cl->swhere, cl->master, reply->element[0]->str, port);
+    snprintf(cl->ip, sizeof(cl->ip), "%s", reply->element[0]->str);
+    cl->rport = (uint16_t)port;
+    connect_redis(cl);
+    return;
+  }
+  if (!cl->st.sentinel_failures++ || cl->st.sentinel_failures % 60 == 0)
+    log_warnx("cluster: sentinel %s does not tell the primary of '%s' (%s; "
+              "check cluster_redis_master); trying the next every second",
+              cl->swhere, cl->master,
+              reply->type == REDIS_REPLY_ERROR ? reply->str
+              : reply->type == REDIS_REPLY_NIL ? "it monitors no such name"
+                                               : "an answer of another shape");
+  redisAsyncDisconnect(ac);
+}
+
+static void connect_sentinel(struct cluster *cl)
+{
+  redisOptions o = { 0 };
+  struct timeval tv = { 2, 0 };
+  redisAsyncContext *ac;
+
+  REDIS_OPTIONS_SET_TCP(&o, cl->rip, cl->asking->port);
+  o.connect_timeout = &tv;
+  o.command_timeout = &tv;
+  ac = redisAsyncConnectWithOptions(&o);
+  if (!ac)
+    return;
+  if (ac->err ||
+      (cl->tls && redis_tls_attach(ac, cl->tls, cl->tls_name) < 0)) {
+    if (!cl->st.sentinel_failures++ || cl->st.sentinel_failures % 60 == 0)
+      log_warnx("cluster: cannot reach sentinel %s: %s", cl->swhere,
+                ac->err ? ac->errstr : "out of memory");
+    redisAsyncFree(ac);
+    return;
+  }
+  ac->data = cl;
+  cl->sac = ac;
+  redisLibuvAttach(ac, cl->loop);
+  redisAsyncSetConnectCallback(ac, on_sentinel_connect);
+  redisAsyncSetDisconnectCallback(ac, on_sentinel_disconnect);
+  cl->st.sentinel_queries++;
+  redisAsyncCommand(ac, on_sentinel_reply, NULL,
+                    "SENTINEL get-master-addr-by-name %s", cl->master);
+}
+
+/* --- finding Redis ------------------------------------------------------ */
+
+/* The name looked up is connected to: Redis itself, or the sentinel
+ * being asked. */
+static void resolved(struct cluster *cl)
+{
+  if (cl->nsentinels) {
+    connect_sentinel(cl);
+  } else {
+    memcpy(cl->ip, cl->rip, sizeof(cl->ip));
+    connect_redis(cl);
+  }
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status,
                         struct addrinfo *res)
 {
@@ -474,41 +660,54 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
     return;
   }
   if (status < 0 || !res) {
-    if (!cl->st.redis_failures++ || cl->st.redis_failures % 60 == 0)
-      log_warnx("cluster: cannot resolve Redis' name %s: %s (trying every "
-                "second)", cl->host, uv_strerror(status));
+    uint64_t *n = cl->nsentinels ? &cl->st.sentinel_failures
+                                 : &cl->st.redis_failures;
+    if (!(*n)++ || *n % 60 == 0)
+      log_warnx("cluster: cannot resolve %s name %s: %s (trying every "
+                "second)", cl->nsentinels ? "a sentinel's" : "Redis'",
+                cl->resolving_host, uv_strerror(status));
   } else {
     if (res->ai_family == AF_INET6)
-      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, cl->ip,
-                  sizeof(cl->ip));
+      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, cl->rip,
+                  sizeof(cl->rip));
     else
-      uv_ip4_name((struct sockaddr_in *)res->ai_addr, cl->ip,
-                  sizeof(cl->ip));
-    connect_redis(cl);
+      uv_ip4_name((struct sockaddr_in *)res->ai_addr, cl->rip,
+                  sizeof(cl->rip));
+    resolved(cl);
   }
   uv_freeaddrinfo(res);
   release(cl);
 }
 
-/* Connects to Redis, after looking its name up again (in libuv's thread
- * pool: a slow name server never stalls the relay). */
+/* Connects to Redis, or with sentinels to the next sentinel to ask where
+ * it is, after looking the name up again (in libuv's thread pool: a slow
+ * name server never stalls the relay). */
 static void reconnect(struct cluster *cl)
 {
   struct addrinfo hints;
   unsigned char buf[16];
+  const char *host = cl->host;
 
-  if (inet_pton(AF_INET, cl->host, buf) == 1 ||
-      inet_pton(AF_INET6, cl->host, buf) == 1) {
-    snprintf(cl->ip, sizeof(cl->ip), "%s", cl->host);
-    connect_redis(cl);
+  if (cl->resolving || cl->sac)
+    return;
+  if (cl->nsentinels) {
+    cl->asking = &cl->sentinels[cl->next_sentinel++ % cl->nsentinels];
+    host = cl->asking->host;
+    snprintf(cl->swhere, sizeof(cl->swhere), "%s%s%s:%u",
+             strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", cl->asking->port);
+  }
+  if (inet_pton(AF_INET, host, buf) == 1 ||
+      inet_pton(AF_INET6, host, buf) == 1) {
+    snprintf(cl->rip, sizeof(cl->rip), "%s", host);
+    resolved(cl);
     return;
   }
-  if (cl->resolving)
-    return;
   memset(&hints, 0, sizeof(hints));
   hints.ai_socktype = SOCK_STREAM;
   cl->gai.data = cl;
-  if (uv_getaddrinfo(cl->loop, &cl->gai, on_resolved, cl->host, NULL,
+  snprintf(cl->resolving_host, sizeof(cl->resolving_host), "%s", host);
+  if (uv_getaddrinfo(cl->loop, &cl->gai, on_resolved, host, NULL,
                      &hints) == 0) {
     cl->resolving = 1;
     cl->refs++; /* released by on_resolved */
@@ -530,6 +729,12 @@ static void on_timer(uv_timer_t *t)
   /* The timer runs every second; a beat every CLUSTER_HEARTBEAT_MS. */
   if (cl->connected && now - cl->last_beat_ms + 100 >= CLUSTER_HEARTBEAT_MS)
     heartbeat(cl);
+  /* With Sentinel, whether the primary is still the one we write to. */
+  if (cl->nsentinels && cl->connected &&
+      now - cl->last_check_ms + 100 >= CLUSTER_SENTINEL_CHECK_MS) {
+    cl->last_check_ms = now;
+    reconnect(cl);
+  }
 }
 
 int cluster_new(struct cluster **out, uv_loop_t *loop,
@@ -543,8 +748,21 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
     return -ENOMEM;
   }
   cl->loop = loop;
-  snprintf(cl->host, sizeof(cl->host), "%s", cfg->redis_host);
-  cl->port = cfg->redis_port;
+  if (cfg->nsentinels) {
+    cl->nsentinels = cfg->nsentinels < CLUSTER_SENTINELS_MAX
+                         ? cfg->nsentinels : CLUSTER_SENTINELS_MAX;
+    memcpy(cl->sentinels, cfg->sentinels,
+           cl->nsentinels * sizeof(*cl->sentinels));
+    snprintf(cl->master, sizeof(cl->master), "%s", cfg->master);
+    snprintf(cl->where, sizeof(cl->where), "'%s' (the primary the "
+             "sentinels name)", cl->master);
+  } else {
+    snprintf(cl->host, sizeof(cl->host), "%s", cfg->redis_host);
+    cl->port = cl->rport = cfg->redis_port;
+    snprintf(cl->where, sizeof(cl->where), "%s%s%s:%u",
+             strchr(cl->host, ':') ? "[" : "", cl->host,
+             strchr(cl->host, ':') ? "]" : "", cl->port);
+  }
   if (cfg->redis_user) {
     snprintf(cl->user, sizeof(cl->user), "%s", cfg->redis_user);
     cl->has_user = 1;
@@ -613,6 +831,12 @@ void cluster_del(struct cluster *cl)
     ac->data = NULL; /* its callbacks find no cluster */
     redisAsyncFree(ac);
   }
+  if (cl->sac) {
+    redisAsyncContext *ac = cl->sac;
+    cl->sac = NULL;
+    ac->data = NULL;
+    redisAsyncFree(ac);
+  }
   while (cl->held) {
     struct held *h = cl->held;
     cl->held = h->next;
@@ -630,6 +854,11 @@ void cluster_set_tls(struct cluster *cl, struct redis_tls *tls)
 const struct cluster_stats *cluster_stats(const struct cluster *cl)
 {
   return &cl->st;
+}
+
+const char *cluster_redis_where(const struct cluster *cl)
+{
+  return cl->where;
 }
 
 const char *cluster_node(const struct cluster *cl)

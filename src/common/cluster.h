@@ -25,11 +25,24 @@ struct redis_tls;
 #define CLUSTER_LOOKUPS_MAX 256    /* lookups in flight */
 #define CLUSTER_SERVICES_MAX 65536 /* services held here */
 
+#define CLUSTER_SENTINELS_MAX 8
+#define CLUSTER_SENTINEL_CHECK_MS 5000 /* the primary asked for this often */
+
 struct cluster;
+
+struct cluster_endpoint {
+  char host[256]; /* an address or a name */
+  uint16_t port;
+};
 
 struct cluster_config {
   const char *redis_host;     /* an address or a name */
   uint16_t redis_port;
+  /* or Sentinel: these are asked in turn where the primary of master is
+   * (nsentinels > 0; redis_host is then unused) */
+  const struct cluster_endpoint *sentinels;
+  size_t nsentinels;
+  const char *master;
   const char *redis_user;     /* AUTH user (NULL: the default user) */
   const char *redis_password; /* AUTH (NULL: none) */
   const char *prefix;         /* key prefix, "ztna" */
@@ -47,6 +60,8 @@ struct cluster_stats {
   uint64_t lookups, lookup_errors;         /* Redis round trips to find one */
   uint64_t stale_entries;                  /* entries read and not believed */
   uint64_t lookups_dropped;                /* too many in flight */
+  uint64_t sentinel_queries, sentinel_failures; /* asking where Redis is */
+  uint64_t not_primary;                    /* Redis found to be a replica */
   size_t services;                         /* held here */
 };
 
@@ -73,5 +88,8 @@ void cluster_set_tls(struct cluster *cl, struct redis_tls *tls);
 
 const struct cluster_stats *cluster_stats(const struct cluster *cl);
 const char *cluster_node(const struct cluster *cl);
+/* The Redis in use, "HOST:PORT", or with Sentinel the primary's address
+ * last told (for logs and the status API). */
+const char *cluster_redis_where(const struct cluster *cl);
 
 #endif

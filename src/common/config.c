@@ -727,6 +727,12 @@ static int intermediate_member(struct doc *d, int key, int val, void *out)
                     sizeof(c->cluster_redis_password_file));
   if (key_is(d, key, "cluster_redis_ca"))
     return get_ostr(d, val, c->cluster_redis_ca, sizeof(c->cluster_redis_ca));
+  if (key_is(d, key, "cluster_redis_sentinels"))
+    return get_ostr(d, val, c->cluster_redis_sentinels,
+                    sizeof(c->cluster_redis_sentinels));
+  if (key_is(d, key, "cluster_redis_master"))
+    return get_ostr(d, val, c->cluster_redis_master,
+                    sizeof(c->cluster_redis_master));
   if (key_is(d, key, "cluster_redis_name"))
     return get_ostr(d, val, c->cluster_redis_name,
                     sizeof(c->cluster_redis_name));

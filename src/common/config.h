@@ -50,6 +50,10 @@ struct cfg_intermediate {
    * and the name it must carry (the host of cluster_redis by default). */
   char cluster_redis_ca[CFG_PATH_MAX];
   char cluster_redis_name[CFG_STR_MAX];
+  /* or Sentinel: "HOST:PORT,HOST:PORT..." asked where the primary of
+   * cluster_redis_master is */
+  char cluster_redis_sentinels[CFG_PATH_MAX];
+  char cluster_redis_master[CFG_STR_MAX];
 };
 
 /* Translated agent addresses come from 100.64.1.0 up to the end of

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cluster import (NAME, NO_DIRECT, NODES, REDIS, ClusterWorld,
-                     cleanup_hosts)
+                     cleanup_hosts, zload_open)
 from datapath import SERVICES, download_across, sha256, stop_world
 from netns import Net
 from ztna import Intermediate, Pki, wait_for
@@ -408,6 +408,183 @@ def test_redis_tls(tmp_path):
             m.stop()
         redis.kill()
         redis.wait()
+
+
+def test_redis_sentinel(tmp_path):
+    """Redis Sentinel (cluster_redis_sentinels): members ask a sentinel
+    where the primary is (one of them first tries a sentinel that is not
+    there), write there, and route a session from one member to the
+    other's connector by the registry. The primary is killed: the sentinel
+    promotes the replica, and the members write there within seconds. The
+    old primary comes back as a replica and a forced failover moves the
+    primary back while the demoted one still runs: the members notice at
+    their periodic check and move too. A member without Sentinel whose
+    Redis becomes a replica stops writing and says why. On loopback."""
+    import socket
+    import subprocess
+    from ztna import ZTNA, Client, free_port
+    pki = Pki(str(tmp_path / "pki"))
+    agent = pki.issue("agent", "a", "--service", "svc")
+    conn = pki.issue("connector", "c", "--service", "svc")
+    pport, rport, sport, dead = (free_port() for _ in range(4))
+    procs = {}
+
+    def redis_at(port, *args):
+        procs[port] = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)] +
+            list(args), stdout=subprocess.DEVNULL)
+
+    def cli(port, *args):
+        return subprocess.run(["redis-cli", "-p", str(port)] + list(args),
+                              capture_output=True,
+                              text=True).stdout.strip()
+
+    def good_replica(port):
+        kv = cli(sport, "SENTINEL", "REPLICAS", "zt").split("\n")
+        info = dict(zip(kv[0::2], kv[1::2]))
+        return info.get("name") == "127.0.0.1:%d" % port and \
+            info.get("flags") == "slave" and \
+            info.get("master-link-status") == "ok"
+
+    def heartbeat(port, key):
+        v = cli(port, "GET", key).split()
+        return int(v[-1]) if v else 0
+
+    members = {}
+    c = None
+    try:
+        redis_at(pport)
+        wait_for(lambda: cli(pport, "PING") == "PONG", what="primary")
+        redis_at(rport, "--replicaof", "127.0.0.1", str(pport))
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text("port %d\nbind 127.0.0.1\nsentinel monitor zt "
+                        "127.0.0.1 %d 1\nsentinel down-after-milliseconds "
+                        "zt 1000\nsentinel failover-timeout zt 4000\n"
+                        % (sport, pport))
+        procs[sport] = subprocess.Popen(["redis-server", str(conf),
+                                         "--sentinel"],
+                                        stdout=subprocess.DEVNULL)
+        wait_for(lambda: cli(sport, "PING") == "PONG", what="sentinel")
+        ports = {}
+        for name, sentinels in (("node-a", "127.0.0.1:%d,127.0.0.1:%d"
+                                 % (dead, sport)),
+                                ("node-b", "127.0.0.1:%d" % sport)):
+            port = ports[name] = free_port(socket.SOCK_DGRAM)
+            members[name] = Intermediate(
+                pki, port=port, metrics_port=free_port(), bind="127.0.0.1",
+                name=name, logdir=str(tmp_path),
+                extra=("--cluster-redis-sentinels", sentinels,
+                       "--cluster-redis-master", "zt", "--cluster-node",
+                       name, "--cluster-advertise", "127.0.0.1:%d" % port))
+        a, b = members["node-a"], members["node-b"]
+        for m in (a, b):
+            wait_for(lambda: "connected to Redis at 127.0.0.1:%d" % pport
+                     in m.logtext(), what="a member at the primary")
+        assert "cannot reach sentinel 127.0.0.1:%d" % dead in a.logtext()
+        assert a.metric("ztna_cluster_sentinel_failures_total") >= 1
+        c = Client("127.0.0.1:%d" % ports["node-b"], pki, cert=conn)
+        c.expect("up", timeout=30)
+        c.send("raw 11037376637a01")  # connector of svc at node-b
+        c.expect("ack", timeout=30)
+        wait_for(lambda: cli(pport, "GET", "ztna:svc:svc").startswith(
+            "1 node-b "), what="the service entry at the primary")
+        assert zload_open(pki, ports["node-a"], agent, "svc", 2) == 2
+
+        # A member pointed straight at a Redis (no Sentinel) that becomes
+        # a replica: its writes are refused (READONLY), it leaves, finds
+        # a replica (ROLE) and writes nothing until it is a primary again.
+        xport, dport = free_port(), free_port(socket.SOCK_DGRAM)
+        redis_at(xport)
+        wait_for(lambda: cli(xport, "PING") == "PONG", what="redis x")
+        members["direct"] = d = Intermediate(
+            pki, port=dport, metrics_port=free_port(), bind="127.0.0.1",
+            name="direct", logdir=str(tmp_path),
+            extra=("--cluster-redis", "127.0.0.1:%d" % xport,
+                   "--cluster-node", "direct", "--cluster-advertise",
+                   "127.0.0.1:%d" % dport))
+        wait_for(lambda: d.metric("ztna_cluster_redis_up") == 1,
+                 what="direct up")
+        assert cli(xport, "REPLICAOF", "127.0.0.1", str(pport)) == "OK"
+        wait_for(lambda: "is a replica now (READONLY" in d.logtext(),
+                 what="the demotion noticed")
+        wait_for(lambda: "is a slave, not the primary" in d.logtext(),
+                 what="the replica refused as a registry")
+        wait_for(lambda: d.metric("ztna_cluster_redis_up") == 0,
+                 what="direct down")
+        writes = d.metric("ztna_cluster_registry_writes_total")
+        time.sleep(3)  # the heartbeat would have written meanwhile
+        assert d.metric("ztna_cluster_registry_writes_total") == writes
+        assert cli(xport, "REPLICAOF", "NO", "ONE") == "OK"
+        wait_for(lambda: d.metric("ztna_cluster_redis_up") == 1,
+                 what="direct up again at the primary")
+        wait_for(lambda: cli(xport, "EXISTS", "ztna:node:direct") == "1",
+                 what="direct writing again")
+        d.stop()
+        del members["direct"]
+
+        # The primary dies; the replica is promoted.
+        wait_for(lambda: good_replica(rport), timeout=60,
+                 what="the sentinel knows the replica")
+        procs[pport].kill()
+        procs[pport].wait()
+        for m in (a, b):
+            wait_for(lambda: "connected to Redis at 127.0.0.1:%d" % rport
+                     in m.logtext(), timeout=60,
+                     what="a member at the promoted replica")
+        hb = heartbeat(rport, "ztna:svc:svc")
+        wait_for(lambda: heartbeat(rport, "ztna:svc:svc") > hb,
+                 what="node-b writing at the new primary")
+        assert heartbeat(rport, "ztna:node:node-a") > 0
+        assert zload_open(pki, ports["node-a"], agent, "svc", 2) == 2
+
+        # The old primary back as a replica, then a forced failover to it
+        # while the one the members write to stays up (a demoted primary
+        # is not always closed at once: the periodic check finds it).
+        redis_at(pport, "--replicaof", "127.0.0.1", str(rport))
+        wait_for(lambda: good_replica(pport), timeout=60,
+                 what="the old primary a good replica")
+        wait_for(lambda: cli(sport, "SENTINEL", "FAILOVER", "zt") == "OK",
+                 what="a forced failover accepted")
+        for m in (a, b):
+            wait_for(lambda: m.logtext().count(
+                "connected to Redis at 127.0.0.1:%d" % pport) == 2,
+                timeout=60, what="a member back at the old primary")
+        hb = heartbeat(pport, "ztna:svc:svc")
+        wait_for(lambda: heartbeat(pport, "ztna:svc:svc") > hb,
+                 what="node-b writing at the old primary again")
+        for m in (a, b):
+            assert m.metric("ztna_cluster_redis_up") == 1
+            assert m.metric("ztna_cluster_sentinel_queries_total") >= 3
+
+        # Settings that do not go together.
+        for extra, says in (
+                (("--cluster-redis", "127.0.0.1:1",
+                  "--cluster-redis-sentinels", "127.0.0.1:2",
+                  "--cluster-redis-master", "zt"), "not both"),
+                (("--cluster-redis-sentinels", "127.0.0.1:2"),
+                 "needs cluster_redis_master"),
+                (("--cluster-redis-sentinels", "127.0.0.1:2,nope",
+                  "--cluster-redis-master", "zt"), "'nope' is not HOST:PORT"),
+                (("--cluster-redis-sentinels", "127.0.0.1:2",
+                  "--cluster-redis-master", "zt", "--cluster-redis-ca",
+                  pki.ca), "set cluster_redis_name"),
+                (("--cluster-redis", "127.0.0.1:1",
+                  "--cluster-redis-master", "zt"), "set cluster_redis_sentinels")):
+            p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                                a.cert, "--key", a.key, "--ca", pki.ca,
+                                "--cluster-advertise", "127.0.0.1:4433"] +
+                               list(extra), capture_output=True, text=True)
+            assert p.returncode == 1 and says in p.stderr, (extra, p.stderr)
+    finally:
+        if c:
+            c.close()
+        for m in members.values():
+            m.stop()
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_cluster_alerts_use_exported_metrics(cluster):
