@@ -554,9 +554,9 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
 {
   struct cluster *cl = ac->data;
   redisReply *reply = r;
-  unsigned char a[16];
-  char *end;
-  unsigned long port = 0;
+  struct sockaddr_storage ss;
+  char ip[64];
+  unsigned port;
   (void)priv;
 
   if (!cl || !reply)
@@ -564,12 +564,18 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
   if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
       reply->element[0]->type == REDIS_REPLY_STRING &&
       reply->element[1]->type == REDIS_REPLY_STRING &&
-      reply->element[0]->len < sizeof(cl->ip))
-    port = strtoul(reply->element[1]->str, &end, 10);
-  if (port && port <= 65535 && !*end &&
-      (inet_pton(AF_INET, reply->element[0]->str, a) == 1 ||
-       inet_pton(AF_INET6, reply->element[0]->str, a) == 1)) {
-    int moved = strcmp(cl->ip, reply->element[0]->str) || cl->rport != port;
+      registry_primary_parse(reply->element[0]->str, reply->element[0]->len,
+                             reply->element[1]->str, reply->element[1]->len,
+                             &ss) == 0) {
+    int moved;
+    if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    moved = strcmp(cl->ip, ip) || cl->rport != port;
     redisAsyncDisconnect(ac);
     if (cl->ac) {
       /* The periodic check: still where we write? A primary that lost
@@ -578,18 +584,17 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
       if (moved && !cl->demoted) {
         cl->demoted = 1;
         cl->st.not_primary++;
-        log_warnx("cluster: sentinel %s: the primary of %s moved to %s:%lu; "
-                  "leaving %s", cl->swhere, cl->master,
-                  reply->element[0]->str, port, cl->where);
+        log_warnx("cluster: sentinel %s: the primary of %s moved to %s:%u; "
+                  "leaving %s", cl->swhere, cl->master, ip, port, cl->where);
         redisAsyncDisconnect(cl->ac);
         cl->next_connect_ms = 0;
       }
       return;
     }
     if (moved)
-      log_info("cluster: sentinel %s: the primary of %s is at %s:%lu",
-               cl->swhere, cl->master, reply->element[0]->str, port);
-    snprintf(cl->ip, sizeof(cl->ip), "%s", reply->element[0]->str);
+      log_info("cluster: sentinel %s: the primary of %s is at %s:%u",
+               cl->swhere, cl->master, ip, port);
+    snprintf(cl->ip, sizeof(cl->ip), "%s", ip);
     cl->rport = (uint16_t)port;
     connect_redis(cl);
     return;
@@ -600,7 +605,7 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
               cl->swhere, cl->master,
               reply->type == REDIS_REPLY_ERROR ? reply->str
               : reply->type == REDIS_REPLY_NIL ? "it monitors no such name"
-                                               : "an answer of another shape");
+                                               : "not an address and port");
   redisAsyncDisconnect(ac);
 }
 

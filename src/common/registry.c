@@ -162,6 +162,34 @@ int registry_addr_parse(const char *f, size_t len,
   return 0;
 }
 
+int registry_primary_parse(const char *ip, size_t iplen, const char *port,
+                           size_t portlen, struct sockaddr_storage *out)
+{
+  char host[64];
+  uint64_t p;
+  struct sockaddr_in *s4 = (struct sockaddr_in *)out;
+  struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)out;
+
+  memset(out, 0, sizeof(*out));
+  if (iplen == 0 || iplen >= sizeof(host) || memchr(ip, '\0', iplen) ||
+      number(port, portlen, &p) < 0 || p == 0 || p > 65535)
+    return -1;
+  memcpy(host, ip, iplen);
+  host[iplen] = '\0';
+  if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons((uint16_t)p);
+    return 0;
+  }
+  if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons((uint16_t)p);
+    return 0;
+  }
+  memset(out, 0, sizeof(*out));
+  return -1;
+}
+
 int registry_node_decode(const char *v, size_t n, struct reg_node_entry *out)
 {
   const char *f;

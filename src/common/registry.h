@@ -57,6 +57,11 @@ int registry_svc_decode(const char *v, size_t n, struct reg_svc_entry *out);
  * exactly an IP literal and a port from 1 to 65535. */
 int registry_addr_parse(const char *s, size_t len,
                         struct sockaddr_storage *out);
+/* A sentinel's answer to SENTINEL get-master-addr-by-name, its two
+ * strings: an IPv4 or IPv6 literal (no brackets) and a port from 1 to
+ * 65535 in plain digits. 0, or -1 for anything else. */
+int registry_primary_parse(const char *ip, size_t iplen, const char *port,
+                           size_t portlen, struct sockaddr_storage *out);
 /* 1 when an entry last written at heartbeat_ms is to be believed at
  * now_ms with entries living ttl_ms: not older than ttl_ms, and not more
  * than ttl_ms in the future (a writer's clock that runs ahead). */

@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "registry.h"
 
@@ -28,6 +29,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
     assert(k > 0 && (size_t)k == n && !memcmp(buf, d, n));
     assert(registry_svc_decode(buf, (size_t)k, &se2) == 0);
     assert(!strcmp(se2.node, se.node));
+  }
+  /* A sentinel's answer: the first byte splits the two strings. */
+  if (n > 0 && (size_t)d[0] < n) {
+    struct sockaddr_storage ss;
+    size_t iplen = d[0];
+    const char *ip = (const char *)d + 1;
+    if (registry_primary_parse(ip, iplen, ip + iplen, n - 1 - iplen,
+                               &ss) == 0)
+      assert(ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+    else
+      assert(ss.ss_family == 0);
   }
   (void)registry_fresh(n, (uint64_t)n * 7, 6000);
   return 0;

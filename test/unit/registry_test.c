@@ -113,6 +113,37 @@ static void test_registry_service_values(void **state)
 
 /* Believed for ttl after its heartbeat, and up to ttl before it (a
  * writer's clock ahead of ours); not outside that. */
+/* A sentinel's answer: an address and a port, nothing else. */
+static void test_registry_primary(void **state)
+{
+  struct sockaddr_storage ss;
+  struct { const char *ip, *port; } bad[] = {
+    { "", "6379" }, { "redis.example", "6379" }, { "10.0.0.1", "" },
+    { "10.0.0.1", "0" }, { "10.0.0.1", "65536" }, { "10.0.0.1", "+80" },
+    { "10.0.0.1", " 80" }, { "10.0.0.1", "-1" }, { "10.0.0.1", "080" },
+    { "10.0.0.1", "6379x" }, { "[::1]", "6379" }, { "10.0.0.1:1", "2" },
+    { "10.0.0.256", "1" },
+  };
+  (void)state;
+
+  assert_int_equal(registry_primary_parse("10.0.0.1", 8, "6379", 4, &ss), 0);
+  assert_int_equal(ss.ss_family, AF_INET);
+  assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 6379);
+  assert_int_equal(registry_primary_parse("2001:db8::7", 11, "65535", 5,
+                                          &ss), 0);
+  assert_int_equal(ss.ss_family, AF_INET6);
+  assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 65535);
+  /* A NUL inside the address (Redis strings are counted) is refused. */
+  assert_int_equal(registry_primary_parse("10.0.0.1\0junk", 13, "1", 1,
+                                          &ss), -1);
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(registry_primary_parse(bad[i].ip, strlen(bad[i].ip),
+                                            bad[i].port,
+                                            strlen(bad[i].port), &ss), -1);
+    assert_int_equal(ss.ss_family, 0);
+  }
+}
+
 static void test_registry_expiry(void **state)
 {
   (void)state;
@@ -132,6 +163,7 @@ int main(void)
     cmocka_unit_test(test_registry_node_values),
     cmocka_unit_test(test_registry_service_values),
     cmocka_unit_test(test_registry_expiry),
+    cmocka_unit_test(test_registry_primary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
