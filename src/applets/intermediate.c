@@ -134,6 +134,7 @@ struct ictx {
    * to the other intermediates, and those links (made on demand). */
   struct cluster *cl;
   struct cluster_endpoint sentinels[CLUSTER_SENTINELS_MAX];
+  uint64_t links_full_ms; /* when "all links up" was last said */
   struct tls_ctx *peer_tls;
   struct plink *peers;
   uint64_t peer_links_made, peer_links_lost;
@@ -321,12 +322,23 @@ static struct plink *plink_get(struct ictx *x, const char *node,
       old = &x->peers[i];
   }
   if (!pl) {
+    /* No free slot: the one without a link used least recently. */
     for (size_t i = 0; !old && i < PEERS_MAX; i++)
-      if (!x->peers[i].ic &&
-          (!old || x->peers[i].used_ms < old->used_ms))
+      if (!x->peers[i].ic)
         old = &x->peers[i];
-    if (!old)
-      return NULL; /* 64 links up and in use */
+    for (size_t i = 0; old && i < PEERS_MAX; i++)
+      if (!x->peers[i].ic && x->peers[i].used_ms < old->used_ms)
+        old = &x->peers[i];
+    if (!old) { /* every slot holds a link: agents here hear "no route" */
+      uint64_t now = uv_now(x->loop);
+      if (!x->links_full_ms || now - x->links_full_ms >= 60000) {
+        x->links_full_ms = now;
+        log_warnx("cluster: no link to %s: all %d links to other members "
+                  "are up (a cluster of more than %d members?)", node,
+                  PEERS_MAX, PEERS_MAX + 1);
+      }
+      return NULL;
+    }
     pl = old;
     memset(pl, 0, sizeof(*pl));
     snprintf(pl->node, sizeof(pl->node), "%s", node);

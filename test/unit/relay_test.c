@@ -867,6 +867,36 @@ static void deliver(struct relay *to, struct relay_client *from,
   relay_datagram(to, from, f->last, f->lastlen);
 }
 
+/* Two relays joined by a cluster link: alice, an agent of echo, at A;
+ * echo's connector (it takes sessions) at B; pa and pb the link's ends at
+ * A and B. The fakes and identities live here: the relays keep pointers
+ * to them. */
+struct pair {
+  struct tls_identity ia, ic, ii;
+  struct fconn fa, fc, fpa, fpb;
+  struct relay *A, *B;
+  struct relay_client *a, *c, *pa, *pb;
+};
+
+static void pair_new(struct pair *p, const struct relay_limits *la,
+                     const struct relay_limits *lb)
+{
+  memset(p, 0, sizeof(*p));
+  p->ia = ident("alice", "agent.echo.ztna", NULL);
+  p->ic = ident("conn", "ztna-connector", "connector.echo.ztna");
+  p->ii = ident("i", "ztna-server", NULL);
+  assert_int_equal(relay_new(&p->A, &fio_cluster, la), 0);
+  assert_int_equal(relay_new(&p->B, &fio_cluster, lb), 0);
+  p->a = relay_client_new(p->A, &p->fa, &p->ia);
+  p->c = relay_client_new(p->B, &p->fc, &p->ic);
+  p->pa = relay_client_new(p->A, &p->fpa, &p->ii);
+  p->pb = relay_client_new(p->B, &p->fpb, &p->ii);
+  relay_client_set_peer(p->pa);
+  relay_client_set_peer(p->pb);
+  reg_flags(p->B, p->c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  reg(p->A, p->a, WIRE_REG_AGENT, "echo");
+}
+
 /* An agent at relay A, the connector at relay B: A asks B for the session
  * over their link, the packets cross it under B's session id and reach
  * the agent under A's, and either side's end reaches the other. A link
@@ -874,15 +904,9 @@ static void deliver(struct relay *to, struct relay_client *from,
  * closed at B, and a lost link ends the sessions through it. */
 static void test_relay_cluster_forwarding(void **state)
 {
+  struct pair P;
   struct relay_limits la = { .rsession_base = 1000 };
   struct relay_limits lb = { .rsession_base = 5000 };
-  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
-  struct tls_identity ic = ident("conn", "ztna-connector",
-                                 "connector.echo.ztna");
-  struct tls_identity ii = ident("i", "ztna-server", NULL);
-  struct fconn fa, fc, fpa, fpb;
-  struct relay *A, *B;
-  struct relay_client *a, *c, *pa, *pb;
   uint8_t b[2048], st, reason;
   uint32_t rq;
   uint64_t sa, sb, got;
@@ -891,128 +915,117 @@ static void test_relay_cluster_forwarding(void **state)
   int k;
   (void)state;
 
-  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
-  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
-  assert_int_equal(relay_new(&A, &fio_cluster, &la), 0);
-  assert_int_equal(relay_new(&B, &fio_cluster, &lb), 0);
-  a = relay_client_new(A, &fa, &ia);
-  c = relay_client_new(B, &fc, &ic);
-  pa = relay_client_new(A, &fpa, &ii); /* A's end of the link */
-  pb = relay_client_new(B, &fpb, &ii); /* B's end */
-  relay_client_set_peer(pa);
-  relay_client_set_peer(pb);
-  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
-  reg(A, a, WIRE_REG_AGENT, "echo");
+  pair_new(&P, &la, &lb);
   /* Not known where: no connector. */
   route_to = NULL;
   n = (size_t)wire_session_open_encode(b, sizeof(b), 7, "echo", 4);
-  relay_datagram(A, a, b, n);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  relay_datagram(P.A, P.a, b, n);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &sa), 0);
   assert_int_equal(st, WIRE_SESSION_NO_CONNECTOR);
   /* Known: asked of B; the agent waits for B's answer. */
-  route_to = pa;
-  fa.ndgrams = 0;
-  relay_datagram(A, a, b, n);
-  assert_int_equal(fa.ndgrams, 0);
-  assert_int_equal(fpa.last[0], WIRE_SESSION_OPEN);
-  relay_datagram(A, a, b, n); /* repeated: still one request */
-  assert_int_equal(fpa.ndgrams, 1);
-  deliver(B, pb, &fpa);
-  assert_int_equal(wire_session_opened_decode(fpb.last, fpb.lastlen, &rq,
+  route_to = P.pa;
+  P.fa.ndgrams = 0;
+  relay_datagram(P.A, P.a, b, n);
+  assert_int_equal(P.fa.ndgrams, 0);
+  assert_int_equal(P.fpa.last[0], WIRE_SESSION_OPEN);
+  relay_datagram(P.A, P.a, b, n); /* repeated: still one request */
+  assert_int_equal(P.fpa.ndgrams, 1);
+  deliver(P.B, P.pb, &P.fpa);
+  assert_int_equal(wire_session_opened_decode(P.fpb.last, P.fpb.lastlen, &rq,
                                               &st, &sb), 0);
   assert_int_equal(st, WIRE_SESSION_OK);
   assert_int_equal(sb, 5000);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &sa), 0);
   assert_true(rq == 7 && st == WIRE_SESSION_OK && sa == 1000);
-  assert_int_equal(relay_stats(A)->rsessions_forwarded, 1);
-  assert_int_equal(relay_stats(B)->rsessions_for_peers, 1);
+  assert_int_equal(relay_stats(P.A)->rsessions_forwarded, 1);
+  assert_int_equal(relay_stats(P.B)->rsessions_for_peers, 1);
   /* A repeated request once answered: the same session. */
-  relay_datagram(A, a, b, n);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  relay_datagram(P.A, P.a, b, n);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &got), 0);
   assert_true(st == WIRE_SESSION_OK && got == sa);
   /* Agent to connector: renamed to B's id on the link, unchanged after. */
   n = data(b, sa, "\x40 inner");
-  relay_datagram(A, a, b, n);
-  assert_int_equal(wire_session_data_decode(fpa.last, fpa.lastlen, &got,
+  relay_datagram(P.A, P.a, b, n);
+  assert_int_equal(wire_session_data_decode(P.fpa.last, P.fpa.lastlen, &got,
                                             &pkt, &plen), 0);
   assert_true(got == sb && plen == 7 && !memcmp(pkt, "\x40 inner", 7));
-  deliver(B, pb, &fpa);
-  assert_int_equal(wire_session_data_decode(fc.last, fc.lastlen, &got, &pkt,
+  deliver(P.B, P.pb, &P.fpa);
+  assert_int_equal(wire_session_data_decode(P.fc.last, P.fc.lastlen, &got, &pkt,
                                             &plen), 0);
   assert_true(got == sb && plen == 7);
   /* And back. */
   n = data(b, sb, "\x41 back");
-  relay_datagram(B, c, b, n);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_data_decode(fa.last, fa.lastlen, &got, &pkt,
+  relay_datagram(P.B, P.c, b, n);
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_data_decode(P.fa.last, P.fa.lastlen, &got, &pkt,
                                             &plen), 0);
   assert_true(got == sa && plen == 6 && !memcmp(pkt, "\x41 back", 6));
   /* A link carries sessions only: no registration, no raw IP. */
-  k = fpb.ndgrams;
-  reg(B, pb, WIRE_REG_CONNECTOR, "echo");
-  assert_int_equal(fpb.ndgrams, k);
-  assert_true(relay_stats(B)->drops[RELAY_DROP_UNEXPECTED] >= 1);
+  k = P.fpb.ndgrams;
+  reg(P.B, P.pb, WIRE_REG_CONNECTOR, "echo");
+  assert_int_equal(P.fpb.ndgrams, k);
+  assert_true(relay_stats(P.B)->drops[RELAY_DROP_UNEXPECTED] >= 1);
   /* The agent's own id is not B's: DATA under it from the link is not
    * taken for the agent's session. */
   n = data(b, sa, "\x41 wrong id");
-  k = fa.ndgrams;
-  relay_datagram(A, pa, b, n);
-  assert_int_equal(fa.ndgrams, k);
+  k = P.fa.ndgrams;
+  relay_datagram(P.A, P.pa, b, n);
+  assert_int_equal(P.fa.ndgrams, k);
   /* The connector leaves B: the agent at A hears it, under its id. */
-  relay_client_del(B, c);
-  assert_int_equal(wire_session_closed_decode(fpb.last, fpb.lastlen, &got,
+  relay_client_del(P.B, P.c);
+  assert_int_equal(wire_session_closed_decode(P.fpb.last, P.fpb.lastlen, &got,
                                               &reason), 0);
   assert_true(got == sb && reason == WIRE_SESSION_GONE);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_closed_decode(fa.last, fa.lastlen, &got,
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_closed_decode(P.fa.last, P.fa.lastlen, &got,
                                               &reason), 0);
   assert_true(got == sa && reason == WIRE_SESSION_GONE);
-  assert_int_equal(relay_rsession_count(A), 0);
-  assert_int_equal(relay_rsession_count(B), 0);
+  assert_int_equal(relay_rsession_count(P.A), 0);
+  assert_int_equal(relay_rsession_count(P.B), 0);
   /* No answer from B in time: the agent hears "no connector"; B's late
    * answer is closed there. */
   n = (size_t)wire_session_open_encode(b, sizeof(b), 8, "echo", 4);
-  relay_datagram(A, a, b, n);
-  assert_int_equal(relay_rsession_count(A), 1);
-  memcpy(b, fpa.last, fpa.lastlen); /* the request, kept */
-  relay_expire(A, RELAY_FORWARD_TTL_MS);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  relay_datagram(P.A, P.a, b, n);
+  assert_int_equal(relay_rsession_count(P.A), 1);
+  memcpy(b, P.fpa.last, P.fpa.lastlen); /* the request, kept */
+  relay_expire(P.A, RELAY_FORWARD_TTL_MS);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &got), 0);
   assert_true(rq == 8 && st == WIRE_SESSION_NO_CONNECTOR);
-  assert_int_equal(relay_rsession_count(A), 0);
+  assert_int_equal(relay_rsession_count(P.A), 0);
   n = (size_t)wire_session_opened_encode(b, sizeof(b), 2, WIRE_SESSION_OK,
                                          777);
-  relay_datagram(A, pa, b, n);
-  assert_int_equal(wire_session_closed_decode(fpa.last, fpa.lastlen, &got,
+  relay_datagram(P.A, P.pa, b, n);
+  assert_int_equal(wire_session_closed_decode(P.fpa.last, P.fpa.lastlen, &got,
                                               &reason), 0);
   assert_true(got == 777 && reason == WIRE_SESSION_CLOSED_BY_PEER);
   /* A session through the link, then the link goes: the agent hears it. */
-  c = relay_client_new(B, &fc, &ic);
-  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
+  P.c = relay_client_new(P.B, &P.fc, &P.ic);
+  reg_flags(P.B, P.c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
   n = (size_t)wire_session_open_encode(b, sizeof(b), 9, "echo", 4);
-  relay_datagram(A, a, b, n);
-  deliver(B, pb, &fpa);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  relay_datagram(P.A, P.a, b, n);
+  deliver(P.B, P.pb, &P.fpa);
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &sa), 0);
   assert_true(rq == 9 && st == WIRE_SESSION_OK);
-  relay_client_del(A, pa);
-  assert_int_equal(wire_session_closed_decode(fa.last, fa.lastlen, &got,
+  relay_client_del(P.A, P.pa);
+  assert_int_equal(wire_session_closed_decode(P.fa.last, P.fa.lastlen, &got,
                                               &reason), 0);
   assert_true(got == sa && reason == WIRE_SESSION_GONE);
-  relay_client_del(B, pb); /* and B's end: the connector hears it */
-  assert_int_equal(wire_session_closed_decode(fc.last, fc.lastlen, &got,
+  relay_client_del(P.B, P.pb); /* and B's end: the connector hears it */
+  assert_int_equal(wire_session_closed_decode(P.fc.last, P.fc.lastlen, &got,
                                               &reason), 0);
   assert_true(reason == WIRE_SESSION_GONE);
-  assert_int_equal(relay_rsession_count(A), 0);
-  assert_int_equal(relay_rsession_count(B), 0);
+  assert_int_equal(relay_rsession_count(P.A), 0);
+  assert_int_equal(relay_rsession_count(P.B), 0);
   route_to = NULL;
-  relay_del(A);
-  relay_del(B);
+  relay_del(P.A);
+  relay_del(P.B);
 }
 
 /* Hands the signaling bytes one relay sent on its link to the other. */
@@ -1033,67 +1046,50 @@ static void deliver_sig(struct relay *to, struct relay_client *from,
  * and "no connector" at B reaches the agent. */
 static void test_relay_cluster_signaling(void **state)
 {
-  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
-  struct tls_identity ic = ident("conn", "ztna-connector",
-                                 "connector.echo.ztna");
-  struct tls_identity ii = ident("i", "ztna-server", NULL);
-  struct fconn fa, fc, fpa, fpb;
-  struct relay *A, *B;
-  struct relay_client *a, *c, *pa, *pb;
+  struct pair P;
   uint32_t code = 0;
   uint64_t sid = 0;
   (void)state;
 
-  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
-  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
-  assert_int_equal(relay_new(&A, &fio_cluster, NULL), 0);
-  assert_int_equal(relay_new(&B, &fio_cluster, NULL), 0);
-  a = relay_client_new(A, &fa, &ia);
-  c = relay_client_new(B, &fc, &ic);
-  pa = relay_client_new(A, &fpa, &ii);
-  pb = relay_client_new(B, &fpb, &ii);
-  relay_client_set_peer(pa);
-  relay_client_set_peer(pb);
-  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
-  reg(A, a, WIRE_REG_AGENT, "echo");
+  pair_new(&P, NULL, NULL);
   /* Nowhere known: no connector. */
   route_to = NULL;
-  sig(A, a, WIRE_SIG_OFFER, 7, "echo", 0);
-  assert_int_equal(last_sig(&fa, &code, NULL), WIRE_SIG_ERROR);
+  sig(P.A, P.a, WIRE_SIG_OFFER, 7, "echo", 0);
+  assert_int_equal(last_sig(&P.fa, &code, NULL), WIRE_SIG_ERROR);
   assert_int_equal(code, WIRE_SIGERR_NO_CONNECTOR);
   /* At B: the offer crosses the link to the connector. */
-  route_to = pa;
-  sig(A, a, WIRE_SIG_OFFER, 7, "echo", 0);
-  assert_int_equal(fpa.nsig, 1);
-  deliver_sig(B, pb, &fpa);
-  assert_int_equal(last_sig(&fc, NULL, &sid), WIRE_SIG_OFFER);
+  route_to = P.pa;
+  sig(P.A, P.a, WIRE_SIG_OFFER, 7, "echo", 0);
+  assert_int_equal(P.fpa.nsig, 1);
+  deliver_sig(P.B, P.pb, &P.fpa);
+  assert_int_equal(last_sig(&P.fc, NULL, &sid), WIRE_SIG_OFFER);
   assert_int_equal(sid, 7);
   /* A link does not answer for a connector. */
-  sig(A, pa, WIRE_SIG_ANSWER, 7, NULL, 0);
-  assert_int_equal(last_sig(&fa, NULL, NULL), -1);
+  sig(P.A, P.pa, WIRE_SIG_ANSWER, 7, NULL, 0);
+  assert_int_equal(last_sig(&P.fa, NULL, NULL), -1);
   /* The connector answers: StartPunching to it, and across to the agent. */
-  sig(B, c, WIRE_SIG_ANSWER, 7, NULL, 0);
-  assert_int_equal(last_sig(&fc, NULL, NULL), WIRE_SIG_START);
-  deliver_sig(A, pa, &fpb);
-  assert_int_equal(last_sig(&fa, NULL, &sid), WIRE_SIG_START);
+  sig(P.B, P.c, WIRE_SIG_ANSWER, 7, NULL, 0);
+  assert_int_equal(last_sig(&P.fc, NULL, NULL), WIRE_SIG_START);
+  deliver_sig(P.A, P.pa, &P.fpb);
+  assert_int_equal(last_sig(&P.fa, NULL, &sid), WIRE_SIG_START);
   assert_int_equal(sid, 7);
   /* The agent's result ends it at both. */
-  sig(A, a, WIRE_SIG_RESULT, 7, NULL, 0);
-  deliver_sig(B, pb, &fpa);
-  assert_int_equal(last_sig(&fc, NULL, NULL), WIRE_SIG_RESULT);
-  assert_int_equal(relay_session_count(A), 0);
-  assert_int_equal(relay_session_count(B), 0);
+  sig(P.A, P.a, WIRE_SIG_RESULT, 7, NULL, 0);
+  deliver_sig(P.B, P.pb, &P.fpa);
+  assert_int_equal(last_sig(&P.fc, NULL, NULL), WIRE_SIG_RESULT);
+  assert_int_equal(relay_session_count(P.A), 0);
+  assert_int_equal(relay_session_count(P.B), 0);
   /* The connector gone from B: its "no connector" reaches the agent. */
-  relay_client_del(B, c);
-  sig(A, a, WIRE_SIG_OFFER, 8, "echo", 0);
-  deliver_sig(B, pb, &fpa);
-  deliver_sig(A, pa, &fpb);
-  assert_int_equal(last_sig(&fa, &code, &sid), WIRE_SIG_ERROR);
+  relay_client_del(P.B, P.c);
+  sig(P.A, P.a, WIRE_SIG_OFFER, 8, "echo", 0);
+  deliver_sig(P.B, P.pb, &P.fpa);
+  deliver_sig(P.A, P.pa, &P.fpb);
+  assert_int_equal(last_sig(&P.fa, &code, &sid), WIRE_SIG_ERROR);
   assert_true(code == WIRE_SIGERR_NO_CONNECTOR && sid == 8);
-  assert_int_equal(relay_session_count(A), 0);
+  assert_int_equal(relay_session_count(P.A), 0);
   route_to = NULL;
-  relay_del(A);
-  relay_del(B);
+  relay_del(P.A);
+  relay_del(P.B);
 }
 
 /* The same id at both members (their ids count from random starts, so
@@ -1102,14 +1098,8 @@ static void test_relay_cluster_signaling(void **state)
  * "limit" for the rest, and its going ends every session it held. */
 static void test_relay_cluster_same_ids(void **state)
 {
+  struct pair P;
   struct relay_limits lim = { .rsession_base = 77, .rsessions_total = 8 };
-  struct tls_identity ia = ident("alice", "agent.echo.ztna", NULL);
-  struct tls_identity ic = ident("conn", "ztna-connector",
-                                 "connector.echo.ztna");
-  struct tls_identity ii = ident("i", "ztna-server", NULL);
-  struct fconn fa, fc, fpa, fpb;
-  struct relay *A, *B;
-  struct relay_client *a, *c, *pa, *pb;
   uint8_t b[2048], st;
   uint32_t rq;
   uint64_t sa, got;
@@ -1117,50 +1107,39 @@ static void test_relay_cluster_same_ids(void **state)
   size_t n, plen;
   (void)state;
 
-  memset(&fa, 0, sizeof(fa)), memset(&fc, 0, sizeof(fc));
-  memset(&fpa, 0, sizeof(fpa)), memset(&fpb, 0, sizeof(fpb));
-  assert_int_equal(relay_new(&A, &fio_cluster, &lim), 0);
-  assert_int_equal(relay_new(&B, &fio_cluster, &lim), 0);
-  a = relay_client_new(A, &fa, &ia);
-  c = relay_client_new(B, &fc, &ic);
-  pa = relay_client_new(A, &fpa, &ii);
-  pb = relay_client_new(B, &fpb, &ii);
-  relay_client_set_peer(pa);
-  relay_client_set_peer(pb);
-  reg_flags(B, c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
-  reg(A, a, WIRE_REG_AGENT, "echo");
-  route_to = pa;
+  pair_new(&P, &lim, &lim);
+  route_to = P.pa;
   n = (size_t)wire_session_open_encode(b, sizeof(b), 1, "echo", 4);
-  relay_datagram(A, a, b, n);
-  deliver(B, pb, &fpa);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_opened_decode(fa.last, fa.lastlen, &rq, &st,
+  relay_datagram(P.A, P.a, b, n);
+  deliver(P.B, P.pb, &P.fpa);
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
                                               &sa), 0);
   assert_true(st == WIRE_SESSION_OK && sa == 77);
   n = data(b, 77, "\x41 from B");
-  relay_datagram(B, c, b, n);
-  deliver(A, pa, &fpb);
-  assert_int_equal(wire_session_data_decode(fa.last, fa.lastlen, &got, &pkt,
+  relay_datagram(P.B, P.c, b, n);
+  deliver(P.A, P.pa, &P.fpb);
+  assert_int_equal(wire_session_data_decode(P.fa.last, P.fa.lastlen, &got, &pkt,
                                             &plen), 0);
   assert_true(got == 77 && plen == 8);
   /* The flood: 1 session held, 7 more allowed, 93 refused. */
   for (uint32_t k = 0; k < 100; k++) {
     n = (size_t)wire_session_open_encode(b, sizeof(b), 1000 + k, "echo", 4);
-    relay_datagram(B, pb, b, n);
-    assert_int_equal(wire_session_opened_decode(fpb.last, fpb.lastlen, &rq,
+    relay_datagram(P.B, P.pb, b, n);
+    assert_int_equal(wire_session_opened_decode(P.fpb.last, P.fpb.lastlen, &rq,
                                                 &st, &got), 0);
     assert_int_equal(st, k < 7 ? WIRE_SESSION_OK : WIRE_SESSION_LIMIT);
   }
-  assert_int_equal(relay_rsession_count(B), 8);
-  assert_true(relay_stats(B)->limit_hits >= 93);
-  relay_client_del(B, pb);
-  assert_int_equal(relay_rsession_count(B), 0);
-  assert_int_equal(wire_session_closed_decode(fc.last, fc.lastlen, &got,
+  assert_int_equal(relay_rsession_count(P.B), 8);
+  assert_true(relay_stats(P.B)->limit_hits >= 93);
+  relay_client_del(P.B, P.pb);
+  assert_int_equal(relay_rsession_count(P.B), 0);
+  assert_int_equal(wire_session_closed_decode(P.fc.last, P.fc.lastlen, &got,
                                               &st), 0);
   assert_int_equal(st, WIRE_SESSION_GONE);
   route_to = NULL;
-  relay_del(A);
-  relay_del(B);
+  relay_del(P.A);
+  relay_del(P.B);
 }
 
 int main(void)
