@@ -596,6 +596,12 @@ def test_redis_sentinel(tmp_path):
         for m in (a, b):
             assert m.metric("ztna_cluster_redis_up") == 1
             assert m.metric("ztna_cluster_sentinel_queries_total") >= 3
+        st = json.loads(a.http("/v1/status"))["cluster"]
+        assert st["redis_sentinels"] == "127.0.0.1:%d,127.0.0.1:%d" % (
+            dead, sport)
+        assert st["redis_master"] == "zt" and "redis" not in st
+        assert st["redis_at"] == "127.0.0.1:%d (primary of zt)" % pport
+        assert st["redis_up"] is True
 
         # Settings that do not go together.
         for extra, says in (
