@@ -22,7 +22,7 @@ import pytest
 
 from datapath import SERVICES, World, stop_world
 from netns import Net
-from ztna import ZTNA, Client, Pki, wait_for
+from ztna import ZTNA, Client, Pki, rss_kb, wait_for
 
 INTER = "198.51.100.10:4433"
 CONN = "192.0.2.18:4434"
@@ -323,13 +323,6 @@ def test_connector_delete_and_peers(world):
     assert api(w, "ops", "DELETE", "/v1/peers/nobody",
                server=CONN).returncode == 2
 
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.skipif(bool(os.environ.get("ZTNA_SAN_REPORTS")),

@@ -14,7 +14,7 @@ from cluster import (NAME, NO_DIRECT, NODES, REDIS, ClusterWorld,
                      cleanup_hosts, zload_open)
 from datapath import SERVICES, download_across, sha256, stop_world
 from netns import Net
-from ztna import Intermediate, Pki, wait_for
+from ztna import Intermediate, Pki, rss_kb, wait_for
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -70,13 +70,6 @@ def test_agent_and_connector_on_different_intermediates(cluster):
     assert doc["services_held"] == len(SERVICES)
     assert [ln["direction"] for ln in doc["links"]] == ["in"]
 
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 @pytest.mark.skipif(bool(os.environ.get("ZTNA_SAN_REPORTS")),

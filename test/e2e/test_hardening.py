@@ -11,20 +11,13 @@ import time
 import pytest
 
 from datapath import SERVICES, world_fixture
-from ztna import wait_for
+from ztna import rss_kb, wait_for
 
 
 # raw_relay: test_connector_cannot_inject_foreign_packets needs an agent
 # that sends raw IP to a connector of the original kind.
 world = world_fixture("hd", agent_extra={"raw_relay": True})
 
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def connector_pid(world):

@@ -38,6 +38,15 @@ def wait_for(cond, timeout=20.0, what="condition"):
                          % (timeout, what))
 
 
+def rss_kb(pid):
+    """The resident set of process pid, in kB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
 def netns_prefix(ns):
     return ["ip", "netns", "exec", ns] if ns else []
 
