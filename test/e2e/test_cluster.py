@@ -596,6 +596,26 @@ def test_redis_sentinel(tmp_path):
         assert st["redis_at"] == "127.0.0.1:%d (primary of zt)" % pport
         assert st["redis_up"] is True
 
+        # examples/intermediate-cluster.json (Sentinel, TLS, ACL user) as
+        # a member's file, its paths made real here.
+        ex = json.load(open(os.path.join(os.path.dirname(__file__), "..",
+                                         "..", "examples",
+                                         "intermediate-cluster.json")))
+        pw = tmp_path / "redis.pw"
+        pw.write_text("s3cret\n")
+        ex.update({"cert_path": a.cert, "key_path": a.key,
+                   "ca_cert_path": pki.ca, "cluster_redis_ca": pki.ca,
+                   "cluster_redis_password_file": str(pw),
+                   "policy_path": os.path.join(os.path.dirname(__file__),
+                                               "..", "..", "examples",
+                                               "policy.json")})
+        conf = tmp_path / "member.json"
+        conf.write_text(json.dumps(ex))
+        p = subprocess.run([ZTNA, "intermediate", "--check", "-c",
+                            str(conf)], capture_output=True, text=True)
+        assert p.returncode == 0 and "configuration OK" in p.stdout, \
+            p.stderr
+
         # Settings that do not go together.
         for extra, says in (
                 (("--cluster-redis", "127.0.0.1:1",
