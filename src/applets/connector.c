@@ -396,6 +396,7 @@ static void sweep_cb(uv_timer_t *t)
 
   udpflows_sweep(x->udp, UDP_IDLE_MS);
   p2p_server_expire(&x->p2p, NULL);
+  daemon_heap_trim(now);
   for (size_t b = 0; b < VSESS_BUCKETS; b++)
     for (struct vsess *v = x->vs[b], *vn; v; v = vn) {
       vn = v->next;

@@ -1297,6 +1297,7 @@ static void on_tick(uv_timer_t *t)
   relay_expire(x->relay, uv_now(x->loop));
   if (x->cl)
     check_links(x);
+  daemon_heap_trim(uv_now(x->loop));
   /* A certificate that expired since its handshake ends the connection
    * (and with it the peer's registrations and relay sessions). */
   for (struct iconn *ic = x->conns, *next; ic; ic = next) {

@@ -4,6 +4,9 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <grp.h>
 #include <linux/capability.h>
 #include <pwd.h>
@@ -395,4 +398,26 @@ int daemon_config_load(const char *applet, const char *explicit_path,
     return -1;
   }
   return 0;
+}
+
+int daemon_heap_trim(uint64_t now_ms)
+{
+#ifdef __GLIBC__
+  static uint64_t last;
+  struct mallinfo2 mi;
+
+  if (last && now_ms - last < 10000)
+    return 0;
+  last = now_ms;
+  mi = mallinfo2();
+  if (mi.fordblks < (size_t)4 << 20 || mi.fordblks < mi.uordblks / 2)
+    return 0;
+  malloc_trim(0);
+  log_debug("heap: %zu KB free of %zu KB given back", mi.fordblks >> 10,
+            mi.arena >> 10);
+  return 1;
+#else
+  (void)now_ms;
+  return 0;
+#endif
 }

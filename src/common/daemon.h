@@ -114,4 +114,11 @@ void daemon_env_phase(int on);
 /* Runs getopt_long from the start over argv (resets its state). */
 void daemon_getopt_reset(void);
 
+/* Gives freed heap memory back to the system when much of it is free
+ * (glibc keeps the memory of connections that left in its arena, so the
+ * resident size stays at its peak after a storm of clients is gone).
+ * Call it periodically; it looks at most every 10 s and trims when at
+ * least 4 MB and half as much as is in use are free. 1 if it trimmed. */
+int daemon_heap_trim(uint64_t now_ms);
+
 #endif

@@ -96,6 +96,7 @@ def measure(n):
             capture_output=True, text=True).stdout.startswith("1 node-b "),
             what="the registry entry")
         time.sleep(1)
+        conns = a.metric("ztna_active_connections")
         before = {"a_rss": rss_kb(a.proc.pid), "b_rss": rss_kb(b.proc.pid),
                   "a_cpu": cpu_s(a.proc.pid), "b_cpu": cpu_s(b.proc.pid),
                   "redis": redis_calls(rport)}
@@ -129,6 +130,12 @@ def measure(n):
         z.stdin.write("quit\n")
         z.stdin.flush()
         z.wait(timeout=30)
+        # The agents gone (the link to B made meanwhile stays): what A
+        # still holds (freed memory the allocator keeps counts here too).
+        wait_for(lambda: a.metric("ztna_active_connections") <= conns + 1,
+                 timeout=60, what="the agents gone from A")
+        time.sleep(1)
+        left = rss_kb(a.proc.pid)
         c.close()
     finally:
         for i in inters:
@@ -140,6 +147,8 @@ def measure(n):
         "agents": n, "sessions_ok": stages["sessions_ok"],
         "seconds": round(elapsed, 2), "stages_s": stages,
         "a_kb_per_agent": round((after["a_rss"] - before["a_rss"]) / n, 1),
+        "a_kb_per_agent_after_leaving": round((left - before["a_rss"]) / n,
+                                              1),
         "a_cpu_ms_per_agent": round(1000 * (after["a_cpu"] -
                                             before["a_cpu"]) / n, 3),
         "b_kb_per_session": round((after["b_rss"] - before["b_rss"]) / n, 2),

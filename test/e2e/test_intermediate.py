@@ -3,6 +3,7 @@ after the NAT rebinds), registration, deny by default, relay with per-agent
 translation, signaling, Retry, SIGHUP, SIGTERM and metrics.
 
 Every test runs in namespaces of its own, so ports never collide."""
+import os
 import re
 import signal
 import struct
@@ -492,3 +493,49 @@ def test_peer_text_never_writes_control_characters_to_the_log(lone, pki,
     log = inter.logtext()
     assert "\x1b" not in log and "\r" not in log and "\x07" not in log
     assert "bye?[2J?forged? line" in log
+
+
+@pytest.mark.skipif(bool(os.environ.get("ZTNA_SAN_REPORTS")),
+                    reason="ASan keeps freed memory in quarantine, so RSS "
+                    "says nothing there")
+def test_memory_given_back_after_clients_leave(lone, pki, inter):
+    """600 agents connect, register and get a relay session each, then
+    all leave: the intermediate gives the memory of their connections
+    back to the system (glibc would keep it in its arena, the resident
+    size staying at its peak) within a bounded time."""
+    from ztna import ROOT, netns_prefix, rss_kb
+    c = Client(SERVER, pki, cert=pki.connector, ns=lone)
+    z = None
+    try:
+        c.expect("up")
+        c.send("raw 11046563686f7a01")  # connector of echo, sessions
+        c.expect("ack")
+        base = rss_kb(inter.proc.pid)
+        z = subprocess.Popen(netns_prefix(lone) + [
+            str(ROOT / "build" / "zload"), "--server", SERVER, "--ca",
+            pki.ca, "--cert", pki.agent[0], "--key", pki.agent[1],
+            "--service", "echo", "-n", "600"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+        opened = None
+        for line in z.stdout:
+            if line.startswith("opened"):
+                opened = int(line.split()[3])
+            if line.startswith("ready"):
+                break
+        assert opened == 600
+        peak = rss_kb(inter.proc.pid)
+        assert peak - base > 6 * 1024, (base, peak)  # ~22 KB each
+        z.stdin.write("quit\n")
+        z.stdin.flush()
+        z.wait(timeout=30)
+        wait_for(lambda: inter.metric("ztna_active_connections") == 1,
+                 timeout=60, what="the agents gone")
+        wait_for(lambda: rss_kb(inter.proc.pid) - base
+                 < (peak - base) / 3, timeout=40,
+                 what="the memory given back (peak %d kB over %d)"
+                 % (peak - base, base))
+    finally:
+        if z and z.poll() is None:
+            z.kill()
+            z.wait()
+        c.close()

@@ -14,7 +14,7 @@
  *   connected N SECONDS | registered N SECONDS |
  *   opened N SECONDS OK OTHER OPENS_SENT
  * then "ready" and keeps every connection until stdin closes or says
- * quit. Exits 1 when a connection fails.
+ * quit (then closes them all). Exits 1 when a connection fails.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -49,6 +49,7 @@ static struct {
   uv_pipe_t in;
   uv_timer_t tick;
   int failed;
+  int quitting; /* closing every connection before exiting */
   size_t asked;
 } z;
 
@@ -129,6 +130,8 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *i,
   struct agent *a = ud;
   (void)c;
   a->c = NULL;
+  if (z.quitting)
+    return;
   if (!z.failed++)
     fprintf(stderr, "zload: a connection ended: %s\n",
             i->reason[0] ? i->reason : ztna_strerror(i->err));
@@ -162,11 +165,22 @@ static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
   b->len = sizeof(buf);
 }
 
+static void on_quit(uv_timer_t *t)
+{
+  uv_stop(t->loop);
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
   if (n < 0 || (n > 0 && !strncmp(b->base, "quit", 4))) {
+    /* Each connection closed (the intermediate sees them leave at once,
+     * not at their idle timeout), then a second to send the closes. */
     uv_read_stop(s);
-    uv_stop(z.loop);
+    z.quitting = 1;
+    for (size_t i = 0; i < z.started; i++)
+      if (z.a[i].c)
+        quic_conn_close(z.a[i].c, 0, "bye");
+    uv_timer_start(&z.tick, on_quit, 1000, 0);
   }
 }
 
