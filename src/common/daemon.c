@@ -403,16 +403,25 @@ int daemon_config_load(const char *applet, const char *explicit_path,
 int daemon_heap_trim(uint64_t now_ms)
 {
 #ifdef __GLIBC__
-  static uint64_t last;
+  /* The free chunks stay free chunks after a trim (their pages are only
+   * given back), so a trim is repeated when more was freed since, or a
+   * minute later for memory reused and freed again meanwhile. */
+  static uint64_t last_look, last_trim;
+  static size_t free_then;
   struct mallinfo2 mi;
 
-  if (last && now_ms - last < 10000)
+  if (last_look && now_ms - last_look < 10000)
     return 0;
-  last = now_ms;
+  last_look = now_ms;
   mi = mallinfo2();
   if (mi.fordblks < (size_t)4 << 20 || mi.fordblks < mi.uordblks / 2)
     return 0;
+  if (last_trim && mi.fordblks < free_then + ((size_t)1 << 20) &&
+      now_ms - last_trim < 60000)
+    return 0;
   malloc_trim(0);
+  last_trim = now_ms;
+  free_then = mi.fordblks;
   log_debug("heap: %zu KB free of %zu KB given back", mi.fordblks >> 10,
             mi.arena >> 10);
   return 1;

@@ -118,7 +118,8 @@ void daemon_getopt_reset(void);
  * (glibc keeps the memory of connections that left in its arena, so the
  * resident size stays at its peak after a storm of clients is gone).
  * Call it periodically; it looks at most every 10 s and trims when at
- * least 4 MB and half as much as is in use are free. 1 if it trimmed. */
+ * least 4 MB and half as much as is in use are free, and 1 MB more than
+ * at the last trim or a minute after it. 1 if it trimmed. */
 int daemon_heap_trim(uint64_t now_ms);
 
 #endif
