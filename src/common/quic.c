@@ -965,7 +965,7 @@ static void params_init(struct quic_endpoint *ep, ngtcp2_transport_params *p)
   p->max_idle_timeout = ep->cfg.idle_timeout_ms * NGTCP2_MILLISECONDS;
   p->max_udp_payload_size = QUIC_MAX_UDP_PAYLOAD_PROBED;
   p->max_datagram_frame_size = 65536;
-  p->active_connection_id_limit = 7;
+  p->active_connection_id_limit = 4;
 }
 
 /* Copies into out the local address ngtcp2 knows this connection's
