@@ -90,8 +90,11 @@ static ssize_t t_read(redisContext *c, char *buf, size_t cap)
   struct conn *t = c->privctx;
   int n;
 
-  if (!t->ready) /* a handshake failure, reported through hiredis */
+  if (!t->ready) { /* a handshake failure, reported through hiredis */
+    if (!c->err)
+      set_err(c, "TLS handshake with Redis not finished");
     return -1;
+  }
   n = wolfSSL_read(t->ssl, buf, cap > INT_MAX ? INT_MAX : (int)cap);
   if (n > 0)
     return n;
