@@ -646,6 +646,76 @@ def test_redis_sentinel(tmp_path):
                 p.wait()
 
 
+def test_redis_sentinel_over_tls(tmp_path):
+    """Sentinel and Redis both on TLS ports only (tls-replication): a
+    member asks the sentinel over TLS, connects to the primary it names
+    over TLS, both certificates checked for cluster_redis_name, and
+    writes; a member that trusts another CA stops at the sentinel and
+    says why."""
+    import socket
+    import subprocess
+    from ztna import free_port
+    pki = Pki(str(tmp_path / "pki"))
+    other = Pki(str(tmp_path / "other"))
+    rcrt, rkey = pki.issue("intermediate", "redis", "--dns", "localhost")
+    ccrt, ckey = pki.issue("intermediate", "cli")
+    tls = ["--tls-cert-file", rcrt, "--tls-key-file", rkey,
+           "--tls-ca-cert-file", pki.ca, "--tls-replication", "yes"]
+    pport, sport = free_port(), free_port()
+    procs, members = [], []
+
+    def cli(port, *args):
+        return subprocess.run(["redis-cli", "-h", "localhost", "-p",
+                               str(port), "--tls", "--cacert", pki.ca,
+                               "--cert", ccrt, "--key", ckey] + list(args),
+                              capture_output=True, text=True).stdout.strip()
+
+    try:
+        procs.append(subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", "0",
+             "--tls-port", str(pport), "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)] + tls, stdout=subprocess.DEVNULL))
+        wait_for(lambda: cli(pport, "PING") == "PONG", what="redis")
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text("port 0\nbind 127.0.0.1\ntls-port %d\n"
+                        "tls-cert-file %s\ntls-key-file %s\n"
+                        "tls-ca-cert-file %s\ntls-replication yes\n"
+                        "sentinel monitor zt 127.0.0.1 %d 1\n"
+                        % (sport, rcrt, rkey, pki.ca, pport))
+        procs.append(subprocess.Popen(["redis-server", str(conf),
+                                       "--sentinel"],
+                                      stdout=subprocess.DEVNULL))
+        wait_for(lambda: cli(sport, "PING") == "PONG", what="sentinel")
+        for name, p in (("good", pki), ("stranger", other)):
+            port = free_port(socket.SOCK_DGRAM)
+            members.append(Intermediate(
+                p, port=port, metrics_port=free_port(), bind="127.0.0.1",
+                name=name, logdir=str(tmp_path),
+                extra=("--cluster-redis-sentinels", "localhost:%d" % sport,
+                       "--cluster-redis-master", "zt", "--cluster-node",
+                       name, "--cluster-advertise", "127.0.0.1:%d" % port,
+                       "--cluster-redis-ca", p.ca, "--cluster-redis-name",
+                       "localhost")))
+        good, stranger = members
+        wait_for(lambda: good.metric("ztna_cluster_redis_up") == 1,
+                 what="the member up through the sentinel")
+        assert "connected to Redis at 127.0.0.1:%d (primary of zt) (TLS)" \
+            % pport in good.logtext()
+        assert cli(pport, "GET", "ztna:node:good").startswith("1 127.0.0.1:")
+        wait_for(lambda: "sentinel localhost:%d: TLS handshake" % sport
+                 in stranger.logtext(), what="the sentinel refused")
+        wait_for(lambda: stranger.metric(
+            "ztna_cluster_sentinel_failures_total") >= 2, what="retried")
+        assert stranger.metric("ztna_cluster_redis_up") == 0
+        assert cli(pport, "EXISTS", "ztna:node:stranger") == "0"
+    finally:
+        for m in members:
+            m.stop()
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_cluster_alerts_use_exported_metrics(cluster):
     """The alert rules on cluster metrics (packaging/monitoring) name
     metrics a member exports (test_datapath.py checks the others)."""
