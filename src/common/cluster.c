@@ -473,41 +473,64 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
   /* What is cached stays in use until it ages; new lookups wait. */
 }
 
-static void connect_redis(struct cluster *cl)
+/* "host:port", brackets around an IPv6 address. */
+static void host_port(char *buf, size_t cap, const char *host, unsigned port)
+{
+  snprintf(buf, cap, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+/* A connection to ip:port (Redis, or a sentinel) started on the loop,
+ * under TLS when it is set, with these callbacks; NULL when it cannot
+ * even start (said, and counted in *failures). */
+static redisAsyncContext *open_ctx(struct cluster *cl, const char *ip,
+                                   uint16_t port, const char *what,
+                                   uint64_t *failures,
+                                   redisConnectCallback *on_conn,
+                                   redisDisconnectCallback *on_disc)
 {
   redisOptions o = { 0 };
   struct timeval tv = { 2, 0 };
+  redisAsyncContext *ac;
 
   /* An address: hiredis never resolves a name on the loop. */
-  if (cl->nsentinels)
-    snprintf(cl->where, sizeof(cl->where), "%s%s%s:%u (primary of %s)",
-             strchr(cl->ip, ':') ? "[" : "", cl->ip,
-             strchr(cl->ip, ':') ? "]" : "", cl->rport, cl->master);
-  REDIS_OPTIONS_SET_TCP(&o, cl->ip, cl->rport);
+  REDIS_OPTIONS_SET_TCP(&o, ip, port);
   o.connect_timeout = &tv;
   o.command_timeout = &tv;
-  cl->ac = redisAsyncConnectWithOptions(&o);
+  ac = redisAsyncConnectWithOptions(&o);
+  if (!ac)
+    return NULL;
+  if (ac->err ||
+      (cl->tls && redis_tls_attach(ac, cl->tls, cl->tls_name) < 0)) {
+    if (!(*failures)++ || *failures % 60 == 0)
+      log_warnx("cluster: cannot connect to %s: %s", what,
+                ac->err ? ac->errstr : "out of memory for TLS");
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  /* Every answer here is a few short strings: a peer that sends
+   * aggregates of more than 1024 elements is a protocol error (the
+   * connection ends) rather than memory allocated for them. */
+  ac->c.reader->maxelements = 1024;
+  ac->data = cl;
+  redisLibuvAttach(ac, cl->loop);
+  redisAsyncSetConnectCallback(ac, on_conn);
+  redisAsyncSetDisconnectCallback(ac, on_disc);
+  return ac;
+}
+
+static void connect_redis(struct cluster *cl)
+{
+  if (cl->nsentinels) {
+    char hp[300];
+    host_port(hp, sizeof(hp), cl->ip, cl->rport);
+    snprintf(cl->where, sizeof(cl->where), "%s (primary of %s)", hp,
+             cl->master);
+  }
+  cl->ac = open_ctx(cl, cl->ip, cl->rport, cl->where, &cl->st.redis_failures,
+                    on_connect, on_disconnect);
   if (!cl->ac)
     return;
-  if (cl->ac->err) {
-    if (!cl->st.redis_failures++)
-      log_warnx("cluster: cannot connect to Redis at %s: %s", cl->where,
-                cl->ac->errstr);
-    redisAsyncFree(cl->ac);
-    cl->ac = NULL;
-    return;
-  }
-  if (cl->tls && redis_tls_attach(cl->ac, cl->tls, cl->tls_name) < 0) {
-    log_warnx("cluster: cannot set up TLS to Redis: out of memory");
-    redisAsyncFree(cl->ac);
-    cl->ac = NULL;
-    return;
-  }
-  cl->ac->data = cl;
   cl->refused = cl->demoted = 0;
-  redisLibuvAttach(cl->ac, cl->loop);
-  redisAsyncSetConnectCallback(cl->ac, on_connect);
-  redisAsyncSetDisconnectCallback(cl->ac, on_disconnect);
   /* Sent as soon as the connection is up (after the TLS handshake),
    * before anything else; its answer brings the member up. The command
    * timeout bounds a handshake that never ends, too. */
@@ -611,31 +634,16 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *priv)
 
 static void connect_sentinel(struct cluster *cl)
 {
-  redisOptions o = { 0 };
-  struct timeval tv = { 2, 0 };
-  redisAsyncContext *ac;
+  char what[320];
 
-  REDIS_OPTIONS_SET_TCP(&o, cl->rip, cl->asking->port);
-  o.connect_timeout = &tv;
-  o.command_timeout = &tv;
-  ac = redisAsyncConnectWithOptions(&o);
-  if (!ac)
+  snprintf(what, sizeof(what), "sentinel %s", cl->swhere);
+  cl->sac = open_ctx(cl, cl->rip, cl->asking->port, what,
+                     &cl->st.sentinel_failures, on_sentinel_connect,
+                     on_sentinel_disconnect);
+  if (!cl->sac)
     return;
-  if (ac->err ||
-      (cl->tls && redis_tls_attach(ac, cl->tls, cl->tls_name) < 0)) {
-    if (!cl->st.sentinel_failures++ || cl->st.sentinel_failures % 60 == 0)
-      log_warnx("cluster: cannot reach sentinel %s: %s", cl->swhere,
-                ac->err ? ac->errstr : "out of memory");
-    redisAsyncFree(ac);
-    return;
-  }
-  ac->data = cl;
-  cl->sac = ac;
-  redisLibuvAttach(ac, cl->loop);
-  redisAsyncSetConnectCallback(ac, on_sentinel_connect);
-  redisAsyncSetDisconnectCallback(ac, on_sentinel_disconnect);
   cl->st.sentinel_queries++;
-  redisAsyncCommand(ac, on_sentinel_reply, NULL,
+  redisAsyncCommand(cl->sac, on_sentinel_reply, NULL,
                     "SENTINEL get-master-addr-by-name %s", cl->master);
 }
 
@@ -698,9 +706,7 @@ static void reconnect(struct cluster *cl)
   if (cl->nsentinels) {
     cl->asking = &cl->sentinels[cl->next_sentinel++ % cl->nsentinels];
     host = cl->asking->host;
-    snprintf(cl->swhere, sizeof(cl->swhere), "%s%s%s:%u",
-             strchr(host, ':') ? "[" : "", host,
-             strchr(host, ':') ? "]" : "", cl->asking->port);
+    host_port(cl->swhere, sizeof(cl->swhere), host, cl->asking->port);
   }
   if (inet_pton(AF_INET, host, buf) == 1 ||
       inet_pton(AF_INET6, host, buf) == 1) {
@@ -764,9 +770,7 @@ int cluster_new(struct cluster **out, uv_loop_t *loop,
   } else {
     snprintf(cl->host, sizeof(cl->host), "%s", cfg->redis_host);
     cl->port = cl->rport = cfg->redis_port;
-    snprintf(cl->where, sizeof(cl->where), "%s%s%s:%u",
-             strchr(cl->host, ':') ? "[" : "", cl->host,
-             strchr(cl->host, ':') ? "]" : "", cl->port);
+    host_port(cl->where, sizeof(cl->where), cl->host, cl->port);
   }
   if (cfg->redis_user) {
     snprintf(cl->user, sizeof(cl->user), "%s", cfg->redis_user);

@@ -436,6 +436,14 @@ def test_redis_tls(tmp_path):
                            capture_output=True, text=True)
         assert p.returncode == 1
         assert "Redis CA file" in p.stderr and "nope" in p.stderr
+        p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                            good.cert, "--key", good.key, "--ca", pki.ca,
+                            "--cluster-redis", "localhost:%d" % rport,
+                            "--cluster-advertise", "127.0.0.1:4433",
+                            "--cluster-redis-ca", pki.ca,
+                            "--cluster-redis-name", "redis example"],
+                           capture_output=True, text=True)
+        assert p.returncode == 1 and "is not a DNS name" in p.stderr
     finally:
         for m in members.values():
             m.stop()
@@ -714,6 +722,75 @@ def test_redis_sentinel_over_tls(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_lying_and_flooding_sentinels(tmp_path):
+    """Sentinels that lie: one names a primary that is no address, one
+    answers with an array of a million elements (and keeps sending). The
+    members say what is wrong, keep asking, write nothing, are not up,
+    and do not grow."""
+    import socket
+    import threading
+    from ztna import free_port
+    pki = Pki(str(tmp_path / "pki"))
+    answers = {
+        "liar": b"*2\r\n$9\r\nnot-an-ip\r\n$4\r\n6379\r\n",
+        "flood": b"*1000000\r\n" + b"$1\r\nx\r\n" * 200000,
+    }
+    servers, members, stop = {}, {}, threading.Event()
+
+    def serve(ls, answer):
+        ls.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return  # closed at the end of the test
+            try:
+                c.settimeout(2)
+                c.recv(4096)
+                c.sendall(answer)
+            except OSError:
+                pass
+            c.close()
+
+    try:
+        for name, answer in answers.items():
+            ls = socket.socket()
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(8)
+            servers[name] = ls
+            threading.Thread(target=serve, args=(ls, answer),
+                             daemon=True).start()
+            port = free_port(socket.SOCK_DGRAM)
+            members[name] = Intermediate(
+                pki, port=port, metrics_port=free_port(), bind="127.0.0.1",
+                name=name, logdir=str(tmp_path),
+                extra=("--cluster-redis-sentinels", "127.0.0.1:%d"
+                       % ls.getsockname()[1], "--cluster-redis-master",
+                       "zt", "--cluster-node", name, "--cluster-advertise",
+                       "127.0.0.1:%d" % port))
+        liar, flood = members["liar"], members["flood"]
+        wait_for(lambda: "does not tell the primary of 'zt' (not an "
+                 "address and port" in liar.logtext(), what="the lie said")
+        wait_for(lambda: "Multi-bulk length out of range" in
+                 flood.logtext(), what="the flood refused")
+        start = rss_kb(flood.proc.pid)
+        for m in members.values():
+            wait_for(lambda: m.metric(
+                "ztna_cluster_sentinel_failures_total") >= 4,
+                what="asked again and again")
+            assert m.metric("ztna_cluster_redis_up") == 0
+            assert m.metric("ztna_cluster_registry_writes_total") == 0
+        assert rss_kb(flood.proc.pid) - start < 4 * 1024
+    finally:
+        stop.set()
+        for m in members.values():
+            m.stop()
+        for ls in servers.values():
+            ls.close()
 
 
 def test_cluster_alerts_use_exported_metrics(cluster):
