@@ -897,6 +897,24 @@ static void pair_new(struct pair *p, const struct relay_limits *la,
   reg(p->A, p->a, WIRE_REG_AGENT, "echo");
 }
 
+/* Alice asks for an echo session (request req) and the link carries the
+ * request to B and the answer back: it is made; returns her session id. */
+static uint64_t pair_open(struct pair *p, uint32_t req)
+{
+  uint8_t b[64], st;
+  uint32_t rq;
+  uint64_t sid;
+  size_t n = (size_t)wire_session_open_encode(b, sizeof(b), req, "echo", 4);
+
+  relay_datagram(p->A, p->a, b, n);
+  deliver(p->B, p->pb, &p->fpa);
+  deliver(p->A, p->pa, &p->fpb);
+  assert_int_equal(wire_session_opened_decode(p->fa.last, p->fa.lastlen, &rq,
+                                              &st, &sid), 0);
+  assert_true(rq == req && st == WIRE_SESSION_OK);
+  return sid;
+}
+
 /* An agent at relay A, the connector at relay B: A asks B for the session
  * over their link, the packets cross it under B's session id and reach
  * the agent under A's, and either side's end reaches the other. A link
@@ -1006,13 +1024,7 @@ static void test_relay_cluster_forwarding(void **state)
   /* A session through the link, then the link goes: the agent hears it. */
   P.c = relay_client_new(P.B, &P.fc, &P.ic);
   reg_flags(P.B, P.c, WIRE_REG_CONNECTOR, "echo", WIRE_REG_FLAG_SESSIONS);
-  n = (size_t)wire_session_open_encode(b, sizeof(b), 9, "echo", 4);
-  relay_datagram(P.A, P.a, b, n);
-  deliver(P.B, P.pb, &P.fpa);
-  deliver(P.A, P.pa, &P.fpb);
-  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
-                                              &sa), 0);
-  assert_true(rq == 9 && st == WIRE_SESSION_OK);
+  sa = pair_open(&P, 9);
   relay_client_del(P.A, P.pa);
   assert_int_equal(wire_session_closed_decode(P.fa.last, P.fa.lastlen, &got,
                                               &reason), 0);
@@ -1109,13 +1121,8 @@ static void test_relay_cluster_same_ids(void **state)
 
   pair_new(&P, &lim, &lim);
   route_to = P.pa;
-  n = (size_t)wire_session_open_encode(b, sizeof(b), 1, "echo", 4);
-  relay_datagram(P.A, P.a, b, n);
-  deliver(P.B, P.pb, &P.fpa);
-  deliver(P.A, P.pa, &P.fpb);
-  assert_int_equal(wire_session_opened_decode(P.fa.last, P.fa.lastlen, &rq, &st,
-                                              &sa), 0);
-  assert_true(st == WIRE_SESSION_OK && sa == 77);
+  sa = pair_open(&P, 1);
+  assert_true(sa == 77);
   n = data(b, 77, "\x41 from B");
   relay_datagram(P.B, P.c, b, n);
   deliver(P.A, P.pa, &P.fpb);
