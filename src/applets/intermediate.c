@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,8 +165,38 @@ struct iconn {
   int qad_pending;
   int peer;          /* a link to or from another intermediate */
   struct plink *pl;  /* ours to it (NULL: accepted, or not a link) */
-  char name[320];
+  char *name;        /* for logs: ic_name; never NULL */
 };
+
+static char ic_noname[] = "connection";
+
+/* Names a connection in the logs, at the name's own size (thousands of
+ * idle connections each kept a 320-byte buffer). Out of memory keeps the
+ * old name. */
+static void ic_name(struct iconn *ic, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void ic_name(struct iconn *ic, const char *fmt, ...)
+{
+  char buf[320], *n;
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  n = strdup(buf);
+  if (!n)
+    return;
+  if (ic->name != ic_noname)
+    free(ic->name);
+  ic->name = n;
+}
+
+static void ic_free(struct iconn *ic)
+{
+  if (ic->name != ic_noname)
+    free(ic->name);
+  free(ic);
+}
 
 /* --- relay I/O ------------------------------------------------------------ */
 
@@ -283,15 +314,15 @@ static void plink_connect(struct ictx *x, struct plink *pl)
   ic->x = x;
   ic->sig_sid = -1;
   ic->pl = pl;
-  snprintf(ic->name, sizeof(ic->name), "%s (intermediate %s)",
-           netaddr_str((struct sockaddr *)&pl->addr, a, sizeof(a)),
-           pl->node);
+  ic->name = ic_noname;
+  ic_name(ic, "%s (intermediate %s)",
+          netaddr_str((struct sockaddr *)&pl->addr, a, sizeof(a)), pl->node);
   rv = quic_connect(&ic->c, x->ep, x->peer_tls, (struct sockaddr *)&pl->addr,
                     NULL, &conn_cbs, ic);
   if (rv < 0) {
     log_warnx("%s: cannot start a cluster link: %s", ic->name,
               ztna_strerror(rv));
-    free(ic);
+    ic_free(ic);
     return;
   }
   pl->ic = ic;
@@ -419,15 +450,14 @@ static void on_handshake(struct quic_conn *c, void *ud)
      * register, relay and signal nothing. */
     struct ictx *x = ic->x;
     quic_conn_set_cbs(c, NULL, NULL);
-    free(ic);
+    ic_free(ic);
     api_attach(c, &api_ops, x);
     return;
   }
   if (quic_conn_peer_identity(c, &id) < 0)
     memset(&id, 0, sizeof(id)); /* no client certificate: grants nothing */
-  snprintf(ic->name, sizeof(ic->name), "%s (%s)",
-           netaddr_str(quic_conn_peer(c), a, sizeof(a)),
-           id.cn[0] ? id.cn : "no certificate");
+  ic_name(ic, "%s (%s)", netaddr_str(quic_conn_peer(c), a, sizeof(a)),
+          id.cn[0] ? id.cn : "no certificate");
   ic->rc = relay_client_new(ic->x->relay, ic, &id);
   if (!ic->rc) {
     log_warnx("%s: out of memory", ic->name);
@@ -538,7 +568,7 @@ static void on_close(struct quic_conn *c, const struct quic_close_info *info,
   } else if (info->err) {
     log_debug("handshake failed: %s", info->reason);
   }
-  free(ic);
+  ic_free(ic);
 }
 
 static const struct quic_conn_cbs conn_cbs = {
@@ -563,7 +593,7 @@ static int on_accept(struct quic_endpoint *ep, struct quic_conn *c, void *ud)
   ic->x = x;
   ic->c = c;
   ic->sig_sid = -1;
-  snprintf(ic->name, sizeof(ic->name), "connection");
+  ic->name = ic_noname;
   quic_conn_set_cbs(c, &conn_cbs, ic);
   return 0;
 }

@@ -32,11 +32,22 @@
 #define CONN_MAX_CIDS 16
 #define SEND_PENDING_MAX 1024
 
+/* One of a connection's connection IDs: in the endpoint's map (next) and
+ * in the connection's own list (cnext), which is what removes them. */
 struct cident {
   struct cident *next;
+  struct cident *cnext;
+  struct quic_conn *conn;
   uint8_t len;
   uint8_t cid[NGTCP2_MAX_CIDLEN];
-  struct quic_conn *conn;
+};
+
+/* An IPv4 or IPv6 address: 28 bytes where a sockaddr_storage takes 128
+ * (a connection keeps four). */
+union quic_sa {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
 };
 
 struct dgram {
@@ -70,8 +81,8 @@ struct quic_conn {
   struct tls_ctx *tls;
   ngtcp2_crypto_conn_ref ref;
   uv_timer_t timer;
-  struct sockaddr_storage remote;
-  struct sockaddr_storage observed;
+  union quic_sa remote;
+  union quic_sa observed;
   int server, handshake_done, dying, in_ngtcp2;
   int wqueued;          /* on ep->wq: written at the end of this round */
   struct quic_conn *wnext;
@@ -84,7 +95,7 @@ struct quic_conn {
   int rotate_pending;   /* server: read the next packet on the other label */
   /* Client: the path it last asked to move to (quic_conn_migrate): what
    * packets from that peer are read on while ngtcp2 validates it. */
-  struct sockaddr_storage mig_local, mig_remote;
+  union quic_sa mig_local, mig_remote;
   int h3;               /* ALPN h3: uni streams allowed (quic.h) */
   uint64_t created;     /* now_ns() when it was made */
   uint64_t rx_bytes, tx_bytes; /* UDP payloads, for the status API */
@@ -92,12 +103,11 @@ struct quic_conn {
   uint64_t waiting_since; /* something ack-eliciting outstanding since */
   uint64_t rotate_at;   /* uv_hrtime of the next CID rotation */
   uint64_t rotations;
-  uint64_t close_code;
-  char close_reason[128];
+  uint64_t close_code;  /* its reason phrase is in info.reason */
   struct dgram *dq_head, *dq_tail;
   size_t dq_len;
   struct qstream *streams;
-  ngtcp2_cid cids[CONN_MAX_CIDS];
+  struct cident *cids;  /* its connection IDs in ep->map */
   size_t ncids;
   const struct quic_conn_cbs *cbs;
   void *ud;
@@ -272,11 +282,12 @@ static int sa_equal(const struct sockaddr *a, const struct sockaddr *b)
   return 0;
 }
 
-/* Copies an address into a zeroed storage of exact family size, which is
- * what Retry tokens compare. */
-static void sa_copy(struct sockaddr_storage *dst, const struct sockaddr *src)
+/* Copies an IPv4 or IPv6 address into dst (a sockaddr_storage or a union
+ * quic_sa), zeroing what the family does not use: Retry tokens compare
+ * the address's bytes. */
+static void sa_copy(void *dst, const struct sockaddr *src)
 {
-  memset(dst, 0, sizeof(*dst));
+  memset(dst, 0, sizeof(union quic_sa));
   if (src->sa_family == AF_INET) {
     struct sockaddr_in *d = (void *)dst;
     const struct sockaddr_in *s = (const void *)src;
@@ -331,30 +342,31 @@ static int cidmap_add(struct quic_conn *c, const ngtcp2_cid *cid)
   h = cid_hash(ep, cid->data, cid->datalen);
   e->next = ep->map[h];
   ep->map[h] = e;
-  c->cids[c->ncids++] = *cid;
+  e->cnext = c->cids;
+  c->cids = e;
+  c->ncids++;
   return 0;
 }
 
-static void cidmap_remove(struct quic_conn *c, const ngtcp2_cid *cid)
+static void cidmap_remove(struct quic_conn *c, const uint8_t *cid,
+                          size_t len)
 {
   struct quic_endpoint *ep = c->ep;
-  struct cident **pp = &ep->map[cid_hash(ep, cid->data, cid->datalen)];
+  struct cident **pp = &ep->map[cid_hash(ep, cid, len)], *e;
 
-  for (; *pp; pp = &(*pp)->next) {
-    struct cident *e = *pp;
-    if (e->conn == c && e->len == cid->datalen &&
-        memcmp(e->cid, cid->data, cid->datalen) == 0) {
-      *pp = e->next;
-      free(e);
+  for (; *pp; pp = &(*pp)->next)
+    if ((*pp)->conn == c && (*pp)->len == len &&
+        memcmp((*pp)->cid, cid, len) == 0)
       break;
-    }
-  }
-  for (size_t i = 0; i < c->ncids; i++) {
-    if (ngtcp2_cid_eq(&c->cids[i], cid)) {
-      c->cids[i] = c->cids[--c->ncids];
-      break;
-    }
-  }
+  if (!*pp)
+    return;
+  e = *pp;
+  *pp = e->next;
+  for (pp = &c->cids; *pp != e; pp = &(*pp)->cnext)
+    ;
+  *pp = e->cnext;
+  c->ncids--;
+  free(e);
 }
 
 /* --- UDP send ------------------------------------------------------------ */
@@ -612,7 +624,7 @@ static int get_new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token,
 static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
 {
   (void)conn;
-  cidmap_remove(ud, cid);
+  cidmap_remove(ud, cid->data, cid->datalen);
   return 0;
 }
 
@@ -634,7 +646,7 @@ static int conn_up(struct quic_conn *c)
   }
   c->handshake_done = 1;
   c->rotate_at = now_ns() + c->ep->cfg.cid_rotate_ms * NGTCP2_MILLISECONDS;
-  sa_copy(&c->observed, (const struct sockaddr *)&c->remote);
+  c->observed = c->remote;
   if (c->cbs && c->cbs->handshake_cb)
     c->cbs->handshake_cb(c, c->ud);
   /* A server has what it keeps of the TLS session now (the application
@@ -1202,8 +1214,8 @@ static void conn_destroy(struct quic_conn *c)
   c->dying = 1;
   wq_remove(c);
   half_open_done(c);
-  while (c->ncids > 0)
-    cidmap_remove(c, &c->cids[c->ncids - 1]);
+  while (c->cids)
+    cidmap_remove(c, c->cids->cid, c->cids->len);
   if (ep->last_client == c)
     ep->last_client = c->prev; /* a client too, or none */
   if (c->prev)
@@ -1380,12 +1392,11 @@ static void do_app_close(struct quic_conn *c)
   }
   ngtcp2_ccerr_default(&cc);
   ngtcp2_ccerr_set_application_error(&cc, c->close_code,
-                                     (const uint8_t *)c->close_reason,
-                                     strlen(c->close_reason));
+                                     (const uint8_t *)c->info.reason,
+                                     strlen(c->info.reason));
   c->info.local = 1;
   c->info.app = 1;
   c->info.code = c->close_code;
-  snprintf(c->info.reason, sizeof(c->info.reason), "%s", c->close_reason);
   conn_fail(c, &cc);
 }
 
@@ -1395,11 +1406,11 @@ static void check_path(struct quic_conn *c)
 
   if (!c->handshake_done || !p->remote.addr)
     return;
-  if (!sa_equal(p->remote.addr, (const struct sockaddr *)&c->observed)) {
+  if (!sa_equal(p->remote.addr, &c->observed.sa)) {
     sa_copy(&c->observed, p->remote.addr);
     sa_copy(&c->remote, p->remote.addr);
     if (c->cbs && c->cbs->path_cb)
-      c->cbs->path_cb(c, (const struct sockaddr *)&c->observed, c->ud);
+      c->cbs->path_cb(c, &c->observed.sa, c->ud);
   }
 }
 
@@ -1420,9 +1431,8 @@ static socklen_t read_local(struct quic_conn *c, const struct sockaddr *from,
     quic_virtual_addr(out, id, QUIC_VIRTUAL_LOCAL_PORT);
     return sizeof(struct sockaddr_in6);
   }
-  if (c->mig_remote.ss_family && sa_equal(from,
-                                         (struct sockaddr *)&c->mig_remote)) {
-    sa_copy(out, (struct sockaddr *)&c->mig_local);
+  if (c->mig_remote.sa.sa_family && sa_equal(from, &c->mig_remote.sa)) {
+    sa_copy(out, &c->mig_local.sa);
     return sa_len((struct sockaddr *)out);
   }
   if (quic_addr_virtual(p->local.addr, NULL)) {
@@ -1905,7 +1915,7 @@ static int is_stateless_reset(struct quic_endpoint *ep, const uint8_t *d,
     return 0;
   for (c = ep->conns; c && !c->server; c = c->next) {
     if (c->dying || c->in_ngtcp2 || !c->handshake_done ||
-        !sa_equal(from, (const struct sockaddr *)&c->remote))
+        !sa_equal(from, &c->remote.sa))
       continue;
     read_path(c, from, &path, &remote, &local);
     c->in_ngtcp2 = 1;
@@ -2466,7 +2476,7 @@ int quic_conn_handshake_done(struct quic_conn *c)
 
 const struct sockaddr *quic_conn_peer(struct quic_conn *c)
 {
-  return (const struct sockaddr *)&c->remote;
+  return &c->remote.sa;
 }
 
 struct quic_endpoint *quic_conn_endpoint(struct quic_conn *c)
@@ -2728,7 +2738,7 @@ void quic_conn_close(struct quic_conn *c, uint64_t code, const char *reason)
   if (c->dying)
     return;
   c->close_code = code;
-  snprintf(c->close_reason, sizeof(c->close_reason), "%s",
+  snprintf(c->info.reason, sizeof(c->info.reason), "%s",
            reason ? reason : "");
   if (c->in_ngtcp2) {
     c->want_close = 1;
