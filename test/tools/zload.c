@@ -2,14 +2,15 @@
  * capacity figures (test/bench/cluster_load.py, docs/cluster.md).
  *
  * usage: zload --server IP:PORT --ca FILE --cert FILE --key FILE
- *              --service ID -n N
+ *              --service ID -n N [--no-open]
  *
  * Opens N connections to the intermediate (at most 32 handshakes at a
  * time: the intermediate bounds those per source address), registers
  * each as an agent of the service and asks for a relay session (OPEN),
  * asking again every 250 ms while the answer is "no connector" (as the
  * agent does while its intermediate looks the service up), 40 times at
- * most.
+ * most. With --no-open they stay idle once registered (the intermediate's
+ * memory per idle connection, test/bench/conn_memory.py).
  * Prints one line per stage reached by all of them:
  *   connected N SECONDS | registered N SECONDS |
  *   opened N SECONDS OK OTHER OPENS_SENT
@@ -50,6 +51,7 @@ static struct {
   uv_timer_t tick;
   int failed;
   int quitting; /* closing every connection before exiting */
+  int no_open;  /* stop at registered */
   size_t asked;
 } z;
 
@@ -103,10 +105,12 @@ static void on_datagram(struct quic_conn *c, const uint8_t *d, size_t n,
   (void)c;
 
   if (a->state == 1 && wire_classify(d, n) == WIRE_KIND_ACK) {
-    a->state = 2;
+    a->state = z.no_open ? 3 : 2;
     if (++z.registered == z.n)
-      printf("registered %zu %.2f\n", z.n, secs()), fflush(stdout);
-    ask(a);
+      printf("registered %zu %.2f\n%s", z.n, secs(),
+             z.no_open ? "ready\n" : ""), fflush(stdout);
+    if (!z.no_open)
+      ask(a);
   } else if (a->state == 2 && wire_classify(d, n) == WIRE_KIND_SESSION_OPENED
              && wire_session_opened_decode(d, n, &req, &status, &sid) == 0 &&
              req == a->req) {
@@ -192,6 +196,7 @@ int main(int argc, char **argv)
     { "key", required_argument, NULL, 'k' },
     { "ca", required_argument, NULL, 'a' },
     { "service", required_argument, NULL, 'v' },
+    { "no-open", no_argument, NULL, 'o' },
     { NULL, 0, NULL, 0 },
   };
   struct tls_config tc;
@@ -210,13 +215,14 @@ int main(int argc, char **argv)
     case 'a': tc.ca_file = optarg; break;
     case 'v': z.svc = optarg; break;
     case 'n': z.n = strtoul(optarg, NULL, 10); break;
+    case 'o': z.no_open = 1; break;
     default: return 2;
     }
   }
   colon = srv ? strrchr(srv, ':') : NULL;
   if (!colon || !z.svc || z.n == 0 || (size_t)(colon - srv) >= sizeof(host)) {
     fprintf(stderr, "zload: --server IP:PORT --ca --cert --key --service ID "
-            "-n N\n");
+            "-n N [--no-open]\n");
     return 2;
   }
   memcpy(host, srv, (size_t)(colon - srv));
