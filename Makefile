@@ -339,7 +339,7 @@ cluster-load: tools ztna $(BUILD)/zload
 
 # Throughput and latency of the direct and relay paths against a baseline
 # measured in the same run (BENCH_SECONDS per iperf3 run, default 5).
-bench: tools ztna
+bench: tools ztna $(BUILD)/zload
 	/usr/bin/python3 test/bench/bench.py
 
 # --- install ---------------------------------------------------------------

@@ -175,7 +175,7 @@ def main():
                                if pps and cpu else None)
     finally:
         stop_world(w, net)
-    mem = conn_memory.measure(int(os.environ.get("BENCH_CLIENTS", "200")))
+    mem = conn_memory.measure(int(os.environ.get("BENCH_CLIENTS", "1000")))
     out = {"seconds": SECONDS, "paths": rows,
            "relay_kpps_per_core_64b": relay_kpps_per_core,
            "intermediate_memory": mem}
@@ -225,10 +225,13 @@ def main():
         print("  %-24s %s" % (r["path"], ", ".join(
             "%s %s" % (k, v) for k, v in r["cpu_s_per_gb"].items())))
     print("\nintermediate: %s kpps per core of 64-byte packets relayed; "
-          "memory %d KB idle, %.1f KB per idle connection (%d clients "
-          "connected and registered)" % (
+          "memory %d KB idle, %.1f KB per idle connection (the %d-th "
+          "to %d-th agents connected and registered; %.1f KB on average "
+          "over all %d)" % (
               "%.0f" % relay_kpps_per_core if relay_kpps_per_core else "-",
-              mem["idle_kb"], mem["per_connection_kb"], mem["clients"]))
+              mem["idle_kb"], mem["per_connection_kb"],
+              mem["clients"] // 2 + 1, mem["clients"], mem["average_kb"],
+              mem["clients"]))
     print("figures in %s, chart in %s" % (json_path, svg_path))
 
 
