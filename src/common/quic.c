@@ -348,25 +348,28 @@ static int cidmap_add(struct quic_conn *c, const ngtcp2_cid *cid)
   return 0;
 }
 
-static void cidmap_remove(struct quic_conn *c, const uint8_t *cid,
-                          size_t len)
+static void cident_del(struct quic_conn *c, struct cident *e)
 {
   struct quic_endpoint *ep = c->ep;
-  struct cident **pp = &ep->map[cid_hash(ep, cid, len)], *e;
+  struct cident **pp = &ep->map[cid_hash(ep, e->cid, e->len)];
 
-  for (; *pp; pp = &(*pp)->next)
-    if ((*pp)->conn == c && (*pp)->len == len &&
-        memcmp((*pp)->cid, cid, len) == 0)
-      break;
-  if (!*pp)
-    return;
-  e = *pp;
+  while (*pp != e)
+    pp = &(*pp)->next;
   *pp = e->next;
   for (pp = &c->cids; *pp != e; pp = &(*pp)->cnext)
     ;
   *pp = e->cnext;
   c->ncids--;
   free(e);
+}
+
+static void cidmap_remove(struct quic_conn *c, const ngtcp2_cid *cid)
+{
+  for (struct cident *e = c->cids; e; e = e->cnext)
+    if (e->len == cid->datalen && memcmp(e->cid, cid->data, e->len) == 0) {
+      cident_del(c, e);
+      return;
+    }
 }
 
 /* --- UDP send ------------------------------------------------------------ */
@@ -624,7 +627,7 @@ static int get_new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token,
 static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *ud)
 {
   (void)conn;
-  cidmap_remove(ud, cid->data, cid->datalen);
+  cidmap_remove(ud, cid);
   return 0;
 }
 
@@ -1215,7 +1218,7 @@ static void conn_destroy(struct quic_conn *c)
   wq_remove(c);
   half_open_done(c);
   while (c->cids)
-    cidmap_remove(c, c->cids->cid, c->cids->len);
+    cident_del(c, c->cids);
   if (ep->last_client == c)
     ep->last_client = c->prev; /* a client too, or none */
   if (c->prev)
