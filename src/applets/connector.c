@@ -1223,6 +1223,18 @@ static void collect(void *ud)
                              "connector restarted, or the state went with "
                              "an agent's connection): answered with RST"),
              (int64_t)ts->stray);
+  metric_set(metrics_counter(x->m, "ztna_connector_tcp_bytes_total",
+                             "direction=\"to_backend\"", "Bytes spliced "
+                             "between agents and TCP backends"),
+             (int64_t)ts->to_backend);
+  metric_set(metrics_counter(x->m, "ztna_connector_tcp_bytes_total",
+                             "direction=\"to_agent\"", "Bytes spliced "
+                             "between agents and TCP backends"),
+             (int64_t)ts->to_agent);
+  metric_set(metrics_counter(x->m, "ztna_connector_tcp_backend_writes_total",
+                             NULL, "Writes to TCP backends (what an agent "
+                             "sent in one loop round goes in one write)"),
+             (int64_t)ts->backend_writes);
   if (x->ep)
     quic_endpoint_metrics(x->ep, x->m, "ztna_connector_");
   for (int i = 0; i < D_COUNT; i++)

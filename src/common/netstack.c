@@ -76,17 +76,29 @@ struct session {
   int handles;
   int agent_fin, backend_eof, backend_shut, lwip_fin, reading;
   err_t lwip_err;  /* what lwIP reported as it let go of the pcb */
-  size_t inflight; /* bytes handed to the backend, not yet written */
+  size_t inflight; /* bytes for the backend, not yet written */
   uint8_t *pending; /* backend bytes lwIP has not taken yet */
   size_t pendlen;
+  /* The agent's bytes lwIP gave us this loop round, written to the
+   * backend in one go when the round's I/O is done (flush_cb). */
+  struct wreq *wfirst, *wlast;
+  size_t nw;
+  struct session *wnext; /* on ns->wq */
+  int wqueued;
 };
 
+/* Bytes for the backend. A write is a chain of them: the first one's req
+ * is the write's, its completion frees the chain. */
 struct wreq {
   uv_write_t req;
   struct session *s;
+  struct wreq *next;
   size_t len;
   uint8_t data[];
 };
+
+/* At most this many pieces in one write to the backend. */
+#define WRITE_BATCH 64
 
 struct netstack {
   uv_loop_t *loop;
@@ -103,6 +115,13 @@ struct netstack {
   struct session *session_hash[HASH_BUCKETS];
   size_t nsessions, max_sessions, max_per_owner;
   unsigned syn_rate;
+  /* What came for the backends (ns->wq) is written once the round's I/O
+   * is handled (uv_check), or, queued outside the I/O phase, before the
+   * loop waits again (uv_prepare). */
+  uv_check_t flush;
+  uv_prepare_t flush_pre;
+  struct session *wq;
+  int handles;          /* open: tick, flush, flush_pre */
   struct tcp_pcb *listeners[MAX_LISTENERS];
   uint16_t listen_ports[MAX_LISTENERS];
   struct netstack_stats st;
@@ -356,12 +375,22 @@ static struct session *session_find(struct netstack *ns, uint32_t map,
   return s;
 }
 
+static void wchain_free(struct wreq *w)
+{
+  while (w) {
+    struct wreq *next = w->next;
+    free(w);
+    w = next;
+  }
+}
+
 static void handle_closed(uv_handle_t *h)
 {
   struct session *s = h->data;
 
   if (--s->handles > 0)
     return;
+  wchain_free(s->wfirst);
   free(s->syn);
   free(s->pending);
   free(s);
@@ -376,6 +405,13 @@ static void session_free(struct session *s, int reset_backend)
   if (s->state == S_DEAD)
     return;
   s->state = S_DEAD;
+  if (s->wqueued) {
+    struct session **pp = &ns->wq;
+    while (*pp != s)
+      pp = &(*pp)->wnext;
+    *pp = s->wnext;
+    s->wqueued = 0;
+  }
   if (s->prev)
     s->prev->next = s->next;
   else
@@ -613,9 +649,11 @@ static void backend_written(uv_write_t *req, int status)
 {
   struct wreq *w = (struct wreq *)req;
   struct session *s = w->s;
-  size_t len = w->len;
+  size_t len = 0;
 
-  free(w);
+  for (struct wreq *p = w; p; p = p->next)
+    len += p->len;
+  wchain_free(w);
   if (s->state == S_DEAD)
     return;
   s->inflight -= len;
@@ -636,12 +674,57 @@ static void backend_written(uv_write_t *req, int status)
   (void)maybe_finish(s);
 }
 
+/* Writes the session's queued pieces to the backend, in one write.
+ * Returns -1 when that failed and the session is gone. */
+static int session_flush(struct session *s)
+{
+  uv_buf_t b[WRITE_BATCH];
+  struct wreq *w = s->wfirst;
+  unsigned n = 0;
+
+  if (!w)
+    return 0;
+  for (struct wreq *p = w; p; p = p->next)
+    b[n++] = uv_buf_init((char *)p->data, (unsigned)p->len);
+  s->wfirst = s->wlast = NULL;
+  s->nw = 0;
+  s->ns->st.backend_writes++;
+  if (uv_write(&w->req, (uv_stream_t *)&s->backend, b, n,
+               backend_written) < 0) {
+    wchain_free(w);
+    session_abort(s);
+    return -1;
+  }
+  return 0;
+}
+
+static void flush_all(struct netstack *ns)
+{
+  while (ns->wq) {
+    struct session *s = ns->wq;
+    ns->wq = s->wnext;
+    s->wqueued = 0;
+    session_flush(s);
+  }
+  uv_check_stop(&ns->flush);
+  uv_prepare_stop(&ns->flush_pre);
+}
+
+static void flush_cb(uv_check_t *h)
+{
+  flush_all(h->data);
+}
+
+static void flush_pre_cb(uv_prepare_t *h)
+{
+  flush_all(h->data);
+}
+
 static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
                        err_t err)
 {
   struct session *s = arg;
   struct wreq *w;
-  uv_buf_t b;
   (void)pcb;
   (void)err;
 
@@ -666,18 +749,26 @@ static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
     return ERR_ABRT;
   }
   w->s = s;
+  w->next = NULL;
   w->len = p->tot_len;
   pbuf_copy_partial(p, w->data, p->tot_len, 0);
   pbuf_free(p);
-  b = uv_buf_init((char *)w->data, (unsigned)w->len);
-  if (uv_write(&w->req, (uv_stream_t *)&s->backend, &b, 1,
-               backend_written) < 0) {
-    free(w);
-    session_abort(s);
-    return ERR_ABRT;
-  }
+  if (s->wlast)
+    s->wlast->next = w;
+  else
+    s->wfirst = w;
+  s->wlast = w;
   s->inflight += w->len;
   s->ns->st.to_backend += w->len;
+  if (++s->nw == WRITE_BATCH)
+    return session_flush(s) < 0 ? ERR_ABRT : ERR_OK;
+  if (!s->wqueued) {
+    s->wqueued = 1;
+    s->wnext = s->ns->wq;
+    s->ns->wq = s;
+    uv_check_start(&s->ns->flush, flush_cb);
+    uv_prepare_start(&s->ns->flush_pre, flush_pre_cb);
+  }
   return ERR_OK;
 }
 
@@ -1125,14 +1216,21 @@ int netstack_new(struct netstack **out, uv_loop_t *loop,
   netif_set_up(&ns->netif);
   uv_timer_init(loop, &ns->tick);
   ns->tick.data = ns;
+  uv_check_init(loop, &ns->flush);
+  ns->flush.data = ns;
+  uv_prepare_init(loop, &ns->flush_pre);
+  ns->flush_pre.data = ns;
+  ns->handles = 3;
   schedule(ns);
   *out = ns;
   return 0;
 }
 
-static void tick_closed(uv_handle_t *h)
+static void ns_handle_closed(uv_handle_t *h)
 {
   struct netstack *ns = h->data;
+  if (--ns->handles > 0)
+    return;
   free(ns->maps);
   free(ns->free_ring);
   free(ns);
@@ -1149,7 +1247,9 @@ void netstack_del(struct netstack *ns)
       tcp_close(ns->listeners[i]);
   netif_remove(&ns->netif);
   the = NULL;
-  uv_close((uv_handle_t *)&ns->tick, tick_closed);
+  uv_close((uv_handle_t *)&ns->tick, ns_handle_closed);
+  uv_close((uv_handle_t *)&ns->flush, ns_handle_closed);
+  uv_close((uv_handle_t *)&ns->flush_pre, ns_handle_closed);
 }
 
 const struct netstack_stats *netstack_stats(struct netstack *ns)

@@ -43,6 +43,8 @@ struct netstack_stats {
   uint64_t limit;           /* SYNs refused: too many sessions */
   uint64_t stray;           /* segments of no connection: RST sent */
   uint64_t to_backend, to_agent; /* bytes spliced */
+  uint64_t backend_writes;  /* writes to_backend took (a round's bytes of
+                             * a connection go in one) */
 };
 
 #define NETSTACK_CONNECT_TIMEOUT_MS 5000

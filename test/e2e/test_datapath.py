@@ -192,6 +192,33 @@ def test_iperf3_tcp_10s(world):
     assert r["end"]["sum_received"]["bytes"] > 0
 
 
+def test_upload_written_to_the_backend_in_few_writes(world):
+    """What an agent sends on a TCP connection reaches the backend in one
+    write per loop round, not one per segment: 3 s of iperf3 up grow the
+    connector's bytes to backends by what iperf3 counted received, in
+    writes that average well above a segment's size (one write per
+    segment averaged about 1.3 KB)."""
+    def snap():
+        return (world.metric(world.conn_ns, 9091,
+                             'ztna_connector_tcp_bytes_total'
+                             '{direction="to_backend"}'),
+                world.metric(world.conn_ns, 9091,
+                             "ztna_connector_tcp_backend_writes_total"))
+    b0, w0 = snap()
+    p = world.run(["iperf3", "-c", SERVICES["iperf"][0], "-t", "3", "-J"],
+                  check=False, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:]
+    got = json.loads(p.stdout)["end"]["sum_received"]["bytes"]
+    assert got > 1 << 20, got
+    wait_for(lambda: snap()[0] - b0 >= got, timeout=30,
+             what="%d bytes counted to the backend" % got)
+    b1, w1 = snap()
+    avg = (b1 - b0) / max(w1 - w0, 1)
+    print("%d bytes to the backend in %d writes: %.0f bytes each"
+          % (b1 - b0, w1 - w0, avg))
+    assert avg >= 4096, (b1 - b0, w1 - w0)
+
+
 def test_full_mtu_and_no_black_hole(world):
     mtu = tun_mtu(world)
     # A full-size packet goes through ...
