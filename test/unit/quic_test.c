@@ -562,6 +562,61 @@ static void test_quic_server_drops_tls(void **state)
   world_free(&w);
 }
 
+/* Keys of the next phase are derived when first needed: a packet whose
+ * key phase looks flipped and whose number is newer than any received
+ * makes the server derive them. Forged short-header packets with the
+ * connection's ID (what someone who saw its packets can send; the
+ * header protection turns their key phase bit into a coin flip) make it
+ * do so and fail to decrypt: they are dropped, the connection goes on,
+ * and the real key updates of both sides that follow still decrypt. */
+static void test_quic_forged_key_phase(void **state)
+{
+  struct world w;
+  struct sockaddr_storage srv;
+  uv_timer_t tick;
+  uint8_t pkt[64];
+  size_t dl;
+  int fd;
+  (void)state;
+
+  world_init(&w, 0, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"),
+                 cert("ca.crt"), NULL, "ztna-server");
+  assert_true(run_until(&w, both_up));
+  exchange(&w, 1);
+  quic_endpoint_local_addr(w.server_ep, &srv);
+  fd = socket(srv.ss_family, SOCK_DGRAM, 0);
+  assert_true(fd >= 0);
+  dl = quic_conn_dcid(w.cli.c, pkt + 1, sizeof(pkt) - 1);
+  assert_true(dl > 0);
+  for (int i = 0; i < 256; i++) {
+    for (size_t k = 1 + dl; k < sizeof(pkt); k++)
+      pkt[k] = (uint8_t)rand();
+    pkt[0] = (uint8_t)(0x40 | (rand() & 0x3f)); /* short header */
+    assert_int_equal(sendto(fd, pkt, sizeof(pkt), 0,
+                            (struct sockaddr *)&srv, sizeof(srv)),
+                     (ssize_t)sizeof(pkt));
+  }
+  close(fd);
+  exchange(&w, 2);
+
+  /* The client's key update, then (once confirmed) the server's. */
+  assert_int_equal(ngtcp2_conn_initiate_key_update(
+                     quic_conn_ngtcp2(w.cli.c), uv_hrtime()), 0);
+  exchange(&w, 3);
+  exchange(&w, 4);
+  srv_key_update = 0;
+  uv_timer_init(&w.loop, &tick);
+  tick.data = &w;
+  uv_timer_start(&tick, traffic_cb, 10, 10);
+  assert_true(run_until(&w, server_updated_keys));
+  uv_close((uv_handle_t *)&tick, NULL);
+  exchange(&w, 5);
+  exchange(&w, 6);
+  assert_false(w.cli.closed || w.srv.closed);
+  world_free(&w);
+}
+
 /* One source starts many handshakes and never finishes them: it gets at
  * most max_half_open_per_source of them, they do not count against the
  * established connections, and a client from elsewhere still gets in. */
@@ -1598,6 +1653,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_server_drops_tls),
+    cmocka_unit_test(test_quic_forged_key_phase),
     cmocka_unit_test(test_quic_socket_error_keeps_reading),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
