@@ -1687,21 +1687,18 @@ static int cluster_setup(struct ictx *x, struct cluster_config *cc,
               "%s)\n", src);
       return 1;
     }
-    if (strlen(cc->tls_name) > 253 ||
-        strspn(cc->tls_name, "abcdefghijklmnopqrstuvwxyz"
-                             "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
-            strlen(cc->tls_name)) {
-      fprintf(stderr, "ztna intermediate: '%s' is not a DNS name for "
-              "Redis' certificate (cluster_redis_name, or the host of "
-              "cluster_redis; in %s)\n", cc->tls_name, src);
-      return 1;
-    }
     if (inet_pton(AF_INET, cc->tls_name, a) == 1 ||
         inet_pton(AF_INET6, cc->tls_name, a) == 1) {
       fprintf(stderr, "ztna intermediate: Redis is given as an address "
               "(%s); its certificate is checked against a name: set "
               "cluster_redis_name to the name in it (in %s)\n",
               cc->tls_name, src);
+      return 1;
+    }
+    if (!netaddr_dns_name_ok(cc->tls_name, 0)) {
+      fprintf(stderr, "ztna intermediate: '%s' is not a DNS name for "
+              "Redis' certificate (cluster_redis_name, or the host of "
+              "cluster_redis; in %s)\n", cc->tls_name, src);
       return 1;
     }
     if (load_redis_tls(x, &cc->tls, err, sizeof(err)) < 0) {

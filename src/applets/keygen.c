@@ -35,6 +35,7 @@
 
 #include "../applets.h"
 #include "identity.h"
+#include "netaddr.h"
 #include "pki.h"
 
 #define MAX_NAMES 32
@@ -92,40 +93,6 @@ static int bad(const char *fmt, const char *arg)
   fprintf(stderr, "ztna keygen: ");
   fprintf(stderr, fmt, arg);
   fputc('\n', stderr);
-  return 1;
-}
-
-static int valid_label(const char *s, int allow_star, int allow_dot)
-{
-  size_t n = strlen(s);
-  if (n == 0 || n > 63)
-    return 0;
-  if (allow_star && !strcmp(s, "*"))
-    return 1;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-          (allow_dot && c == '.')))
-      return 0;
-  }
-  return s[0] != '.' && s[n - 1] != '.';
-}
-
-static int valid_dns(const char *s)
-{
-  char copy[256], *save = NULL, *label;
-  size_t n = strlen(s);
-
-  if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.' || strstr(s, ".."))
-    return 0;
-  memcpy(copy, s, n + 1);
-  if (!strncmp(copy, "*.", 2))
-    copy[0] = 'x';
-  for (label = strtok_r(copy, ".", &save); label;
-       label = strtok_r(NULL, ".", &save))
-    if (!valid_label(label, 0, 0))
-      return 0;
   return 1;
 }
 
@@ -455,7 +422,7 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
 
   if (!kg->ca || !kg->role || !kg->name)
     return bad("%s", "issue needs --ca DIR, --role ROLE and --name NAME");
-  if (!valid_label(kg->name, 0, 1))
+  if (!netaddr_label_ok(kg->name, 0, 1))
     return bad("--name '%s' must be 1-63 characters of [A-Za-z0-9._-]",
                kg->name);
   if (!strcmp(kg->role, "intermediate")) {
@@ -484,7 +451,7 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
     return bad("a %s certificate needs at least one --service ID",
                kg->role);
   for (int i = 0; i < kg->nservices; i++) {
-    if (!valid_label(kg->services[i], 1, 1))
+    if (!netaddr_label_ok(kg->services[i], 1, 1))
       return bad("--service '%s' must be '*' or 1-63 characters of "
                  "[A-Za-z0-9._-]", kg->services[i]);
     snprintf(names[nnames], 256, "%s.%s%s", kg->role, kg->services[i],
@@ -496,7 +463,7 @@ static int do_issue(struct keygen *kg, WC_RNG *rng)
   }
   for (int i = 0; i < kg->ndns; i++) {
     size_t dl = strlen(kg->dns[i]);
-    if (!valid_dns(kg->dns[i]))
+    if (!netaddr_dns_name_ok(kg->dns[i], 1))
       return bad("--dns '%s' is not a DNS name (labels of [A-Za-z0-9_-], "
                  "an optional leading '*.', at most 253 characters)",
                  kg->dns[i]);

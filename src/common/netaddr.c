@@ -62,3 +62,37 @@ int netaddr_resolve(const char *host, uint16_t port,
     in6->sin6_port = htons(port);
   return 0;
 }
+
+int netaddr_label_ok(const char *s, int allow_star, int allow_dot)
+{
+  size_t n = strlen(s);
+  if (n == 0 || n > 63)
+    return 0;
+  if (allow_star && !strcmp(s, "*"))
+    return 1;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+          (allow_dot && c == '.')))
+      return 0;
+  }
+  return s[0] != '.' && s[n - 1] != '.';
+}
+
+int netaddr_dns_name_ok(const char *s, int allow_wildcard)
+{
+  char copy[256], *save = NULL, *label;
+  size_t n = strlen(s);
+
+  if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.' || strstr(s, ".."))
+    return 0;
+  memcpy(copy, s, n + 1);
+  if (allow_wildcard && !strncmp(copy, "*.", 2))
+    copy[0] = 'x';
+  for (label = strtok_r(copy, ".", &save); label;
+       label = strtok_r(NULL, ".", &save))
+    if (!netaddr_label_ok(label, 0, 0))
+      return 0;
+  return 1;
+}

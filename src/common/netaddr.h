@@ -17,4 +17,11 @@ int netaddr_resolve(const char *host, uint16_t port,
                     struct sockaddr_storage *out, int *literal, char *err,
                     size_t errlen);
 
+/* One DNS label (1-63 letters, digits, '-' or '_'); allow_star takes "*"
+ * alone, allow_dot dots inside (not first or last). */
+int netaddr_label_ok(const char *s, int allow_star, int allow_dot);
+/* A DNS name: labels as above, 253 characters at most, no empty label;
+ * allow_wildcard takes a leading "*." too. */
+int netaddr_dns_name_ok(const char *s, int allow_wildcard);
+
 #endif

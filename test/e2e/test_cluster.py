@@ -436,14 +436,19 @@ def test_redis_tls(tmp_path):
                            capture_output=True, text=True)
         assert p.returncode == 1
         assert "Redis CA file" in p.stderr and "nope" in p.stderr
-        p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
-                            good.cert, "--key", good.key, "--ca", pki.ca,
-                            "--cluster-redis", "localhost:%d" % rport,
-                            "--cluster-advertise", "127.0.0.1:4433",
-                            "--cluster-redis-ca", pki.ca,
-                            "--cluster-redis-name", "redis example"],
-                           capture_output=True, text=True)
-        assert p.returncode == 1 and "is not a DNS name" in p.stderr
+        # keygen's rule for names (netaddr_dns_name_ok), no wildcard
+        for bad in ("redis example", "redis..example", "*.example.org",
+                    "-" * 64 + ".example"):
+            p = subprocess.run([ZTNA, "intermediate", "--check", "--cert",
+                                good.cert, "--key", good.key, "--ca",
+                                pki.ca, "--cluster-redis",
+                                "localhost:%d" % rport,
+                                "--cluster-advertise", "127.0.0.1:4433",
+                                "--cluster-redis-ca", pki.ca,
+                                "--cluster-redis-name", bad],
+                               capture_output=True, text=True)
+            assert p.returncode == 1 and "is not a DNS name" in p.stderr, \
+                (bad, p.stderr)
     finally:
         for m in members.values():
             m.stop()
