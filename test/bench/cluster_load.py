@@ -18,20 +18,10 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
-from ztna import (Client, Intermediate, Pki, free_port,  # noqa: E402
-                  wait_for)
+from ztna import (Client, Intermediate, Pki, Zload, free_port,  # noqa: E402
+                  rss_kb, wait_for)
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-ZLOAD = os.environ.get("ZTNA_ZLOAD") or str(ROOT / "build" / "zload")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cpu_s(pid):
@@ -101,23 +91,11 @@ def measure(n):
                   "a_cpu": cpu_s(a.proc.pid), "b_cpu": cpu_s(b.proc.pid),
                   "redis": redis_calls(rport)}
         t0 = time.time()
-        z = subprocess.Popen([ZLOAD, "--server", "127.0.0.1:%d" % ports[0],
-                              "--ca", pki.ca, "--cert", agent[0], "--key",
-                              agent[1], "--service", "svc", "-n", str(n)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
-        procs.append(z)
-        stages = {}
-        for line in z.stdout:
-            w = line.split()
-            if w[0] == "ready":
-                break
-            stages[w[0]] = float(w[2])
-            if w[0] == "opened":
-                stages["sessions_ok"] = int(w[3])
-                stages["opens_sent"] = int(w[5])
-        if "opened" not in stages:
-            raise AssertionError("zload ended early (exit %s)" % z.wait())
+        z = Zload(pki.ca, agent, ports[0], "svc", n)
+        procs.append(z.proc)
+        stages = {k: float(v[1]) for k, v in z.stages.items()}
+        stages["sessions_ok"] = int(z.stages["opened"][2])
+        stages["opens_sent"] = int(z.stages["opened"][4])
         elapsed = time.time() - t0
         time.sleep(1)
         after = {"a_rss": rss_kb(a.proc.pid), "b_rss": rss_kb(b.proc.pid),
@@ -127,9 +105,7 @@ def measure(n):
         # Idle: heartbeats only.
         time.sleep(10)
         idle = diff(after["redis"], redis_calls(rport))
-        z.stdin.write("quit\n")
-        z.stdin.flush()
-        z.wait(timeout=30)
+        z.quit()
         # The agents gone (the link to B made meanwhile stays): what A
         # still holds once it has given freed memory back (it looks every
         # 10 s, docs/performance.md).

@@ -21,42 +21,12 @@ import json
 import os
 import pathlib
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
-from ztna import ROOT, Intermediate, Pki, free_port, rss_kb  # noqa: E402
-
-ZLOAD = os.environ.get("ZTNA_ZLOAD") or str(ROOT / "build" / "zload")
-
-
-def zload(pki, port, cert, n):
-    """n idle agents connected and registered; the process keeps them
-    until quit is written to its stdin."""
-    z = subprocess.Popen([ZLOAD, "--server", "127.0.0.1:%d" % port, "--ca",
-                          pki.ca, "--cert", cert[0], "--key", cert[1],
-                          "--service", "echo", "-n", str(n), "--no-open"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True)
-    for line in z.stdout:
-        if line.startswith("ready"):
-            return z
-    z.wait(timeout=30)
-    raise AssertionError("zload ended before its %d agents were up "
-                         "(exit %s)" % (n, z.returncode))
-
-
-def quit_zload(z):
-    try:
-        z.stdin.write("quit\n")
-        z.stdin.flush()
-        z.wait(timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        z.kill()
-        z.wait()
-
+from ztna import Intermediate, Pki, Zload, free_port, rss_kb  # noqa: E402
 
 def settled_rss(pid):
     """The resident size once it stops moving (the last handshakes' and
@@ -83,15 +53,16 @@ def measure(n):
     zs = []
     try:
         idle = settled_rss(inter.proc.pid)
-        zs.append(zload(pki, port, cert, half))
+        zs.append(Zload(pki.ca, cert, port, "echo", half, no_open=True))
         first = settled_rss(inter.proc.pid)
-        zs.append(zload(pki, port, cert, n - half))
+        zs.append(Zload(pki.ca, cert, port, "echo", n - half,
+                        no_open=True))
         full = settled_rss(inter.proc.pid)
         conns = inter.metric("ztna_active_connections")
         assert conns == n, "%d connections, %d expected" % (conns, n)
     finally:
         for z in zs:
-            quit_zload(z)
+            z.quit()
         inter.stop()
     return {"clients": n, "idle_kb": idle, "with_half_kb": first,
             "with_clients_kb": full,

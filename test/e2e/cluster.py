@@ -165,25 +165,7 @@ def zload_open(pki, port, agent, service, n):
     """n agents (build/zload) at the intermediate on loopback port, each
     registered for service and asking for a relay session; returns how
     many got one (OPENED)."""
-    from ztna import ROOT
-    z = subprocess.Popen([str(ROOT / "build" / "zload"), "--server",
-                          "127.0.0.1:%d" % port, "--ca", pki.ca, "--cert",
-                          agent[0], "--key", agent[1], "--service", service,
-                          "-n", str(n)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    ok = 0
-    try:
-        for line in z.stdout:
-            w = line.split()
-            if w[0] == "opened":
-                ok = int(w[3])
-            if w[0] == "ready":
-                break
-        z.stdin.write("quit\n")
-        z.stdin.flush()
-        z.wait(timeout=30)
-    finally:
-        if z.poll() is None:
-            z.kill()
-            z.wait()
-    return ok
+    from ztna import Zload
+    z = Zload(pki.ca, agent, port, service, n)
+    z.quit()
+    return int(z.stages["opened"][2])

@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # an ASan+UBSan binary).
 ZTNA = os.environ.get("ZTNA_BIN") or str(ROOT / "ztna")
 ZCLIENT = str(ROOT / "build" / "zclient")
+ZLOAD = os.environ.get("ZTNA_ZLOAD") or str(ROOT / "build" / "zload")
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -141,6 +142,42 @@ class Intermediate:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Zload:
+    """n simulated agents in one process (build/zload) at the intermediate
+    on 127.0.0.1:port, registered for service; unless no_open, each asks
+    for a relay session. Waits until zload says ready; stages holds what
+    it printed per stage ("connected", "registered", "opened": the words
+    after the stage's name). quit() closes every connection."""
+
+    def __init__(self, ca, cert, port, service, n, no_open=False):
+        self.proc = subprocess.Popen(
+            [ZLOAD, "--server", "127.0.0.1:%d" % port, "--ca", ca, "--cert",
+             cert[0], "--key", cert[1], "--service", service, "-n", str(n)]
+            + (["--no-open"] if no_open else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.stages = {}
+        for line in self.proc.stdout:
+            w = line.split()
+            if w and w[0] == "ready":
+                return
+            if w:
+                self.stages[w[0]] = w[1:]
+        rc = self.proc.wait(timeout=30)
+        raise AssertionError("zload ended before its %d agents were ready "
+                             "(exit %s)" % (n, rc))
+
+    def quit(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Client:
