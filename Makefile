@@ -63,7 +63,8 @@ all: ztna
 
 deps: $(STAMP)
 $(STAMP): third_party/deps.sh third_party/debian-packages \
-  third_party/packages.sh third_party/ngtcp2-memory.patch
+  third_party/packages.sh third_party/ngtcp2-memory.patch \
+  third_party/ngtcp2-bbr.patch
 	@third_party/deps.sh $(DEPS)
 	@test -f $(STAMP)
 

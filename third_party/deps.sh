@@ -6,7 +6,7 @@
 # Installs missing Debian packages (root) or prints the apt-get line (non-root),
 # fetches the source packages of wolfSSL, ngtcp2, hiredis and lwIP from Debian trixie
 # through a private apt configuration (the system's apt sources are never
-# touched), builds wolfSSL, ngtcp2 (with third_party/ngtcp2-memory.patch)
+# touched), builds wolfSSL, ngtcp2 (with third_party/ngtcp2-*.patch)
 # and hiredis (the cluster's Redis client) static into a cache folder
 # outside the clone, unpacks lwIP there for the
 # Makefile to compile with our lwipopts.h, and points PREFIX_LINK at the
@@ -150,7 +150,11 @@ hi_ver=$(src_version hiredis)
 [ -n "$wolf_ver" ] && [ -n "$ng_ver" ] && [ -n "$lwip_ver" ] \
   && [ -n "$h3_ver" ] && [ -n "$hi_ver" ] \
   || die "could not resolve wolfssl/ngtcp2/lwip/libnghttp3-dev/hiredis versions in $suite"
-sum=$(cat "$0" "$here/ngtcp2-memory.patch" | sha256sum | cut -c1-12)
+# ztna's patches to ngtcp2, applied in this order (each file's header
+# says what and why).
+ng_patches="ngtcp2-memory.patch ngtcp2-bbr.patch"
+sum=$({ cat "$0"; for p in $ng_patches; do cat "$here/$p"; done; } \
+  | sha256sum | cut -c1-12)
 prefix=$cache/build-$wolf_ver-$ng_ver-$lwip_ver-$h3_ver-$hi_ver-$sum
 if [ -f "$prefix/.ztna-built" ]; then
   # make runs this when the recipe or the package list is newer than the
@@ -248,20 +252,22 @@ for d in $wolf_speed; do
   esac
 done
 
-# ngtcp2 with ztna's memory patch (third_party/ngtcp2-memory.patch, its
-# header says what and why): built from a copy of the source like wolfSSL
-# above; the files the patch changes are copied, not linked, first.
+# ngtcp2 with ztna's patches (third_party/ngtcp2-*.patch, $ng_patches):
+# built from a copy of the source like wolfSSL above; the files the
+# patches change are copied, not linked, first.
 ng_src=$(copy_source "$ng_src" ngtcp2-src)
-for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$here/ngtcp2-memory.patch"); do
-  cp "$ng_src/$f" "$ng_src/$f.tmp" \
-    && mv "$ng_src/$f.tmp" "$ng_src/$f" || die "cannot copy $ng_src/$f"
+for p in $ng_patches; do
+  for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$here/$p"); do
+    cp "$ng_src/$f" "$ng_src/$f.tmp" \
+      && mv "$ng_src/$f.tmp" "$ng_src/$f" || die "cannot copy $ng_src/$f"
+  done
+  patch -d "$ng_src" -p1 -s --no-backup-if-mismatch -r - --forward \
+    <"$here/$p" \
+    || die "third_party/$p does not apply to ngtcp2 $ng_ver: review it
+  against that version's sources (the files it names)"
 done
-patch -d "$ng_src" -p1 -s --no-backup-if-mismatch -r - --forward \
-  <"$here/ngtcp2-memory.patch" \
-  || die "third_party/ngtcp2-memory.patch does not apply to ngtcp2 $ng_ver:
-  review it against that version's lib/ngtcp2_conn.c and lib/ngtcp2_ksl.h"
 
-step "building ngtcp2 $ng_ver (wolfSSL crypto backend, ztna's memory patch)"
+step "building ngtcp2 $ng_ver (wolfSSL crypto backend, ztna's patches)"
 PKG_CONFIG_PATH=$pfx/lib/pkgconfig cmake -S "$ng_src" -B "$pfx/b-ngtcp2" \
   -DCMAKE_INSTALL_PREFIX="$pfx" -DCMAKE_INSTALL_LIBDIR=lib \
   -DCMAKE_BUILD_TYPE=Release -DENABLE_WOLFSSL=ON -DENABLE_OPENSSL=OFF \

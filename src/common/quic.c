@@ -956,7 +956,10 @@ static void settings_init(struct quic_endpoint *ep, ngtcp2_settings *s,
    * halves its window on every random loss as well makes the two back off
    * twice (50 MB through 5% loss: 42 s with BBR, 55 s with CUBIC here),
    * and BBR keeps the queue it builds short (ping p99 under a saturating
-   * transfer about 1.3 ms direct). */
+   * transfer about 1.3 ms direct). Its ProbeRTT is postponed while the
+   * path keeps showing its minimum RTT (third_party/ngtcp2-bbr.patch):
+   * nested connections each probing on their own clock stalled the relay
+   * path. */
   s->cc_algo = NGTCP2_CC_ALGO_BBR;
   s->handshake_timeout = ep->cfg.handshake_timeout_ms * NGTCP2_MILLISECONDS;
   if (log_verbosity() >= LOG_LVL_TRACE)

@@ -27,6 +27,7 @@
 #include "err.h"
 #include "testutil.h"
 #include "h3.h"
+#include "log.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -615,6 +616,100 @@ static void test_quic_forged_key_phase(void **state)
   exchange(&w, 6);
   assert_false(w.cli.closed || w.srv.closed);
   world_free(&w);
+}
+
+/* BBR's ProbeRTT on a path that keeps showing its minimum RTT. Stock BBR
+ * drops to half a BDP for 200 ms whenever its minimum has not been beaten
+ * for 5 s; ztna's third_party/ngtcp2-bbr.patch lets a sample within an
+ * eighth of the minimum plus 1 ms count as seeing it (the relay path's
+ * three nested connections each probed on their own clock and every probe
+ * stalled the whole path). Datagrams both ways for 12 s over loopback,
+ * two of stock BBR's intervals: ngtcp2's own trace (stderr, captured to a
+ * file) shows both sides' BBR at work and neither entering ProbeRTT
+ * (stock ngtcp2: once or twice). */
+static int steady_done;
+
+static void steady_cb(uv_timer_t *t)
+{
+  struct world *w = t->data;
+  uint8_t d[1000];
+
+  fill_dgram(d, 0, sizeof(d));
+  if (w->cli.c && w->srv.c && !w->cli.closed && !w->srv.closed) {
+    quic_conn_send_datagram(w->cli.c, d, sizeof(d));
+    quic_conn_send_datagram(w->srv.c, d, sizeof(d));
+  }
+}
+
+static void steady_end_cb(uv_timer_t *t)
+{
+  (void)t;
+  steady_done = 1;
+}
+
+static int steady_over(struct world *w)
+{
+  return steady_done || w->cli.closed || w->srv.closed;
+}
+
+static void test_quic_no_probe_rtt_at_the_minimum(void **state)
+{
+  char path[] = "/tmp/quic_test_trace_XXXXXX";
+  int fd, saved, level = log_verbosity(), up, over, closed;
+  unsigned probe_rtt = 0, startup = 0, lines = 0;
+  uv_timer_t tick, end;
+  struct world w;
+  char line[1024];
+  FILE *f;
+  (void)state;
+
+  fd = mkstemp(path);
+  assert_true(fd >= 0);
+  fflush(stderr);
+  saved = dup(2);
+  assert_true(saved >= 0);
+  assert_true(dup2(fd, 2) == 2);
+  log_init("quic_test", LOG_LVL_TRACE); /* ngtcp2's log_printf set */
+
+  world_init(&w, 0, 0);
+  connect_client(&w, cert("client.crt"), cert("client.key"),
+                 cert("ca.crt"), NULL, "ztna-server");
+  up = run_until(&w, both_up) && !w.cli.closed && !w.srv.closed;
+  steady_done = 0;
+  uv_timer_init(&w.loop, &tick);
+  uv_timer_init(&w.loop, &end);
+  tick.data = &w;
+  uv_timer_start(&tick, steady_cb, 2, 2);
+  uv_timer_start(&end, steady_end_cb, 12000, 0);
+  over = run_until(&w, steady_over);
+  closed = w.cli.closed || w.srv.closed;
+  uv_close((uv_handle_t *)&tick, NULL);
+  uv_close((uv_handle_t *)&end, NULL);
+  world_free(&w);
+
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  log_init("quic_test", level);
+  f = fdopen(fd, "r");
+  assert_non_null(f);
+  rewind(f);
+  while (fgets(line, sizeof(line), f)) {
+    lines++;
+    if (strstr(line, "bbr enter ProbeRTT"))
+      probe_rtt++;
+    if (strstr(line, "bbr enter Startup"))
+      startup++;
+  }
+  fclose(f);
+  unlink(path);
+  assert_true(up);
+  assert_true(over);
+  assert_false(closed);
+  print_message("trace: %u lines, BBR started %u times, %u ProbeRTT\n",
+                lines, startup, probe_rtt);
+  assert_true(startup >= 2); /* the trace has both sides' BBR events */
+  assert_int_equal(probe_rtt, 0);
 }
 
 /* One source starts many handshakes and never finishes them: it gets at
@@ -1654,6 +1749,7 @@ int main(void)
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_server_drops_tls),
     cmocka_unit_test(test_quic_forged_key_phase),
+    cmocka_unit_test(test_quic_no_probe_rtt_at_the_minimum),
     cmocka_unit_test(test_quic_socket_error_keeps_reading),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
