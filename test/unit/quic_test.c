@@ -628,6 +628,26 @@ static void test_quic_forged_key_phase(void **state)
  * file) shows both sides' BBR at work and neither entering ProbeRTT
  * (stock ngtcp2: once or twice). */
 static int steady_done;
+static int trace_saved = -1, trace_level; /* stderr while it is captured */
+static char trace_path[64];
+
+/* Gives stderr back (also when an assertion ended the test early) and
+ * removes the captured trace. */
+static int trace_restore(void **state)
+{
+  (void)state;
+  if (trace_saved >= 0) {
+    fflush(stderr);
+    dup2(trace_saved, 2);
+    close(trace_saved);
+    trace_saved = -1;
+    log_init("quic_test", trace_level);
+  }
+  if (trace_path[0])
+    unlink(trace_path);
+  trace_path[0] = 0;
+  return 0;
+}
 
 static void steady_cb(uv_timer_t *t)
 {
@@ -654,8 +674,7 @@ static int steady_over(struct world *w)
 
 static void test_quic_no_probe_rtt_at_the_minimum(void **state)
 {
-  char path[] = "/tmp/quic_test_trace_XXXXXX";
-  int fd, saved, level = log_verbosity(), up, over, closed;
+  int fd, up, over, closed;
   unsigned probe_rtt = 0, startup = 0, lines = 0;
   uv_timer_t tick, end;
   struct world w;
@@ -663,11 +682,13 @@ static void test_quic_no_probe_rtt_at_the_minimum(void **state)
   FILE *f;
   (void)state;
 
-  fd = mkstemp(path);
+  snprintf(trace_path, sizeof(trace_path), "/tmp/quic_test_trace_XXXXXX");
+  fd = mkstemp(trace_path);
   assert_true(fd >= 0);
   fflush(stderr);
-  saved = dup(2);
-  assert_true(saved >= 0);
+  trace_level = log_verbosity();
+  trace_saved = dup(2);
+  assert_true(trace_saved >= 0);
   assert_true(dup2(fd, 2) == 2);
   log_init("quic_test", LOG_LVL_TRACE); /* ngtcp2's log_printf set */
 
@@ -687,10 +708,7 @@ static void test_quic_no_probe_rtt_at_the_minimum(void **state)
   uv_close((uv_handle_t *)&end, NULL);
   world_free(&w);
 
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  log_init("quic_test", level);
+  trace_restore(NULL);
   f = fdopen(fd, "r");
   assert_non_null(f);
   rewind(f);
@@ -702,7 +720,6 @@ static void test_quic_no_probe_rtt_at_the_minimum(void **state)
       startup++;
   }
   fclose(f);
-  unlink(path);
   assert_true(up);
   assert_true(over);
   assert_false(closed);
@@ -1749,7 +1766,8 @@ int main(void)
     cmocka_unit_test(test_quic_transfer),
     cmocka_unit_test(test_quic_server_drops_tls),
     cmocka_unit_test(test_quic_forged_key_phase),
-    cmocka_unit_test(test_quic_no_probe_rtt_at_the_minimum),
+    cmocka_unit_test_teardown(test_quic_no_probe_rtt_at_the_minimum,
+                              trace_restore),
     cmocka_unit_test(test_quic_socket_error_keeps_reading),
     cmocka_unit_test(test_quic_retry),
     cmocka_unit_test(test_quic_exporter),
