@@ -28,6 +28,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
 from ztna import Intermediate, Pki, Zload, free_port, rss_kb  # noqa: E402
 
+
 def settled_rss(pid):
     """The resident size once it stops moving (the last handshakes' and
     registrations' work done), at most 10 s."""

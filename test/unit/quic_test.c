@@ -649,22 +649,18 @@ static int trace_restore(void **state)
   return 0;
 }
 
+/* 1000-byte datagrams: with the 16-byte ones of traffic_cb stock ngtcp2
+ * beat its minimum often enough to skip ProbeRTT in one run of four. */
 static void steady_cb(uv_timer_t *t)
 {
   struct world *w = t->data;
   uint8_t d[1000];
 
   fill_dgram(d, 0, sizeof(d));
-  if (w->cli.c && w->srv.c && !w->cli.closed && !w->srv.closed) {
+  if (!w->cli.closed && !w->srv.closed) {
     quic_conn_send_datagram(w->cli.c, d, sizeof(d));
     quic_conn_send_datagram(w->srv.c, d, sizeof(d));
   }
-}
-
-static void steady_end_cb(uv_timer_t *t)
-{
-  (void)t;
-  steady_done = 1;
 }
 
 static int steady_over(struct world *w)
@@ -696,16 +692,20 @@ static void test_quic_no_probe_rtt_at_the_minimum(void **state)
   connect_client(&w, cert("client.crt"), cert("client.key"),
                  cert("ca.crt"), NULL, "ztna-server");
   up = run_until(&w, both_up) && !w.cli.closed && !w.srv.closed;
-  steady_done = 0;
-  uv_timer_init(&w.loop, &tick);
-  uv_timer_init(&w.loop, &end);
-  tick.data = &w;
-  uv_timer_start(&tick, steady_cb, 2, 2);
-  uv_timer_start(&end, steady_end_cb, 12000, 0);
-  over = run_until(&w, steady_over);
+  over = 0;
+  if (up) {
+    steady_done = 0;
+    uv_timer_init(&w.loop, &tick);
+    uv_timer_init(&w.loop, &end);
+    tick.data = &w;
+    end.data = &steady_done;
+    uv_timer_start(&tick, steady_cb, 2, 2);
+    uv_timer_start(&end, timeout_cb, 12000, 0);
+    over = run_until(&w, steady_over);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_close((uv_handle_t *)&end, NULL);
+  }
   closed = w.cli.closed || w.srv.closed;
-  uv_close((uv_handle_t *)&tick, NULL);
-  uv_close((uv_handle_t *)&end, NULL);
   world_free(&w);
 
   trace_restore(NULL);
