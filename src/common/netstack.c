@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <lwip/init.h>
 #include <lwip/ip.h>
@@ -76,6 +77,7 @@ struct session {
   int handles;
   int agent_fin, backend_eof, backend_shut, lwip_fin, reading;
   err_t lwip_err;  /* what lwIP reported as it let go of the pcb */
+  u8_t nrtx, probes; /* retransmissions, zero-window probes last logged */
   size_t inflight; /* bytes for the backend, not yet written */
   uint8_t *pending; /* backend bytes lwIP has not taken yet */
   size_t pendlen;
@@ -459,10 +461,11 @@ static void detach_pcb(struct session *s)
 }
 
 /* Resets the agent side (RST) and the backend, then frees. */
-static void session_abort(struct session *s)
+static void session_abort(struct session *s, const char *why)
 {
   struct tcp_pcb *pcb = s->pcb;
 
+  log_debug("tcp: port %u to %u: reset: %s", s->sport, s->vport, why);
   s->ns->st.resets++;
   detach_pcb(s);
   if (pcb)
@@ -506,6 +509,20 @@ static int maybe_finish(struct session *s)
 
 /* --- backend to agent ------------------------------------------------------ */
 
+/* The error the backend's socket holds (a reset, say) as a libuv error
+ * code, or 0. */
+static int backend_error(struct session *s)
+{
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof(err);
+
+  if (uv_fileno((uv_handle_t *)&s->backend, &fd) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    return 0;
+  return err ? uv_translate_sys_error(err) : 0;
+}
+
 static void start_reading(struct session *s);
 
 /* Pushes pending backend bytes into lwIP; returns 0 when all went. */
@@ -522,7 +539,7 @@ static int flush_pending(struct session *s)
     if (e == ERR_MEM)
       return -1;
     if (e != ERR_OK) {
-      session_abort(s);
+      session_abort(s, "lwIP refused the backend's bytes");
       return -2;
     }
     memmove(s->pending, s->pending + k, s->pendlen - k);
@@ -569,14 +586,19 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
   }
   if (n < 0) {
     free(buf->base);
-    if (n == UV_EOF) {
+    if (n == UV_EOF && (n = backend_error(s)) != 0) {
+      /* libuv reports a hang-up that follows data as the end of the
+       * stream; the socket still holds the reset. The agent must see a
+       * reset: as a FIN, a cut response would pass for a whole one with
+       * any protocol that reads to the end. */
+      session_abort(s, uv_strerror((int)n));
+    } else if (n == UV_EOF) {
       uv_read_stop(st);
       s->reading = 0;
       s->backend_eof = 1;
       (void)send_fin_to_agent(s);
     } else {
-      log_debug("tcp: backend error: %s", uv_strerror((int)n));
-      session_abort(s);
+      session_abort(s, uv_strerror((int)n));
     }
     return;
   }
@@ -634,6 +656,21 @@ static err_t lwip_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
  * will come. The poll callback (every 500 ms) retries. */
 static err_t lwip_poll(void *arg, struct tcp_pcb *pcb)
 {
+  struct session *s = arg;
+
+  /* An agent that stops answering: say so as it happens (lwIP gives up
+   * after TCP_MAXRTX of either, and the reset would come unexplained). */
+  if (s && (pcb->nrtx != s->nrtx || pcb->persist_probe != s->probes)) {
+    if (pcb->nrtx >= 3 || pcb->persist_probe >= 3)
+      log_debug("tcp: port %u to %u: %u retransmissions, %u zero-window "
+                "probes unanswered (window %u, %u bytes unacknowledged, "
+                "state %d)",
+                s->sport, s->vport, pcb->nrtx, pcb->persist_probe,
+                (unsigned)pcb->snd_wnd, (unsigned)(pcb->snd_nxt - pcb->lastack),
+                (int)pcb->state);
+    s->nrtx = pcb->nrtx;
+    s->probes = pcb->persist_probe;
+  }
   return lwip_sent(arg, pcb, 0);
 }
 
@@ -658,7 +695,7 @@ static void backend_written(uv_write_t *req, int status)
     return;
   s->inflight -= len;
   if (status < 0) {
-    session_abort(s);
+    session_abort(s, uv_strerror(status));
     return;
   }
   /* The backend has the bytes: open the agent's window again. */
@@ -692,7 +729,7 @@ static int session_flush(struct session *s)
   if (uv_write(&w->req, (uv_stream_t *)&s->backend, b, n,
                backend_written) < 0) {
     wchain_free(w);
-    session_abort(s);
+    session_abort(s, "cannot write to the backend");
     return -1;
   }
   return 0;
@@ -745,7 +782,7 @@ static err_t lwip_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p,
   w = malloc(sizeof(*w) + p->tot_len);
   if (!w) {
     pbuf_free(p);
-    session_abort(s);
+    session_abort(s, "out of memory");
     return ERR_ABRT;
   }
   w->s = s;
@@ -783,6 +820,24 @@ static void pcb_gone(struct session *s, err_t err)
   if (err != ERR_OK)
     s->lwip_err = err;
   uv_timer_start(&s->timer, session_timer, 0, 0);
+}
+
+/* Why lwIP let go of a pcb whose session had not finished. */
+static const char *lwip_why(err_t err)
+{
+  switch (err) {
+  case ERR_RST:
+    return "the agent reset it";
+  case ERR_ABRT:
+    return "the agent stopped answering (retransmissions or zero-window "
+           "probes ran out)";
+  case ERR_CLSD:
+    return "closed before both sides were done";
+  case ERR_OK:
+    return "lwIP reused it";
+  default:
+    return "lwIP gave up on it";
+  }
 }
 
 static void lwip_err(void *arg, err_t err)
@@ -912,8 +967,11 @@ static void session_timer(uv_timer_t *t)
      * ended (ERR_CLSD) or a TIME_WAIT pcb was reused; else a reset. */
     int clean = s->agent_fin && s->lwip_fin &&
                 (s->lwip_err == ERR_CLSD || s->lwip_err == ERR_OK);
-    if (!clean)
+    if (!clean) {
+      log_debug("tcp: port %u to %u: reset: %s", s->sport, s->vport,
+                lwip_why(s->lwip_err));
       s->ns->st.resets++;
+    }
     session_free(s, !clean);
   } else if (s->state == S_OPEN) {
     (void)maybe_finish(s); /* outside lwIP: aborting is fine */
@@ -1122,7 +1180,7 @@ void netstack_conn_gone(struct netstack *ns, void *conn)
 
   /* Aborting the last session frees the owner: look it up each time. */
   while ((o = owner_find(ns, conn)) && o->list)
-    session_abort(o->list);
+    session_abort(o->list, "the agent's connection ended");
 }
 
 size_t netstack_conn_sessions(struct netstack *ns, void *conn)
@@ -1241,7 +1299,7 @@ void netstack_del(struct netstack *ns)
   if (!ns)
     return;
   while (ns->sessions)
-    session_abort(ns->sessions);
+    session_abort(ns->sessions, "shutting down");
   for (int i = 0; i < MAX_LISTENERS; i++)
     if (ns->listeners[i])
       tcp_close(ns->listeners[i]);

@@ -104,6 +104,44 @@ def test_refused_backend_gets_rst(world):
     assert time.time() - t0 < 5
 
 
+RESETTER = r"""
+import socket, struct, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 81))
+s.listen(4)
+print("ready", flush=True)
+c, _ = s.accept()
+c.recv(4096)
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()  # RST
+"""
+
+
+def test_backend_reset_reaches_the_agent_and_the_log(world):
+    """A backend that resets its connection in the middle of a response:
+    the agent's TCP connection is reset at once (not left to time out),
+    and the connector's log names the connection and the reason."""
+    srv = world.net.popen(world.backend_ns,
+                          [sys.executable, "-c", RESETTER, "192.0.2.34"],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        t0 = time.time()
+        p = world.run(["curl", "-s", "-S", "-m", "20", "-o", "/dev/null",
+                       "http://%s:80/" % SERVICES["closed"][0]], check=False)
+        assert p.returncode == 56 and "reset" in p.stderr, (p.returncode,
+                                                            p.stderr)
+        assert time.time() - t0 < 10
+        wait_for(lambda: "to 80: reset: connection reset by peer" in
+                 open(os.path.join(world.tmp, "connector.log")).read(),
+                 timeout=10, what="the reset and its reason in the log")
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def test_redis_1000_keys(world):
     cmds = "".join("SET key:%d value-%d\n" % (i, i * 7) for i in range(1000))
     cmds += "".join("GET key:%d\n" % i for i in range(1000))
