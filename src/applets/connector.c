@@ -1038,6 +1038,8 @@ static void on_direct_path(struct quic_conn *c, const struct sockaddr *peer,
   struct cctx *x = dc->x;
   char a[64];
 
+  (void)c;
+
   if (quic_addr_virtual(peer, &dc->sid)) {
     if (dc->direct) {
       dc->direct = 0;
@@ -1049,9 +1051,8 @@ static void on_direct_path(struct quic_conn *c, const struct sockaddr *peer,
   if (!dc->direct)
     x->direct_total++;
   dc->direct = 1;
-  log_info("%s: path: direct from %s (round trip %llu us)", dc->name,
-           netaddr_str(peer, a, sizeof(a)),
-           (unsigned long long)quic_conn_rtt_us(c));
+  log_info("%s: path: direct from %s", dc->name,
+           netaddr_str(peer, a, sizeof(a)));
 }
 
 static const struct quic_conn_cbs direct_cbs = {

@@ -25,6 +25,7 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "quic.h"
 #include "tls.h"
 
@@ -899,6 +900,34 @@ static int recv_stateless_reset_cb(ngtcp2_conn *conn,
   return 0;
 }
 
+/* ngtcp2 validated a path, or gave up on one (and went back to the path
+ * before it, if there was one): worth a line, since a path that fails
+ * validation carries nothing. */
+static int path_validation_cb(ngtcp2_conn *conn, uint32_t flags,
+                              const ngtcp2_path *path,
+                              const ngtcp2_path *fallback_path,
+                              ngtcp2_path_validation_result res, void *ud)
+{
+  struct quic_conn *c = ud;
+  char a[64], f[64];
+  (void)conn;
+  (void)flags;
+
+  netaddr_str((const struct sockaddr *)path->remote.addr, a, sizeof(a));
+  if (res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS)
+    log_debug("quic: %s: path to %s validated",
+              c->server ? "server" : "client", a);
+  else
+    log_warnx("quic: %s: path to %s failed validation%s%s",
+              c->server ? "server" : "client", a,
+              fallback_path ? "; back to " : "",
+              fallback_path ? netaddr_str((const struct sockaddr *)
+                                              fallback_path->remote.addr,
+                                          f, sizeof(f))
+                            : "");
+  return 0;
+}
+
 static const ngtcp2_callbacks callbacks_template = {
   .client_initial = ngtcp2_crypto_client_initial_cb,
   .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
@@ -923,6 +952,7 @@ static const ngtcp2_callbacks callbacks_template = {
   .recv_datagram = recv_datagram_cb,
   .recv_stateless_reset = recv_stateless_reset_cb,
   .lost_datagram = lost_datagram_cb,
+  .path_validation = path_validation_cb,
   .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
   .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
 };
