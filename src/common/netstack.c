@@ -653,7 +653,8 @@ static err_t lwip_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
 
 /* lwIP's heap or segment pool can run out for a moment (many connections
  * at once); then tcp_write fails with nothing in flight and no tcp_sent
- * will come. The poll callback (every 500 ms) retries. */
+ * will come. The poll callback (every slow-timer tick, 20 ms here)
+ * retries. */
 static err_t lwip_poll(void *arg, struct tcp_pcb *pcb)
 {
   struct session *s = arg;
