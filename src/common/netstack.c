@@ -509,18 +509,24 @@ static int maybe_finish(struct session *s)
 
 /* --- backend to agent ------------------------------------------------------ */
 
-/* The error the backend's socket holds (a reset, say) as a libuv error
- * code, or 0. */
-static int backend_error(struct session *s)
+/* Whether the end of stream libuv reported was a reset: libuv takes a
+ * hang-up after a partial read for the end without reading again, and a
+ * reset that came without a FIN is then still waiting in the socket. A
+ * peek reads it (0 is a FIN). Returns a libuv error code, or 0. */
+static int backend_reset(struct session *s)
 {
   uv_os_fd_t fd;
-  int err = 0;
-  socklen_t len = sizeof(err);
+  char c;
+  ssize_t r;
 
-  if (uv_fileno((uv_handle_t *)&s->backend, &fd) < 0 ||
-      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+  if (uv_fileno((uv_handle_t *)&s->backend, &fd) < 0)
     return 0;
-  return err ? uv_translate_sys_error(err) : 0;
+  do
+    r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    return uv_translate_sys_error(errno);
+  return 0;
 }
 
 static void start_reading(struct session *s);
@@ -585,13 +591,13 @@ static void backend_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     return;
   }
   if (n < 0) {
+    int reset = n == UV_EOF ? backend_reset(s) : 0;
+
     free(buf->base);
-    if (n == UV_EOF && (n = backend_error(s)) != 0) {
-      /* libuv reports a hang-up that follows data as the end of the
-       * stream; the socket still holds the reset. The agent must see a
-       * reset: as a FIN, a cut response would pass for a whole one with
-       * any protocol that reads to the end. */
-      session_abort(s, uv_strerror((int)n));
+    if (reset) {
+      /* The agent must see a reset: as a FIN, a cut response would
+       * pass for a whole one with any protocol that reads to the end. */
+      session_abort(s, uv_strerror(reset));
     } else if (n == UV_EOF) {
       uv_read_stop(st);
       s->reading = 0;
